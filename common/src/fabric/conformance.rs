@@ -1,0 +1,325 @@
+//! The fabric conformance suite: the semantics every backend must have, written once.
+//!
+//! A backend's tests call [`fabric_conformance!`](crate::fabric_conformance) with a function
+//! that starts a server side with a given RPC service and returns a [`TestServer`]; the macro
+//! expands to one `#[test]` per check below.
+
+use super::{
+    Access, FabricError, IncomingRpc, MemoryRegion, QueuePair, RegionTable, RemoteAccessError, RpcService, WorkRequest,
+    MAX_TRANSFER,
+};
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A running server side of some backend.
+pub struct TestServer {
+    pub regions: Arc<RegionTable>,
+    connect: Box<dyn Fn() -> Arc<dyn QueuePair> + Send + Sync>,
+    _guard: Box<dyn Any + Send>,
+}
+
+impl TestServer {
+    /// `guard` is kept alive as long as the server (e.g. the NIC threads' handle).
+    pub fn new(
+        regions: Arc<RegionTable>,
+        connect: impl Fn() -> Arc<dyn QueuePair> + Send + Sync + 'static,
+        guard: impl Any + Send,
+    ) -> TestServer {
+        TestServer { regions, connect: Box::new(connect), _guard: Box::new(guard) }
+    }
+
+    pub fn connect(&self) -> Arc<dyn QueuePair> {
+        (self.connect)()
+    }
+}
+
+/// Builds a server side for one backend with the given RPC service.
+pub type MakeServer<'a> = &'a dyn Fn(Arc<dyn RpcService>) -> TestServer;
+
+/// A service that answers every request with the request reversed, from another thread, after
+/// a delay taken from the first byte (so that responses come back out of order).
+pub fn reversing_service() -> Arc<dyn RpcService> {
+    Arc::new(|rpc: IncomingRpc| {
+        std::thread::spawn(move || {
+            let delay = rpc.payload.first().copied().unwrap_or(0) % 8;
+            std::thread::sleep(Duration::from_millis(u64::from(delay)));
+            let mut p = rpc.payload;
+            p.reverse();
+            p.push(0xEE);
+            rpc.responder.reply(&p);
+        });
+    })
+}
+
+fn setup(make: MakeServer<'_>, len: usize, access: Access) -> (TestServer, Arc<MemoryRegion>, super::RegionDesc) {
+    let server = make(reversing_service());
+    let region = Arc::new(MemoryRegion::new(len));
+    let desc = server.regions.register(region.clone(), access);
+    (server, region, desc)
+}
+
+fn read(qp: &dyn QueuePair, d: &super::RegionDesc, offset: u64, len: u32) -> Vec<u8> {
+    qp.post(&[WorkRequest::Read { remote: d.at(offset), len }]).wait_timeout(T).expect("read")
+}
+
+fn write(qp: &dyn QueuePair, d: &super::RegionDesc, offset: u64, data: &[u8]) {
+    qp.post(&[WorkRequest::Write { remote: d.at(offset), data }]).wait_timeout(T).expect("write");
+}
+
+/// WRITEs land and READs return them, at any alignment and length.
+pub fn read_write_round_trip(make: MakeServer<'_>) {
+    let (s, region, d) = setup(make, 4096, Access::READ_WRITE);
+    let qp = s.connect();
+    for (i, (off, len)) in
+        [(0u64, 1usize), (1, 7), (3, 8), (8, 8), (13, 100), (4000, 96), (0, 4096)].into_iter().enumerate()
+    {
+        let data: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+        write(&*qp, &d, off, &data);
+        assert_eq!(read(&*qp, &d, off, len as u32), data, "at {off}+{len}");
+        let mut local = vec![0; len];
+        region.read(off as usize, &mut local).unwrap();
+        assert_eq!(local, data, "the server's memory holds the write");
+    }
+    // The server's own stores are visible to READs.
+    region.write(100, b"server").unwrap();
+    assert_eq!(read(&*qp, &d, 100, 6), b"server");
+}
+
+/// A chain executes in order, and returns the data of its READs in order.
+pub fn chain_executes_in_order(make: MakeServer<'_>) {
+    let (s, _r, d) = setup(make, 256, Access::READ_WRITE);
+    let qp = s.connect();
+    let out = qp
+        .post(&[
+            WorkRequest::Write { remote: d.at(0), data: &[0xAA; 64] },
+            WorkRequest::Read { remote: d.at(0), len: 4 },
+            WorkRequest::Write { remote: d.at(0), data: &[0xBB; 8] },
+            WorkRequest::Read { remote: d.at(0), len: 16 },
+        ])
+        .wait_timeout(T)
+        .unwrap();
+    let mut want = vec![0xAA; 4];
+    want.extend([0xBB; 8]);
+    want.extend([0xAA; 8]);
+    assert_eq!(out, want);
+}
+
+/// Posts on one queue pair execute in the order posted, signaled or not.
+pub fn posts_execute_in_order(make: MakeServer<'_>) {
+    let (s, _r, d) = setup(make, 64, Access::READ_WRITE);
+    let qp = s.connect();
+    for i in 0..300u32 {
+        qp.post_unsignaled(&[WorkRequest::Write { remote: d.at(8), data: &i.to_le_bytes() }]).unwrap();
+        assert_eq!(read(&*qp, &d, 8, 4), i.to_le_bytes());
+    }
+    assert_eq!(qp.async_errors(), 0);
+}
+
+/// A reader never sees a later WRITE of a chain without the earlier ones: with `data` written
+/// before `flag`, a READ that returns flag = i returns data >= i.
+pub fn later_write_never_visible_before_earlier(make: MakeServer<'_>) {
+    let (s, _r, d) = setup(make, 256, Access::READ_WRITE);
+    let writer = s.connect();
+    let reader = s.connect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let observer = std::thread::spawn(move || {
+        let mut seen = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            // The READ copies in increasing address order: flag (offset 0) before data (64..192).
+            let b = read(&*reader, &d, 0, 192);
+            let flag = u64::from_le_bytes(b[0..8].try_into().unwrap());
+            for w in b[64..192].chunks_exact(8) {
+                let v = u64::from_le_bytes(w.try_into().unwrap());
+                assert!(v >= flag, "saw flag {flag} but data word {v}");
+            }
+            seen = seen.max(flag);
+        }
+        seen
+    });
+    for i in 1..=2000u64 {
+        let data = [i.to_le_bytes(); 16].concat();
+        writer
+            .post_unsignaled(&[
+                WorkRequest::Write { remote: d.at(64), data: &data },
+                WorkRequest::Write { remote: d.at(0), data: &i.to_le_bytes() },
+            ])
+            .unwrap();
+        if i % 100 == 0 {
+            read(&*writer, &d, 0, 8); // let the server catch up
+        }
+    }
+    read(&*writer, &d, 0, 8);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    observer.join().expect("observer saw a reordered write");
+    assert_eq!(writer.async_errors(), 0);
+}
+
+/// Bad keys, out-of-range addresses and missing rights are typed errors, and the queue pair keeps
+/// working afterwards.
+pub fn access_errors_are_reported(make: MakeServer<'_>) {
+    let (s, _r, d) = setup(make, 128, Access::READ);
+    let qp = s.connect();
+    let err = |chain: &[WorkRequest<'_>]| qp.post(chain).wait_timeout(T).unwrap_err();
+    let remote = |error| FabricError::Remote { index: 0, error };
+    let bad_key = super::RemoteAddr { addr: d.addr, rkey: d.rkey.wrapping_add(12345) };
+    assert_eq!(err(&[WorkRequest::Read { remote: bad_key, len: 8 }]), remote(RemoteAccessError::BadKey));
+    assert_eq!(err(&[WorkRequest::Read { remote: d.at(121), len: 8 }]), remote(RemoteAccessError::OutOfBounds));
+    let below = super::RemoteAddr { addr: d.addr - 8, rkey: d.rkey };
+    assert_eq!(err(&[WorkRequest::Read { remote: below, len: 8 }]), remote(RemoteAccessError::OutOfBounds));
+    let far = super::RemoteAddr { addr: u64::MAX - 2, rkey: d.rkey };
+    assert_eq!(err(&[WorkRequest::Read { remote: far, len: 8 }]), remote(RemoteAccessError::OutOfBounds));
+    assert_eq!(err(&[WorkRequest::Write { remote: d.at(0), data: b"nope" }]), remote(RemoteAccessError::AccessDenied));
+    assert_eq!(read(&*qp, &d, 0, 8), vec![0; 8], "the queue pair still works");
+    // A second connection is unaffected too.
+    assert_eq!(read(&*s.connect(), &d, 120, 8), vec![0; 8]);
+}
+
+/// A failed request stops the rest of its chain.
+pub fn failed_request_stops_its_chain(make: MakeServer<'_>) {
+    let (s, region, d) = setup(make, 128, Access::READ_WRITE);
+    let qp = s.connect();
+    let e = qp
+        .post(&[
+            WorkRequest::Write { remote: d.at(0), data: &[1] },
+            WorkRequest::Write { remote: d.at(200), data: &[1] },
+            WorkRequest::Write { remote: d.at(8), data: &[1] },
+        ])
+        .wait_timeout(T)
+        .unwrap_err();
+    assert_eq!(e, FabricError::Remote { index: 1, error: RemoteAccessError::OutOfBounds });
+    assert_eq!(region.load_u8(0), 1, "the request before the failure executed");
+    assert_eq!(region.load_u8(8), 0, "the request after the failure did not");
+}
+
+/// Unsignaled failures are counted; malformed chains are refused when posted.
+pub fn unsignaled_failures_are_counted(make: MakeServer<'_>) {
+    let (s, _r, d) = setup(make, 64, Access::READ_WRITE);
+    let qp = s.connect();
+    qp.post_unsignaled(&[WorkRequest::Write { remote: d.at(60), data: &[0; 8] }]).unwrap();
+    read(&*qp, &d, 0, 8); // in order: the failure has been reported by now
+    assert_eq!(qp.async_errors(), 1);
+    assert_eq!(qp.post_unsignaled(&[WorkRequest::Read { remote: d.at(0), len: 8 }]), Err(FabricError::UnsignaledRead));
+    assert_eq!(qp.post_unsignaled(&[]), Err(FabricError::EmptyChain));
+    assert_eq!(qp.post(&[]).wait_timeout(T), Err(FabricError::EmptyChain));
+    let big = (MAX_TRANSFER + 1) as u32;
+    assert_eq!(
+        qp.post(&[WorkRequest::Read { remote: d.at(0), len: big }]).wait_timeout(T),
+        Err(FabricError::TooLarge(big as usize))
+    );
+}
+
+/// Many RPCs in flight, answered out of order, each get their own response.
+pub fn rpc_responses_match_requests(make: MakeServer<'_>) {
+    let s = make(reversing_service());
+    let qp = s.connect();
+    let calls: Vec<_> = (0..200u32)
+        .map(|i| {
+            let req: Vec<u8> = [(i % 7) as u8].into_iter().chain(i.to_le_bytes()).collect();
+            (req.clone(), qp.call(&req))
+        })
+        .collect();
+    for (req, call) in calls {
+        let mut want = req;
+        want.reverse();
+        want.push(0xEE);
+        assert_eq!(call.wait_timeout(T).unwrap(), want);
+    }
+    // Large messages too.
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8 & 0xF8).collect();
+    let mut want = big.clone();
+    want.reverse();
+    want.push(0xEE);
+    assert_eq!(qp.call(&big).wait_timeout(T).unwrap(), want);
+}
+
+/// A request the service drops unanswered is an error, not a hang.
+pub fn dropped_rpc_is_an_error(make: MakeServer<'_>) {
+    let s = make(Arc::new(|rpc: IncomingRpc| drop(rpc)));
+    let qp = s.connect();
+    assert!(matches!(qp.call(b"hello").wait_timeout(T), Err(FabricError::Protocol(_))));
+}
+
+/// Transfers of a megabyte work both ways.
+pub fn large_transfers(make: MakeServer<'_>) {
+    let len = 1 << 20;
+    let (s, _r, d) = setup(make, len, Access::READ_WRITE);
+    let qp = s.connect();
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+    write(&*qp, &d, 0, &data);
+    assert_eq!(read(&*qp, &d, 0, len as u32), data);
+}
+
+/// A deregistered key is refused.
+pub fn deregistered_key_is_refused(make: MakeServer<'_>) {
+    let (s, _r, d) = setup(make, 64, Access::READ_WRITE);
+    let qp = s.connect();
+    read(&*qp, &d, 0, 8);
+    assert!(s.regions.deregister(d.rkey));
+    assert_eq!(
+        qp.post(&[WorkRequest::Read { remote: d.at(0), len: 8 }]).wait_timeout(T),
+        Err(FabricError::Remote { index: 0, error: RemoteAccessError::BadKey })
+    );
+}
+
+/// Several queue pairs used from several threads at once, with many requests in flight.
+pub fn many_queue_pairs_at_once(make: MakeServer<'_>) {
+    let (s, region, d) = setup(make, 8 * 4096, Access::READ_WRITE);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let qp = s.connect();
+            std::thread::spawn(move || {
+                let mut pending = Vec::new();
+                for i in 0..500u64 {
+                    let off = t * 8192 + (i % 64) * 8;
+                    let v = (t << 32) | i;
+                    qp.post_unsignaled(&[WorkRequest::Write { remote: d.at(off), data: &v.to_le_bytes() }]).unwrap();
+                    pending.push((qp.post(&[WorkRequest::Read { remote: d.at(off), len: 8 }]), v));
+                    if pending.len() > 32 {
+                        let (c, v) = pending.remove(0);
+                        assert_eq!(c.wait_timeout(T).unwrap(), v.to_le_bytes());
+                    }
+                }
+                for (c, v) in pending {
+                    assert_eq!(c.wait_timeout(T).unwrap(), v.to_le_bytes());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for t in 0..4u64 {
+        for slot in 0..64u64 {
+            let last = (0..500u64).filter(|i| i % 64 == slot).max().unwrap();
+            assert_eq!(region.load_u64((t * 8192 + slot * 8) as usize), (t << 32) | last);
+        }
+    }
+}
+
+/// Expands to one `#[test]` per conformance check, for the backend built by `$make`
+/// (a `fn(Arc<dyn RpcService>) -> TestServer`).
+#[macro_export]
+macro_rules! fabric_conformance {
+    ($make:ident) => {
+        $crate::fabric_conformance!(@tests $make;
+            read_write_round_trip, chain_executes_in_order, posts_execute_in_order,
+            later_write_never_visible_before_earlier, access_errors_are_reported,
+            failed_request_stops_its_chain, unsignaled_failures_are_counted,
+            rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
+            deregistered_key_is_refused, many_queue_pairs_at_once);
+    };
+    (@tests $make:ident; $($check:ident),*) => {
+        mod conformance {
+            $(
+                #[test]
+                fn $check() {
+                    $crate::fabric::conformance::$check(&super::$make);
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,213 @@
+//! The in-process backend: queue pairs that execute work requests directly on the registered
+//! memory, with fault injection for tests.
+//!
+//! Work requests run on the posting thread, in order, before `post` returns. A READ copies word
+//! by word like a NIC, so a concurrent WRITE can tear it; [`Faults`] widens or forces that window
+//! (a pause or a callback in the middle of every READ) and delays operations.
+
+use super::{
+    completion, validate_chain, Completer, Completion, FabricError, IncomingRpc, QueuePair, RegionTable, ReplySink,
+    Responder, RpcService, WorkRequest,
+};
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A callback run in the middle of a READ.
+pub type TearHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Faults injected into every queue pair of a [`MemFabric`].
+#[derive(Default)]
+pub struct Faults {
+    wr_delay: Mutex<Duration>,
+    rpc_delay: Mutex<Duration>,
+    read_pause: Mutex<Duration>,
+    tear_hook: Mutex<Option<TearHook>>,
+}
+
+impl Faults {
+    /// Sleep this long before executing each work request.
+    pub fn set_wr_delay(&self, d: Duration) {
+        *self.wr_delay.lock() = d;
+    }
+    /// Sleep this long before handing each RPC to the service.
+    pub fn set_rpc_delay(&self, d: Duration) {
+        *self.rpc_delay.lock() = d;
+    }
+    /// Sleep this long in the middle of every READ (half of its bytes copied).
+    pub fn set_read_pause(&self, d: Duration) {
+        *self.read_pause.lock() = d;
+    }
+    /// Run `hook` in the middle of every READ: a test can mutate the memory there to tear the
+    /// READ deterministically.
+    pub fn set_tear_hook(&self, hook: Option<TearHook>) {
+        *self.tear_hook.lock() = hook;
+    }
+}
+
+/// An in-process "network": the server's regions and RPC service, and the faults to inject.
+pub struct MemFabric {
+    regions: Arc<RegionTable>,
+    service: RwLock<Option<Arc<dyn RpcService>>>,
+    faults: Faults,
+}
+
+impl MemFabric {
+    pub fn new(regions: Arc<RegionTable>) -> Arc<MemFabric> {
+        Arc::new(MemFabric { regions, service: RwLock::new(None), faults: Faults::default() })
+    }
+
+    pub fn regions(&self) -> &Arc<RegionTable> {
+        &self.regions
+    }
+
+    pub fn set_service(&self, service: Arc<dyn RpcService>) {
+        *self.service.write() = Some(service);
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Opens a queue pair.
+    pub fn connect(self: &Arc<Self>) -> MemQueuePair {
+        MemQueuePair {
+            fabric: self.clone(),
+            sink: Arc::new(MemReplySink::default()),
+            next_id: AtomicU64::new(1),
+            async_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+#[derive(Default)]
+struct MemReplySink {
+    pending: Mutex<HashMap<u64, Completer<Vec<u8>>>>,
+}
+
+impl ReplySink for MemReplySink {
+    fn reply(&self, id: u64, payload: &[u8]) {
+        if let Some(c) = self.pending.lock().remove(&id) {
+            if payload.is_empty() {
+                c.complete(Err(FabricError::Protocol("the server dropped the request".into())));
+            } else {
+                c.complete(Ok(payload.to_vec()));
+            }
+        }
+    }
+}
+
+/// A queue pair of the in-process backend.
+pub struct MemQueuePair {
+    fabric: Arc<MemFabric>,
+    sink: Arc<MemReplySink>,
+    next_id: AtomicU64,
+    async_errors: AtomicU64,
+}
+
+impl MemQueuePair {
+    fn execute(&self, chain: &[WorkRequest<'_>]) -> Result<Vec<u8>, FabricError> {
+        let f = &self.fabric.faults;
+        let total: usize = chain.iter().map(|w| w.read_len()).sum();
+        let mut out = vec![0u8; total];
+        let mut at = 0;
+        for (index, wr) in chain.iter().enumerate() {
+            let delay = *f.wr_delay.lock();
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+            let fail = |error| FabricError::Remote { index: index as u16, error };
+            match *wr {
+                WorkRequest::Read { remote, len } => {
+                    let len = len as usize;
+                    let (region, offset) =
+                        self.fabric.regions.resolve(remote, len, super::Access::READ).map_err(fail)?;
+                    let pause = *f.read_pause.lock();
+                    let hook = f.tear_hook.lock().clone();
+                    let mut mid = || {
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
+                        if let Some(h) = &hook {
+                            h();
+                        }
+                    };
+                    region.read_with(offset, &mut out[at..at + len], len / 2, &mut mid).map_err(fail)?;
+                    at += len;
+                }
+                WorkRequest::Write { remote, data } => {
+                    self.fabric.regions.write(remote, data).map_err(fail)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl QueuePair for MemQueuePair {
+    fn post(&self, chain: &[WorkRequest<'_>]) -> Completion<Vec<u8>> {
+        Completion::ready(validate_chain(chain, true).and_then(|()| self.execute(chain)))
+    }
+
+    fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
+        validate_chain(chain, false)?;
+        if self.execute(chain).is_err() {
+            self.async_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn call(&self, request: &[u8]) -> Completion<Vec<u8>> {
+        if request.len() > super::MAX_TRANSFER {
+            return Completion::ready(Err(FabricError::TooLarge(request.len())));
+        }
+        let Some(service) = self.fabric.service.read().clone() else {
+            return Completion::ready(Err(FabricError::NoService));
+        };
+        let delay = *self.fabric.faults.rpc_delay.lock();
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (c, f) = completion();
+        self.sink.pending.lock().insert(id, c);
+        service.handle(IncomingRpc { payload: request.to_vec(), responder: Responder::new(self.sink.clone(), id) });
+        f
+    }
+
+    fn async_errors(&self) -> u64 {
+        self.async_errors.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::conformance::TestServer;
+
+    fn make(service: Arc<dyn RpcService>) -> TestServer {
+        let fabric = MemFabric::new(Arc::new(RegionTable::new()));
+        fabric.set_service(service);
+        let regions = fabric.regions().clone();
+        TestServer::new(regions, move || Arc::new(fabric.connect()) as Arc<dyn QueuePair>, ())
+    }
+
+    crate::fabric_conformance!(make);
+
+    #[test]
+    fn tear_hook_tears_a_read() {
+        use crate::fabric::{Access, MemoryRegion};
+        let fabric = MemFabric::new(Arc::new(RegionTable::new()));
+        let region = Arc::new(MemoryRegion::new(64));
+        let d = fabric.regions().register(region.clone(), Access::READ_WRITE);
+        region.write(0, &[1; 64]).unwrap();
+        let r2 = region.clone();
+        fabric.faults().set_tear_hook(Some(Arc::new(move || r2.write(0, &[2; 64]).unwrap())));
+        let qp = fabric.connect();
+        let got = qp.post(&[WorkRequest::Read { remote: d.at(0), len: 64 }]).wait().unwrap();
+        assert_eq!(&got[..32], &[1; 32], "first half read before the concurrent write");
+        assert_eq!(&got[32..], &[2; 32], "second half read after it");
+    }
+}

@@ -1,0 +1,212 @@
+//! The fabric: a verbs-shaped interface between clients and the server.
+//!
+//! * The server registers [`MemoryRegion`]s in a [`RegionTable`] (key, bounds, rights) and
+//!   gives clients their [`RegionDesc`].
+//! * A client opens a [`QueuePair`] and posts chains of one-sided [`WorkRequest`]s (READ and
+//!   WRITE). A chain executes in order: a later WRITE is never visible before an earlier one on
+//!   the same queue pair, and a failed request stops the rest of its chain. A chain may be posted
+//!   unsignaled (no completion on success; a failure is counted in
+//!   [`QueuePair::async_errors`]), as verbs allows.
+//! * A two-sided RPC ([`QueuePair::call`]) carries the KV messages to the server's
+//!   [`RpcService`], request and response matched by an id, many in flight.
+//!
+//! Backends: [`mem`] (in-process, with fault injection), [`tcp`] (a software NIC over TCP). The
+//! [`conformance`] suite holds every backend to the same semantics.
+
+pub mod completion;
+pub mod conformance;
+pub mod mem;
+pub mod region;
+pub mod tcp;
+
+pub use completion::{completion, Completer, Completion};
+pub use region::{MemoryRegion, RegionDesc, RegionTable};
+
+use std::sync::Arc;
+
+/// Access rights of a registered region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access(u8);
+
+impl Access {
+    pub const READ: Access = Access(1);
+    pub const WRITE: Access = Access(2);
+    pub const READ_WRITE: Access = Access(3);
+
+    pub fn allows(self, need: Access) -> bool {
+        self.0 & need.0 == need.0
+    }
+}
+
+/// An address in a peer's registered memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteAddr {
+    pub addr: u64,
+    pub rkey: u32,
+}
+
+/// Why the remote side refused a READ or WRITE. Encoded on the wire as its discriminant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[repr(u8)]
+pub enum RemoteAccessError {
+    #[error("unknown remote key")]
+    BadKey = 1,
+    #[error("access outside the registered region")]
+    OutOfBounds = 2,
+    #[error("the region does not grant this access")]
+    AccessDenied = 3,
+    #[error("work request too large")]
+    TooLarge = 4,
+}
+
+impl RemoteAccessError {
+    pub fn from_u8(v: u8) -> Option<RemoteAccessError> {
+        use RemoteAccessError::*;
+        [BadKey, OutOfBounds, AccessDenied, TooLarge].into_iter().find(|e| *e as u8 == v)
+    }
+}
+
+/// A failed fabric operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FabricError {
+    /// Work request `index` of the chain was refused; the rest of the chain was not executed.
+    #[error("work request {index} of the chain failed: {error}")]
+    Remote { index: u16, error: RemoteAccessError },
+    #[error("an unsignaled chain cannot contain a READ")]
+    UnsignaledRead,
+    #[error("empty chain")]
+    EmptyChain,
+    #[error("work request or message of {0} bytes is too large")]
+    TooLarge(usize),
+    #[error("connection lost: {0}")]
+    Disconnected(String),
+    #[error("peer violated the protocol: {0}")]
+    Protocol(String),
+    #[error("I/O error: {0}")]
+    Io(String),
+    #[error("the server has no RPC service")]
+    NoService,
+    #[error("timed out")]
+    Timeout,
+}
+
+impl From<std::io::Error> for FabricError {
+    fn from(e: std::io::Error) -> Self {
+        FabricError::Io(e.to_string())
+    }
+}
+
+/// Largest READ or WRITE in one work request, and largest RPC message.
+pub const MAX_TRANSFER: usize = 4 << 20;
+
+/// One one-sided operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkRequest<'a> {
+    /// Read `len` bytes at `remote`.
+    Read { remote: RemoteAddr, len: u32 },
+    /// Write `data` at `remote`.
+    Write { remote: RemoteAddr, data: &'a [u8] },
+}
+
+impl WorkRequest<'_> {
+    pub fn read_len(&self) -> usize {
+        match self {
+            WorkRequest::Read { len, .. } => *len as usize,
+            WorkRequest::Write { .. } => 0,
+        }
+    }
+}
+
+/// Checks the shape of a chain before posting it.
+pub fn validate_chain(chain: &[WorkRequest<'_>], signaled: bool) -> Result<(), FabricError> {
+    if chain.is_empty() {
+        return Err(FabricError::EmptyChain);
+    }
+    for wr in chain {
+        match wr {
+            WorkRequest::Read { len, .. } => {
+                if !signaled {
+                    return Err(FabricError::UnsignaledRead);
+                }
+                if *len as usize > MAX_TRANSFER {
+                    return Err(FabricError::TooLarge(*len as usize));
+                }
+            }
+            WorkRequest::Write { data, .. } => {
+                if data.len() > MAX_TRANSFER {
+                    return Err(FabricError::TooLarge(data.len()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A client's connection to a server: one-sided operations and RPCs.
+pub trait QueuePair: Send + Sync {
+    /// Posts `chain`, executed in order. Resolves when the whole chain has executed, with the
+    /// bytes of every READ in the chain, concatenated in chain order.
+    fn post(&self, chain: &[WorkRequest<'_>]) -> Completion<Vec<u8>>;
+
+    /// Posts a chain of WRITEs without a completion. Returns once it is queued (in order with
+    /// everything posted before and after it on this queue pair); a remote failure is counted
+    /// in [`async_errors`](Self::async_errors).
+    fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError>;
+
+    /// Sends an RPC request; resolves with the response.
+    fn call(&self, request: &[u8]) -> Completion<Vec<u8>>;
+
+    /// Failures of unsignaled chains so far.
+    fn async_errors(&self) -> u64;
+}
+
+/// An RPC received by the server.
+pub struct IncomingRpc {
+    pub payload: Vec<u8>,
+    pub responder: Responder,
+}
+
+/// Where an RPC's response goes: implemented by each backend's server side.
+pub trait ReplySink: Send + Sync {
+    /// Sends the response to request `id`.
+    fn reply(&self, id: u64, payload: &[u8]);
+}
+
+/// The right (and duty) to answer one RPC. Dropping it unanswered sends an empty response, which
+/// the client reports as a protocol error instead of waiting forever.
+pub struct Responder {
+    sink: Arc<dyn ReplySink>,
+    id: u64,
+    answered: bool,
+}
+
+impl Responder {
+    pub fn new(sink: Arc<dyn ReplySink>, id: u64) -> Responder {
+        Responder { sink, id, answered: false }
+    }
+
+    pub fn reply(mut self, payload: &[u8]) {
+        self.answered = true;
+        self.sink.reply(self.id, payload);
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.sink.reply(self.id, &[]);
+        }
+    }
+}
+
+/// The server's handler of RPCs. `handle` runs on a NIC thread (or the caller's thread for
+/// `mem`), so it must hand the work off quickly, e.g. to a worker's queue.
+pub trait RpcService: Send + Sync + 'static {
+    fn handle(&self, rpc: IncomingRpc);
+}
+
+impl<F: Fn(IncomingRpc) + Send + Sync + 'static> RpcService for F {
+    fn handle(&self, rpc: IncomingRpc) {
+        self(rpc)
+    }
+}

@@ -1,0 +1,1 @@
+//! The software NIC over TCP (to be written).

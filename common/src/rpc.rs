@@ -1,0 +1,572 @@
+//! The KV messages carried by the fabric's two-sided RPC: a sans-IO codec.
+//!
+//! Request: `op u8, flags u8, key_len u8, 0u8, value_len u32 (LE)`, then the key and the value.
+//! Response: `status u8, op u8, 0u16, body_len u32 (LE)`, then a body whose form depends on the
+//! op (see [`MetaGetReply`], [`ServerInfo`], [`Stats`]). Decoding checks every length and never
+//! panics: a malformed message is a [`CodecError`].
+
+use crate::key::MAX_KEY_LEN;
+use crate::ssd::{Extent, SsdGeometry, MAX_VALUE_LEN};
+use crate::table::TableGeometry;
+
+/// Version of this message set; a client refuses a server that speaks another.
+pub const PROTOCOL_VERSION: u32 = 1;
+const HEADER: usize = 8;
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Op {
+    /// Server description: cache-table region, SSDs, block targets.
+    Hello = 1,
+    /// Where a key lives on flash, plus maybe a cache-slot reservation. No SSD I/O.
+    MetaGet = 2,
+    /// Read a key through the server (the server reads the SSD): the LEED-style path.
+    Get = 3,
+    /// Insert or replace.
+    Put = 4,
+    /// Replace an existing key (NotFound if absent).
+    Update = 5,
+    /// Remove a key (NotFound if absent).
+    Delete = 6,
+    /// Server counters.
+    Stats = 7,
+}
+
+impl Op {
+    pub const ALL: [Op; 7] = [Op::Hello, Op::MetaGet, Op::Get, Op::Put, Op::Update, Op::Delete, Op::Stats];
+
+    pub fn from_u8(v: u8) -> Option<Op> {
+        Op::ALL.into_iter().find(|o| *o as u8 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Hello => "hello",
+            Op::MetaGet => "meta_get",
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Stats => "stats",
+        }
+    }
+
+    pub fn is_write(self) -> bool {
+        matches!(self, Op::Put | Op::Update | Op::Delete)
+    }
+}
+
+/// Request flag bits.
+pub mod flags {
+    /// A write that must not wait for a batch (LEED-style, one write per I/O).
+    pub const UNBATCHED: u8 = 1;
+    /// A META_GET from a client that will not fill the cache: do not reserve a slot.
+    pub const NO_RESERVE: u8 = 2;
+}
+
+/// Result of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    NotFound = 1,
+    /// The request was malformed or not allowed.
+    BadRequest = 2,
+    KeyTooLong = 3,
+    ValueTooLarge = 4,
+    /// The SSD is full even after garbage collection.
+    NoSpace = 5,
+    /// The SSD failed or returned corrupt data.
+    Io = 6,
+    /// The server is shutting down or overloaded.
+    Unavailable = 7,
+}
+
+impl Status {
+    pub fn from_u8(v: u8) -> Option<Status> {
+        use Status::*;
+        [Ok, NotFound, BadRequest, KeyTooLong, ValueTooLarge, NoSpace, Io, Unavailable]
+            .into_iter()
+            .find(|s| *s as u8 == v)
+    }
+}
+
+/// A message that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("message of {have} bytes is truncated, need {need}")]
+    Truncated { have: usize, need: usize },
+    #[error("unknown op {0}")]
+    UnknownOp(u8),
+    #[error("unknown status {0}")]
+    UnknownStatus(u8),
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+    #[error("key of {0} bytes exceeds the maximum")]
+    KeyTooLong(usize),
+    #[error("value of {0} bytes exceeds the maximum")]
+    ValueTooLarge(usize),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+}
+
+/// A decoded request, borrowing from the message bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub op: Op,
+    pub flags: u8,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    pub fn new(op: Op, key: &'a [u8], value: &'a [u8]) -> Request<'a> {
+        Request { op, flags: 0, key, value }
+    }
+
+    pub fn with_flags(mut self, flags: u8) -> Request<'a> {
+        self.flags = flags;
+        self
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        HEADER + self.key.len() + self.value.len()
+    }
+
+    /// Appends the encoded request to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        debug_assert!(self.key.len() <= u8::MAX as usize);
+        out.extend_from_slice(&[self.op as u8, self.flags, self.key.len() as u8, 0]);
+        out.extend_from_slice(&(self.value.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.key);
+        out.extend_from_slice(self.value);
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut v);
+        v
+    }
+
+    pub fn decode(b: &'a [u8]) -> Result<Request<'a>, CodecError> {
+        need(b, HEADER)?;
+        let op = Op::from_u8(b[0]).ok_or(CodecError::UnknownOp(b[0]))?;
+        let key_len = usize::from(b[2]);
+        let value_len = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+        if key_len > MAX_KEY_LEN {
+            return Err(CodecError::KeyTooLong(key_len));
+        }
+        if value_len > MAX_VALUE_LEN {
+            return Err(CodecError::ValueTooLarge(value_len));
+        }
+        let total = HEADER + key_len + value_len;
+        need(b, total)?;
+        if b.len() > total {
+            return Err(CodecError::Trailing(b.len() - total));
+        }
+        Ok(Request { op, flags: b[1], key: &b[HEADER..HEADER + key_len], value: &b[HEADER + key_len..total] })
+    }
+}
+
+/// A decoded response, borrowing from the message bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response<'a> {
+    pub status: Status,
+    pub op: Op,
+    pub body: &'a [u8],
+}
+
+impl<'a> Response<'a> {
+    /// Appends a response with `body` to `out`.
+    pub fn encode(status: Status, op: Op, body: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&[status as u8, op as u8, 0, 0]);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(body);
+    }
+
+    pub fn to_vec(status: Status, op: Op, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HEADER + body.len());
+        Response::encode(status, op, body, &mut v);
+        v
+    }
+
+    pub fn decode(b: &'a [u8]) -> Result<Response<'a>, CodecError> {
+        need(b, HEADER)?;
+        let status = Status::from_u8(b[0]).ok_or(CodecError::UnknownStatus(b[0]))?;
+        let op = Op::from_u8(b[1]).ok_or(CodecError::UnknownOp(b[1]))?;
+        let len = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+        let total = HEADER.checked_add(len).ok_or(CodecError::Malformed("length"))?;
+        need(b, total)?;
+        if b.len() > total {
+            return Err(CodecError::Trailing(b.len() - total));
+        }
+        Ok(Response { status, op, body: &b[HEADER..total] })
+    }
+}
+
+/// A cache slot reserved for the client that asked, to be filled with the value it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    pub slot: u8,
+    pub generation: u32,
+}
+
+/// Reply to META_GET: where the key's bucket is on flash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaGetReply {
+    pub ssd: u16,
+    /// Blocks in the bucket's newest chain; 0 if the bucket was never written (the key is absent).
+    pub chain_len: u8,
+    /// Bucket-log position of the chain.
+    pub lseq: u64,
+    pub reservation: Option<Reservation>,
+}
+
+impl MetaGetReply {
+    pub const LEN: usize = 20;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0..2].copy_from_slice(&self.ssd.to_le_bytes());
+        b[2] = self.chain_len;
+        if let Some(r) = self.reservation {
+            b[3] = 1;
+            b[4] = r.slot;
+            b[8..12].copy_from_slice(&r.generation.to_le_bytes());
+        }
+        b[12..20].copy_from_slice(&self.lseq.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<MetaGetReply, CodecError> {
+        if b.len() != Self::LEN {
+            return Err(CodecError::Malformed("meta_get reply"));
+        }
+        let reservation = match b[3] {
+            0 => None,
+            1 => Some(Reservation { slot: b[4], generation: u32::from_le_bytes(b[8..12].try_into().unwrap()) }),
+            _ => return Err(CodecError::Malformed("meta_get reservation flag")),
+        };
+        Ok(MetaGetReply {
+            ssd: u16::from_le_bytes(b[0..2].try_into().unwrap()),
+            chain_len: b[2],
+            lseq: u64::from_le_bytes(b[12..20].try_into().unwrap()),
+            reservation,
+        })
+    }
+}
+
+/// Where the cache table is and how it is shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableInfo {
+    /// Remote address of bucket 0.
+    pub addr: u64,
+    pub rkey: u32,
+    pub geometry: TableGeometry,
+}
+
+/// One SSD of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsdInfo {
+    pub geometry: SsdGeometry,
+    /// The file or device the server opened, for clients on the same host (block path `direct`).
+    pub path: String,
+}
+
+/// An NVMe-oF subsystem through which clients read one SSD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockTarget {
+    pub ssd: u16,
+    /// Transport address, e.g. `127.0.0.1:4420`.
+    pub addr: String,
+    pub nqn: String,
+    pub nsid: u32,
+}
+
+/// Reply to HELLO: everything a client needs to read the cache and the SSDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub protocol: u32,
+    pub table: Option<TableInfo>,
+    pub store_id: [u8; 16],
+    pub ssds: Vec<SsdInfo>,
+    pub targets: Vec<BlockTarget>,
+}
+
+mod tag {
+    pub const PROTOCOL: u16 = 1;
+    pub const TABLE: u16 = 2;
+    pub const STORE_ID: u16 = 3;
+    pub const SSD: u16 = 4;
+    pub const TARGET: u16 = 5;
+}
+
+impl ServerInfo {
+    /// Encodes as tagged fields (`tag u16, len u32, bytes`); decoders skip tags they do not know,
+    /// so fields can be added without breaking older clients.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::new();
+        field(&mut w, tag::PROTOCOL, &self.protocol.to_le_bytes());
+        if let Some(t) = &self.table {
+            let mut b = Vec::new();
+            b.extend_from_slice(&t.addr.to_le_bytes());
+            b.extend_from_slice(&t.rkey.to_le_bytes());
+            b.extend_from_slice(&t.geometry.buckets.to_le_bytes());
+            b.push(t.geometry.assoc);
+            field(&mut w, tag::TABLE, &b);
+        }
+        field(&mut w, tag::STORE_ID, &self.store_id);
+        for s in &self.ssds {
+            let g = &s.geometry;
+            let mut b = Vec::new();
+            for v in [g.total_blocks, g.bucket_log.start, g.bucket_log.blocks, g.value_log.start, g.value_log.blocks] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            b.extend_from_slice(&g.buckets.to_le_bytes());
+            b.extend_from_slice(s.path.as_bytes());
+            field(&mut w, tag::SSD, &b);
+        }
+        for t in &self.targets {
+            let mut b = Vec::new();
+            b.extend_from_slice(&t.ssd.to_le_bytes());
+            b.extend_from_slice(&t.nsid.to_le_bytes());
+            put_str(&mut b, &t.addr);
+            put_str(&mut b, &t.nqn);
+            field(&mut w, tag::TARGET, &b);
+        }
+        w
+    }
+
+    pub fn decode(mut b: &[u8]) -> Result<ServerInfo, CodecError> {
+        let mut info =
+            ServerInfo { protocol: 0, table: None, store_id: [0; 16], ssds: Vec::new(), targets: Vec::new() };
+        let mut seen_protocol = false;
+        while !b.is_empty() {
+            need(b, 6)?;
+            let t = u16::from_le_bytes([b[0], b[1]]);
+            let len = u32::from_le_bytes(b[2..6].try_into().unwrap()) as usize;
+            let end = 6usize.checked_add(len).ok_or(CodecError::Malformed("field length"))?;
+            need(b, end)?;
+            let v = &b[6..end];
+            b = &b[end..];
+            match t {
+                tag::PROTOCOL => {
+                    info.protocol = u32::from_le_bytes(exact(v, 4, "protocol")?.try_into().unwrap());
+                    seen_protocol = true;
+                }
+                tag::TABLE => {
+                    let v = exact(v, 17, "table")?;
+                    let geometry =
+                        TableGeometry { buckets: u32::from_le_bytes(v[12..16].try_into().unwrap()), assoc: v[16] };
+                    if geometry.buckets == 0 || geometry.assoc == 0 {
+                        return Err(CodecError::Malformed("empty table geometry"));
+                    }
+                    info.table = Some(TableInfo {
+                        addr: u64::from_le_bytes(v[0..8].try_into().unwrap()),
+                        rkey: u32::from_le_bytes(v[8..12].try_into().unwrap()),
+                        geometry,
+                    });
+                }
+                tag::STORE_ID => info.store_id = exact(v, 16, "store id")?.try_into().unwrap(),
+                tag::SSD => {
+                    need(v, 44)?;
+                    let n = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().unwrap());
+                    let geometry = SsdGeometry {
+                        total_blocks: n(0),
+                        bucket_log: Extent { start: n(1), blocks: n(2) },
+                        value_log: Extent { start: n(3), blocks: n(4) },
+                        buckets: u32::from_le_bytes(v[40..44].try_into().unwrap()),
+                    };
+                    geometry.check().map_err(|_| CodecError::Malformed("ssd geometry"))?;
+                    let path = String::from_utf8(v[44..].to_vec()).map_err(|_| CodecError::Malformed("ssd path"))?;
+                    info.ssds.push(SsdInfo { geometry, path });
+                }
+                tag::TARGET => {
+                    need(v, 6)?;
+                    let mut rest = &v[6..];
+                    let addr = take_str(&mut rest)?;
+                    let nqn = take_str(&mut rest)?;
+                    info.targets.push(BlockTarget {
+                        ssd: u16::from_le_bytes([v[0], v[1]]),
+                        nsid: u32::from_le_bytes(v[2..6].try_into().unwrap()),
+                        addr,
+                        nqn,
+                    });
+                }
+                _ => {} // a newer server's field
+            }
+        }
+        if !seen_protocol {
+            return Err(CodecError::Malformed("server info without protocol version"));
+        }
+        Ok(info)
+    }
+}
+
+/// Named counters, in the order the server lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub counters: Vec<(String, u64)>,
+}
+
+impl Stats {
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.counters.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+
+    /// The counter, or 0 if the server does not report it.
+    pub fn value(&self, name: &str) -> u64 {
+        self.get(name).unwrap_or(0)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(self.counters.len() as u32).to_le_bytes());
+        for (name, v) in &self.counters {
+            put_str(&mut b, name);
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Stats, CodecError> {
+        need(b, 4)?;
+        let n = u32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
+        let mut rest = &b[4..];
+        let mut counters = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let name = take_str(&mut rest)?;
+            need(rest, 8)?;
+            counters.push((name, u64::from_le_bytes(rest[..8].try_into().unwrap())));
+            rest = &rest[8..];
+        }
+        if !rest.is_empty() {
+            return Err(CodecError::Trailing(rest.len()));
+        }
+        Ok(Stats { counters })
+    }
+
+    /// `self - earlier`, counter by counter (counters that went down, such as gauges, give 0).
+    pub fn delta(&self, earlier: &Stats) -> Stats {
+        Stats { counters: self.counters.iter().map(|(n, v)| (n.clone(), v.saturating_sub(earlier.value(n)))).collect() }
+    }
+}
+
+fn need(b: &[u8], n: usize) -> Result<(), CodecError> {
+    if b.len() < n {
+        Err(CodecError::Truncated { have: b.len(), need: n })
+    } else {
+        Ok(())
+    }
+}
+
+fn exact<'a>(v: &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], CodecError> {
+    if v.len() == n {
+        Ok(v)
+    } else {
+        Err(CodecError::Malformed(what))
+    }
+}
+
+fn field(w: &mut Vec<u8>, tag: u16, v: &[u8]) {
+    w.extend_from_slice(&tag.to_le_bytes());
+    w.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    w.extend_from_slice(v);
+}
+
+fn put_str(w: &mut Vec<u8>, s: &str) {
+    let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    w.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    w.extend_from_slice(s);
+}
+
+fn take_str(b: &mut &[u8]) -> Result<String, CodecError> {
+    need(b, 2)?;
+    let n = usize::from(u16::from_le_bytes([b[0], b[1]]));
+    need(b, 2 + n)?;
+    let s = String::from_utf8(b[2..2 + n].to_vec()).map_err(|_| CodecError::Malformed("string"))?;
+    *b = &b[2 + n..];
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        proptest::sample::select(Op::ALL.to_vec())
+    }
+
+    proptest! {
+        #[test]
+        fn request_round_trip(op in arb_op(), f: u8, key in proptest::collection::vec(any::<u8>(), 0..=20),
+                              value in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let r = Request::new(op, &key, &value).with_flags(f);
+            let bytes = r.to_vec();
+            prop_assert_eq!(bytes.len(), r.encoded_len());
+            prop_assert_eq!(Request::decode(&bytes).unwrap(), r);
+        }
+
+        #[test]
+        fn response_round_trip(op in arb_op(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let bytes = Response::to_vec(Status::NotFound, op, &body);
+            let r = Response::decode(&bytes).unwrap();
+            prop_assert_eq!(r.body, &body[..]);
+            prop_assert_eq!(r.op, op);
+        }
+
+        #[test]
+        fn meta_get_round_trip(ssd: u16, chain_len: u8, lseq: u64, res: Option<(u8, u32)>) {
+            let m = MetaGetReply { ssd, chain_len, lseq, reservation: res.map(|(slot, generation)| Reservation { slot, generation }) };
+            prop_assert_eq!(MetaGetReply::decode(&m.encode()).unwrap(), m);
+        }
+
+        #[test]
+        fn stats_round_trip(c in proptest::collection::vec(("[a-z_]{1,20}", any::<u64>()), 0..20)) {
+            let s = Stats { counters: c };
+            prop_assert_eq!(Stats::decode(&s.encode()).unwrap(), s);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Request::decode(&b);
+            let _ = Response::decode(&b);
+            let _ = MetaGetReply::decode(&b);
+            let _ = ServerInfo::decode(&b);
+            let _ = Stats::decode(&b);
+        }
+    }
+
+    #[test]
+    fn server_info_round_trip() {
+        let info = ServerInfo {
+            protocol: PROTOCOL_VERSION,
+            table: Some(TableInfo { addr: 0x1000_0000, rkey: 77, geometry: TableGeometry { buckets: 1024, assoc: 8 } }),
+            store_id: [9; 16],
+            ssds: vec![SsdInfo { geometry: SsdGeometry::plan(65_536, None).unwrap(), path: "/tmp/ssd0.img".into() }],
+            targets: vec![BlockTarget {
+                ssd: 0,
+                addr: "127.0.0.1:4420".into(),
+                nqn: "nqn.2026-11.io.scalio:ssd0".into(),
+                nsid: 1,
+            }],
+        };
+        assert_eq!(ServerInfo::decode(&info.encode()).unwrap(), info);
+        // An unknown field is skipped.
+        let mut b = info.encode();
+        field(&mut b, 999, b"future");
+        assert_eq!(ServerInfo::decode(&b).unwrap(), info);
+    }
+
+    #[test]
+    fn oversized_lengths_are_rejected() {
+        let mut b = Request::new(Op::Put, b"k", b"v").to_vec();
+        b[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Request::decode(&b), Err(CodecError::ValueTooLarge(u32::MAX as usize)));
+        let mut r = Response::to_vec(Status::Ok, Op::Get, b"x");
+        r[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(Response::decode(&r), Err(CodecError::Truncated { .. })));
+    }
+}
