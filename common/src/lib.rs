@@ -6,8 +6,10 @@
 //! * [`rpc`]: the KV messages, a sans-IO codec;
 //! * [`fabric`]: the verbs-shaped fabric and its backends;
 //! * [`block`]: the block-read interface of a client's miss path;
+//! * [`aligned`]: buffers aligned for O_DIRECT;
 //! * [`cputime`]: per-thread CPU clocks, to prove where work happened.
 
+pub mod aligned;
 pub mod block;
 pub mod cputime;
 pub mod fabric;

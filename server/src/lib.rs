@@ -1,1 +1,5 @@
-//! The scalio server.
+//! The scalio server: the JBOF/DPU side.
+
+pub mod device;
+pub mod store;
+pub mod table;
