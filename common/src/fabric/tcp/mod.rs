@@ -1,1 +1,3 @@
-//! The software NIC over TCP (to be written).
+//! The software NIC over TCP (being written): its wire protocol.
+
+pub mod wire;
