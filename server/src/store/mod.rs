@@ -881,9 +881,13 @@ impl<R> DataStore<R> {
     }
 
     fn gc_failed(&mut self, e: impl std::fmt::Display) {
-        tracing::error!(ssd = self.ssd, error = %e, "garbage collection step failed; retrying later");
+        tracing::error!(ssd = self.ssd, error = %e, "garbage collection step failed");
         self.gc = None;
         self.gc_wanted = false;
+        self.gc_need = (0, 0);
+        // Until a batch changes things, a write that does not fit is refused rather than
+        // waiting for a collection that cannot happen.
+        self.gc_futile = true;
     }
 
     fn on_gc_io(&mut self, r: IoResult) {
@@ -934,6 +938,7 @@ impl<R> DataStore<R> {
         let mut p = start;
         let end = start + blocks;
         let mut moved: Vec<(u32, Bucket, u64)> = Vec::new();
+        let mut relocated_end = self.bl.tail;
         while p < end {
             let at = ((p - start) as usize) * BLOCK_SIZE;
             let live = match BlockHeader::decode(&bytes[at..at + BLOCK_SIZE], self.seed) {
@@ -958,8 +963,16 @@ impl<R> DataStore<R> {
                 }
                 break;
             }
+            // Relocate only as much as fits in the free space; the rest waits for the next step.
+            let placed = self.bl.place(relocated_end, len) + len;
+            if placed - self.bl.tail > self.bl.free() {
+                break;
+            }
             match Bucket::decode(&bytes[at..at + len as usize * BLOCK_SIZE], bucket, p, loc.len, self.seed) {
-                Ok(content) => moved.push((bucket, content, len)),
+                Ok(content) => {
+                    relocated_end = placed;
+                    moved.push((bucket, content, len))
+                }
                 Err(e) => {
                     // The index points here, so this is the only copy: keep it and stop.
                     return self.gc_failed(format!("live chain of bucket {bucket} is unreadable: {e}"));
@@ -968,13 +981,12 @@ impl<R> DataStore<R> {
             p += len;
         }
         let new_head = p;
+        if new_head == start {
+            return self.gc_failed("no room to relocate the oldest live chain");
+        }
         if moved.is_empty() {
             self.bl.head = new_head;
             return self.after_gc_step();
-        }
-        let need: u64 = moved.iter().map(|(_, _, l)| *l).sum();
-        if LogSpace::worst_case(need) > self.bl.free() {
-            return self.gc_failed("no room to relocate live chains");
         }
         let mut chains = Vec::new();
         let mut publish = Vec::new();
@@ -1075,25 +1087,43 @@ impl<R> DataStore<R> {
         let Some(Gc::ValueBuckets { new_head, records, mut contents, .. }) = self.gc.take() else {
             return;
         };
-        let live: Vec<&GcRecord> = records
-            .iter()
-            .filter(|r| {
-                contents
-                    .get(&r.bucket)
-                    .and_then(|c| c.find(&r.key))
-                    .is_some_and(|it| it.value_pos == r.lpos && it.value_len as usize == r.value.len())
-            })
-            .collect();
+        let is_live = |r: &GcRecord| {
+            contents
+                .get(&r.bucket)
+                .and_then(|c| c.find(&r.key))
+                .is_some_and(|it| it.value_pos == r.lpos && it.value_len as usize == r.value.len())
+        };
+        // Relocate the live records in order, as many as fit in the free space of both logs; the
+        // head advances to the first record left behind.
+        let mut live: Vec<&GcRecord> = Vec::new();
+        let mut new_head = new_head;
+        let (mut total, mut buckets) = (0u64, HashSet::new());
+        for r in &records {
+            if !is_live(r) {
+                continue;
+            }
+            let t = total + record_len(r.key.len(), r.value.len()) as u64;
+            let padded = round_block(t);
+            let mut b = buckets.clone();
+            b.insert(r.bucket);
+            let chain_blocks: u64 = b.iter().map(|x| contents[x].chain_len() as u64).sum();
+            let v_end = self.vl.place(self.vl.tail, padded) + padded;
+            if v_end - self.vl.tail > self.vl.free() || LogSpace::worst_case(chain_blocks) > self.bl.free() {
+                new_head = r.lpos;
+                break;
+            }
+            total = t;
+            buckets = b;
+            live.push(r);
+        }
+        if live.is_empty() && new_head == self.vl.head {
+            return self.gc_failed("no room to relocate the oldest live value");
+        }
         if live.is_empty() {
             self.vl.head = new_head;
             return self.after_gc_step();
         }
-        let total: u64 = live.iter().map(|r| record_len(r.key.len(), r.value.len()) as u64).sum();
         let padded = round_block(total);
-        let chains_need: u64 = live.iter().map(|r| contents[&r.bucket].chain_len() as u64).sum();
-        if LogSpace::worst_case(padded) > self.vl.free() || LogSpace::worst_case(chains_need) > self.bl.free() {
-            return self.gc_failed("no room to relocate live values");
-        }
         let base = self.vl.place(self.vl.tail, padded);
         let mut buf = Vec::with_capacity(padded as usize);
         let mut changed = Vec::new();
