@@ -389,3 +389,270 @@ pub fn check_status(command: &str, c: Completion) -> Result<Completion, NvmeErro
         Err(NvmeError::Status { command: command.to_string(), status: c.cqe.status })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use scalio_common::nvme::command::IoCommand;
+    use scalio_common::nvme::pdu::{pdu_type, CapsuleResp, H2CData, TermReq};
+    use scalio_common::nvme::sqe::StatusField;
+    use scalio_common::nvme::stream::decode_established;
+
+    fn queue(digests: Digests, maxh2cdata: u32) -> HostQueue<u32> {
+        let n = Negotiated {
+            tx: TxParams { digests, pda: 0 },
+            rx: RxParams { digests, pda: 0, max_capsule_data: 0, max_h2c_data: 0, max_c2h_data: 1 << 20 },
+            maxh2cdata,
+        };
+        let mut q = HostQueue::new(1, n);
+        q.set_io_in_capsule(4096);
+        q
+    }
+
+    fn read(q: &mut HostQueue<u32>, tag: u32, len: u32) -> u16 {
+        let mut out = Vec::new();
+        let sqe = IoCommand::Read { nsid: 1, slba: 0, nlb: (len / 512 - 1) as u16 }.to_sqe();
+        q.submit(sqe, None, len, tag, &mut out).map_err(|(_, e)| e).unwrap()
+    }
+
+    fn c2h(cccid: u16, datao: u32, data: Vec<u8>, last: bool, success: bool) -> Vec<u8> {
+        Pdu::C2HData(C2HData { cccid, datao, last, success, data }).to_vec(&TxParams::default())
+    }
+
+    fn resp(cid: u16, status: StatusField) -> Vec<u8> {
+        Pdu::CapsuleResp(CapsuleResp { cqe: Cqe { cid, status, ..Cqe::default() } }).to_vec(&TxParams::default())
+    }
+
+    fn feed(q: &mut HostQueue<u32>, b: &[u8]) -> (Result<(), QueueFailure>, Vec<u8>, Vec<Finished<u32>>) {
+        let mut out = Vec::new();
+        let mut done = Vec::new();
+        let r = q.receive(b, &mut out, &mut done);
+        (r, out, done)
+    }
+
+    fn term_of(f: &QueueFailure) -> (u16, u32) {
+        let t = f.term_req.as_ref().expect("a termination request");
+        assert_eq!(t[0], pdu_type::H2C_TERM_REQ);
+        (u16::from_le_bytes([t[8], t[9]]), u32::from_le_bytes(t[10..14].try_into().unwrap()))
+    }
+
+    #[test]
+    fn data_in_several_pdus_is_reassembled() {
+        let mut q = queue(Digests::default(), 4096);
+        let cid = read(&mut q, 7, 2048);
+        let mut bytes = c2h(cid, 0, vec![1; 1000], false, false);
+        bytes.extend(c2h(cid, 1000, vec![2; 1048], true, false));
+        bytes.extend(resp(cid, StatusField::SUCCESS));
+        // Fed one byte at a time.
+        let mut done = Vec::new();
+        for b in &bytes {
+            let (r, out, d) = feed(&mut q, std::slice::from_ref(b));
+            r.unwrap();
+            assert!(out.is_empty());
+            done.extend(d);
+        }
+        assert_eq!(done.len(), 1);
+        let (tag, r) = done.pop().unwrap();
+        assert_eq!(tag, 7);
+        let c = r.unwrap();
+        assert_eq!(&c.data[..1000], &[1u8; 1000][..]);
+        assert_eq!(&c.data[1000..], &[2u8; 1048][..]);
+        assert_eq!(q.outstanding(), 0);
+    }
+
+    #[test]
+    fn the_success_flag_completes_without_a_response_only_without_sq_flow_control() {
+        let mut q = queue(Digests::default(), 4096);
+        q.set_sq_flow_control(false);
+        let cid = read(&mut q, 1, 512);
+        let (r, _, done) = feed(&mut q, &c2h(cid, 0, vec![3; 512], true, true));
+        r.unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].1.as_ref().unwrap().data, vec![3u8; 512]);
+
+        let mut q = queue(Digests::default(), 4096);
+        let cid = read(&mut q, 1, 512);
+        let (r, _, done) = feed(&mut q, &c2h(cid, 0, vec![3; 512], true, true));
+        assert_eq!(term_of(&r.unwrap_err()), (Fes::InvalidHeaderField as u16, 1));
+        assert!(matches!(done[0].1, Err(NvmeError::Fatal(_))));
+    }
+
+    #[test]
+    fn bad_data_pdus_are_fatal_with_the_right_fes() {
+        // Unknown command.
+        let mut q = queue(Digests::default(), 4096);
+        read(&mut q, 1, 512);
+        let (r, _, done) = feed(&mut q, &c2h(999, 0, vec![0; 512], true, false));
+        assert_eq!(term_of(&r.unwrap_err()), (Fes::InvalidHeaderField as u16, 8));
+        assert_eq!(done.len(), 1, "the waiting command fails too");
+        assert!(q.is_failed());
+        // Beyond the command's data.
+        let mut q = queue(Digests::default(), 4096);
+        let cid = read(&mut q, 1, 512);
+        let (r, _, _) = feed(&mut q, &c2h(cid, 256, vec![0; 512], true, false));
+        assert_eq!(term_of(&r.unwrap_err()), (Fes::DataTransferOutOfRange as u16, 0));
+        // Out of order.
+        let mut q = queue(Digests::default(), 4096);
+        let cid = read(&mut q, 1, 1024);
+        let (r, _, _) = feed(&mut q, &c2h(cid, 512, vec![0; 512], true, false));
+        assert_eq!(term_of(&r.unwrap_err()), (Fes::PduSequenceError as u16, 0));
+    }
+
+    #[test]
+    fn a_short_read_or_a_bad_digest_fails_only_that_command() {
+        let mut q = queue(Digests::default(), 4096);
+        let cid = read(&mut q, 1, 1024);
+        let mut b = c2h(cid, 0, vec![0; 512], false, false);
+        b.extend(resp(cid, StatusField::SUCCESS));
+        let (r, _, done) = feed(&mut q, &b);
+        r.unwrap();
+        assert!(matches!(done[0].1, Err(NvmeError::Protocol(_))));
+
+        let digests = Digests { header: false, data: true };
+        let mut q = queue(digests, 4096);
+        let cid = read(&mut q, 1, 512);
+        let mut b = Pdu::C2HData(C2HData { cccid: cid, datao: 0, last: true, success: false, data: vec![4; 512] })
+            .to_vec(&TxParams { digests, pda: 0 });
+        let n = b.len();
+        b[n - 5] ^= 1;
+        b.extend(resp(cid, StatusField::SUCCESS));
+        let (r, _, done) = feed(&mut q, &b);
+        r.unwrap();
+        assert_eq!(done[0].1, Err(NvmeError::DataDigest { cid }));
+        // The queue goes on.
+        let cid = read(&mut q, 2, 512);
+        let (r, _, done) = feed(&mut q, &resp(cid, StatusField::generic(0x80)));
+        r.unwrap();
+        assert_eq!(done[0].1.as_ref().unwrap().cqe.status.sc(), 0x80);
+    }
+
+    #[test]
+    fn r2ts_are_answered_with_h2c_data_in_maxh2cdata_pieces() {
+        let mut q = queue(Digests::default(), 4096);
+        let data: Arc<[u8]> = (0..10240u32).map(|i| i as u8).collect::<Vec<u8>>().into();
+        let mut out = Vec::new();
+        let sqe = IoCommand::Write { nsid: 1, slba: 0, nlb: 19 }.to_sqe();
+        let cid = q.submit(sqe, Some(data.clone()), 0, 1, &mut out).map_err(|(_, e)| e).unwrap();
+        // Too big for in-capsule (4 KiB): the SGL asks the controller for an R2T.
+        let (cmd, _) = decode_established(Role::Controller, RxParams::default(), &out).unwrap().unwrap();
+        match cmd.pdu {
+            Pdu::CapsuleCmd(c) => {
+                assert!(c.data.is_empty());
+                assert_eq!(c.sqe.sgl(), Sgl::transport(10240));
+            }
+            other => panic!("{other:?}"),
+        }
+        let r2t = Pdu::R2t(R2t { cccid: cid, ttag: 3, r2to: 0, r2tl: 10240 }).to_vec(&TxParams::default());
+        let (r, out, _) = feed(&mut q, &r2t);
+        r.unwrap();
+        let rx = RxParams { max_h2c_data: 4096, ..RxParams::default() };
+        let mut dec = PduDecoder::established(Role::Controller, rx);
+        dec.feed(&out);
+        let mut pieces = Vec::new();
+        while let Some(d) = dec.next_pdu().unwrap() {
+            match d.pdu {
+                Pdu::H2CData(h) => pieces.push(h),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(pieces.iter().map(|h| h.data.len()).collect::<Vec<_>>(), vec![4096, 4096, 2048]);
+        assert_eq!(pieces.iter().map(|h| h.last).collect::<Vec<_>>(), vec![false, false, true]);
+        let joined: Vec<u8> = pieces.iter().flat_map(|h| h.data.clone()).collect();
+        assert_eq!(&joined[..], &data[..]);
+        assert!(pieces.iter().all(|h: &H2CData| h.ttag == 3 && h.cccid == cid));
+        // An R2T past the end of the data.
+        let bad = Pdu::R2t(R2t { cccid: cid, ttag: 3, r2to: 10240, r2tl: 512 }).to_vec(&TxParams::default());
+        let (r, _, _) = feed(&mut q, &bad);
+        assert_eq!(term_of(&r.unwrap_err()), (Fes::DataTransferOutOfRange as u16, 0));
+    }
+
+    #[test]
+    fn small_writes_go_in_capsule() {
+        let mut q = queue(Digests::default(), 4096);
+        let mut out = Vec::new();
+        let sqe = IoCommand::Write { nsid: 1, slba: 0, nlb: 7 }.to_sqe();
+        q.submit(sqe, Some(Arc::from(vec![6u8; 4096])), 0, 1, &mut out).map_err(|(_, e)| e).unwrap();
+        let (cmd, _) = decode_established(Role::Controller, RxParams::default(), &out).unwrap().unwrap();
+        match cmd.pdu {
+            Pdu::CapsuleCmd(c) => {
+                assert_eq!(c.data, vec![6u8; 4096]);
+                assert_eq!(c.sqe.sgl(), Sgl::in_capsule(0, 4096));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_controller_termination_request_fails_everything() {
+        let mut q = queue(Digests::default(), 4096);
+        read(&mut q, 1, 512);
+        read(&mut q, 2, 512);
+        let t = Pdu::C2HTermReq(TermReq { fes: 2, fei: 0, data: vec![] }).to_vec(&TxParams::default());
+        let (r, _, done) = feed(&mut q, &t);
+        let f = r.unwrap_err();
+        assert!(f.term_req.is_none(), "a termination request is never answered");
+        assert!(matches!(f.error, NvmeError::Terminated { fes: 2, .. }));
+        assert_eq!(done.len(), 2);
+        let mut out = Vec::new();
+        assert!(q.submit(Sqe::new(0x02), None, 512, 3, &mut out).is_err());
+    }
+
+    #[test]
+    fn abandoned_commands_keep_their_identifier_until_answered() {
+        let mut q = queue(Digests::default(), 4096);
+        let a = read(&mut q, 1, 512);
+        assert_eq!(q.abandon(a), Some(1));
+        let b = read(&mut q, 2, 512);
+        assert_ne!(a, b);
+        // The late answer is swallowed.
+        let (r, _, done) = feed(&mut q, &resp(a, StatusField::SUCCESS));
+        r.unwrap();
+        assert!(done.is_empty());
+        assert_eq!(q.outstanding(), 1);
+    }
+
+    #[test]
+    fn a_response_for_an_unknown_command_breaks_the_queue() {
+        let mut q = queue(Digests::default(), 4096);
+        let (r, _, _) = feed(&mut q, &resp(42, StatusField::SUCCESS));
+        assert!(matches!(r.unwrap_err().error, NvmeError::Protocol(_)));
+    }
+
+    #[test]
+    fn negotiation_refuses_digests_that_were_not_asked_for() {
+        let req = ic_request(Digests::default(), 0);
+        let resp = Pdu::IcResp(pdu::IcResp {
+            pfv: 0,
+            cpda: 0,
+            digests: Digests { header: true, data: false },
+            maxh2cdata: 8192,
+        })
+        .to_vec(&TxParams::default());
+        match negotiate(&req, &resp, 1 << 20) {
+            Err(NvmeError::Fatal(e)) => assert_eq!((e.fes, e.fei), (Fes::UnsupportedParameter, 11)),
+            other => panic!("{other:?}"),
+        }
+        let req = ic_request(Digests { header: true, data: true }, 0);
+        let n = negotiate(&req, &resp, 1 << 20).unwrap();
+        assert_eq!(n.tx.digests, Digests { header: true, data: false });
+        assert_eq!(n.maxh2cdata, 8192);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_controller_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1500), cut in 1usize..200) {
+            let mut q = queue(Digests::default(), 4096);
+            read(&mut q, 1, 1024);
+            let mut out = Vec::new();
+            let sqe = IoCommand::Write { nsid: 1, slba: 0, nlb: 15 }.to_sqe();
+            let _ = q.submit(sqe, Some(Arc::from(vec![1u8; 8192])), 0, 2, &mut out);
+            for chunk in bytes.chunks(cut) {
+                let (r, _, _) = feed(&mut q, chunk);
+                if r.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
