@@ -210,7 +210,12 @@ fn log_page_contents(
     match (ctrl.kind, lid) {
         (ControllerKind::Discovery, log_page::DISCOVERY) => Ok(discovery_log(shared, local)),
         (ControllerKind::Io(_), log_page::ERROR_INFORMATION) => Ok(vec![0; 64]),
-        (ControllerKind::Io(_), log_page::SMART_HEALTH) => Ok(vec![0; 512]),
+        (ControllerKind::Io(_), log_page::SMART_HEALTH) => {
+            // All zeros but the composite temperature (Kelvin), which hosts show as a sensor.
+            let mut b = vec![0u8; 512];
+            b[1..3].copy_from_slice(&300u16.to_le_bytes());
+            Ok(b)
+        }
         (ControllerKind::Io(_), log_page::FIRMWARE_SLOT) => {
             let mut b = vec![0u8; 512];
             b[0] = 1; // active slot 1
