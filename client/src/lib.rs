@@ -21,6 +21,7 @@
 pub mod block;
 pub mod blocking;
 mod error;
+pub mod nvme;
 mod read;
 mod stats;
 mod write;

@@ -6,6 +6,7 @@
 //! * [`rpc`]: the KV messages, a sans-IO codec;
 //! * [`fabric`]: the verbs-shaped fabric and its backends;
 //! * [`block`]: the block-read interface of a client's miss path;
+//! * [`nvme`]: NVMe over Fabrics / TCP: PDUs, commands, Identify and discovery structures;
 //! * [`aligned`]: buffers aligned for O_DIRECT;
 //! * [`cputime`]: per-thread CPU clocks, to prove where work happened.
 
@@ -14,6 +15,7 @@ pub mod block;
 pub mod cputime;
 pub mod fabric;
 pub mod key;
+pub mod nvme;
 pub mod rpc;
 pub mod ssd;
 pub mod table;

@@ -6,6 +6,7 @@
 //! * [`store`]: one data store per SSD (bucket log, value log, index, batching, GC, recovery);
 //! * [`worker`]: worker threads (the "DPU cores") and the dispatch of RPCs to them;
 //! * [`stats`]: counters by role;
+//! * [`target`]: the NVMe/TCP target engine (the offload path), on its own threads;
 //! * [`config`]: the TOML configuration;
 //! * [`server`]: the assembled [`Server`].
 
@@ -15,6 +16,7 @@ pub mod server;
 pub mod stats;
 pub mod store;
 pub mod table;
+pub mod target;
 mod worker;
 
 pub use config::ServerConfig;
