@@ -102,14 +102,25 @@ impl Client {
     /// Connects to the server's fabric address over the software NIC (TCP).
     pub async fn connect(addr: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
         let mut qps: Vec<Arc<dyn QueuePair>> = Vec::new();
+        let mut peer = None;
         for _ in 0..cfg.queue_pairs.max(1) {
-            qps.push(Arc::new(TcpQueuePair::connect(addr)?));
+            let qp = TcpQueuePair::connect(addr)?;
+            peer = Some(qp.peer_addr().ip());
+            qps.push(Arc::new(qp));
         }
-        Client::with_queue_pairs(qps, cfg).await
+        Client::build(qps, cfg, peer).await
     }
 
     /// A client over queue pairs of any fabric backend.
     pub async fn with_queue_pairs(qps: Vec<Arc<dyn QueuePair>>, cfg: ClientConfig) -> Result<Client, ClientError> {
+        Client::build(qps, cfg, None).await
+    }
+
+    async fn build(
+        qps: Vec<Arc<dyn QueuePair>>,
+        cfg: ClientConfig,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Client, ClientError> {
         if qps.is_empty() {
             return Err(ClientError::Config("no queue pairs".into()));
         }
@@ -118,7 +129,7 @@ impl Client {
         if info.protocol != PROTOCOL_VERSION {
             return Err(ClientError::ProtocolVersion { server: info.protocol, client: PROTOCOL_VERSION });
         }
-        let block = block::open(&cfg.block, &info, cfg.block_io_threads)?;
+        let block = block::open(&cfg.block, &info, peer, cfg.block_io_threads)?;
         let counters = Counters::default();
         Counters::add(&counters.rpcs[Op::Hello as usize], 1);
         Ok(Client {

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{key, start};
-use scalio_client::{ClientConfig, ClientError, ReadPath};
+use scalio_client::{BlockPath, ClientConfig, ClientError, ReadPath};
 use scalio_common::rpc::Op;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,11 +36,13 @@ async fn put_get_update_delete_over_mem() {
 async fn hit_and_miss_costs_over_tcp() {
     let s = start(2, true, |_| {});
     let c = s.tcp_client(ClientConfig::default()).await;
+    assert_eq!(c.block_path(), "nvme-tcp", "a remote server's SSDs are read over NVMe/TCP");
     for i in 0..50 {
         c.put(&key(i), format!("value-{i}").as_bytes()).await.unwrap();
     }
     for i in 0..50 {
         let (c0, worker_reads, nic_reads) = (c.stats(), s.stat("ssd_reads_worker"), s.stat("nic_reads"));
+        let target_reads = s.stat("ssd_reads_target");
         let rpcs = s.stat("rpc_meta_get") + s.stat("rpc_get");
         assert_eq!(c.get(&key(i)).await.unwrap(), Some(format!("value-{i}").into_bytes()));
         let d = c.stats().since(&c0);
@@ -49,6 +51,7 @@ async fn hit_and_miss_costs_over_tcp() {
         assert_eq!(d.rpcs(Op::MetaGet), 1);
         assert_eq!(d.block_reads, 2, "the client read the bucket and the value itself");
         assert_eq!(s.stat("ssd_reads_worker"), worker_reads, "no worker SSD read for a miss");
+        assert_eq!(s.stat("ssd_reads_target"), target_reads + 2, "the NVMe/TCP target served both reads");
         assert_eq!(s.stat("rpc_meta_get") + s.stat("rpc_get"), rpcs + 1);
         assert_eq!(s.stat("nic_reads"), nic_reads + 1, "one probe READ");
         assert_eq!(d.fills, 1);
@@ -130,6 +133,20 @@ async fn many_clients_many_in_flight() {
     }
     assert_eq!(s.stat("rpc_put"), 4 * 8 * 40);
     assert!(s.stat("store_batches") < 4 * 8 * 40, "writes were batched");
+}
+
+/// The `direct` block path (same host) works alongside the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_block_path_over_tcp() {
+    let s = start(2, true, |_| {});
+    let paths = s.server.info().ssds.iter().map(|d| d.path.clone().into()).collect();
+    let c = s.tcp_client(ClientConfig { block: BlockPath::Direct(paths), ..Default::default() }).await;
+    assert_eq!(c.block_path(), "direct");
+    c.put(b"k", b"v").await.unwrap();
+    let target_reads = s.stat("ssd_reads_target");
+    assert_eq!(c.get(b"k").await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(c.stats().block_reads, 2);
+    assert_eq!(s.stat("ssd_reads_target"), target_reads, "read from the files, not through the target");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

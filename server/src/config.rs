@@ -24,7 +24,7 @@
 //!
 //! [target]                       # the NVMe/TCP target (the offload path)
 //! enabled = true
-//! listen = "127.0.0.1:4420"
+//! listen = "127.0.0.1:4420"      # default: the fabric address's IP, port 4420
 //! discovery = "127.0.0.1:8009"
 //! nqn_prefix = "nqn.2026-11.io.scalio:ssd"
 //! allow_writes = false
@@ -119,8 +119,12 @@ impl Default for WriteConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TargetConfig {
+    /// Run the target when the server listens on a fabric address.
     pub enabled: bool,
-    pub listen: String,
+    /// I/O (and discovery) address. Default: the fabric address's IP, port 4420 (port 0, i.e.
+    /// any free port, when the fabric port is 0).
+    pub listen: Option<String>,
+    /// A separate discovery-controller address (e.g. port 8009).
     pub discovery: Option<String>,
     /// Subsystem `i` is named `{nqn_prefix}{i}`.
     pub nqn_prefix: String,
@@ -131,8 +135,8 @@ pub struct TargetConfig {
 impl Default for TargetConfig {
     fn default() -> Self {
         TargetConfig {
-            enabled: false,
-            listen: "127.0.0.1:4420".into(),
+            enabled: true,
+            listen: None,
             discovery: None,
             nqn_prefix: "nqn.2026-11.io.scalio:ssd".into(),
             allow_writes: false,
@@ -152,6 +156,21 @@ pub struct EmulationConfig {
     /// Worker time charged per SSD I/O a worker issues, microseconds (virtual: the worker is
     /// unavailable for that long, without spinning a host core).
     pub worker_io_cost_us: u64,
+}
+
+impl TargetConfig {
+    /// Where the target listens, given the fabric address: None if the target is off.
+    pub fn resolve_listen(&self, fabric: Option<std::net::SocketAddr>) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        if let Some(l) = &self.listen {
+            return Some(l.clone());
+        }
+        let f = fabric?;
+        let port = if f.port() == 0 { 0 } else { 4420 };
+        Some(std::net::SocketAddr::new(f.ip(), port).to_string())
+    }
 }
 
 impl EmulationConfig {
@@ -255,7 +274,9 @@ impl ServerConfig {
             check_addr("listen", l)?;
         }
         if self.target.enabled {
-            check_addr("target.listen", &self.target.listen)?;
+            if let Some(l) = &self.target.listen {
+                check_addr("target.listen", l)?;
+            }
             if let Some(d) = &self.target.discovery {
                 check_addr("target.discovery", d)?;
             }

@@ -425,6 +425,53 @@ impl BlockReader for LocalBlockReader {
     }
 }
 
+/// The SSD as the NVMe/TCP target exports it: reads and writes run on the SSD's I/O threads,
+/// counted as the target's, under the same device model as the workers' I/O.
+impl crate::target::TargetNamespace for Ssd {
+    fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn read(&self, lba: u64, count: u32, done: crate::target::ReadDone) {
+        use crate::target::NamespaceError;
+        self.read_async(
+            lba,
+            count,
+            Issuer::Target,
+            Box::new(move |r| {
+                done(r.map(|b| b.to_vec()).map_err(|e| match e {
+                    DeviceError::OutOfRange { lba, count, blocks, .. } => {
+                        NamespaceError::OutOfRange { lba, count: count as u32, blocks }
+                    }
+                    other => NamespaceError::Read(other.to_string()),
+                }))
+            }),
+        );
+    }
+
+    fn write(&self, lba: u64, data: Vec<u8>, done: crate::target::WriteDone) {
+        use crate::target::NamespaceError;
+        let buf = AlignedBuf::copy_padded(&data, data.len());
+        self.write_async(
+            vec![(lba, buf)],
+            Issuer::Target,
+            Box::new(move |r| {
+                done(r.map_err(|e| match e {
+                    DeviceError::OutOfRange { lba, count, blocks, .. } => {
+                        NamespaceError::OutOfRange { lba, count: count as u32, blocks }
+                    }
+                    other => NamespaceError::Write(other.to_string()),
+                }))
+            }),
+        );
+    }
+
+    fn flush(&self, done: crate::target::WriteDone) {
+        // Every write is O_DSYNC: durable when it completes.
+        done(Ok(()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,9 +52,12 @@ struct Args {
     /// Longest a write waits for its batch, microseconds.
     #[arg(long)]
     batch_timeout_us: Option<u64>,
-    /// Serve clients' block reads over NVMe/TCP on this address (e.g. 127.0.0.1:4420).
+    /// NVMe/TCP target address for clients' block reads (default: the fabric IP, port 4420).
     #[arg(long)]
     target: Option<String>,
+    /// Do not run the NVMe/TCP target (clients then need the `direct` block path).
+    #[arg(long, conflicts_with = "target")]
+    no_target: bool,
     /// NVMe/TCP discovery controller address (e.g. 127.0.0.1:8009).
     #[arg(long)]
     discovery: Option<String>,
@@ -110,7 +113,10 @@ fn build_config(args: &Args) -> anyhow::Result<ServerConfig> {
     }
     if let Some(t) = &args.target {
         c.target.enabled = true;
-        c.target.listen = t.clone();
+        c.target.listen = Some(t.clone());
+    }
+    if args.no_target {
+        c.target.enabled = false;
     }
     if let Some(d) = &args.discovery {
         c.target.discovery = Some(d.clone());

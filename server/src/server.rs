@@ -7,6 +7,7 @@ use crate::stats::{ServerShared, StatsSource};
 use crate::store::recovery::{self, StoreError};
 use crate::store::{DataStore, StoreConfig};
 use crate::table::CacheTable;
+use crate::target::{NvmeTarget, SubsystemConfig, TargetConfig as NvmeConfig, TargetError};
 use crate::worker::{Dispatch, Worker, WorkerEvent};
 use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
@@ -32,6 +33,51 @@ pub enum ServerError {
     Listen { addr: String, reason: String },
     #[error("cannot start a thread: {0}")]
     Thread(String),
+    #[error("NVMe/TCP target: {0}")]
+    Target(#[from] TargetError),
+}
+
+/// The NVMe/TCP target's counters in STATS.
+struct TargetStatsSource(Arc<NvmeTarget>);
+
+impl StatsSource for TargetStatsSource {
+    fn append(&self, out: &mut Vec<(String, u64)>) {
+        let s = self.0.stats();
+        out.push(("cpu_target_ns".into(), s.cpu_ns));
+        out.extend(s.counters());
+    }
+}
+
+/// Starts the target exporting every SSD as namespace 1 of its own subsystem.
+fn start_target(
+    config: &ServerConfig,
+    listen: &str,
+    ssds: &[Arc<Ssd>],
+) -> Result<(Arc<NvmeTarget>, Vec<scalio_common::rpc::BlockTarget>), ServerError> {
+    let addr = resolve(listen)?;
+    let mut cfg = NvmeConfig::on(addr);
+    if let Some(d) = &config.target.discovery {
+        cfg.discovery_listen = Some(resolve(d)?);
+    }
+    let nqn = |i: usize| format!("{}{i}", config.target.nqn_prefix);
+    for (i, ssd) in ssds.iter().enumerate() {
+        let ns: Arc<dyn crate::target::TargetNamespace> = ssd.clone();
+        cfg = cfg.subsystem(SubsystemConfig::new(nqn(i), ns).allow_writes(config.target.allow_writes));
+    }
+    let target = NvmeTarget::start(cfg)?;
+    let local = target.local_addr();
+    let targets = (0..ssds.len())
+        .map(|i| scalio_common::rpc::BlockTarget { ssd: i as u16, addr: local.to_string(), nqn: nqn(i), nsid: 1 })
+        .collect();
+    Ok((Arc::new(target), targets))
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, ServerError> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ServerError::Listen { addr: addr.to_string(), reason: "not a host:port address".into() })
 }
 
 /// A running server.
@@ -40,6 +86,7 @@ pub struct Server {
     mem: Arc<MemFabric>,
     workers: Vec<(crossbeam_channel::Sender<WorkerEvent>, Option<JoinHandle<()>>)>,
     local_addr: Option<SocketAddr>,
+    target: Option<Arc<NvmeTarget>>,
     config: ServerConfig,
 }
 
@@ -71,6 +118,15 @@ impl Server {
             let geometry = TableGeometry { buckets: config.cache.buckets, assoc: config.cache.assoc };
             Arc::new(CacheTable::new(geometry, Duration::from_millis(config.cache.lease_ms)))
         });
+        // The target serves clients' block reads straight from the SSDs, on its own threads.
+        let fabric_addr = config.listen.as_deref().map(resolve).transpose()?;
+        let (target, targets) = match config.target.resolve_listen(fabric_addr) {
+            Some(listen) => {
+                let (t, targets) = start_target(config, &listen, &ssds)?;
+                (Some(t), targets)
+            }
+            None => (None, Vec::new()),
+        };
         let regions = Arc::new(RegionTable::new());
         let table_info = table.as_ref().map(|t| {
             let desc = regions.register(t.region().clone(), Access::READ_WRITE);
@@ -88,7 +144,7 @@ impl Server {
                     path: std::fs::canonicalize(s.path()).unwrap_or(s.path().to_path_buf()).display().to_string(),
                 })
                 .collect(),
-            targets: Vec::new(),
+            targets,
         };
         let store_cfg = StoreConfig {
             batch: config.write.batch,
@@ -130,7 +186,11 @@ impl Server {
         let dispatch = Arc::new(Dispatch { workers: senders, shared: shared.clone() });
         let mem = MemFabric::new(regions.clone());
         mem.set_service(dispatch.clone());
-        let mut server = Server { shared: shared.clone(), mem, workers, local_addr: None, config: config.clone() };
+        if let Some(t) = &target {
+            shared.extra.lock().push(Arc::new(TargetStatsSource(t.clone())));
+        }
+        let mut server =
+            Server { shared: shared.clone(), mem, workers, local_addr: None, target, config: config.clone() };
         if let Some(addr) = &config.listen {
             let nic_cfg = NicConfig { threads: config.nic_threads, ..NicConfig::default() };
             let nic = TcpNic::bind(addr.as_str(), regions, dispatch, nic_cfg)
@@ -195,10 +255,22 @@ impl Server {
         self.stop();
     }
 
+    /// The NVMe/TCP target, if running.
+    pub fn target(&self) -> Option<&Arc<NvmeTarget>> {
+        self.target.as_ref()
+    }
+
     fn stop(&mut self) {
         let nic = self.shared.nic.lock().take();
         if let Some(mut nic) = nic {
             nic.shutdown();
+        }
+        self.shared.extra.lock().clear();
+        if let Some(t) = self.target.take() {
+            match Arc::try_unwrap(t) {
+                Ok(t) => t.shutdown(),
+                Err(t) => drop(t), // stops when the last reference goes
+            }
         }
         for (tx, _) in &self.workers {
             let _ = tx.send(WorkerEvent::Stop);

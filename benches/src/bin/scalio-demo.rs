@@ -92,7 +92,10 @@ async fn main() -> anyhow::Result<()> {
     println!("clients: {} over the software NIC, block path {:?}\n", clients.len(), clients[0].block_path());
 
     let phases: [(&str, u32); 4] = [("put", 1), ("get (cold: misses)", 1), ("get (warm: hits)", 1), ("update", 2)];
-    println!("{:<22} {:>7} {:>10} {:>6} {:>6} {:>6} {:>12} {:>12}", "phase", "ops", "ops/s", "hits", "misses", "rpcs", "client SSD", "worker SSD");
+    println!(
+        "{:<22} {:>7} {:>10} {:>6} {:>6} {:>6} {:>12} {:>12}",
+        "phase", "ops", "ops/s", "hits", "misses", "rpcs", "client SSD", "worker SSD"
+    );
     for (name, version) in phases {
         let before = (sum(&clients), server.stats());
         let t = Instant::now();
