@@ -163,12 +163,17 @@ fn main() -> anyhow::Result<()> {
     }
     let signals = block_signals();
     let server = Server::start(&config)?;
-    if let Some(a) = server.local_addr() {
-        // One line on stdout that scripts can wait for.
-        println!("scalio-server listening on {a}");
-    }
-    for t in &server.info().targets {
-        println!("scalio-server nvme-tcp target {} {} (SSD {})", t.addr, t.nqn, t.ssd);
+    {
+        // Lines on stdout that scripts can wait for; a closed stdout is not an error.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Some(a) = server.local_addr() {
+            let _ = writeln!(out, "scalio-server listening on {a}");
+        }
+        for t in &server.info().targets {
+            let _ = writeln!(out, "scalio-server nvme-tcp target {} {} (SSD {})", t.addr, t.nqn, t.ssd);
+        }
+        let _ = out.flush();
     }
     let sig = wait_for_signal(&signals);
     tracing::info!(signal = sig, "shutting down");

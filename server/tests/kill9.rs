@@ -21,7 +21,10 @@ fn spawn_server(dir: &Path) -> (Child, String) {
         .spawn()
         .expect("start scalio-server");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("server output");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).expect("server output");
+    // Keep draining the server's stdout so that it never writes to a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let addr = line.trim().strip_prefix("scalio-server listening on ").unwrap_or_else(|| panic!("unexpected: {line}"));
     (child, addr.to_string())
 }

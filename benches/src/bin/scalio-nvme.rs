@@ -241,7 +241,7 @@ async fn run(cli: Cli) -> Result<()> {
             let c = connect(&target).await?;
             let data = c.read(target.nsid, lba, count).await.context("read")?;
             let bs = c.namespace(target.nsid).await?.block_size;
-            c.disconnect().await?;
+            // Deliver the data before disconnecting, so a failed disconnect loses nothing.
             match (output, hex) {
                 (Some(path), _) => {
                     std::fs::write(&path, &data).with_context(|| format!("writing {}", path.display()))?
@@ -249,6 +249,7 @@ async fn run(cli: Cli) -> Result<()> {
                 (None, true) => print!("{}", hex_dump(&data, lba * u64::from(bs))),
                 (None, false) => std::io::stdout().write_all(&data)?,
             }
+            c.disconnect().await?;
         }
         Cmd::Write { target, lba, file, pattern, count, flush } => {
             let c = connect(&target).await?;

@@ -426,15 +426,9 @@ impl NvmeTcpController {
         }
         let timeout = self.options.command_timeout;
         let mut first_error = None;
+        // I/O queues are deleted by closing their connections, as the Linux host does: Linux's
+        // target (6.1) answers a Fabrics Disconnect with Invalid Command Opcode.
         for q in std::mem::take(&mut self.io) {
-            let cmd = FabricsCommand::Disconnect { recfmt: 0 };
-            let r = q
-                .submit("Disconnect", cmd.to_sqe(), None, 0, timeout)
-                .await
-                .and_then(|c| check_status("Disconnect", c));
-            if let Err(e) = r {
-                first_error.get_or_insert(e);
-            }
             q.close();
         }
         let cc = Cc { shn: 1, ..Cc::enabled_nvm() };
