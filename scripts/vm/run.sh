@@ -27,6 +27,7 @@
 #   --cwd DIR        directory the command starts in (default: the current directory)
 #   --smp N          vCPUs (default 2)
 #   --mem MB         guest RAM in MiB (default 2048)
+#   --cpu MODEL      QEMU CPU model (default max)
 #   --modules "M..." extra kernel modules to load at boot (e.g. "null_blk loop")
 #   --log FILE       where the full console log goes (default: <vm dir>/last-console.log)
 #   --quiet          do not echo the console (it is still in --log; printed anyway on failure)
@@ -50,6 +51,7 @@ SHARE=
 CWD=$PWD
 SMP=2
 MEM=2048
+CPU=max
 EXTRA_MODULES=
 LOG=
 QUIET=0
@@ -66,6 +68,7 @@ while [ $# -gt 0 ]; do
     --cwd) CWD=$2; shift 2 ;;
     --smp) SMP=$2; shift 2 ;;
     --mem) MEM=$2; shift 2 ;;
+    --cpu) CPU=$2; shift 2 ;;
     --modules) EXTRA_MODULES=$2; shift 2 ;;
     --log) LOG=$2; shift 2 ;;
     --quiet) QUIET=1; shift ;;
@@ -205,7 +208,7 @@ trap 'exit 143' TERM INT
 
 # `timeout` kills qemu when the guest hangs; killing the timeout process (by its pid) stops qemu too.
 timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -nodefaults -no-user-config -display none -monitor none \
-  -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM" -no-reboot \
+  -accel tcg,thread=multi -cpu "$CPU" -smp "$SMP" -m "$MEM" -no-reboot \
   -kernel "$KERNEL" -initrd "$INITRD" \
   -append "console=ttyS0 quiet panic=-1 rdinit=/init" \
   -chardev file,id=con,path="$LOG" -serial chardev:con \

@@ -1,0 +1,67 @@
+#!/bin/bash
+# scripts/interop/lib.sh — helpers shared by the interop checks (sourced, not run).
+# shellcheck disable=SC2034  # variables here are used by the scripts that source this file
+
+INTEROP_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$INTEROP_DIR/../.." && pwd)
+TARGET_SH=$REPO/scripts/nvmet-tcp-target.sh
+# The release build of our CLI (scripts/ci/interop.sh builds it); SCALIO_NVME overrides.
+SCALIO_NVME=${SCALIO_NVME:-$REPO/target/release/scalio-nvme}
+DISCOVERY_NQN=nqn.2014-08.org.nvmexpress.discovery
+
+# A check's name, set by the script, prefixes its messages.
+CHECK=${CHECK:-interop}
+log() { echo "[$CHECK] $*" >&2; }
+fail() { echo "[$CHECK] FAIL: $*" >&2; exit 1; }
+
+# now_ms: wall clock in milliseconds, for the timings the checks print.
+now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
+
+# make_pattern FILE SIZE_KIB: FILE gets SIZE_KIB KiB of random bytes (compared byte for byte later).
+make_pattern() { head -c "$(($2 * 1024))" /dev/urandom >"$1"; }
+
+# same_bytes WHAT A B: A and B are byte-for-byte equal, or fail with the first differing offsets.
+same_bytes() {
+  if ! cmp -s "$2" "$3"; then
+    log "$1: $2 and $3 differ; first differing bytes (offset, octal a, octal b):"
+    cmp -l "$2" "$3" 2>&1 | head -5 >&2 || true
+    fail "$1: data mismatch"
+  fi
+  log "$1: $(stat -c %s "$2") bytes identical"
+}
+
+# wait_tcp_port HOST PORT SECONDS: wait until something accepts TCP connections there.
+wait_tcp_port() {
+  local deadline=$((EPOCHSECONDS + $3))
+  while [ "$EPOCHSECONDS" -lt "$deadline" ]; do
+    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  return 1
+}
+
+# nvme_ns_dev NQN: the block device (/dev/nvmeXnY) of the connected subsystem NQN, waiting up to 15 s
+# for the kernel's namespace scan. Looks at both the multipath (nvme-subsystem) and per-controller
+# layouts of sysfs.
+nvme_ns_dev() {
+  local nqn=$1 deadline=$((EPOCHSECONDS + 15)) d ns subnqn
+  while [ "$EPOCHSECONDS" -lt "$deadline" ]; do
+    for d in /sys/class/nvme-subsystem/* /sys/class/nvme/*; do
+      subnqn=
+      [ -r "$d/subsysnqn" ] && read -r subnqn <"$d/subsysnqn"
+      [ "$subnqn" = "$nqn" ] || continue
+      for ns in "$d"/nvme*n*; do
+        ns=${ns##*/}
+        if [[ $ns =~ ^nvme[0-9]+n[0-9]+$ ]] && [ -b "/dev/$ns" ]; then echo "/dev/$ns"; return 0; fi
+      done
+    done
+    sleep 0.2
+  done
+  return 1
+}
+
+# in_guest: true inside a guest of scripts/vm/run.sh (or any machine with the kernel NVMe target).
+require_guest() {
+  [ "${SCALIO_VM:-0}" = 1 ] || [ -d /sys/kernel/config/nvmet ] ||
+    fail "needs the kernel NVMe-oF modules: run it through scripts/vm/run.sh"
+}
