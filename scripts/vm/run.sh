@@ -30,6 +30,8 @@
 #   --cpu MODEL      QEMU CPU model (default max)
 #   --modules "M..." extra kernel modules to load at boot (e.g. "null_blk loop")
 #   --log FILE       where the full console log goes (default: <vm dir>/last-console.log)
+#   --pcap FILE      record the guest NIC's traffic (everything through --fwd/--host-access, not the
+#                    guest's loopback) as a pcap file, for tshark
 #   --quiet          do not echo the console (it is still in --log; printed anyway on failure)
 #   --dir DIR        the cache directory setup.sh used (default: $SCALIO_VM_DIR, else <repo>/target/vm)
 #
@@ -54,6 +56,7 @@ MEM=2048
 CPU=max
 EXTRA_MODULES=
 LOG=
+PCAP=
 QUIET=0
 
 usage_exit() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
     --cpu) CPU=$2; shift 2 ;;
     --modules) EXTRA_MODULES=$2; shift 2 ;;
     --log) LOG=$2; shift 2 ;;
+    --pcap) PCAP=$2; shift 2 ;;
     --quiet) QUIET=1; shift ;;
     --dir) VM_DIR=$2; shift 2 ;;
     -h|--help) usage_exit 0 ;;
@@ -194,6 +198,12 @@ shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }   # single-quote for the guest's bu
 NETDEV="user,id=n0,restrict=$([ "$HOST_ACCESS" = 1 ] && echo off || echo on)"
 for f in "${FWDS[@]}"; do NETDEV+=",hostfwd=tcp:127.0.0.1:${f%%:*}-:${f##*:}"; done
 
+PCAP_ARGS=()
+if [ -n "$PCAP" ]; then
+  mkdir -p "$(dirname "$PCAP")"; rm -f "$PCAP"
+  PCAP_ARGS=(-object "filter-dump,id=dump0,netdev=n0,file=$PCAP")
+fi
+
 QPID=
 TAILPID=
 # shellcheck disable=SC2317  # called from the EXIT trap
@@ -212,7 +222,7 @@ timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -nodefaults -no-user-config -display 
   -kernel "$KERNEL" -initrd "$INITRD" \
   -append "console=ttyS0 quiet panic=-1 rdinit=/init" \
   -chardev file,id=con,path="$LOG" -serial chardev:con \
-  -netdev "$NETDEV" -device virtio-net-pci,netdev=n0,romfile= \
+  -netdev "$NETDEV" -device virtio-net-pci,netdev=n0,romfile= "${PCAP_ARGS[@]}" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs local,path="$SHARE",mount_tag=share,security_model=none \
   </dev/null >"$QEMU_ERR" 2>&1 &
