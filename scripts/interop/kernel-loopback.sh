@@ -7,7 +7,7 @@
 #   scripts/vm/run.sh -- scripts/interop/kernel-loopback.sh
 set -euo pipefail
 CHECK=kernel-loopback
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR disable=SC2034  # CHECK is read by lib.sh
 . "$(dirname "$0")/lib.sh"
 require_guest
 
@@ -55,6 +55,7 @@ log "file namespace OK ($(($(now_ms) - t0)) ms)"
 
 t0=$(now_ms)
 truncate -s 16M "$W/dev.img"
+[ -e /dev/loop-control ] || modprobe loop || fail "modprobe loop failed"
 LOOP=$(losetup --find --show "$W/dev.img") || fail "losetup failed"
 "$TARGET_SH" up --device "$LOOP" --nqn "$NQN_DEV" --port "$PORT" >&2
 nvme connect -t tcp -a 127.0.0.1 -s "$PORT" -n "$NQN_DEV" >&2 || fail "nvme connect ($NQN_DEV) failed"

@@ -17,6 +17,9 @@ fail() { echo "[$CHECK] FAIL: $*" >&2; exit 1; }
 # now_ms: wall clock in milliseconds, for the timings the checks print.
 now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
 
+# fmt_secs MS: milliseconds as seconds with one decimal.
+fmt_secs() { printf '%d.%d' $(($1 / 1000)) $((($1 % 1000) / 100)); }
+
 # make_pattern FILE SIZE_KIB: FILE gets SIZE_KIB KiB of random bytes (compared byte for byte later).
 make_pattern() { head -c "$(($2 * 1024))" /dev/urandom >"$1"; }
 
@@ -64,4 +67,28 @@ nvme_ns_dev() {
 require_guest() {
   [ "${SCALIO_VM:-0}" = 1 ] || [ -d /sys/kernel/config/nvmet ] ||
     fail "needs the kernel NVMe-oF modules: run it through scripts/vm/run.sh"
+}
+
+# --- our CLI (benches/src/bin/scalio-nvme.rs): the only place that knows its flags ------------------
+require_our_cli() {
+  [ -x "$SCALIO_NVME" ] || fail "$SCALIO_NVME missing: cargo build --release -p scalio-bench --bin scalio-nvme"
+}
+
+# our_identify ADDR PORT NQN: identify controller and namespace 1; output on stdout.
+our_identify() { "$SCALIO_NVME" identify --addr "$1" --port "$2" --nqn "$3"; }
+
+# our_read ADDR PORT NQN OFFSET LENGTH OUT: LENGTH bytes of namespace 1 from byte OFFSET into OUT.
+our_read() { "$SCALIO_NVME" read --addr "$1" --port "$2" --nqn "$3" --offset "$4" --length "$5" --out "$6"; }
+
+# our_write ADDR PORT NQN OFFSET IN: the bytes of IN into namespace 1 at byte OFFSET.
+our_write() { "$SCALIO_NVME" write --addr "$1" --port "$2" --nqn "$3" --offset "$4" --in "$5"; }
+
+# our_discover ADDR PORT: the discovery log, on stdout.
+our_discover() { "$SCALIO_NVME" discover --addr "$1" --port "$2"; }
+
+# our_serve_start FILE NQN ADDR PORT DISCOVERY_PORT LOG: starts our target in the background, exporting
+# FILE as namespace 1 of NQN; sets OUR_SERVE_PID.
+our_serve_start() {
+  "$SCALIO_NVME" serve --file "$1" --nqn "$2" --addr "$3" --port "$4" --discovery-port "$5" >"$6" 2>&1 &
+  OUR_SERVE_PID=$!
 }

@@ -109,6 +109,9 @@ INIT_SCRIPT=$(cat <<'INIT'
 #!/bin/sh
 PATH=/bin; export PATH
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+# What udev would add: /dev/fd (bash process substitution needs it), stdio links, ptys.
+ln -s /proc/self/fd /dev/fd; ln -s fd/0 /dev/stdin; ln -s fd/1 /dev/stdout; ln -s fd/2 /dev/stderr
+mkdir -p /dev/pts && mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 say() { echo "[vm-init] $*"; }
 fail() { say "FATAL: $*"; echo 125 >/mnt/share/.exit-status 2>/dev/null; sync; poweroff -f; sleep 10; }
 for m in virtio_pci 9pnet_virtio 9p; do modprobe "$m" || fail "modprobe $m"; done
