@@ -133,7 +133,7 @@ while read -r verdict name secs; do
 done <"$W/summary"
 # 124: timeout, 125: the guest did not run the suite; any other non-zero status comes from failed checks.
 if [ "$vm_rc" = 124 ] || [ "$vm_rc" = 125 ] || { [ "$vm_rc" != 0 ] && [ "$failed" = 0 ]; }; then
-  echo "FAIL guest run (run.sh exit $vm_rc; console: $W/console.log)"
+  echo "FAIL guest-run - (run.sh exit $vm_rc; console: $W/console.log)"
   cat "$W/run.log"; tail -n 40 "$W/console.log"; failed=1
 fi
 exit "$failed"
