@@ -8,7 +8,7 @@
 #      then checks that the data our initiator wrote (a-write.bin at the offset in a.done) reached the
 #      backing file.
 #   b  the Linux kernel host against our target: `scalio-nvme serve` exports a copy of pattern.img;
-#      nvme discover (port 8009) must list it; nvme connect; O_DIRECT reads of the whole namespace
+#      nvme discover (port 8009) must list it; nvme connect to the traddr/trsvcid of its entry; O_DIRECT reads of the whole namespace
 #      equal the file; an O_DIRECT write reads back and reaches the backing file; nvme disconnect; the
 #      target must still be alive and stop on SIGTERM.
 # Each check appends "NAME PASS|FAIL SECONDS" to $SHARE/results and its log to $SHARE/NAME.log.
@@ -81,9 +81,16 @@ check_b() {
   nvme discover -t tcp -a 127.0.0.1 -s 8009 >/tmp/b-discover.txt || fail "nvme discover on 8009 failed"
   cat /tmp/b-discover.txt >&2
   grep -q "subnqn: *$NQN_B\$" /tmp/b-discover.txt || fail "$NQN_B not in our discovery log"
-  grep -q "trsvcid: *4420\$" /tmp/b-discover.txt || fail "our discovery log has no entry for port 4420"
+  # Connect where the discovery log entry says: that checks the entry, not only its presence.
+  local entry traddr trsvcid
+  entry=$(awk -v nqn="$NQN_B" '/^=====Discovery Log Entry/ {if (hit) exit; e = ""; next}
+    {e = e $0 "\n"} $1 == "subnqn:" && $2 == nqn {hit = 1} END {if (hit) printf "%s", e}' /tmp/b-discover.txt)
+  traddr=$(awk '$1 == "traddr:" {print $2}' <<<"$entry")
+  trsvcid=$(awk '$1 == "trsvcid:" {print $2}' <<<"$entry")
+  if [ -z "$traddr" ] || [ -z "$trsvcid" ]; then fail "cannot read traddr/trsvcid of $NQN_B's discovery entry"; fi
+  log "discovery entry for $NQN_B: $traddr:$trsvcid"
 
-  nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$NQN_B" >&2 || fail "nvme connect to our target failed"
+  nvme connect -t tcp -a "$traddr" -s "$trsvcid" -n "$NQN_B" >&2 || fail "nvme connect to our target failed"
   dev=$(nvme_ns_dev "$NQN_B") || fail "no block device appeared for $NQN_B"
   log "connected: $dev"
   nvme id-ctrl "$dev" >/tmp/b-id-ctrl.txt 2>&1 && grep -E '^(mn|sn|fr|subnqn|mdts|ioccsz) ' /tmp/b-id-ctrl.txt >&2
