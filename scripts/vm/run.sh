@@ -29,7 +29,8 @@
 #   --mem MB         guest RAM in MiB (default 2048)
 #   --cpu MODEL      QEMU CPU model (default max)
 #   --modules "M..." extra kernel modules to load at boot (e.g. "null_blk loop")
-#   --log FILE       where the full console log goes (default: <vm dir>/last-console.log)
+#   --log FILE       where the full console log goes (default: <vm dir>/last-console.log, written
+#                    when the run ends)
 #   --pcap FILE      record the guest NIC's traffic (everything through --fwd/--host-access, not the
 #                    guest's loopback) as a pcap file, for tshark
 #   --quiet          do not echo the console (it is still in --log; printed anyway on failure)
@@ -183,7 +184,9 @@ if [ -z "$SHARE" ]; then SHARE=$(mktemp -d "$VM_DIR/runs/share.XXXXXX"); TEMP_SH
 mkdir -p "$SHARE"
 SHARE=$(cd "$SHARE" && pwd -P)
 rm -f "$SHARE/.exit-status" "$SHARE/.guest-ready"
-: "${LOG:=$VM_DIR/last-console.log}"
+# Without --log, each run writes its own file (runs may overlap) and leaves it as last-console.log.
+LOG_KEPT=${LOG:-$VM_DIR/last-console.log}
+: "${LOG:=$VM_DIR/runs/console.$$.log}"
 mkdir -p "$(dirname "$LOG")"; : >"$LOG"
 QEMU_ERR=$LOG.qemu-stderr
 
@@ -214,6 +217,7 @@ cleanup() {
   [ -n "$QPID" ] && kill "$QPID" 2>/dev/null && wait "$QPID" 2>/dev/null
   [ -n "$TAILPID" ] && kill "$TAILPID" 2>/dev/null
   [ "$TEMP_SHARE" = 1 ] && rm -rf "$SHARE"
+  if [ "$LOG" != "$LOG_KEPT" ]; then mv -f "$LOG" "$LOG_KEPT"; mv -f "$QEMU_ERR" "$LOG_KEPT.qemu-stderr"; fi
   return 0
 }
 trap cleanup EXIT
@@ -231,7 +235,7 @@ timeout -k 5 "$TIMEOUT" qemu-system-x86_64 -nodefaults -no-user-config -display 
   </dev/null >"$QEMU_ERR" 2>&1 &
 QPID=$!
 if [ "$QUIET" = 0 ]; then
-  tail -n +1 -s 0.2 -f --pid="$QPID" "$LOG" | sed -u 's/\x1b\[[0-9;?]*[a-zA-Z]//g; s/\r$//' &
+  tail -n +1 -s 0.2 -f --pid="$QPID" "$LOG" | sed -u 's/\r$//; /reboot: Power down$/d; s/\x1b\[[0-9;?]*[a-zA-Z]//g' &
   TAILPID=$!
 fi
 set +e
@@ -242,11 +246,11 @@ TAILPID=
 set -e
 
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
-  echo "[vm] guest timed out after ${TIMEOUT}s (console log: $LOG)" >&2
+  echo "[vm] guest timed out after ${TIMEOUT}s (console log: $LOG_KEPT)" >&2
   exit 124
 fi
 if [ ! -s "$SHARE/.exit-status" ]; then
-  echo "[vm] guest did not report an exit status (qemu exit $qrc; console log: $LOG)" >&2
+  echo "[vm] guest did not report an exit status (qemu exit $qrc; console log: $LOG_KEPT)" >&2
   [ "$QUIET" = 1 ] && tail -n 40 "$LOG" >&2
   grep -v -e 'TCG doesn.t support requested feature' "$QEMU_ERR" >&2 || true
   exit 125
