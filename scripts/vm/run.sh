@@ -6,10 +6,10 @@
 #
 # The guest boots Debian's generic kernel (fetched by scripts/vm/setup.sh, which must have run once),
 # mounts this machine's root over 9p read-only (cached: do not change files the guest uses while it
-# runs), puts a tmpfs overlay on top (so the guest may write
-# anywhere; nothing reaches the host), and runs <command> chrooted there, in the current directory,
-# with the host's PATH, stdin /dev/null. Guest /tmp and /run are fresh tmpfs; files from the host's
-# /tmp are not visible. /lib/modules holds the guest kernel's modules, so `modprobe` works in the guest.
+# runs), puts a tmpfs overlay on top (the guest may write anywhere; nothing reaches the host), and runs
+# <command> chrooted there, in the current directory, with the host's PATH, stdin /dev/null. Host-built
+# binaries thus run unchanged in the guest. Guest /tmp and /run are fresh tmpfs: files in the host's
+# /tmp are not visible; use --share to exchange files. /lib/modules holds the guest kernel's modules, so `modprobe` works in the guest.
 # Loaded at boot: crc32 and crc32c (before nvmet/rdma users: modprobe does not pull them in),
 # virtio_net, configfs (mounted on /sys/kernel/config), nvmet, nvmet-tcp, nvme-tcp.
 # The guest has eth0 = 10.0.2.15/24 (QEMU user networking) and lo. run.sh's exit status is the
