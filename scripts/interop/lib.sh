@@ -74,21 +74,49 @@ require_our_cli() {
   [ -x "$SCALIO_NVME" ] || fail "$SCALIO_NVME missing: cargo build --release -p scalio-bench --bin scalio-nvme"
 }
 
-# our_identify ADDR PORT NQN: identify controller and namespace 1; output on stdout.
-our_identify() { "$SCALIO_NVME" identify --addr "$1" --port "$2" --nqn "$3"; }
+# our_identify ADDR PORT NQN: Identify Controller and Namespace, printed on stdout.
+our_identify() { "$SCALIO_NVME" identify --addr "$1:$2" --nqn "$3"; }
 
-# our_read ADDR PORT NQN OFFSET LENGTH OUT: LENGTH bytes of namespace 1 from byte OFFSET into OUT.
-our_read() { "$SCALIO_NVME" read --addr "$1" --port "$2" --nqn "$3" --offset "$4" --length "$5" --out "$6"; }
+# our_block_size ADDR PORT NQN: sets OUR_BS to namespace 1's block size, from identify's
+# "namespace 1: N blocks of B bytes" line (cached per target; no subshell, so the cache sticks).
+declare -A OUR_BLOCK_SIZE=()
+our_block_size() {
+  local key="$1:$2/$3"
+  if [ -z "${OUR_BLOCK_SIZE[$key]:-}" ]; then
+    OUR_BLOCK_SIZE[$key]=$(our_identify "$1" "$2" "$3" |
+      sed -n 's/^namespace 1: [0-9]* blocks of \([0-9]*\) bytes.*/\1/p')
+  fi
+  OUR_BS=${OUR_BLOCK_SIZE[$key]}
+  if ! [[ $OUR_BS =~ ^[0-9]+$ ]] || [ "$OUR_BS" = 0 ]; then
+    unset "OUR_BLOCK_SIZE[$key]"
+    echo "cannot get the block size of $3 at $1:$2 from scalio-nvme identify" >&2
+    return 1
+  fi
+}
+
+# our_read ADDR PORT NQN OFFSET LENGTH OUT: LENGTH bytes of namespace 1 from byte OFFSET into OUT
+# (both multiples of the block size).
+our_read() {
+  our_block_size "$1" "$2" "$3" || return 1
+  if (($4 % OUR_BS != 0 || $5 % OUR_BS != 0)); then
+    echo "our_read: $4+$5 is not in whole $OUR_BS-byte blocks" >&2; return 1
+  fi
+  "$SCALIO_NVME" read --addr "$1:$2" --nqn "$3" --lba $(($4 / OUR_BS)) --count $(($5 / OUR_BS)) --output "$6"
+}
 
 # our_write ADDR PORT NQN OFFSET IN: the bytes of IN into namespace 1 at byte OFFSET.
-our_write() { "$SCALIO_NVME" write --addr "$1" --port "$2" --nqn "$3" --offset "$4" --in "$5"; }
+our_write() {
+  our_block_size "$1" "$2" "$3" || return 1
+  if (($4 % OUR_BS != 0)); then echo "our_write: offset $4 is not on a $OUR_BS-byte block" >&2; return 1; fi
+  "$SCALIO_NVME" write --addr "$1:$2" --nqn "$3" --lba $(($4 / OUR_BS)) --file "$5"
+}
 
 # our_discover ADDR PORT: the discovery log, on stdout.
-our_discover() { "$SCALIO_NVME" discover --addr "$1" --port "$2"; }
+our_discover() { "$SCALIO_NVME" discover --addr "$1:$2"; }
 
 # our_serve_start FILE NQN ADDR PORT DISCOVERY_PORT LOG: starts our target in the background, exporting
-# FILE as namespace 1 of NQN; sets OUR_SERVE_PID.
+# FILE (writable) as namespace 1 of NQN, with a separate discovery listener; sets OUR_SERVE_PID.
 our_serve_start() {
-  "$SCALIO_NVME" serve --file "$1" --nqn "$2" --addr "$3" --port "$4" --discovery-port "$5" >"$6" 2>&1 &
+  "$SCALIO_NVME" serve --listen "$3:$4" --discovery "$3:$5" --file "$1:$2" --allow-writes >"$6" 2>&1 &
   OUR_SERVE_PID=$!
 }
