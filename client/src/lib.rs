@@ -1,1 +1,3 @@
 //! The scalio client.
+
+pub mod nvme;

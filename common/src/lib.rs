@@ -6,12 +6,14 @@
 //! * [`rpc`]: the KV messages, a sans-IO codec;
 //! * [`fabric`]: the verbs-shaped fabric and its backends;
 //! * [`block`]: the block-read interface of a client's miss path;
+//! * [`nvme`]: NVMe over Fabrics / TCP: PDUs, commands, Identify and discovery structures;
 //! * [`cputime`]: per-thread CPU clocks, to prove where work happened.
 
 pub mod block;
 pub mod cputime;
 pub mod fabric;
 pub mod key;
+pub mod nvme;
 pub mod rpc;
 pub mod ssd;
 pub mod table;

@@ -1,1 +1,3 @@
 //! The scalio server.
+
+pub mod target;
