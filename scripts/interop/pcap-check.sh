@@ -11,7 +11,7 @@
 #   --allow-termreq   do not fail on H2CTermReq/C2HTermReq (fatal-error PDUs)
 #   --label L         prefix of the messages
 #
-# Fails (exit 1) when: no NVMe/TCP PDU is found; any TCP payload byte on those ports is not inside a
+# Fails (exit 1) when: the capture misses segments (drops); no NVMe/TCP PDU is found; any TCP payload byte on those ports is not inside a
 # decoded PDU (per connection and direction, the TCP payload must equal the sum of the PDUs' plen:
 # catches a wrong plen/framing that the dissector would otherwise leave pending); a frame is malformed
 # (`_ws.malformed`) or carries an expert item of severity Error; a PDU type is unknown; a TermReq
@@ -57,6 +57,14 @@ fields=$(tshark -r "$PCAP" -n "${decode_as[@]}" -Y "($port_filter) && !tcp.analy
   -e _ws.expert.severity -e _ws.malformed -e nvme-tcp.hlen -e nvme-tcp.pdo -e nvme-tcp.unknown_data \
   2>/dev/null) || {
   echo "[$LABEL] FAIL: tshark could not read $PCAP" >&2; exit 1; }
+
+# A lossy capture (the capturing kernel dropped packets) looks like undecodable bytes: say so plainly.
+lost=$(tshark -r "$PCAP" -n -Y "($port_filter) && tcp.analysis.lost_segment" -T fields -e frame.number 2>/dev/null |
+  wc -l)
+if [ "$lost" != 0 ]; then
+  echo "[$LABEL] FAIL: the capture is incomplete: $lost segment(s) were not captured (capture drops, not a" \
+    "protocol error; capture with a larger buffer)" >&2
+fi
 
 awk -F'\t' -v label="$LABEL" -v expect="$EXPECT" -v allow_termreq="$ALLOW_TERMREQ" '
 BEGIN {
@@ -117,4 +125,4 @@ END {
   printf "[%s] %d PDUs in %d TCP connection(s), %d payload bytes:%s\n", label, total, nconn, bytes, summary > "/dev/stderr"
   if (errors + malformed > 0) printf "[%s] %d malformed frame(s), %d expert error(s)\n", label, malformed + 0, errors + 0 > "/dev/stderr"
   exit bad
-}' <<<"$fields"
+}' <<<"$fields" && [ "$lost" = 0 ]
