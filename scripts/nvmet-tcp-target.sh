@@ -175,7 +175,9 @@ cmd_up() {
   fi
   trap - EXIT
   echo "nqn=$NQN addr=$ADDR port=$PORT trtype=tcp nsid=$NSID backing=$backing buffered_io=$buffered"
-  echo "connect with: nvme connect -t tcp -a $ADDR -s $PORT -n $NQN" >&2
+  local reach=$ADDR
+  case $ADDR in 0.0.0.0) reach=127.0.0.1 ;; ::) reach=::1 ;; esac
+  echo "connect with: nvme connect -t tcp -a $reach -s $PORT -n $NQN" >&2
 }
 
 cmd_down() {

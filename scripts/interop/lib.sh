@@ -7,6 +7,9 @@ REPO=$(cd "$INTEROP_DIR/../.." && pwd)
 TARGET_SH=$REPO/scripts/nvmet-tcp-target.sh
 # The release build of our CLI (scripts/ci/interop.sh builds it); SCALIO_NVME overrides.
 SCALIO_NVME=${SCALIO_NVME:-$REPO/target/release/scalio-nvme}
+# Errors from our CLI (anyhow) without a stack trace, so the message is what a log tail shows; panics
+# still follow RUST_BACKTRACE.
+export RUST_LIB_BACKTRACE=0
 DISCOVERY_NQN=nqn.2014-08.org.nvmexpress.discovery
 
 # A check's name, set by the script, prefixes its messages.
@@ -31,6 +34,12 @@ same_bytes() {
     fail "$1: data mismatch"
   fi
   log "$1: $(stat -c %s "$2") bytes identical"
+}
+
+# show_log FILE: the file, or its first 20 and last 50 lines when it is long.
+show_log() {
+  echo "----- $1"
+  if [ "$(wc -l <"$1")" -le 80 ]; then cat "$1"; else head -n 20 "$1"; echo "[...]"; tail -n 50 "$1"; fi
 }
 
 # wait_tcp_port HOST PORT SECONDS: wait until something accepts TCP connections there.

@@ -128,7 +128,7 @@ while read -r verdict name secs; do
     failed=1
     logs=("$SHARE/$name.log")
     case $name in a-our-*) logs+=("$W/a-host.log") ;; a-wire) logs=("$W/a-wire.log") ;; esac
-    for f in "${logs[@]}"; do [ -s "$f" ] && { echo "----- $f"; tail -n 60 "$f"; }; done
+    for f in "${logs[@]}"; do if [ -s "$f" ]; then show_log "$f"; fi; done
   fi
 done <"$W/summary"
 # 124: timeout, 125: the guest did not run the suite; any other non-zero status comes from failed checks.
