@@ -6,6 +6,7 @@
 # Runs, in order, each as a step with a PASS/FAIL line and its time:
 #   setup          scripts/vm/setup.sh (apt packages, Debian's generic kernel; quick when done before)
 #   build          cargo build --release -p scalio-bench --bin scalio-nvme (release: the guest is slow)
+#   build-client-test  cargo test --release -p scalio-client --test nvme_interop --no-run
 #   pcap-check-selftest                 the tshark checker rejects crafted broken captures
 #   kernel-loopback, a-*, a-wire, b-*   scripts/interop/vm-checks.sh: one guest boot (QEMU TCG)
 #   c-tshark-loopback                   scripts/interop/tshark-loopback.sh, on this machine's loopback
@@ -20,6 +21,7 @@ exec </dev/null
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$REPO" || exit 1
 KERNEL_ONLY=0
+BUILD_OK=0
 case ${1:-} in
   --kernel-only) KERNEL_ONLY=1 ;;
   "") ;;
@@ -59,6 +61,18 @@ step() {
   return "$rc"
 }
 
+# Builds the test and leaves its executable's path in target/vm/client-test-path.
+# shellcheck disable=SC2317  # run through step
+build_client_test() {
+  local bin
+  rm -f target/vm/client-test-path
+  cargo test --release -p scalio-client --test nvme_interop --no-run || return 1
+  bin=$(cargo test --release -p scalio-client --test nvme_interop --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  [ -x "$bin" ] || { echo "interop: cannot find the nvme_interop test binary" >&2; return 1; }
+  mkdir -p target/vm && echo "$bin" >target/vm/client-test-path
+}
+
 summary_and_exit() {
   echo
   echo "=== interop summary"
@@ -80,7 +94,12 @@ else
     echo "interop: the build failed; running the kernel baseline only" >&2
     VM_ARGS=(--only-kernel)
   else
+    BUILD_OK=1
     VM_ARGS=()
+    # The client crate's own interop test, run against the kernel target too (release, like the CLI).
+    if step build-client-test build_client_test; then
+      VM_ARGS+=(--client-test "$(cat target/vm/client-test-path)")   # step ran it in a subshell
+    fi
   fi
   step pcap-check-selftest scripts/interop/pcap-check-selftest.sh
 fi
@@ -103,7 +122,7 @@ if [ "$vm_rc" != 0 ] && [ "$vm_failed" = 0 ]; then
   record FAIL vm-checks "$(fmt_secs $(($(now_ms) - t0)))"   # the guest itself failed (timeout, boot)
 fi
 
-if [ "$KERNEL_ONLY" = 0 ] && [ "${#VM_ARGS[@]}" = 0 ]; then
+if [ "$BUILD_OK" = 1 ]; then
   step c-tshark-loopback scripts/interop/tshark-loopback.sh
 fi
 summary_and_exit

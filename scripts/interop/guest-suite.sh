@@ -6,7 +6,8 @@
 #   a  Linux kernel target for our initiator: exports pattern.img through nvmet-tcp on 0.0.0.0:4420,
 #      writes a.ready, lets the host run our initiator through the forwarded port, waits for a.done,
 #      then checks that the data our initiator wrote (a-write.bin at the offset in a.done) reached the
-#      backing file.
+#      backing file. A second subsystem (NQN_A2, 4 MiB scratch) on the same port serves the client
+#      crate's own interop test (client/tests/nvme_interop.rs), which the host also runs.
 #   b  the Linux kernel host against our target: `scalio-nvme serve` exports a copy of pattern.img;
 #      nvme discover (port 8009) must list it; nvme connect to the traddr/trsvcid of its entry; O_DIRECT reads of the whole namespace
 #      equal the file; an O_DIRECT write reads back and reaches the backing file; nvme disconnect; the
@@ -21,6 +22,7 @@ require_guest
 SHARE=${SCALIO_VM_SHARE:?not in a scripts/vm/run.sh guest}
 
 NQN_A=nqn.2024-01.io.scalio:interop-kernel-target
+NQN_A2=nqn.2024-01.io.scalio:interop-kernel-target-scratch
 NQN_B=nqn.2024-01.io.scalio:interop-our-target
 A_WAIT_SECS=${A_WAIT_SECS:-240}
 
@@ -45,8 +47,10 @@ check_kernel_loopback() { "$INTEROP_DIR/kernel-loopback.sh"; }
 
 check_a() {
   cp "$SHARE/pattern.img" /tmp/a.img
-  trap '"$TARGET_SH" down --nqn "$NQN_A" >/dev/null 2>&1 || true' EXIT
+  trap '"$TARGET_SH" down --nqn "$NQN_A" >/dev/null 2>&1; "$TARGET_SH" down --nqn "$NQN_A2" >/dev/null 2>&1' EXIT
   "$TARGET_SH" up --file /tmp/a.img --nqn "$NQN_A" --addr 0.0.0.0 --port 4420 >&2
+  # A second subsystem on the same port, scratch space for the client crate's own interop test.
+  "$TARGET_SH" up --file /tmp/a2.img --create-size 4M --nqn "$NQN_A2" --addr 0.0.0.0 --port 4420 >&2
   echo "$NQN_A" >"$SHARE/a.ready"
   log "kernel target up; waiting for the host's initiator (up to ${A_WAIT_SECS}s)"
   local deadline=$((EPOCHSECONDS + A_WAIT_SECS)) offset=
@@ -65,6 +69,7 @@ check_a() {
   dd if="$SHARE/a-write.bin" of=/tmp/a-expected bs=4096 seek=$((offset / 4096)) conv=notrunc status=none
   same_bytes "the whole backing file after our write" /tmp/a-expected /tmp/a.img
   "$TARGET_SH" down --nqn "$NQN_A" >&2
+  "$TARGET_SH" down --nqn "$NQN_A2" >&2
 }
 
 check_b() {

@@ -2,7 +2,8 @@
 # scripts/interop/vm-checks.sh — interop checks (a) and (b) against the real Linux NVMe/TCP target and
 # host, in ONE boot of the scripts/vm/run.sh guest (plus the kernel-only baseline).
 #
-# Usage: scripts/interop/vm-checks.sh [--skip-kernel-loopback] [--only-kernel] [--timeout SECS] [--work DIR]
+# Usage: scripts/interop/vm-checks.sh [--skip-kernel-loopback] [--only-kernel] [--client-test BIN]
+#                                     [--timeout SECS] [--work DIR]
 #
 #   kernel-loopback                   kernel target + kernel host in the guest (proves the infrastructure)
 #   a-our-initiator-vs-kernel-target  the guest exports an 8 MiB random file through the kernel target
@@ -16,6 +17,11 @@
 #   b-kernel-host-vs-our-target       in the guest: our `scalio-nvme serve`, then nvme discover (port 8009),
 #                                     connect, O_DIRECT reads and a write compared byte for byte, disconnect
 #                                     (see guest-suite.sh)
+#   a-client-test, a-client-test-digests
+#                                     with --client-test BIN (the built client/tests/nvme_interop.rs): that
+#                                     test (discovery, 2 I/O queues, read, write+flush+read, keep-alive,
+#                                     disconnect) against a scratch subsystem of the same kernel target,
+#                                     without and with header+data digests
 #   --only-kernel   run the kernel baseline alone (no scalio-nvme needed)
 #   --timeout SECS  guest timeout (default 600)
 #   --work DIR      where the patterns, logs and captures go (default <repo>/target/vm/interop)
@@ -31,12 +37,15 @@ TIMEOUT=600
 W=$REPO/target/vm/interop
 A_HOST_PORT=${A_HOST_PORT:-14420}
 NQN_A=nqn.2024-01.io.scalio:interop-kernel-target
+NQN_A2=nqn.2024-01.io.scalio:interop-kernel-target-scratch
+CLIENT_TEST=
 while [ $# -gt 0 ]; do
   case $1 in
     --skip-kernel-loopback) SKIP_KERNEL_LOOPBACK=1; shift ;;
     --only-kernel) ONLY_KERNEL=1; shift ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --work) W=$2; shift 2 ;;
+    --client-test) CLIENT_TEST=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "vm-checks: unknown option '$1'" >&2; exit 2 ;;
   esac
@@ -81,18 +90,35 @@ host_a() {
   same_bytes "256 KiB written by our initiator, read back" "$SHARE/a-write.bin" "$W/a-read-back.bin"
 }
 
+# client_test NAME [ENV=VALUE...]: the client crate's interop test against the scratch subsystem; it
+# must run its one test (it skips silently without its environment) and pass.
+client_test() {
+  local name=$1 t rc
+  shift
+  t=$(now_ms)
+  env RUST_BACKTRACE=0 SCALIO_NVME_ADDR="127.0.0.1:$A_HOST_PORT" SCALIO_NVME_NQN="$NQN_A2" \
+    SCALIO_NVME_DISCOVERY="127.0.0.1:$A_HOST_PORT" SCALIO_NVME_WRITABLE=1 "$@" \
+    "$CLIENT_TEST" --test-threads=1 --nocapture >"$W/$name.log" 2>&1
+  rc=$?
+  if [ "$rc" = 0 ] && grep -q 'test result: ok. 1 passed' "$W/$name.log"; then v=PASS; else v=FAIL; fi
+  CLIENT_RESULTS[$name]="$v $(fmt_secs $(($(now_ms) - t)))"
+}
+declare -A CLIENT_RESULTS=()
+
 boot_ms=
 a_host=skipped
 while kill -0 "$VM_PID" 2>/dev/null; do
   [ -z "$boot_ms" ] && [ -f "$SHARE/.guest-ready" ] && boot_ms=$(($(now_ms) - t_start))
   if [ -s "$SHARE/a.ready" ]; then
     t=$(now_ms)
-    if (host_a) >"$W/a-host.log" 2>&1; then
-      a_host=PASS; echo "$A_OFFSET" >"$SHARE/a.done"
-    else
-      a_host=FAIL; echo FAIL >"$SHARE/a.done"
-    fi
+    if (host_a) >"$W/a-host.log" 2>&1; then a_host=PASS; else a_host=FAIL; fi
     a_host_secs=$(fmt_secs $(($(now_ms) - t)))
+    if [ -n "$CLIENT_TEST" ]; then
+      client_test a-client-test
+      client_test a-client-test-digests SCALIO_NVME_DIGESTS=1
+    fi
+    # Only now may the guest check its backing file and stop the kernel target.
+    if [ "$a_host" = PASS ]; then echo "$A_OFFSET" >"$SHARE/a.done"; else echo FAIL >"$SHARE/a.done"; fi
     break
   fi
   sleep 0.2
@@ -117,6 +143,11 @@ if [ "$ONLY_KERNEL" = 0 ]; then
        --expect ICReq,ICResp,CapsuleCmd,CapsuleResp,C2HData,R2T,H2CData "$W/a-wire.pcap" >"$W/a-wire.log" 2>&1; then
     v=PASS; else v=FAIL; fi
   record a-wire "$v" "$(fmt_secs $(($(now_ms) - t)))"
+  if [ -n "$CLIENT_TEST" ]; then
+    for name in a-client-test a-client-test-digests; do
+      read -r v s <<<"${CLIENT_RESULTS[$name]:-FAIL -}"; record "$name" "$v" "$s"
+    done
+  fi
   read -r v s <<<"${guest[b-kernel-host-vs-our-target]:-FAIL -}"; record b-kernel-host-vs-our-target "$v" "$s"
 fi
 
@@ -127,7 +158,10 @@ while read -r verdict name secs; do
   if [ "$verdict" != PASS ]; then
     failed=1
     logs=("$SHARE/$name.log")
-    case $name in a-our-*) logs+=("$W/a-host.log") ;; a-wire) logs=("$W/a-wire.log") ;; esac
+    case $name in
+      a-our-*) logs+=("$W/a-host.log") ;;
+      a-wire|a-client-test*) logs=("$W/$name.log") ;;
+    esac
     for f in "${logs[@]}"; do if [ -s "$f" ]; then show_log "$f"; fi; done
   fi
 done <"$W/summary"
