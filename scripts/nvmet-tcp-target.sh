@@ -120,6 +120,10 @@ cmd_up() {
   [ -n "$FILE" ] || [ -n "$DEVICE" ] || bad_usage "up needs --file PATH or --device DEV"
   [ -z "$FILE" ] || [ -z "$DEVICE" ] || bad_usage "give either --file or --device, not both"
   [ -z "$CREATE_SIZE" ] || [ -n "$FILE" ] || bad_usage "--create-size goes with --file"
+  # NVMe NQN: "nqn.yyyy-mm.reverse-domain[:name]", at most 223 bytes; configfs would take anything.
+  if ! [[ $NQN =~ ^nqn\.[0-9]{4}-[0-9]{2}\.[^[:space:]/]+$ ]] || [ "${#NQN}" -gt 223 ]; then
+    bad_usage "bad --nqn '$NQN' (want nqn.YYYY-MM.reverse.domain:name, no spaces or '/', at most 223 bytes)"
+  fi
   if ! [[ $PORT =~ ^[0-9]+$ ]] || [ "$PORT" -lt 1 ] || [ "$PORT" -gt 65535 ]; then bad_usage "bad --port '$PORT'"; fi
   if ! [[ $NSID =~ ^[0-9]+$ ]] || [ "$NSID" -lt 1 ]; then bad_usage "bad --nsid '$NSID'"; fi
   if [ -n "$DEVICE" ] && [ "$BUFFERED" != auto ]; then bad_usage "--buffered-io/--direct-io apply to --file only"; fi
