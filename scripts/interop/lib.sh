@@ -10,6 +10,9 @@ SCALIO_NVME=${SCALIO_NVME:-$REPO/target/release/scalio-nvme}
 # Errors from our CLI (anyhow) without a stack trace, so the message is what a log tail shows; panics
 # still follow RUST_BACKTRACE.
 export RUST_LIB_BACKTRACE=0
+# Each client command of our CLI gets this long (seconds) before it is killed: a hang must fail a check,
+# not the CI run.
+OUR_TIMEOUT=${OUR_TIMEOUT:-120}
 DISCOVERY_NQN=nqn.2014-08.org.nvmexpress.discovery
 
 # A check's name, set by the script, prefixes its messages.
@@ -84,7 +87,7 @@ require_our_cli() {
 }
 
 # our_identify ADDR PORT NQN: Identify Controller and Namespace, printed on stdout.
-our_identify() { "$SCALIO_NVME" identify --addr "$1:$2" --nqn "$3"; }
+our_identify() { timeout -k 5 "$OUR_TIMEOUT" "$SCALIO_NVME" identify --addr "$1:$2" --nqn "$3"; }
 
 # our_block_size ADDR PORT NQN: sets OUR_BS to namespace 1's block size, from identify's
 # "namespace 1: N blocks of B bytes" line (cached per target; no subshell, so the cache sticks).
@@ -110,18 +113,19 @@ our_read() {
   if (($4 % OUR_BS != 0 || $5 % OUR_BS != 0)); then
     echo "our_read: $4+$5 is not in whole $OUR_BS-byte blocks" >&2; return 1
   fi
-  "$SCALIO_NVME" read --addr "$1:$2" --nqn "$3" --lba $(($4 / OUR_BS)) --count $(($5 / OUR_BS)) --output "$6"
+  timeout -k 5 "$OUR_TIMEOUT" "$SCALIO_NVME" read --addr "$1:$2" --nqn "$3" \
+    --lba $(($4 / OUR_BS)) --count $(($5 / OUR_BS)) --output "$6"
 }
 
 # our_write ADDR PORT NQN OFFSET IN: the bytes of IN into namespace 1 at byte OFFSET.
 our_write() {
   our_block_size "$1" "$2" "$3" || return 1
   if (($4 % OUR_BS != 0)); then echo "our_write: offset $4 is not on a $OUR_BS-byte block" >&2; return 1; fi
-  "$SCALIO_NVME" write --addr "$1:$2" --nqn "$3" --lba $(($4 / OUR_BS)) --file "$5"
+  timeout -k 5 "$OUR_TIMEOUT" "$SCALIO_NVME" write --addr "$1:$2" --nqn "$3" --lba $(($4 / OUR_BS)) --file "$5"
 }
 
 # our_discover ADDR PORT: the discovery log, on stdout.
-our_discover() { "$SCALIO_NVME" discover --addr "$1:$2"; }
+our_discover() { timeout -k 5 "$OUR_TIMEOUT" "$SCALIO_NVME" discover --addr "$1:$2"; }
 
 # our_serve_start FILE NQN ADDR PORT DISCOVERY_PORT LOG: starts our target in the background, exporting
 # FILE (writable) as namespace 1 of NQN, with a separate discovery listener; sets OUR_SERVE_PID.

@@ -96,7 +96,7 @@ client_test() {
   local name=$1 t rc
   shift
   t=$(now_ms)
-  env RUST_BACKTRACE=0 SCALIO_NVME_ADDR="127.0.0.1:$A_HOST_PORT" SCALIO_NVME_NQN="$NQN_A2" \
+  timeout -k 5 "$OUR_TIMEOUT" env RUST_BACKTRACE=0 SCALIO_NVME_ADDR="127.0.0.1:$A_HOST_PORT" SCALIO_NVME_NQN="$NQN_A2" \
     SCALIO_NVME_DISCOVERY="127.0.0.1:$A_HOST_PORT" SCALIO_NVME_WRITABLE=1 "$@" \
     "$CLIENT_TEST" --test-threads=1 --nocapture >"$W/$name.log" 2>&1
   rc=$?
