@@ -7,8 +7,10 @@
 //! * [`fabric`]: the verbs-shaped fabric and its backends;
 //! * [`block`]: the block-read interface of a client's miss path;
 //! * [`nvme`]: NVMe over Fabrics / TCP: PDUs, commands, Identify and discovery structures;
+//! * [`aligned`]: buffers aligned for O_DIRECT;
 //! * [`cputime`]: per-thread CPU clocks, to prove where work happened.
 
+pub mod aligned;
 pub mod block;
 pub mod cputime;
 pub mod fabric;

@@ -1,3 +1,23 @@
-//! The scalio server.
+//! The scalio server: the JBOF/DPU side.
+//!
+//! * [`device`]: the SSDs (files or block devices), I/O threads, counters by issuer, the
+//!   emulated-testbed device model;
+//! * [`table`]: the cache table's owner (reserve, lease, invalidate, evict);
+//! * [`store`]: one data store per SSD (bucket log, value log, index, batching, GC, recovery);
+//! * [`worker`]: worker threads (the "DPU cores") and the dispatch of RPCs to them;
+//! * [`stats`]: counters by role;
+//! * [`target`]: the NVMe/TCP target engine (the offload path), on its own threads;
+//! * [`config`]: the TOML configuration;
+//! * [`server`]: the assembled [`Server`].
 
+pub mod config;
+pub mod device;
+pub mod server;
+pub mod stats;
+pub mod store;
+pub mod table;
 pub mod target;
+mod worker;
+
+pub use config::ServerConfig;
+pub use server::{Server, ServerError};

@@ -1,1 +1,177 @@
-fn main() {}
+//! `scalio-server`: runs a scalio server until SIGINT or SIGTERM.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use scalio_server::config::{parse_size, SsdConfig};
+use scalio_server::{Server, ServerConfig};
+use std::path::PathBuf;
+
+/// The scalio JBOF/DPU server: a one-sided-readable cache table in memory, data on SSDs.
+///
+/// Flags override the config file. SSDs come from the file's [[ssd]] entries, from --ssd flags,
+/// or from --ssd-dir with --ssds and --ssd-size (files ssd0.img, ssd1.img, ... created as needed).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Fabric (software NIC) address to listen on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// An SSD: PATH or PATH:SIZE (SIZE creates or extends a file, e.g. 1GiB). Repeatable.
+    #[arg(long = "ssd", value_name = "PATH[:SIZE]")]
+    ssd: Vec<String>,
+    /// Directory for file-backed SSDs (with --ssds and --ssd-size).
+    #[arg(long)]
+    ssd_dir: Option<PathBuf>,
+    /// Number of file-backed SSDs in --ssd-dir.
+    #[arg(long, default_value_t = 1)]
+    ssds: usize,
+    /// Size of each file-backed SSD in --ssd-dir.
+    #[arg(long, default_value = "256MiB")]
+    ssd_size: String,
+    /// Worker threads (the "DPU cores").
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Software NIC threads.
+    #[arg(long)]
+    nic_threads: Option<usize>,
+    /// Cache-table buckets.
+    #[arg(long)]
+    cache_buckets: Option<u32>,
+    /// Slots per cache bucket.
+    #[arg(long)]
+    assoc: Option<u8>,
+    /// Turn the cache table off.
+    #[arg(long)]
+    no_cache: bool,
+    /// Writes per batch (1: no batching).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Longest a write waits for its batch, microseconds.
+    #[arg(long)]
+    batch_timeout_us: Option<u64>,
+    /// NVMe/TCP target address for clients' block reads (default: the fabric IP, port 4420).
+    #[arg(long)]
+    target: Option<String>,
+    /// Do not run the NVMe/TCP target (clients then need the `direct` block path).
+    #[arg(long, conflicts_with = "target")]
+    no_target: bool,
+    /// NVMe/TCP discovery controller address (e.g. 127.0.0.1:8009).
+    #[arg(long)]
+    discovery: Option<String>,
+    /// Print the effective configuration as TOML-like text and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn build_config(args: &Args) -> anyhow::Result<ServerConfig> {
+    let mut c = match &args.config {
+        Some(p) => ServerConfig::from_file(p)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(l) = &args.listen {
+        c.listen = Some(l.clone());
+    }
+    if c.listen.is_none() {
+        c.listen = Some("127.0.0.1:7400".into());
+    }
+    for s in &args.ssd {
+        let (path, size) = match s.rsplit_once(':') {
+            Some((p, sz)) if !sz.is_empty() && sz.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
+                (p, Some(parse_size(sz)?))
+            }
+            _ => (s.as_str(), None),
+        };
+        c.ssds.push(SsdConfig { path: path.into(), size });
+    }
+    if let Some(dir) = &args.ssd_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        c = c.with_ssd_files(dir, args.ssds, parse_size(&args.ssd_size)?);
+    }
+    if let Some(w) = args.workers {
+        c.workers = w;
+    }
+    if let Some(n) = args.nic_threads {
+        c.nic_threads = n;
+    }
+    if let Some(b) = args.cache_buckets {
+        c.cache.buckets = b;
+    }
+    if let Some(a) = args.assoc {
+        c.cache.assoc = a;
+    }
+    if args.no_cache {
+        c.cache.enabled = false;
+    }
+    if let Some(b) = args.batch {
+        c.write.batch = b;
+    }
+    if let Some(t) = args.batch_timeout_us {
+        c.write.batch_timeout_us = t;
+    }
+    if let Some(t) = &args.target {
+        c.target.enabled = true;
+        c.target.listen = Some(t.clone());
+    }
+    if args.no_target {
+        c.target.enabled = false;
+    }
+    if let Some(d) = &args.discovery {
+        c.target.discovery = Some(d.clone());
+    }
+    if c.ssds.is_empty() {
+        bail!("no SSDs: give --ssd PATH[:SIZE], --ssd-dir DIR, or [[ssd]] entries in --config");
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts), so that `wait_for_signal`
+/// can take them synchronously.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only changes the
+    // calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: `set` is a valid signal set and `sig` a valid out-pointer.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = build_config(&args)?;
+    if args.print_config {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    let signals = block_signals();
+    let server = Server::start(&config)?;
+    if let Some(a) = server.local_addr() {
+        // One line on stdout that scripts can wait for.
+        println!("scalio-server listening on {a}");
+    }
+    for t in &server.info().targets {
+        println!("scalio-server nvme-tcp target {} {} (SSD {})", t.addr, t.nqn, t.ssd);
+    }
+    let sig = wait_for_signal(&signals);
+    tracing::info!(signal = sig, "shutting down");
+    server.shutdown();
+    Ok(())
+}

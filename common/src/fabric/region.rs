@@ -88,7 +88,12 @@ impl MemoryRegion {
             let (w, b) = (at / 8, at % 8);
             let n = (8 - b).min(out.len() - done);
             let word = self.words[w].load(Ordering::Acquire).to_le_bytes();
-            out[done..done + n].copy_from_slice(&word[b..b + n]);
+            if n == 8 {
+                // Whole word: a fixed-size copy the compiler turns into one store.
+                out[done..done + 8].copy_from_slice(&word);
+            } else {
+                out[done..done + n].copy_from_slice(&word[b..b + n]);
+            }
             done += n;
         }
         Ok(())

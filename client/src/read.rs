@@ -1,0 +1,219 @@
+//! GET: probe the cache with one READ; on a miss, META_GET, read the SSD blocks through the
+//! block path, and fill the reserved slot.
+//!
+//! The rules that keep reads correct against concurrent writes, fills and garbage collection:
+//! * a hit needs a visible slot whose checksum (over generation, key and value) holds, so a torn
+//!   READ or a slot being re-bound is never served;
+//! * the SSD blocks named by META_GET are checked against the bucket, position and key they must
+//!   hold; if garbage collection reused them meanwhile, the miss starts over with a new META_GET;
+//! * a fill only happens under a reservation, and only with the value read under it: a late fill
+//!   after the key was written is rejected by the slot's generation;
+//! * a miss without a reservation re-probes once (someone else may just have filled the slot),
+//!   then reads the SSD without filling. It never reports a read it did not do.
+
+use crate::error::ClientError;
+use crate::stats::Counters;
+use crate::{Inner, ReadPath};
+use scalio_common::fabric::{RemoteAddr, WorkRequest};
+use scalio_common::key::{self, route, TableKey};
+use scalio_common::rpc::{flags, MetaGetReply, Op, Request, Reservation, Status, TableInfo};
+use scalio_common::ssd::{decode_expected_record, Bucket, LayoutError};
+use scalio_common::table::{encode_fill, off, probe_bucket, Probe, INLINE_VALUE_MAX};
+
+/// What one probe found.
+enum Probed {
+    Hit(Vec<u8>),
+    Pending,
+    Miss,
+}
+
+/// Why reading the SSD blocks of a miss did not give an answer.
+enum SsdRead {
+    /// The blocks no longer hold what META_GET pointed at: start over.
+    Stale(LayoutError),
+    Failed(ClientError),
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl Inner {
+    pub(crate) async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        key::validate(key)?;
+        Counters::add(&self.counters.gets, 1);
+        let table = self.info.table.filter(|_| self.cfg.read_path == ReadPath::Cached);
+        match (self.cfg.read_path, table) {
+            (ReadPath::Server, _) => self.get_via_server(key).await,
+            (_, None) => {
+                Counters::add(&self.counters.misses, 1);
+                self.miss(key, None).await
+            }
+            (_, Some(t)) => {
+                let tk = TableKey::new(key);
+                for attempt in 0..=self.cfg.probe_retries {
+                    match self.probe(&t, &tk).await? {
+                        Probed::Hit(v) => return Ok(Some(v)),
+                        Probed::Miss => break,
+                        Probed::Pending if attempt < self.cfg.probe_retries => {
+                            Counters::add(&self.counters.pending_retries, 1);
+                            yield_now().await;
+                        }
+                        Probed::Pending => break,
+                    }
+                }
+                Counters::add(&self.counters.misses, 1);
+                self.miss(key, Some((&t, &tk))).await
+            }
+        }
+    }
+
+    /// The LEED-style read: the server reads the SSD.
+    async fn get_via_server(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        Counters::add(&self.counters.misses, 1);
+        match self.rpc(Request::new(Op::Get, key, b"")).await? {
+            (Status::Ok, v) => Ok(Some(v)),
+            (Status::NotFound, _) => {
+                Counters::add(&self.counters.absent, 1);
+                Ok(None)
+            }
+            (status, body) => Err(ClientError::Server { status, message: String::from_utf8_lossy(&body).into_owned() }),
+        }
+    }
+
+    /// One READ of the key's cache bucket. On a hit, the access timestamp is updated with an
+    /// unsignaled WRITE (the GET does not wait for it).
+    async fn probe(&self, t: &TableInfo, tk: &TableKey) -> Result<Probed, ClientError> {
+        let g = &t.geometry;
+        let bucket = tk.bucket(g.buckets);
+        let base = t.addr + g.bucket_offset(bucket) as u64;
+        Counters::add(&self.counters.probes, 1);
+        let qp = self.qp();
+        let bytes = qp
+            .post(&[WorkRequest::Read {
+                remote: RemoteAddr { addr: base, rkey: t.rkey },
+                len: g.bucket_bytes() as u32,
+            }])
+            .await?;
+        Ok(match probe_bucket(&bytes, tk) {
+            Probe::Hit { slot, value } => {
+                Counters::add(&self.counters.hits, 1);
+                let ts = now_us().to_le_bytes();
+                let at = RemoteAddr {
+                    addr: base + (usize::from(slot) * scalio_common::table::SLOT_SIZE + off::ACCESS_TS) as u64,
+                    rkey: t.rkey,
+                };
+                // A lost timestamp update only makes eviction less precise; failures are counted
+                // by the queue pair.
+                let _ = qp.post_unsignaled(&[WorkRequest::Write { remote: at, data: &ts }]);
+                Probed::Hit(value.to_vec())
+            }
+            Probe::Pending { .. } => Probed::Pending,
+            Probe::Miss => Probed::Miss,
+        })
+    }
+
+    /// The miss path: META_GET, then the SSD reads, then the fill. `cache` is None when the
+    /// client does not use the cache (stage 1).
+    async fn miss(&self, key: &[u8], cache: Option<(&TableInfo, &TableKey)>) -> Result<Option<Vec<u8>>, ClientError> {
+        let meta_flags = if cache.is_some() { 0 } else { flags::NO_RESERVE };
+        let mut last = None;
+        for _ in 0..self.cfg.miss_attempts.max(1) {
+            let body = self.rpc_ok(Request::new(Op::MetaGet, key, b"").with_flags(meta_flags)).await?;
+            let meta = MetaGetReply::decode(&body)?;
+            if meta.chain_len == 0 {
+                Counters::add(&self.counters.absent, 1);
+                return Ok(None);
+            }
+            if let (Some((t, tk)), None) = (cache, meta.reservation) {
+                Counters::add(&self.counters.no_reservation, 1);
+                // Someone else holds the key's slot: it may be filled by now.
+                if let Probed::Hit(v) = self.probe(t, tk).await? {
+                    return Ok(Some(v));
+                }
+            }
+            match self.read_ssd(key, &meta).await {
+                Ok(value) => {
+                    if let (Some((t, tk)), Some(r)) = (cache, meta.reservation) {
+                        self.fill(t, tk, r, value.as_deref());
+                    }
+                    if value.is_none() {
+                        Counters::add(&self.counters.absent, 1);
+                    }
+                    return Ok(value);
+                }
+                Err(SsdRead::Stale(e)) => {
+                    Counters::add(&self.counters.stale_retries, 1);
+                    last = Some(e);
+                }
+                Err(SsdRead::Failed(e)) => return Err(e),
+            }
+        }
+        let ssd = route(key, self.info.ssds.len() as u16, 1).ssd;
+        Err(ClientError::Inconsistent {
+            ssd,
+            attempts: self.cfg.miss_attempts.max(1),
+            last: last.expect("at least one attempt"),
+        })
+    }
+
+    /// Reads the key's bucket chain and then its value record from the SSD, checking that the
+    /// blocks still hold what META_GET pointed at.
+    async fn read_ssd(&self, key: &[u8], meta: &MetaGetReply) -> Result<Option<Vec<u8>>, SsdRead> {
+        let ssd = self.info.ssds.get(usize::from(meta.ssd)).ok_or(SsdRead::Failed(ClientError::NoSuchSsd(meta.ssd)))?;
+        let geo = &ssd.geometry;
+        let bucket = route(key, self.info.ssds.len() as u16, geo.buckets).bucket;
+        let chain = self.read_blocks(meta.ssd, geo.bucket_block(meta.lseq), u32::from(meta.chain_len)).await?;
+        let content = Bucket::decode(&chain, bucket, meta.lseq, meta.chain_len, self.seed).map_err(SsdRead::Stale)?;
+        let Some(item) = content.find(key) else { return Ok(None) };
+        let (lba, count, offset) = geo.record_blocks(item.value_pos, item.record_len());
+        let bytes = self.read_blocks(meta.ssd, lba, count).await?;
+        let record = decode_expected_record(&bytes[offset..], self.seed, item.value_pos, key, item.value_len)
+            .map_err(SsdRead::Stale)?;
+        Ok(Some(record.value.to_vec()))
+    }
+
+    async fn read_blocks(&self, ssd: u16, lba: u64, count: u32) -> Result<Vec<u8>, SsdRead> {
+        Counters::add(&self.counters.block_reads, 1);
+        Counters::add(&self.counters.block_read_blocks, u64::from(count));
+        self.block.read_blocks(ssd, lba, count).await.map_err(|e| SsdRead::Failed(e.into()))
+    }
+
+    /// Fills a reserved slot with one chain of WRITEs on one queue pair: the value (with its
+    /// checksum), the access timestamp, then `integrity = 1`. Posted without waiting.
+    fn fill(&self, t: &TableInfo, tk: &TableKey, r: Reservation, value: Option<&[u8]>) {
+        let Some(value) = value.filter(|v| v.len() <= INLINE_VALUE_MAX) else {
+            // Absent, or too large for a slot: the reservation simply expires.
+            Counters::add(&self.counters.fills_skipped, 1);
+            return;
+        };
+        let g = &t.geometry;
+        let slot = t.addr + g.slot_offset(tk.bucket(g.buckets), r.slot) as u64;
+        let at = |o: usize| RemoteAddr { addr: slot + o as u64, rkey: t.rkey };
+        let fill = encode_fill(r.generation, tk, value);
+        let ts = now_us().to_le_bytes();
+        let chain = [
+            WorkRequest::Write { remote: at(off::FILL), data: &fill },
+            WorkRequest::Write { remote: at(off::ACCESS_TS), data: &ts },
+            WorkRequest::Write { remote: at(off::INTEGRITY), data: &[1] },
+        ];
+        if self.qp().post_unsignaled(&chain).is_ok() {
+            Counters::add(&self.counters.fills, 1);
+        }
+    }
+}
+
+/// Yields once to the executor (a fill in progress usually lands within microseconds).
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}

@@ -1,0 +1,26 @@
+//! PUT, UPDATE and DELETE: RPCs to the worker that owns the key's SSD, acknowledged once the
+//! write is durable and the key's cache slot has been invalidated.
+
+use crate::error::ClientError;
+use crate::stats::Counters;
+use crate::Inner;
+use scalio_common::key;
+use scalio_common::rpc::{flags, Op, Request, Status};
+use scalio_common::ssd::MAX_VALUE_LEN;
+
+impl Inner {
+    /// Sends a write; returns whether the key existed (for UPDATE and DELETE; always true for PUT).
+    pub(crate) async fn write(&self, op: Op, key: &[u8], value: &[u8]) -> Result<bool, ClientError> {
+        key::validate(key)?;
+        if value.len() > MAX_VALUE_LEN {
+            return Err(ClientError::ValueTooLarge(value.len()));
+        }
+        Counters::add(&self.counters.writes, 1);
+        let f = if self.cfg.batched_writes { 0 } else { flags::UNBATCHED };
+        match self.rpc(Request::new(op, key, value).with_flags(f)).await? {
+            (Status::Ok, _) => Ok(true),
+            (Status::NotFound, _) if op != Op::Put => Ok(false),
+            (status, body) => Err(ClientError::Server { status, message: String::from_utf8_lossy(&body).into_owned() }),
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! One connection's protocol engine on the NIC, sans-IO: fed the bytes received so far, it
+//! executes every complete request against the [`RegionTable`], hands RPCs to the service, and
+//! appends the responses to an output buffer. The event loop around it only moves bytes.
+
+use super::super::wire::{self, ChainStatus, ClientFrame, ErrorCode, WireError, WrFlags};
+use crate::fabric::{Access, IncomingRpc, RegionTable, RemoteAccessError, ReplySink, Responder, RpcService};
+use crate::fabric::{RemoteAddr, MAX_TRANSFER};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+/// Why the NIC closes a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error("malformed HELLO: {0}")]
+    BadHandshake(WireError),
+    #[error("client speaks protocol version {0}, the NIC speaks {ours}", ours = wire::VERSION)]
+    UnsupportedVersion(u16),
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] WireError),
+    #[error("chain {open} is still open but a request of chain {got} (or with other flags) arrived")]
+    ChainMismatch { open: u32, got: u32 },
+    #[error("READ in an unsignaled chain")]
+    UnsignaledRead,
+    #[error("RPC inside chain {0}")]
+    RpcInsideChain(u32),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+}
+
+impl Violation {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Violation::BadHandshake(_) => ErrorCode::BadHandshake,
+            Violation::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            _ => ErrorCode::ProtocolViolation,
+        }
+    }
+}
+
+/// What the session did, counted locally and added to the NIC's counters in batches.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub reads: u64,
+    pub writes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub rpcs: u64,
+    pub remote_errors: u64,
+}
+
+/// What a session needs from its NIC.
+pub struct Env<'a> {
+    pub regions: &'a RegionTable,
+    pub service: &'a dyn RpcService,
+    /// Where this connection's RPC responses go.
+    pub sink: &'a Arc<dyn ReplySink>,
+    pub tally: &'a mut Tally,
+}
+
+/// The chain being executed.
+struct OpenChain {
+    id: u32,
+    unsignaled: bool,
+    /// Where its CHAIN_DONE header is reserved in the output (signaled chains only).
+    header_at: usize,
+    /// Index of the next request.
+    next: u32,
+    read_bytes: usize,
+    failed: Option<(u32, RemoteAccessError)>,
+}
+
+/// The protocol state of one connection.
+#[derive(Default)]
+pub struct Session {
+    handshaken: bool,
+    chain: Option<OpenChain>,
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session::default()
+    }
+
+    /// Executes the complete frames at the start of `input`, appending responses to `out`, and
+    /// returns how many bytes it consumed. It stops early, between requests, once the sendable
+    /// part of `out` reaches `out_limit` bytes (backpressure: the rest waits until the output
+    /// drains; a chain's own output is bounded by [`wire::MAX_CHAIN_READ`] instead). On a violation it appends an
+    /// ERROR frame to `out` and returns the violation: the connection must then be closed.
+    pub fn process(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        out_limit: usize,
+        env: &mut Env<'_>,
+    ) -> Result<usize, Violation> {
+        let r = self.process_frames(input, out, out_limit, env);
+        if let Err(v) = &r {
+            self.abort(out, v);
+        }
+        r
+    }
+
+    fn process_frames(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        out_limit: usize,
+        env: &mut Env<'_>,
+    ) -> Result<usize, Violation> {
+        let mut at = 0;
+        if !self.handshaken {
+            match wire::decode_hello(input).map_err(Violation::BadHandshake)? {
+                None => return Ok(0),
+                Some((hello, n)) if hello.version == wire::VERSION => {
+                    wire::encode_hello(out, wire::VERSION);
+                    self.handshaken = true;
+                    at = n;
+                }
+                Some((hello, _)) => return Err(Violation::UnsupportedVersion(hello.version)),
+            }
+        }
+        // The limit counts only output that can be sent: an open chain's must wait for its end.
+        while self.flush_limit(out.len()) < out_limit {
+            let Some((frame, n)) = wire::decode_client_frame(&input[at..])? else { break };
+            self.execute(frame, out, env)?;
+            at += n;
+        }
+        Ok(at)
+    }
+
+    /// The connection ended; `leftover` bytes of an incomplete frame were never executed.
+    /// Returns the violation if the peer left in the middle of a frame or a chain.
+    pub fn finish(&mut self, leftover: usize) -> Result<(), Violation> {
+        if leftover > 0 || self.chain.is_some() {
+            return Err(Violation::Truncated);
+        }
+        Ok(())
+    }
+
+    /// Where the flushable output ends: the reserved header of an open signaled chain must not
+    /// go out before the chain completes.
+    pub fn flush_limit(&self, out_len: usize) -> usize {
+        match &self.chain {
+            Some(c) if !c.unsignaled => c.header_at,
+            _ => out_len,
+        }
+    }
+
+    /// Whether a chain is open: RPC responses must not be appended in the middle of it.
+    pub fn in_chain(&self) -> bool {
+        self.chain.is_some()
+    }
+
+    /// The output buffer dropped its first `n` (already sent) bytes.
+    pub fn shift_output(&mut self, n: usize) {
+        if let Some(c) = &mut self.chain {
+            c.header_at -= n;
+        }
+    }
+
+    fn abort(&mut self, out: &mut Vec<u8>, v: &Violation) {
+        self.end(out, v.code(), &v.to_string());
+    }
+
+    /// Appends an ERROR frame saying the NIC shuts down.
+    pub fn shutdown(&mut self, out: &mut Vec<u8>) {
+        self.end(out, ErrorCode::Shutdown, "the NIC is shutting down");
+    }
+
+    /// Drops the open chain's output and appends an ERROR frame: the connection ends here.
+    fn end(&mut self, out: &mut Vec<u8>, code: ErrorCode, message: &str) {
+        if let Some(c) = self.chain.take() {
+            if !c.unsignaled {
+                out.truncate(c.header_at);
+            }
+        }
+        wire::encode_error(out, code, message);
+    }
+
+    fn execute(&mut self, frame: ClientFrame<'_>, out: &mut Vec<u8>, env: &mut Env<'_>) -> Result<(), Violation> {
+        match frame {
+            ClientFrame::Read { chain, flags, remote, len } => {
+                let c = self.chain_for(chain, flags, out)?;
+                if c.unsignaled {
+                    return Err(Violation::UnsignaledRead);
+                }
+                if c.failed.is_none() {
+                    match read_into(env.regions, remote, len as usize, c.read_bytes, out) {
+                        Ok(()) => {
+                            c.read_bytes += len as usize;
+                            env.tally.reads += 1;
+                            env.tally.bytes_read += u64::from(len);
+                        }
+                        Err(e) => c.fail(e, out, env.tally),
+                    }
+                }
+                self.step(flags, out);
+            }
+            ClientFrame::Write { chain, flags, remote, data } => {
+                let c = self.chain_for(chain, flags, out)?;
+                if c.failed.is_none() {
+                    match env.regions.write(remote, data) {
+                        Ok(()) => {
+                            env.tally.writes += 1;
+                            env.tally.bytes_written += data.len() as u64;
+                        }
+                        Err(e) => c.fail(e, out, env.tally),
+                    }
+                }
+                self.step(flags, out);
+            }
+            ClientFrame::Rpc { id, payload } => {
+                if let Some(c) = &self.chain {
+                    return Err(Violation::RpcInsideChain(c.id));
+                }
+                env.tally.rpcs += 1;
+                let rpc = IncomingRpc { payload: payload.to_vec(), responder: Responder::new(env.sink.clone(), id) };
+                // A panicking service must not take the NIC thread (and its other connections)
+                // down; the dropped responder answers the client with an empty response.
+                let service = env.service;
+                if std::panic::catch_unwind(AssertUnwindSafe(|| service.handle(rpc))).is_err() {
+                    tracing::error!("the RPC service panicked");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The open chain, opened by this request if none is; a request that does not belong to
+    /// the open chain is a violation.
+    fn chain_for(&mut self, id: u32, flags: WrFlags, out: &mut Vec<u8>) -> Result<&mut OpenChain, Violation> {
+        let unsignaled = flags.is_unsignaled();
+        match &self.chain {
+            Some(c) if c.id != id || c.unsignaled != unsignaled => {
+                return Err(Violation::ChainMismatch { open: c.id, got: id })
+            }
+            Some(_) => {}
+            None => {
+                let header_at = out.len();
+                if !unsignaled {
+                    out.resize(header_at + wire::CHAIN_DONE_HEADER_LEN, 0);
+                }
+                self.chain = Some(OpenChain { id, unsignaled, header_at, next: 0, read_bytes: 0, failed: None });
+            }
+        }
+        Ok(self.chain.as_mut().expect("chain opened above"))
+    }
+
+    /// Counts the request just handled, and completes the chain if it was the last one.
+    fn step(&mut self, flags: WrFlags, out: &mut Vec<u8>) {
+        let c = self.chain.as_mut().expect("a request runs inside a chain");
+        c.next = c.next.saturating_add(1);
+        if !flags.is_last() {
+            return;
+        }
+        let c = self.chain.take().expect("checked above");
+        let status = match c.failed {
+            None => ChainStatus::Ok,
+            Some((index, error)) => ChainStatus::Failed { index, error },
+        };
+        if !c.unsignaled {
+            let data_len = out.len() - c.header_at - wire::CHAIN_DONE_HEADER_LEN;
+            let header = &mut out[c.header_at..c.header_at + wire::CHAIN_DONE_HEADER_LEN];
+            wire::write_chain_done_header(header, c.id, false, status, data_len as u32);
+        } else if c.failed.is_some() {
+            wire::encode_chain_done(out, c.id, true, status, &[]);
+        }
+    }
+}
+
+impl OpenChain {
+    /// The current request failed: drop the chain's READ data and skip the rest of it.
+    fn fail(&mut self, e: RemoteAccessError, out: &mut Vec<u8>, tally: &mut Tally) {
+        self.failed = Some((self.next, e));
+        if !self.unsignaled {
+            out.truncate(self.header_at + wire::CHAIN_DONE_HEADER_LEN);
+        }
+        tally.remote_errors += 1;
+    }
+}
+
+/// Serves a READ: checks it and copies the region's bytes straight onto the end of `out`.
+fn read_into(
+    regions: &RegionTable,
+    remote: RemoteAddr,
+    len: usize,
+    chain_read: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), RemoteAccessError> {
+    if len > MAX_TRANSFER || chain_read + len > wire::MAX_CHAIN_READ {
+        return Err(RemoteAccessError::TooLarge);
+    }
+    let (region, offset) = regions.resolve(remote, len, Access::READ)?;
+    let at = out.len();
+    out.resize(at + len, 0);
+    let r = region.read(offset, &mut out[at..]);
+    if r.is_err() {
+        out.truncate(at);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fabric::tcp::wire::ServerFrame;
+    use crate::fabric::MemoryRegion;
+    use parking_lot::Mutex;
+
+    #[derive(Default)]
+    struct Recorder {
+        replies: Mutex<Vec<(u64, Vec<u8>)>>,
+    }
+    impl ReplySink for Recorder {
+        fn reply(&self, id: u64, payload: &[u8]) {
+            self.replies.lock().push((id, payload.to_vec()));
+        }
+    }
+
+    struct Fixture {
+        regions: RegionTable,
+        region: Arc<MemoryRegion>,
+        desc: crate::fabric::RegionDesc,
+        sink: Arc<Recorder>,
+        tally: Tally,
+        session: Session,
+        out: Vec<u8>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let regions = RegionTable::new();
+            let region = Arc::new(MemoryRegion::new(64));
+            let desc = regions.register(region.clone(), Access::READ_WRITE);
+            Fixture {
+                regions,
+                region,
+                desc,
+                sink: Arc::default(),
+                tally: Tally::default(),
+                session: Session::new(),
+                out: Vec::new(),
+            }
+        }
+
+        fn feed(&mut self, input: &[u8]) -> Result<usize, Violation> {
+            let sink: Arc<dyn ReplySink> = self.sink.clone();
+            let service = |rpc: IncomingRpc| rpc.responder.reply(&rpc.payload);
+            let mut env = Env { regions: &self.regions, service: &service, sink: &sink, tally: &mut self.tally };
+            self.session.process(input, &mut self.out, usize::MAX, &mut env)
+        }
+
+        fn output_frames(&self) -> Vec<String> {
+            let mut at = wire::HELLO_LEN;
+            let mut frames = Vec::new();
+            while let Some((f, n)) = wire::decode_server_frame(&self.out[at..]).unwrap() {
+                frames.push(format!("{f:?}"));
+                at += n;
+            }
+            assert_eq!(at, self.out.len());
+            frames
+        }
+    }
+
+    fn hello() -> Vec<u8> {
+        let mut b = Vec::new();
+        wire::encode_hello(&mut b, wire::VERSION);
+        b
+    }
+
+    #[test]
+    fn chain_reads_follow_writes_and_complete_once() {
+        let mut f = Fixture::new();
+        let mut input = hello();
+        let d = f.desc;
+        wire::encode_write(&mut input, 7, WrFlags::new(false, false), d.at(0), b"abcd");
+        wire::encode_read(&mut input, 7, WrFlags::new(false, false), d.at(1), 2);
+        wire::encode_read(&mut input, 7, WrFlags::new(true, false), d.at(0), 1);
+        // An unsignaled chain that succeeds says nothing.
+        wire::encode_write(&mut input, 0, WrFlags::new(true, true), d.at(8), b"z");
+        assert_eq!(f.feed(&input), Ok(input.len()));
+        assert_eq!(&f.out[..wire::HELLO_LEN], &hello()[..]);
+        let want = ServerFrame::ChainDone { chain: 7, unsignaled: false, status: ChainStatus::Ok, data: b"bca" };
+        assert_eq!(f.output_frames(), vec![format!("{want:?}")]);
+        assert_eq!(f.region.load_u8(8), b'z');
+        assert_eq!(f.tally, Tally { reads: 2, writes: 2, bytes_read: 3, bytes_written: 5, ..Tally::default() });
+    }
+
+    #[test]
+    fn a_failure_drops_the_chain_data_and_skips_the_rest() {
+        let mut f = Fixture::new();
+        let mut input = hello();
+        let d = f.desc;
+        wire::encode_read(&mut input, 3, WrFlags::new(false, false), d.at(0), 8);
+        wire::encode_read(&mut input, 3, WrFlags::new(false, false), d.at(60), 8);
+        wire::encode_write(&mut input, 3, WrFlags::new(true, false), d.at(0), b"x");
+        wire::encode_write(&mut input, 4, WrFlags::new(true, true), d.at(64), b"x");
+        assert_eq!(f.feed(&input), Ok(input.len()));
+        let failed = |chain, unsignaled, index, error| ServerFrame::ChainDone {
+            chain,
+            unsignaled,
+            status: ChainStatus::Failed { index, error },
+            data: &[],
+        };
+        assert_eq!(
+            f.output_frames(),
+            vec![
+                format!("{:?}", failed(3, false, 1, RemoteAccessError::OutOfBounds)),
+                format!("{:?}", failed(4, true, 0, RemoteAccessError::OutOfBounds)),
+            ]
+        );
+        assert_eq!(f.region.load_u8(0), 0, "the WRITE after the failure did not execute");
+        assert_eq!(f.tally.remote_errors, 2);
+    }
+
+    #[test]
+    fn input_fed_a_byte_at_a_time_gives_the_same_output() {
+        let mut f = Fixture::new();
+        let mut input = hello();
+        let d = f.desc;
+        for i in 0..5u32 {
+            wire::encode_write(&mut input, i, WrFlags::new(false, false), d.at(u64::from(i)), &[i as u8 + 1; 3]);
+            wire::encode_read(&mut input, i, WrFlags::new(true, false), d.at(0), 8);
+            wire::encode_rpc(&mut input, u64::from(i), &[i as u8]);
+        }
+        assert_eq!(f.feed(&input), Ok(input.len()));
+        let whole_out = std::mem::take(&mut f.out);
+        let whole_replies = std::mem::take(&mut *f.sink.replies.lock());
+        assert_eq!(whole_replies.len(), 5);
+
+        // Again on a fresh session over zeroed memory, as a socket delivering one byte per read.
+        f.region.write(0, &[0; 64]).unwrap();
+        f.session = Session::new();
+        let mut buf = Vec::new();
+        for b in &input {
+            buf.push(*b);
+            let n = f.feed(&buf).unwrap();
+            buf.drain(..n);
+        }
+        assert!(buf.is_empty());
+        assert_eq!(f.out, whole_out);
+        assert_eq!(*f.sink.replies.lock(), whole_replies);
+    }
+
+    #[test]
+    fn processing_stops_at_the_output_limit_and_resumes() {
+        let mut f = Fixture::new();
+        let mut input = hello();
+        let d = f.desc;
+        for i in 0..10 {
+            wire::encode_read(&mut input, i, WrFlags::LAST, d.at(0), 64);
+        }
+        let sink: Arc<dyn ReplySink> = f.sink.clone();
+        let service = |rpc: IncomingRpc| drop(rpc);
+        let mut env = Env { regions: &f.regions, service: &service, sink: &sink, tally: &mut f.tally };
+        // Room for about three completions: the rest stays unconsumed.
+        let limit = wire::HELLO_LEN + 3 * (wire::CHAIN_DONE_HEADER_LEN + 64);
+        let n = f.session.process(&input, &mut f.out, limit, &mut env).unwrap();
+        assert_eq!(n, wire::HELLO_LEN + 3 * wire::WR_HEADER_LEN);
+        assert_eq!(env.tally.reads, 3);
+        // The client took the output: the rest runs.
+        f.out.clear();
+        let m = f.session.process(&input[n..], &mut f.out, usize::MAX, &mut env).unwrap();
+        assert_eq!(n + m, input.len());
+        assert_eq!(env.tally.reads, 10);
+    }
+
+    #[test]
+    fn a_chain_is_never_held_back_by_the_output_limit() {
+        let mut f = Fixture::new();
+        let mut input = hello();
+        let d = f.desc;
+        f.feed(&input).unwrap();
+        f.out.clear();
+        input.clear();
+        wire::encode_read(&mut input, 1, WrFlags::new(false, false), d.at(0), 64);
+        wire::encode_read(&mut input, 1, WrFlags::new(false, false), d.at(0), 64);
+        wire::encode_read(&mut input, 1, WrFlags::new(true, false), d.at(0), 64);
+        wire::encode_read(&mut input, 2, WrFlags::new(true, false), d.at(0), 64);
+        let sink: Arc<dyn ReplySink> = f.sink.clone();
+        let service = |rpc: IncomingRpc| drop(rpc);
+        let mut env = Env { regions: &f.regions, service: &service, sink: &sink, tally: &mut f.tally };
+        // Its own READ data does not count: the chain runs to its end, then processing stops.
+        let n = f.session.process(&input, &mut f.out, 1, &mut env).unwrap();
+        assert_eq!(n, 3 * wire::WR_HEADER_LEN);
+        assert!(!f.session.in_chain());
+    }
+
+    #[test]
+    fn violations_append_an_error_frame() {
+        let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
+            (b"GET / HTTP/1.1\r\n".to_vec(), ErrorCode::BadHandshake),
+            (
+                {
+                    let mut b = Vec::new();
+                    wire::encode_hello(&mut b, wire::VERSION + 1);
+                    b
+                },
+                ErrorCode::UnsupportedVersion,
+            ),
+            ([hello(), vec![0x55; 30]].concat(), ErrorCode::ProtocolViolation),
+        ];
+        for (input, code) in cases {
+            let mut f = Fixture::new();
+            assert!(f.feed(&input).is_err());
+            let at = if code == ErrorCode::ProtocolViolation { wire::HELLO_LEN } else { 0 };
+            let (frame, _) = wire::decode_server_frame(&f.out[at..]).unwrap().unwrap();
+            assert!(matches!(frame, ServerFrame::Error { code: c, .. } if c == code), "{frame:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_outside_the_open_chain_is_a_violation() {
+        let mut f = Fixture::new();
+        let mut input = hello();
+        let d = f.desc;
+        wire::encode_read(&mut input, 1, WrFlags::new(false, false), d.at(0), 8);
+        wire::encode_rpc(&mut input, 9, b"hi");
+        assert_eq!(f.feed(&input), Err(Violation::RpcInsideChain(1)));
+        // The open chain's reserved header and data were dropped before the ERROR frame.
+        let (frame, n) = wire::decode_server_frame(&f.out[wire::HELLO_LEN..]).unwrap().unwrap();
+        assert!(matches!(frame, ServerFrame::Error { code: ErrorCode::ProtocolViolation, .. }));
+        assert_eq!(wire::HELLO_LEN + n, f.out.len());
+        assert!(f.sink.replies.lock().is_empty(), "the RPC never reached the service");
+    }
+}

@@ -1,0 +1,398 @@
+//! Server configuration: a TOML file and/or command-line flags, validated before anything starts.
+//!
+//! ```toml
+//! listen = "127.0.0.1:7400"      # the fabric (software NIC) address; omit for in-process use
+//! workers = 2                    # worker threads, the "DPU cores"
+//! nic_threads = 1
+//! io_threads = 4                 # per SSD
+//! direct_io = true               # O_DIRECT where the filesystem allows it
+//! # ssd_buckets = 65536          # buckets per SSD for a new store (default: one per 16 blocks)
+//!
+//! [[ssd]]
+//! path = "/var/lib/scalio/ssd0.img"
+//! size = "1GiB"                  # create or extend a file to this size; omit for a device
+//!
+//! [cache]
+//! enabled = true
+//! buckets = 65536
+//! assoc = 8
+//! lease_ms = 100
+//!
+//! [write]
+//! batch = 8
+//! batch_timeout_us = 1000
+//!
+//! [target]                       # the NVMe/TCP target (the offload path)
+//! enabled = true
+//! listen = "127.0.0.1:4420"      # default: the fabric address's IP, port 4420
+//! discovery = "127.0.0.1:8009"
+//! nqn_prefix = "nqn.2026-11.io.scalio:ssd"
+//! allow_writes = false
+//!
+//! [emulation]                    # emulated-testbed knobs (0 = off)
+//! ssd_iops = 0
+//! ssd_latency_us = 0
+//! worker_io_cost_us = 0
+//! ```
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("invalid size {0:?} (use bytes or a number with K, M, G, KiB, MiB, GiB)")]
+    Size(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Fabric address (the software NIC over TCP). `None`: in-process clients only.
+    pub listen: Option<String>,
+    /// Worker threads (the "DPU cores"); SSD `i` belongs to worker `i % workers`.
+    pub workers: usize,
+    pub nic_threads: usize,
+    /// I/O threads per SSD (how many I/Os one SSD executes at once).
+    pub io_threads: usize,
+    pub direct_io: bool,
+    /// Buckets per SSD for a new store.
+    pub ssd_buckets: Option<u32>,
+    #[serde(rename = "ssd")]
+    pub ssds: Vec<SsdConfig>,
+    pub cache: CacheConfig,
+    pub write: WriteConfig,
+    pub target: TargetConfig,
+    pub emulation: EmulationConfig,
+}
+
+/// One SSD.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SsdConfig {
+    pub path: PathBuf,
+    /// Size to create (or extend) a file to, e.g. "1GiB". Omit for an existing file or device.
+    #[serde(default, deserialize_with = "size_opt")]
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub buckets: u32,
+    pub assoc: u8,
+    /// How long a reservation waits for its fill before the slot can be reserved again.
+    pub lease_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { enabled: true, buckets: 65_536, assoc: scalio_common::table::DEFAULT_ASSOC, lease_ms: 100 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WriteConfig {
+    /// Writes per batch; 1 turns batching off.
+    pub batch: usize,
+    pub batch_timeout_us: u64,
+    /// Batches (on disjoint buckets) in flight per SSD.
+    pub max_inflight: usize,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        WriteConfig { batch: 8, batch_timeout_us: 1000, max_inflight: 4 }
+    }
+}
+
+/// The NVMe/TCP target that serves clients' block reads (the offload path).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Run the target when the server listens on a fabric address.
+    pub enabled: bool,
+    /// I/O (and discovery) address. Default: the fabric address's IP, port 4420 (port 0, i.e.
+    /// any free port, when the fabric port is 0).
+    pub listen: Option<String>,
+    /// A separate discovery-controller address (e.g. port 8009).
+    pub discovery: Option<String>,
+    /// Subsystem `i` is named `{nqn_prefix}{i}`.
+    pub nqn_prefix: String,
+    /// Allow NVMe writes to the SSDs (off: only the workers write the store's logs).
+    pub allow_writes: bool,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            enabled: true,
+            listen: None,
+            discovery: None,
+            nqn_prefix: "nqn.2026-11.io.scalio:ssd".into(),
+            allow_writes: false,
+        }
+    }
+}
+
+/// Emulated-testbed knobs: let a small machine show the shapes that scarce DPU cores and many
+/// SSDs produce. Results measured with any of these set are emulated and are labelled so.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmulationConfig {
+    /// Most I/Os per second per SSD (0: unlimited).
+    pub ssd_iops: u64,
+    /// Added latency per SSD I/O, microseconds.
+    pub ssd_latency_us: u64,
+    /// Worker time charged per SSD I/O a worker issues, microseconds (virtual: the worker is
+    /// unavailable for that long, without spinning a host core).
+    pub worker_io_cost_us: u64,
+}
+
+impl TargetConfig {
+    /// Where the target listens, given the fabric address: None if the target is off.
+    pub fn resolve_listen(&self, fabric: Option<std::net::SocketAddr>) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        if let Some(l) = &self.listen {
+            return Some(l.clone());
+        }
+        let f = fabric?;
+        let port = if f.port() == 0 { 0 } else { 4420 };
+        Some(std::net::SocketAddr::new(f.ip(), port).to_string())
+    }
+}
+
+impl EmulationConfig {
+    pub fn is_active(&self) -> bool {
+        self.ssd_iops > 0 || self.ssd_latency_us > 0 || self.worker_io_cost_us > 0
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: None,
+            workers: 2,
+            nic_threads: 1,
+            io_threads: 4,
+            direct_io: true,
+            ssd_buckets: None,
+            ssds: Vec::new(),
+            cache: CacheConfig::default(),
+            write: WriteConfig::default(),
+            target: TargetConfig::default(),
+            emulation: EmulationConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { reason, .. } => ConfigError::Parse { path: path.display().to_string(), reason },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<ServerConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: "<config>".into(), reason: e.to_string() })
+    }
+
+    /// `n` file-backed SSDs of `size` bytes in `dir` (named `ssd0.img`, `ssd1.img`, ...).
+    pub fn with_ssd_files(mut self, dir: &std::path::Path, n: usize, size: u64) -> ServerConfig {
+        self.ssds = (0..n).map(|i| SsdConfig { path: dir.join(format!("ssd{i}.img")), size: Some(size) }).collect();
+        self
+    }
+
+    /// Checks everything that can be checked before opening anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.ssds.is_empty() {
+            return bad("no SSDs configured (add [[ssd]] entries or --ssd flags)".into());
+        }
+        if self.ssds.len() > usize::from(u16::MAX) {
+            return bad(format!("{} SSDs is too many", self.ssds.len()));
+        }
+        for (i, s) in self.ssds.iter().enumerate() {
+            if let Some(size) = s.size {
+                if size % 512 != 0 || size < scalio_common::ssd::MIN_BLOCKS * 512 {
+                    return bad(format!(
+                        "SSD {i} size {size} must be a multiple of 512 and at least {} bytes",
+                        scalio_common::ssd::MIN_BLOCKS * 512
+                    ));
+                }
+            }
+            if self.ssds[..i].iter().any(|o| o.path == s.path) {
+                return bad(format!("SSD path {} is listed twice", s.path.display()));
+            }
+        }
+        if self.workers == 0 || self.workers > 1024 {
+            return bad(format!("workers must be between 1 and 1024, not {}", self.workers));
+        }
+        if self.nic_threads == 0 || self.nic_threads > 256 {
+            return bad(format!("nic_threads must be between 1 and 256, not {}", self.nic_threads));
+        }
+        if self.io_threads == 0 || self.io_threads > 1024 {
+            return bad(format!("io_threads must be between 1 and 1024, not {}", self.io_threads));
+        }
+        if self.cache.buckets == 0 {
+            return bad("cache.buckets must be at least 1".into());
+        }
+        if self.cache.assoc == 0 || self.cache.assoc > 64 {
+            return bad(format!("cache.assoc must be between 1 and 64, not {}", self.cache.assoc));
+        }
+        let table_bytes = u64::from(self.cache.buckets) * u64::from(self.cache.assoc) * 112;
+        if table_bytes > 64 << 30 {
+            return bad(format!("a cache of {table_bytes} bytes is larger than 64 GiB"));
+        }
+        if self.write.batch == 0 || self.write.batch > 1024 {
+            return bad(format!("write.batch must be between 1 and 1024, not {}", self.write.batch));
+        }
+        if self.write.max_inflight == 0 {
+            return bad("write.max_inflight must be at least 1".into());
+        }
+        if let Some(b) = self.ssd_buckets {
+            if b == 0 {
+                return bad("ssd_buckets must be at least 1".into());
+            }
+        }
+        if let Some(l) = &self.listen {
+            check_addr("listen", l)?;
+        }
+        if self.target.enabled {
+            if let Some(l) = &self.target.listen {
+                check_addr("target.listen", l)?;
+            }
+            if let Some(d) = &self.target.discovery {
+                check_addr("target.discovery", d)?;
+            }
+            if self.target.nqn_prefix.is_empty() || self.target.nqn_prefix.len() > 200 {
+                return bad("target.nqn_prefix must be 1 to 200 characters".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_addr(what: &str, addr: &str) -> Result<(), ConfigError> {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(ConfigError::Invalid(format!("{what} = {addr:?} is not a host:port address"))),
+    }
+}
+
+/// Parses a size: bytes, or a number with a suffix K/M/G/T (powers of 1000) or KiB/MiB/GiB/TiB.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| ConfigError::Size(s.to_string()))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(ConfigError::Size(s.to_string())),
+    };
+    n.checked_mul(mult).ok_or_else(|| ConfigError::Size(s.to_string()))
+}
+
+fn size_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Bytes(b)) => Ok(Some(b)),
+        Some(Size::Text(t)) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1 GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2G").unwrap(), 2_000_000_000);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn toml_round_trip_and_defaults() {
+        let c = ServerConfig::from_toml(
+            r#"
+            listen = "127.0.0.1:7400"
+            workers = 4
+            [[ssd]]
+            path = "/tmp/a.img"
+            size = "64MiB"
+            [[ssd]]
+            path = "/dev/nvme0n1"
+            [cache]
+            assoc = 16
+            [write]
+            batch = 1
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.workers, 4);
+        assert_eq!(c.ssds[0].size, Some(64 << 20));
+        assert_eq!(c.ssds[1].size, None);
+        assert_eq!(c.cache.assoc, 16);
+        assert_eq!(c.cache.buckets, 65_536, "unset fields keep defaults");
+        assert_eq!(c.write.batch, 1);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(matches!(ServerConfig::from_toml("wrokers = 3"), Err(ConfigError::Parse { .. })));
+        assert!(ServerConfig::from_toml("[[ssd]]\npath = \"x\"\nsize = \"lots\"").is_err());
+        let base = ServerConfig::default().with_ssd_files(std::path::Path::new("/tmp"), 1, 1 << 20);
+        base.validate().unwrap();
+        let mut c = base.clone();
+        c.workers = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("workers"));
+        let mut c = base.clone();
+        c.cache.assoc = 0;
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.ssds[0].size = Some(1000);
+        assert!(c.validate().unwrap_err().to_string().contains("multiple of 512"));
+        let mut c = base.clone();
+        c.listen = Some("nowhere".into());
+        assert!(c.validate().is_err());
+        let mut c = base;
+        c.ssds.clear();
+        assert!(c.validate().unwrap_err().to_string().contains("no SSDs"));
+    }
+}

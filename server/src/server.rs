@@ -1,0 +1,295 @@
+//! Putting the server together: SSDs, store recovery, the cache table and its registration,
+//! worker threads, and the fabric endpoints.
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::device::{DeviceError, DeviceModel, DeviceOptions, Ssd};
+use crate::stats::{ServerShared, StatsSource};
+use crate::store::recovery::{self, StoreError};
+use crate::store::{DataStore, StoreConfig};
+use crate::table::CacheTable;
+use crate::target::{NvmeTarget, SubsystemConfig, TargetConfig as NvmeConfig, TargetError};
+use crate::worker::{Dispatch, Worker, WorkerEvent};
+use scalio_common::cputime::CpuGroup;
+use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
+use scalio_common::fabric::tcp::{NicConfig, TcpNic};
+use scalio_common::fabric::{Access, RegionTable};
+use scalio_common::rpc::{ServerInfo, SsdInfo, Stats, TableInfo, PROTOCOL_VERSION};
+use scalio_common::table::TableGeometry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
+    #[error("NVMe/TCP target: {0}")]
+    Target(#[from] TargetError),
+}
+
+/// The NVMe/TCP target's counters in STATS.
+struct TargetStatsSource(Arc<NvmeTarget>);
+
+impl StatsSource for TargetStatsSource {
+    fn append(&self, out: &mut Vec<(String, u64)>) {
+        let s = self.0.stats();
+        out.push(("cpu_target_ns".into(), s.cpu_ns));
+        out.extend(s.counters());
+    }
+}
+
+/// Starts the target exporting every SSD as namespace 1 of its own subsystem.
+fn start_target(
+    config: &ServerConfig,
+    listen: &str,
+    ssds: &[Arc<Ssd>],
+) -> Result<(Arc<NvmeTarget>, Vec<scalio_common::rpc::BlockTarget>), ServerError> {
+    let addr = resolve(listen)?;
+    let mut cfg = NvmeConfig::on(addr);
+    if let Some(d) = &config.target.discovery {
+        cfg.discovery_listen = Some(resolve(d)?);
+    }
+    let nqn = |i: usize| format!("{}{i}", config.target.nqn_prefix);
+    for (i, ssd) in ssds.iter().enumerate() {
+        let ns: Arc<dyn crate::target::TargetNamespace> = ssd.clone();
+        cfg = cfg.subsystem(SubsystemConfig::new(nqn(i), ns).allow_writes(config.target.allow_writes));
+    }
+    let target = NvmeTarget::start(cfg)?;
+    let local = target.local_addr();
+    let targets = (0..ssds.len())
+        .map(|i| scalio_common::rpc::BlockTarget { ssd: i as u16, addr: local.to_string(), nqn: nqn(i), nsid: 1 })
+        .collect();
+    Ok((Arc::new(target), targets))
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, ServerError> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ServerError::Listen { addr: addr.to_string(), reason: "not a host:port address".into() })
+}
+
+/// A running server.
+pub struct Server {
+    shared: Arc<ServerShared>,
+    mem: Arc<MemFabric>,
+    workers: Vec<(crossbeam_channel::Sender<WorkerEvent>, Option<JoinHandle<()>>)>,
+    local_addr: Option<SocketAddr>,
+    target: Option<Arc<NvmeTarget>>,
+    config: ServerConfig,
+}
+
+impl Server {
+    /// Opens (formatting or recovering) the SSDs and starts serving.
+    pub fn start(config: &ServerConfig) -> Result<Server, ServerError> {
+        config.validate()?;
+        let io_cpu = CpuGroup::new();
+        let e = &config.emulation;
+        let opts = DeviceOptions {
+            io_threads: config.io_threads,
+            model: DeviceModel { iops: e.ssd_iops, latency: Duration::from_micros(e.ssd_latency_us) },
+            direct: config.direct_io,
+        };
+        let ssds = config
+            .ssds
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Ssd::open(i as u16, &s.path, s.size, &opts, &io_cpu))
+            .collect::<Result<Vec<_>, _>>()?;
+        let opened = match recovery::open(&ssds, config.ssd_buckets) {
+            Ok(o) => o,
+            Err(e) => {
+                ssds.iter().for_each(|s| s.shutdown());
+                return Err(e.into());
+            }
+        };
+        let table = config.cache.enabled.then(|| {
+            let geometry = TableGeometry { buckets: config.cache.buckets, assoc: config.cache.assoc };
+            Arc::new(CacheTable::new(geometry, Duration::from_millis(config.cache.lease_ms)))
+        });
+        // The target serves clients' block reads straight from the SSDs, on its own threads.
+        let fabric_addr = config.listen.as_deref().map(resolve).transpose()?;
+        let (target, targets) = match config.target.resolve_listen(fabric_addr) {
+            Some(listen) => {
+                let (t, targets) = start_target(config, &listen, &ssds)?;
+                (Some(t), targets)
+            }
+            None => (None, Vec::new()),
+        };
+        let regions = Arc::new(RegionTable::new());
+        let table_info = table.as_ref().map(|t| {
+            let desc = regions.register(t.region().clone(), Access::READ_WRITE);
+            TableInfo { addr: desc.addr, rkey: desc.rkey, geometry: t.geometry() }
+        });
+        let info = ServerInfo {
+            protocol: PROTOCOL_VERSION,
+            table: table_info,
+            store_id: opened.store_id,
+            ssds: ssds
+                .iter()
+                .zip(&opened.ssds)
+                .map(|(s, (g, _))| SsdInfo {
+                    geometry: *g,
+                    path: std::fs::canonicalize(s.path()).unwrap_or(s.path().to_path_buf()).display().to_string(),
+                })
+                .collect(),
+            targets,
+        };
+        let store_cfg = StoreConfig {
+            batch: config.write.batch,
+            batch_timeout: Duration::from_micros(config.write.batch_timeout_us),
+            max_inflight: config.write.max_inflight,
+            ..StoreConfig::default()
+        };
+        let n = ssds.len() as u16;
+        let mut stores: Vec<Vec<DataStore<_>>> = (0..config.workers).map(|_| Vec::new()).collect();
+        let mut counters = Vec::new();
+        for (i, (geo, state)) in opened.ssds.into_iter().enumerate() {
+            let s = DataStore::new(i as u16, n, geo, opened.seed, state, store_cfg.clone(), table.clone());
+            counters.push(s.counters().clone());
+            stores[i % config.workers].push(s);
+        }
+        let shared = Arc::new(ServerShared::new(info, table.clone(), ssds.clone(), counters, io_cpu));
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        for (id, stores) in stores.into_iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let w = Worker {
+                id,
+                workers: config.workers,
+                inbox: rx,
+                me: tx.clone(),
+                stores,
+                ssds: ssds.clone(),
+                table: table.clone(),
+                shared: shared.clone(),
+                io_cost: Duration::from_micros(config.emulation.worker_io_cost_us),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("worker-{id}"))
+                .spawn(move || w.run())
+                .map_err(|e| ServerError::Thread(e.to_string()))?;
+            senders.push(tx.clone());
+            workers.push((tx, Some(h)));
+        }
+        let dispatch = Arc::new(Dispatch { workers: senders, shared: shared.clone() });
+        let mem = MemFabric::new(regions.clone());
+        mem.set_service(dispatch.clone());
+        if let Some(t) = &target {
+            shared.extra.lock().push(Arc::new(TargetStatsSource(t.clone())));
+        }
+        let mut server =
+            Server { shared: shared.clone(), mem, workers, local_addr: None, target, config: config.clone() };
+        if let Some(addr) = &config.listen {
+            let nic_cfg = NicConfig { threads: config.nic_threads, ..NicConfig::default() };
+            let nic = TcpNic::bind(addr.as_str(), regions, dispatch, nic_cfg)
+                .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+            server.local_addr = Some(nic.local_addr());
+            *shared.nic.lock() = Some(nic);
+        }
+        tracing::info!(
+            ssds = n,
+            workers = config.workers,
+            cache_slots = table.as_ref().map_or(0, |t| t.geometry().slots()),
+            formatted = opened.formatted,
+            listen = ?server.local_addr,
+            "server started"
+        );
+        Ok(server)
+    }
+
+    /// The fabric address clients connect to, if listening.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// An in-process queue pair (the `mem` fabric).
+    pub fn connect_mem(&self) -> MemQueuePair {
+        self.mem.connect()
+    }
+
+    /// The in-process fabric, e.g. to inject faults.
+    pub fn mem_fabric(&self) -> &Arc<MemFabric> {
+        &self.mem
+    }
+
+    pub fn info(&self) -> &ServerInfo {
+        self.shared.info()
+    }
+
+    pub fn ssds(&self) -> &[Arc<Ssd>] {
+        self.shared.ssds()
+    }
+
+    pub fn table(&self) -> Option<&Arc<CacheTable>> {
+        self.shared.table.as_ref()
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Adds counters (e.g. the NVMe target's) to STATS.
+    pub fn add_stats_source(&self, source: Arc<dyn StatsSource>) {
+        self.shared.extra.lock().push(source);
+    }
+
+    /// Stops serving: closes the fabric, lets the workers finish the writes they hold (every
+    /// acknowledged write is already durable), and closes the SSDs.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    /// The NVMe/TCP target, if running.
+    pub fn target(&self) -> Option<&Arc<NvmeTarget>> {
+        self.target.as_ref()
+    }
+
+    fn stop(&mut self) {
+        let nic = self.shared.nic.lock().take();
+        if let Some(mut nic) = nic {
+            nic.shutdown();
+        }
+        self.shared.extra.lock().clear();
+        if let Some(t) = self.target.take() {
+            match Arc::try_unwrap(t) {
+                Ok(t) => t.shutdown(),
+                Err(t) => drop(t), // stops when the last reference goes
+            }
+        }
+        for (tx, _) in &self.workers {
+            let _ = tx.send(WorkerEvent::Stop);
+        }
+        for (_, h) in &mut self.workers {
+            if let Some(h) = h.take() {
+                if h.join().is_err() {
+                    tracing::error!("a worker thread panicked");
+                }
+            }
+        }
+        for s in self.shared.ssds() {
+            s.shutdown();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,383 @@
+//! Store tests: a synchronous driver runs the state machine against a real file-backed SSD,
+//! optionally crashing it (stopping, possibly in the middle of a write) at a chosen point.
+
+use super::*;
+use crate::device::{DeviceOptions, Issuer, Ssd};
+use crate::table::CacheTable;
+use proptest::prelude::*;
+use scalio_common::cputime::CpuGroup;
+use scalio_common::table::TableGeometry;
+use std::path::Path;
+
+/// Drives a store synchronously. Replies are `u64` request ids.
+struct Driver {
+    ssd: Arc<Ssd>,
+    store: DataStore<u64>,
+    done: HashMap<u64, Outcome>,
+    next: u64,
+    /// Block writes left before the simulated crash (None: never crash).
+    crash_after_blocks: Option<u64>,
+    crashed: bool,
+}
+
+fn open_ssd(dir: &Path, blocks: u64) -> Arc<Ssd> {
+    let opts = DeviceOptions { io_threads: 1, ..Default::default() };
+    Ssd::open(0, &dir.join("ssd0.img"), Some(blocks * 512), &opts, &CpuGroup::new()).unwrap()
+}
+
+fn config(batch: usize) -> StoreConfig {
+    StoreConfig { batch, gc_chunk_blocks: 16, ..Default::default() }
+}
+
+impl Driver {
+    fn open(dir: &Path, blocks: u64, buckets: Option<u32>, cfg: StoreConfig, table: Option<Arc<CacheTable>>) -> Driver {
+        let ssd = open_ssd(dir, blocks);
+        let opened = recovery::open(std::slice::from_ref(&ssd), buckets).unwrap();
+        let (geo, state) = opened.ssds.into_iter().next().unwrap();
+        Driver {
+            ssd,
+            store: DataStore::new(0, 1, geo, opened.seed, state, cfg, table),
+            done: HashMap::new(),
+            next: 1,
+            crash_after_blocks: None,
+            crashed: false,
+        }
+    }
+
+    /// Runs I/O until the store is quiet (or the simulated crash happens).
+    fn run(&mut self) {
+        let far = Instant::now() + Duration::from_secs(3600);
+        loop {
+            self.store.poll(far);
+            let io = self.store.take_io();
+            for c in self.store.take_completed() {
+                self.done.insert(c.reply, c.outcome);
+            }
+            if io.is_empty() || self.crashed {
+                return;
+            }
+            for req in io {
+                if self.crashed {
+                    return;
+                }
+                match req {
+                    IoRequest::Read { token, lba, count } => {
+                        let r = self.ssd.read(lba, count, Issuer::Worker);
+                        self.store.on_io(token, IoResult::Read(r), far);
+                    }
+                    IoRequest::Write { token, parts } => {
+                        let r = self.write_parts(parts);
+                        if self.crashed {
+                            return;
+                        }
+                        self.store.on_io(token, IoResult::Write(r), far);
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_parts(&mut self, parts: Vec<(u64, AlignedBuf)>) -> Result<(), DeviceError> {
+        for (lba, data) in parts {
+            let blocks = (data.len() / BLOCK_SIZE) as u64;
+            if let Some(left) = self.crash_after_blocks.as_mut() {
+                if *left < blocks {
+                    // Crash in the middle of this write: only its first `left` blocks land.
+                    if *left > 0 {
+                        let torn =
+                            AlignedBuf::copy_padded(&data[..*left as usize * BLOCK_SIZE], *left as usize * BLOCK_SIZE);
+                        self.ssd.write(lba, &torn, Issuer::Worker)?;
+                    }
+                    self.crashed = true;
+                    return Ok(());
+                }
+                *left -= blocks;
+            }
+            self.ssd.write(lba, &data, Issuer::Worker)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, op: WriteOp, key: &[u8], value: &[u8]) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        let req = WriteRequest { op, key: key.to_vec(), value: value.to_vec(), unbatched: false, reply: id };
+        self.store.submit_write(req, Instant::now());
+        id
+    }
+
+    fn get(&mut self, key: &[u8]) -> Outcome {
+        let id = self.next;
+        self.next += 1;
+        self.store.submit_get(key.to_vec(), id);
+        self.run();
+        self.done.remove(&id).expect("get finished")
+    }
+
+    fn put_now(&mut self, key: &[u8], value: &[u8]) -> Outcome {
+        let id = self.write(WriteOp::Put, key, value);
+        self.run();
+        self.done.remove(&id).expect("write finished")
+    }
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key-{i:08}").into_bytes()
+}
+
+fn value(i: u64, version: u64, len: usize) -> Vec<u8> {
+    let mut v = format!("{i}:{version}:").into_bytes();
+    v.resize(len.max(v.len()), b'a' + (version % 26) as u8);
+    v
+}
+
+#[test]
+fn put_get_update_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Driver::open(dir.path(), 8192, None, config(4), None);
+    assert_eq!(d.get(b"missing"), Outcome::NotFound);
+    assert_eq!(d.put_now(b"a", b"1"), Outcome::Ok);
+    assert_eq!(d.get(b"a"), Outcome::Value(b"1".to_vec()));
+    let u = d.write(WriteOp::Update, b"b", b"x");
+    d.run();
+    assert_eq!(d.done.remove(&u), Some(Outcome::NotFound), "update of a missing key");
+    let u = d.write(WriteOp::Update, b"a", b"2");
+    d.run();
+    assert_eq!(d.done.remove(&u), Some(Outcome::Ok));
+    assert_eq!(d.get(b"a"), Outcome::Value(b"2".to_vec()));
+    let del = d.write(WriteOp::Delete, b"a", b"");
+    d.run();
+    assert_eq!(d.done.remove(&del), Some(Outcome::Ok));
+    assert_eq!(d.get(b"a"), Outcome::NotFound);
+    let del = d.write(WriteOp::Delete, b"a", b"");
+    d.run();
+    assert_eq!(d.done.remove(&del), Some(Outcome::NotFound));
+    // A large value is stored and served like any other.
+    let big = vec![7u8; 5000];
+    assert_eq!(d.put_now(b"big", &big), Outcome::Ok);
+    assert_eq!(d.get(b"big"), Outcome::Value(big));
+}
+
+#[test]
+fn a_batch_is_two_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Driver::open(dir.path(), 8192, None, config(8), None);
+    let ids: Vec<u64> = (0..8).map(|i| d.write(WriteOp::Put, &key(i), &value(i, 0, 64))).collect();
+    d.run();
+    for id in ids {
+        assert_eq!(d.done.remove(&id), Some(Outcome::Ok));
+    }
+    // Block 0 was written at format time; then one value write and one bucket write.
+    assert_eq!(d.ssd.counters().writes(Issuer::Worker), 1 + 2);
+    assert_eq!(d.store.counters().batches.load(Ordering::Relaxed), 1);
+    for i in 0..8 {
+        assert_eq!(d.get(&key(i)), Outcome::Value(value(i, 0, 64)));
+    }
+}
+
+#[test]
+fn partial_batch_waits_for_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Driver::open(dir.path(), 8192, None, config(8), None);
+    let t0 = Instant::now();
+    d.store.submit_write(
+        WriteRequest { op: WriteOp::Put, key: b"k".to_vec(), value: b"v".to_vec(), unbatched: false, reply: 1 },
+        t0,
+    );
+    assert!(d.store.take_io().is_empty(), "one write does not fill a batch");
+    assert_eq!(d.store.next_deadline(), Some(t0 + Duration::from_millis(1)));
+    d.store.poll(t0 + Duration::from_millis(1));
+    assert!(!d.store.take_io().is_empty(), "the timeout flushes it");
+}
+
+#[test]
+fn writes_invalidate_the_cache_before_they_complete() {
+    use scalio_common::table::{encode_fill, off, probe_bucket, Probe};
+    let dir = tempfile::tempdir().unwrap();
+    let table = Arc::new(CacheTable::new(TableGeometry { buckets: 4, assoc: 4 }, Duration::from_secs(60)));
+    let mut d = Driver::open(dir.path(), 8192, None, config(1), Some(table.clone()));
+    assert_eq!(d.put_now(b"k", b"old"), Outcome::Ok);
+    let tk = TableKey::new(b"k");
+    let r = table.reserve(&tk).unwrap();
+    let g = table.geometry();
+    let base = g.slot_offset(tk.bucket(g.buckets), r.slot);
+    table.region().write(base + off::FILL, &encode_fill(r.generation, &tk, b"old")).unwrap();
+    table.region().store_u8(base + off::INTEGRITY, 1);
+    let probe = || {
+        let mut b = vec![0; g.bucket_bytes()];
+        table.region().read(g.bucket_offset(tk.bucket(g.buckets)), &mut b).unwrap();
+        matches!(probe_bucket(&b, &tk), Probe::Hit { .. })
+    };
+    assert!(probe());
+    assert_eq!(d.put_now(b"k", b"new"), Outcome::Ok);
+    assert!(!probe(), "the acknowledged write invalidated the cached value");
+    assert_eq!(table.counters().invalidations.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn garbage_collection_keeps_every_live_value() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small SSD: 2048 blocks (1 MiB), 64 buckets → 256-block bucket log.
+    let mut d = Driver::open(dir.path(), 2048, Some(64), config(8), None);
+    let keys = 300u64;
+    let mut latest = HashMap::new();
+    for round in 0..25u64 {
+        let ids: Vec<(u64, u64)> =
+            (0..keys).map(|i| (i, d.write(WriteOp::Put, &key(i), &value(i, round, 40 + (i % 50) as usize)))).collect();
+        d.run();
+        for (i, id) in ids {
+            assert_eq!(d.done.remove(&id), Some(Outcome::Ok), "round {round} key {i}");
+            latest.insert(i, round);
+        }
+    }
+    let c = d.store.counters();
+    assert!(c.gc_value_steps.load(Ordering::Relaxed) > 0, "the value log wrapped");
+    assert!(c.gc_bucket_steps.load(Ordering::Relaxed) > 0, "the bucket log wrapped");
+    let space = d.store.space();
+    assert!(space.value_log.tail > space.value_log.size, "positions passed the end of the log");
+    for (i, round) in latest {
+        assert!(d.get(&key(i)) == Outcome::Value(value(i, round, 40 + (i % 50) as usize)), "key {i}");
+    }
+}
+
+#[test]
+fn full_ssd_refuses_writes_and_keeps_serving_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Driver::open(dir.path(), 2048, Some(64), config(1), None);
+    let mut stored = Vec::new();
+    let mut refused = 0;
+    for i in 0..400u64 {
+        match d.put_now(&key(i), &vec![1u8; 4000]) {
+            Outcome::Ok => stored.push(i),
+            Outcome::NoSpace(_) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(refused > 0, "a 1 MiB SSD cannot hold 1.6 MB of values");
+    assert!(!stored.is_empty());
+    for i in stored {
+        assert!(d.get(&key(i)) == Outcome::Value(vec![1u8; 4000]), "key {i}");
+    }
+    assert!(d.store.counters().no_space.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn recovery_rebuilds_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut d = Driver::open(dir.path(), 4096, Some(128), config(8), None);
+        for i in 0..100 {
+            d.write(WriteOp::Put, &key(i), &value(i, 1, 64));
+        }
+        d.run();
+        for i in 0..10 {
+            d.write(WriteOp::Delete, &key(i), b"");
+        }
+        d.run();
+        d.ssd.shutdown();
+    }
+    let mut d = Driver::open(dir.path(), 4096, None, config(8), None);
+    for i in 0..10 {
+        assert_eq!(d.get(&key(i)), Outcome::NotFound, "deleted key {i} stays deleted");
+    }
+    for i in 10..100 {
+        assert_eq!(d.get(&key(i)), Outcome::Value(value(i, 1, 64)));
+    }
+    // New writes after recovery land after the recovered data.
+    assert_eq!(d.put_now(&key(5), b"again"), Outcome::Ok);
+    assert_eq!(d.get(&key(5)), Outcome::Value(b"again".to_vec()));
+}
+
+#[test]
+fn foreign_data_is_not_formatted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ssd = open_ssd(dir.path(), 2048);
+    ssd.write(0, &AlignedBuf::copy_padded(b"some filesystem", 512), Issuer::Worker).unwrap();
+    let e = recovery::open(&[ssd], None).unwrap_err();
+    assert!(matches!(e, recovery::StoreError::NotScalio { .. }), "{e}");
+}
+
+/// Per key: the acknowledged value (None: absent), and the values written but not acknowledged
+/// since (None: a delete).
+type KeyHistory = (Option<Vec<u8>>, Vec<Option<Vec<u8>>>);
+
+/// One step of a random workload.
+#[derive(Debug, Clone)]
+enum Step {
+    Put(u8, u16),
+    Delete(u8),
+}
+
+fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
+    proptest::collection::vec(
+        prop_oneof![
+            4 => (any::<u8>(), 1u16..600).prop_map(|(k, l)| Step::Put(k % 40, l)),
+            1 => any::<u8>().prop_map(|k| Step::Delete(k % 40)),
+        ],
+        1..300,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Acknowledged writes survive a crash at a random point — including in the middle of a
+    /// write and during garbage collection — and recovery never invents or resurrects data.
+    #[test]
+    fn acknowledged_writes_survive_a_crash(steps in arb_steps(), crash_at in 0u64..400, batch in 1usize..9) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Driver::open(dir.path(), 2048, Some(32), config(batch), None);
+        d.crash_after_blocks = Some(crash_at);
+        let mut model: HashMap<u8, KeyHistory> = HashMap::new();
+        let mut inflight: HashMap<u64, (u8, Option<Vec<u8>>)> = HashMap::new();
+        for (n, step) in steps.iter().enumerate() {
+            let (k, v) = match step {
+                Step::Put(k, len) => (*k, Some(value(u64::from(*k), n as u64, usize::from(*len)))),
+                Step::Delete(k) => (*k, None),
+            };
+            let op = if v.is_some() { WriteOp::Put } else { WriteOp::Delete };
+            let id = d.write(op, &[b'k', k], v.as_deref().unwrap_or(b""));
+            model.entry(k).or_default().1.push(v.clone());
+            inflight.insert(id, (k, v));
+            if n % 5 == 4 {
+                d.run();
+            }
+            let mut finished: Vec<(u64, Outcome)> = d.done.drain().collect();
+            finished.sort_by_key(|(id, _)| *id); // per key, completions follow submission order
+            for (id, outcome) in finished {
+                let (k, v) = inflight.remove(&id).unwrap();
+                let e = model.get_mut(&k).unwrap();
+                match outcome {
+                    Outcome::Ok | Outcome::NotFound => {
+                        // Acknowledged: this and everything before it on this key is settled.
+                        let pos = e.1.iter().position(|x| *x == v).unwrap();
+                        e.1.drain(..=pos);
+                        e.0 = v;
+                    }
+                    Outcome::NoSpace(_) => {
+                        let pos = e.1.iter().position(|x| *x == v).unwrap();
+                        e.1.remove(pos);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            if d.crashed {
+                break;
+            }
+        }
+        d.run();
+        // Crash (or stop): recover from what is on the SSD.
+        d.ssd.shutdown();
+        drop(d);
+        let mut r = Driver::open(dir.path(), 2048, None, config(batch), None);
+        for (k, (acked, unacked)) in model {
+            let got = match r.get(&[b'k', k]) {
+                Outcome::Value(v) => Some(v),
+                Outcome::NotFound => None,
+                other => panic!("key {k}: {other:?}"),
+            };
+            prop_assert!(got == acked || unacked.contains(&got),
+                "key {}: recovered {:?}, acknowledged {:?}", k, got.as_ref().map(|v| v.len()), acked.as_ref().map(|v| v.len()));
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The owner of the cache table: the server-side half of the consistency protocol.
+//!
+//! Clients read buckets with one-sided READs and fill reserved slots with one-sided WRITEs
+//! (`scalio_common::table` has the layout and the reader's rules). The server only ever:
+//! * **reserves** a slot for a key on META_GET (integrity 0, new generation, key, visibility 1),
+//!   evicting the filled slot with the oldest access timestamp when the bucket is full;
+//! * **invalidates** a key (visibility 0) before any write to it is published and acknowledged.
+//!
+//! Fixes to the published artifact's hazards:
+//! * every mutation of a bucket holds that bucket's lock (striped), so two keys never get one
+//!   slot even when different workers touch the same bucket;
+//! * a reservation carries a lease: once it expires, the slot can be reserved again (a client
+//!   that crashed after reserving leaks nothing);
+//! * each reservation bumps the slot's generation, and the filler's checksum covers it: a late
+//!   fill under an expired or invalidated reservation never becomes visible, even if the slot has
+//!   been rebound to another key since;
+//! * stores are release-ordered (see `MemoryRegion`), and readers verify the checksum, so a READ
+//!   racing a reservation or an eviction is detected instead of returning mixed bytes.
+
+use parking_lot::Mutex;
+use scalio_common::fabric::MemoryRegion;
+use scalio_common::key::TableKey;
+use scalio_common::rpc::Reservation;
+use scalio_common::table::{off, SlotView, TableGeometry, SLOT_SIZE};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LOCK_STRIPES: usize = 4096;
+
+/// Counters of the table's server-side protocol.
+#[derive(Debug, Default)]
+pub struct TableCounters {
+    pub reservations: AtomicU64,
+    /// META_GETs that found the key already cached (filled), so nothing was reserved.
+    pub already_cached: AtomicU64,
+    /// META_GETs that found a fill of the key in progress (unexpired lease).
+    pub fill_in_progress: AtomicU64,
+    /// META_GETs that found every slot of the bucket reserved under a live lease.
+    pub bucket_busy: AtomicU64,
+    pub evictions: AtomicU64,
+    /// Reservations reclaimed after their lease expired (or whose fill was stale).
+    pub expired_reclaims: AtomicU64,
+    pub invalidations: AtomicU64,
+}
+
+/// The cache table in server memory.
+pub struct CacheTable {
+    region: Arc<MemoryRegion>,
+    geometry: TableGeometry,
+    locks: Box<[Mutex<()>]>,
+    /// Lease deadline of each slot's current reservation, in ns since `epoch` (0: none).
+    leases: Box<[AtomicU64]>,
+    epoch: Instant,
+    lease: Duration,
+    counters: TableCounters,
+}
+
+/// What the server found for a key in its bucket.
+enum Found {
+    Filled,
+    Pending { slot: u8, expired: bool },
+    Absent,
+}
+
+impl CacheTable {
+    /// A table of `geometry`, every slot free, with reservations leased for `lease`.
+    pub fn new(geometry: TableGeometry, lease: Duration) -> CacheTable {
+        let slots = geometry.slots() as usize;
+        CacheTable {
+            region: Arc::new(MemoryRegion::new(geometry.total_bytes())),
+            geometry,
+            locks: (0..LOCK_STRIPES.min(geometry.buckets as usize).max(1)).map(|_| Mutex::new(())).collect(),
+            leases: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+            lease,
+            counters: TableCounters::default(),
+        }
+    }
+
+    /// The memory to register with the fabric.
+    pub fn region(&self) -> &Arc<MemoryRegion> {
+        &self.region
+    }
+
+    pub fn geometry(&self) -> TableGeometry {
+        self.geometry
+    }
+
+    pub fn counters(&self) -> &TableCounters {
+        &self.counters
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    fn slot_bytes(&self, bucket: u32, slot: u8) -> [u8; SLOT_SIZE] {
+        let mut b = [0u8; SLOT_SIZE];
+        self.region.read(self.geometry.slot_offset(bucket, slot), &mut b).expect("slot in table");
+        b
+    }
+
+    fn lease_index(&self, bucket: u32, slot: u8) -> usize {
+        bucket as usize * usize::from(self.geometry.assoc) + usize::from(slot)
+    }
+
+    fn find(&self, bucket: u32, key: &TableKey, now: u64) -> Found {
+        for s in 0..self.geometry.assoc {
+            let bytes = self.slot_bytes(bucket, s);
+            let v = SlotView::new(&bytes);
+            if v.visible() && v.holds(key) {
+                if v.filled() {
+                    return Found::Filled;
+                }
+                let deadline = self.leases[self.lease_index(bucket, s)].load(Ordering::Relaxed);
+                return Found::Pending { slot: s, expired: deadline <= now };
+            }
+        }
+        Found::Absent
+    }
+
+    /// Picks a slot for a new reservation: a free slot, else a reservation whose lease expired,
+    /// else the filled slot with the oldest access timestamp.
+    fn victim(&self, bucket: u32, now: u64) -> Option<(u8, bool)> {
+        let mut oldest: Option<(u64, u8)> = None;
+        let mut expired = None;
+        for s in 0..self.geometry.assoc {
+            let bytes = self.slot_bytes(bucket, s);
+            let v = SlotView::new(&bytes);
+            if !v.visible() {
+                return Some((s, false));
+            }
+            if v.filled() {
+                if oldest.is_none_or(|(ts, _)| v.access_ts() < ts) {
+                    oldest = Some((v.access_ts(), s));
+                }
+            } else if self.leases[self.lease_index(bucket, s)].load(Ordering::Relaxed) <= now {
+                expired.get_or_insert(s);
+            }
+        }
+        if let Some(s) = expired {
+            self.counters.expired_reclaims.fetch_add(1, Ordering::Relaxed);
+            return Some((s, false));
+        }
+        oldest.map(|(_, s)| (s, true))
+    }
+
+    /// Binds `slot` to `key` under a new generation and lease.
+    fn bind(&self, bucket: u32, slot: u8, key: &TableKey, now: u64) -> Reservation {
+        let base = self.geometry.slot_offset(bucket, slot);
+        let bytes = self.slot_bytes(bucket, slot);
+        let generation = SlotView::new(&bytes).generation().wrapping_add(1);
+        // Hide the slot first, then rewrite it, then show it: a reader that sees the old
+        // visibility with the new key or generation fails the checksum.
+        self.region.store_u8(base + off::VISIBILITY, 0);
+        self.region.store_u8(base + off::INTEGRITY, 0);
+        let mut header = [0u8; off::ACCESS_TS - off::KEY_LEN];
+        header[0] = key.len;
+        header[off::GENERATION - off::KEY_LEN..off::KEY - off::KEY_LEN].copy_from_slice(&generation.to_le_bytes());
+        header[off::KEY - off::KEY_LEN..].copy_from_slice(&key.bytes);
+        self.region.write(base + off::KEY_LEN, &header).expect("slot in table");
+        self.region.store_u8(base + off::VISIBILITY, 1);
+        self.leases[self.lease_index(bucket, slot)].store(now + self.lease.as_nanos() as u64, Ordering::Relaxed);
+        self.counters.reservations.fetch_add(1, Ordering::Relaxed);
+        Reservation { slot, generation }
+    }
+
+    /// META_GET's part: reserves a slot for `key` unless it is already cached or being filled.
+    pub fn reserve(&self, key: &TableKey) -> Option<Reservation> {
+        let bucket = key.bucket(self.geometry.buckets);
+        let _guard = self.locks[bucket as usize % self.locks.len()].lock();
+        let now = self.now_ns();
+        match self.find(bucket, key, now) {
+            Found::Filled => {
+                self.counters.already_cached.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Found::Pending { expired: false, .. } => {
+                self.counters.fill_in_progress.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Found::Pending { slot, expired: true } => {
+                self.counters.expired_reclaims.fetch_add(1, Ordering::Relaxed);
+                Some(self.bind(bucket, slot, key, now))
+            }
+            Found::Absent => match self.victim(bucket, now) {
+                Some((slot, evicting)) => {
+                    if evicting {
+                        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(self.bind(bucket, slot, key, now))
+                }
+                None => {
+                    self.counters.bucket_busy.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Hides `key`'s slot, if any, so no reader can be served its old value. Called before a
+    /// write to `key` is published and acknowledged. Returns whether a slot was hidden.
+    pub fn invalidate(&self, key: &TableKey) -> bool {
+        let bucket = key.bucket(self.geometry.buckets);
+        let _guard = self.locks[bucket as usize % self.locks.len()].lock();
+        for s in 0..self.geometry.assoc {
+            let bytes = self.slot_bytes(bucket, s);
+            let v = SlotView::new(&bytes);
+            if v.visible() && v.holds(key) {
+                self.region.store_u8(self.geometry.slot_offset(bucket, s) + off::VISIBILITY, 0);
+                self.leases[self.lease_index(bucket, s)].store(0, Ordering::Relaxed);
+                self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Slots currently visible and filled (a scan; for statistics and tests).
+    pub fn filled_slots(&self) -> u64 {
+        let mut n = 0;
+        for b in 0..self.geometry.buckets {
+            for s in 0..self.geometry.assoc {
+                let bytes = self.slot_bytes(b, s);
+                let v = SlotView::new(&bytes);
+                if v.visible() && v.filled() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scalio_common::table::{encode_fill, probe_bucket, Probe};
+
+    fn table(buckets: u32, assoc: u8, lease: Duration) -> CacheTable {
+        CacheTable::new(TableGeometry { buckets, assoc }, lease)
+    }
+
+    /// What a client's fill chain does.
+    fn fill(t: &CacheTable, key: &TableKey, r: Reservation, value: &[u8], ts: u64) {
+        let base = t.geometry.slot_offset(key.bucket(t.geometry.buckets), r.slot);
+        t.region.write(base + off::FILL, &encode_fill(r.generation, key, value)).unwrap();
+        t.region.write(base + off::ACCESS_TS, &ts.to_le_bytes()).unwrap();
+        t.region.store_u8(base + off::INTEGRITY, 1);
+    }
+
+    /// What a client's probe sees.
+    fn probe(t: &CacheTable, key: &TableKey) -> Option<Vec<u8>> {
+        let b = key.bucket(t.geometry.buckets);
+        let mut bytes = vec![0; t.geometry.bucket_bytes()];
+        t.region.read(t.geometry.bucket_offset(b), &mut bytes).unwrap();
+        match probe_bucket(&bytes, key) {
+            Probe::Hit { value, .. } => Some(value.to_vec()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn reserve_fill_hit_invalidate() {
+        let t = table(16, 4, Duration::from_secs(60));
+        let k = TableKey::new(b"alpha");
+        let r = t.reserve(&k).expect("free slot");
+        assert_eq!(probe(&t, &k), None, "reserved but not filled");
+        assert!(t.reserve(&k).is_none(), "a fill is in progress");
+        fill(&t, &k, r, b"one", 1);
+        assert_eq!(probe(&t, &k), Some(b"one".to_vec()));
+        assert!(t.reserve(&k).is_none(), "already cached");
+        assert!(t.invalidate(&k));
+        assert_eq!(probe(&t, &k), None);
+        assert!(!t.invalidate(&k));
+    }
+
+    #[test]
+    fn late_fill_after_invalidation_never_shows() {
+        let t = table(1, 2, Duration::from_secs(60));
+        let k = TableKey::new(b"k");
+        let r1 = t.reserve(&k).unwrap();
+        t.invalidate(&k); // a write to k
+        let r2 = t.reserve(&k).unwrap(); // a later reader reserves again, maybe the same slot
+        fill(&t, &k, r1, b"stale", 1); // the first reader's fill arrives late
+        if r1.slot == r2.slot {
+            assert_eq!(probe(&t, &k), None, "stale fill rejected by generation");
+        } else {
+            assert_eq!(probe(&t, &k), None, "stale fill landed in an invisible slot");
+        }
+        fill(&t, &k, r2, b"fresh", 2);
+        assert_eq!(probe(&t, &k), Some(b"fresh".to_vec()));
+    }
+
+    #[test]
+    fn late_fill_into_a_slot_rebound_to_another_key_is_rejected() {
+        let t = table(1, 1, Duration::from_millis(0));
+        let a = TableKey::new(b"a");
+        let b = TableKey::new(b"b");
+        let ra = t.reserve(&a).unwrap();
+        // The lease is zero: the slot can be taken by b at once.
+        let rb = t.reserve(&b).unwrap();
+        assert_eq!(ra.slot, rb.slot);
+        fill(&t, &b, rb, b"B", 1);
+        fill(&t, &a, ra, b"A", 1); // a's late fill overwrites the value bytes
+        assert_eq!(probe(&t, &a), None);
+        assert_eq!(probe(&t, &b), None, "b's slot is now inconsistent, never wrong");
+    }
+
+    #[test]
+    fn expired_lease_is_reclaimed() {
+        let t = table(1, 1, Duration::from_millis(1));
+        let a = TableKey::new(b"a");
+        assert!(t.reserve(&a).is_some());
+        std::thread::sleep(Duration::from_millis(3));
+        let b = TableKey::new(b"b");
+        assert!(t.reserve(&b).is_some(), "the crashed client's reservation expired");
+        assert_eq!(t.counters().expired_reclaims.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn busy_bucket_refuses_reservation() {
+        let t = table(1, 2, Duration::from_secs(60));
+        assert!(t.reserve(&TableKey::new(b"a")).is_some());
+        assert!(t.reserve(&TableKey::new(b"b")).is_some());
+        assert!(t.reserve(&TableKey::new(b"c")).is_none());
+        assert_eq!(t.counters().bucket_busy.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn eviction_takes_the_oldest_filled_slot() {
+        let t = table(1, 3, Duration::from_secs(60));
+        let keys: Vec<_> = [b"a", b"b", b"c"].iter().map(|k| TableKey::new(*k)).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let r = t.reserve(k).unwrap();
+            fill(&t, k, r, b"v", [30, 10, 20][i]);
+        }
+        let d = TableKey::new(b"d");
+        let r = t.reserve(&d).unwrap();
+        fill(&t, &d, r, b"v", 40);
+        assert_eq!(probe(&t, &keys[1]), None, "b had the oldest timestamp");
+        assert!(probe(&t, &keys[0]).is_some() && probe(&t, &keys[2]).is_some());
+        assert_eq!(t.counters().evictions.load(Ordering::Relaxed), 1);
+        assert_eq!(t.filled_slots(), 3);
+    }
+
+    /// Many threads reserving keys of one bucket: no two keys ever hold the same slot.
+    #[test]
+    fn concurrent_reservations_never_share_a_slot() {
+        let t = Arc::new(table(1, 8, Duration::from_secs(60)));
+        let got: Vec<_> = (0..8)
+            .map(|i| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let k = TableKey::new(format!("key{i}").as_bytes());
+                    (k, t.reserve(&k))
+                })
+            })
+            .map(|h| h.join().unwrap())
+            .collect();
+        let mut slots: Vec<u8> = got.iter().filter_map(|(_, r)| r.map(|r| r.slot)).collect();
+        assert_eq!(slots.len(), 8, "8 slots, 8 keys");
+        slots.sort();
+        slots.dedup();
+        assert_eq!(slots.len(), 8, "no slot given twice");
+    }
+}

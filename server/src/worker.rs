@@ -1,0 +1,264 @@
+//! Worker threads (the "DPU cores") and the dispatch of RPCs to them.
+//!
+//! The NIC hands every RPC to [`Dispatch`] on its own thread. HELLO and STATS (control plane)
+//! are answered there; everything about a key goes to the worker that owns the key's SSD
+//! (SSD `i` belongs to worker `i % workers`), so META_GET and the commit of writes to one SSD are
+//! serialized on one thread. A worker runs the data stores of its SSDs: it answers META_GET from
+//! the index and the cache table (no SSD I/O), runs writes and the LEED-style server GET
+//! through the store, and submits the stores' I/O to the SSDs' I/O threads, whose completions
+//! come back through its inbox.
+
+use crate::device::{Issuer, Ssd};
+use crate::stats::ServerShared;
+use crate::store::{Completed, DataStore, IoRequest, IoResult, Outcome, WriteOp, WriteRequest};
+use crate::table::CacheTable;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use scalio_common::fabric::{IncomingRpc, Responder, RpcService};
+use scalio_common::key::{self, TableKey};
+use scalio_common::rpc::{flags, MetaGetReply, Op, Request, Response, Status};
+use scalio_common::ssd::MAX_VALUE_LEN;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a worker's inbox carries.
+pub(crate) enum WorkerEvent {
+    Rpc(IncomingRpc),
+    Io {
+        ssd: u16,
+        token: u64,
+        result: IoResult,
+    },
+    /// Finish what is in flight, then exit.
+    Stop,
+}
+
+/// How to answer a request once its store has finished it.
+pub(crate) struct Reply {
+    responder: Responder,
+    op: Op,
+}
+
+/// Routes RPCs from the NIC threads to the workers.
+pub(crate) struct Dispatch {
+    pub(crate) workers: Vec<Sender<WorkerEvent>>,
+    pub(crate) shared: Arc<ServerShared>,
+}
+
+fn respond(responder: Responder, status: Status, op: Op, body: &[u8]) {
+    responder.reply(&Response::to_vec(status, op, body));
+}
+
+impl RpcService for Dispatch {
+    fn handle(&self, rpc: IncomingRpc) {
+        let req = match Request::decode(&rpc.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared.count_bad_request();
+                let op = rpc.payload.get(1).and_then(|_| Op::from_u8(rpc.payload[0])).unwrap_or(Op::Hello);
+                return respond(rpc.responder, Status::BadRequest, op, e.to_string().as_bytes());
+            }
+        };
+        self.shared.count_rpc(req.op);
+        match req.op {
+            Op::Hello => {
+                let info = self.shared.info().encode();
+                respond(rpc.responder, Status::Ok, Op::Hello, &info);
+            }
+            Op::Stats => {
+                let stats = self.shared.stats().encode();
+                respond(rpc.responder, Status::Ok, Op::Stats, &stats);
+            }
+            op => {
+                if let Err(e) = key::validate(req.key) {
+                    let status = match e {
+                        key::KeyError::TooLong(_) => Status::KeyTooLong,
+                        key::KeyError::Empty => Status::BadRequest,
+                    };
+                    return respond(rpc.responder, status, op, e.to_string().as_bytes());
+                }
+                let ssd = key::route(req.key, self.workers_ssds(), 1).ssd;
+                let worker = usize::from(ssd) % self.workers.len();
+                if let Err(crossbeam_channel::SendError(WorkerEvent::Rpc(rpc))) =
+                    self.workers[worker].send(WorkerEvent::Rpc(rpc))
+                {
+                    respond(rpc.responder, Status::Unavailable, op, b"server is shutting down");
+                }
+            }
+        }
+    }
+}
+
+impl Dispatch {
+    fn workers_ssds(&self) -> u16 {
+        self.shared.ssds().len() as u16
+    }
+}
+
+/// One worker thread's state.
+pub(crate) struct Worker {
+    pub(crate) id: usize,
+    pub(crate) workers: usize,
+    pub(crate) inbox: Receiver<WorkerEvent>,
+    pub(crate) me: Sender<WorkerEvent>,
+    /// The stores of SSDs `id`, `id + workers`, ...
+    pub(crate) stores: Vec<DataStore<Reply>>,
+    pub(crate) ssds: Vec<Arc<Ssd>>,
+    pub(crate) table: Option<Arc<CacheTable>>,
+    pub(crate) shared: Arc<ServerShared>,
+    /// Emulated worker time per SSD I/O it issues.
+    pub(crate) io_cost: Duration,
+}
+
+impl Worker {
+    fn store_of(&mut self, ssd: u16) -> &mut DataStore<Reply> {
+        &mut self.stores[usize::from(ssd) / self.workers]
+    }
+
+    pub(crate) fn run(mut self) {
+        // Emulated costs are slept; a small timer slack keeps those sleeps close to the model.
+        // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
+        }
+        let mut meter = self.shared.worker_cpu().meter();
+        let mut busy_until = Instant::now();
+        let mut stopping = false;
+        loop {
+            // The emulated cost of the I/O this worker issued: it cannot serve anything else
+            // until that time has passed (sleeping, so the host core stays free).
+            let now = Instant::now();
+            if busy_until > now {
+                std::thread::sleep(busy_until - now);
+            }
+            let deadline = if stopping { None } else { self.stores.iter().filter_map(|s| s.next_deadline()).min() };
+            let event = match deadline {
+                Some(d) => match self.inbox.recv_deadline(d) {
+                    Ok(e) => Some(e),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None if stopping && self.stores.iter().all(|s| s.is_idle()) => break,
+                None => match self.inbox.recv() {
+                    Ok(e) => Some(e),
+                    Err(_) => break,
+                },
+            };
+            let now = Instant::now();
+            match event {
+                Some(WorkerEvent::Rpc(rpc)) if stopping => {
+                    let op = rpc.payload.first().and_then(|b| Op::from_u8(*b)).unwrap_or(Op::Hello);
+                    respond(rpc.responder, Status::Unavailable, op, b"server is shutting down");
+                }
+                Some(WorkerEvent::Rpc(rpc)) => self.handle(rpc, now),
+                Some(WorkerEvent::Io { ssd, token, result }) => self.store_of(ssd).on_io(token, result, now),
+                Some(WorkerEvent::Stop) => stopping = true,
+                None => {}
+            }
+            // Flush every waiting write when stopping; otherwise start what is due.
+            let poll_at = if stopping { now + Duration::from_secs(3600) } else { now };
+            let mut issued = 0u32;
+            for i in 0..self.stores.len() {
+                self.stores[i].poll(poll_at);
+                for req in self.stores[i].take_io() {
+                    self.submit(self.stores[i].ssd(), req);
+                    issued += 1;
+                }
+                for c in self.stores[i].take_completed() {
+                    finish(c);
+                }
+            }
+            if issued > 0 && !self.io_cost.is_zero() {
+                let charge = self.io_cost * issued;
+                busy_until = busy_until.max(now) + charge;
+                self.shared.add_worker_virtual_ns(charge.as_nanos() as u64);
+            }
+            meter.tick();
+        }
+    }
+
+    fn handle(&mut self, rpc: IncomingRpc, now: Instant) {
+        // The dispatcher decoded and validated this request already.
+        let Ok(req) = Request::decode(&rpc.payload) else {
+            return respond(rpc.responder, Status::BadRequest, Op::Hello, b"malformed request");
+        };
+        let ssd = key::route(req.key, self.ssds.len() as u16, 1).ssd;
+        if usize::from(ssd) % self.workers != self.id {
+            return respond(rpc.responder, Status::BadRequest, req.op, b"misrouted request");
+        }
+        let op = req.op;
+        match op {
+            Op::MetaGet => {
+                let store = self.store_of(ssd);
+                let loc = store.locate(req.key);
+                let reservation = match (&self.table, loc) {
+                    (Some(t), Some(_)) if req.flags & flags::NO_RESERVE == 0 => t.reserve(&TableKey::new(req.key)),
+                    _ => None,
+                };
+                let reply = MetaGetReply {
+                    ssd,
+                    chain_len: loc.map_or(0, |l| l.len),
+                    lseq: loc.map_or(0, |l| l.lseq),
+                    reservation,
+                };
+                respond(rpc.responder, Status::Ok, op, &reply.encode());
+            }
+            Op::Get => {
+                let key = req.key.to_vec();
+                self.store_of(ssd).submit_get(key, Reply { responder: rpc.responder, op });
+            }
+            Op::Put | Op::Update | Op::Delete => {
+                if req.value.len() > MAX_VALUE_LEN {
+                    let msg = format!("value of {} bytes exceeds {MAX_VALUE_LEN}", req.value.len());
+                    return respond(rpc.responder, Status::ValueTooLarge, op, msg.as_bytes());
+                }
+                let write_op = match op {
+                    Op::Put => WriteOp::Put,
+                    Op::Update => WriteOp::Update,
+                    _ => WriteOp::Delete,
+                };
+                let w = WriteRequest {
+                    op: write_op,
+                    key: req.key.to_vec(),
+                    value: if op == Op::Delete { Vec::new() } else { req.value.to_vec() },
+                    unbatched: req.flags & flags::UNBATCHED != 0,
+                    reply: Reply { responder: rpc.responder, op },
+                };
+                self.store_of(ssd).submit_write(w, now);
+            }
+            Op::Hello | Op::Stats => respond(rpc.responder, Status::BadRequest, op, b"not a worker request"),
+        }
+    }
+
+    fn submit(&self, ssd: u16, req: IoRequest) {
+        let dev = &self.ssds[usize::from(ssd)];
+        let me = self.me.clone();
+        match req {
+            IoRequest::Read { token, lba, count } => dev.read_async(
+                lba,
+                count,
+                Issuer::Worker,
+                Box::new(move |r| {
+                    let _ = me.send(WorkerEvent::Io { ssd, token, result: IoResult::Read(r) });
+                }),
+            ),
+            IoRequest::Write { token, parts } => dev.write_async(
+                parts,
+                Issuer::Worker,
+                Box::new(move |r| {
+                    let _ = me.send(WorkerEvent::Io { ssd, token, result: IoResult::Write(r) });
+                }),
+            ),
+        }
+    }
+}
+
+fn finish(c: Completed<Reply>) {
+    let Reply { responder, op } = c.reply;
+    match c.outcome {
+        Outcome::Ok => respond(responder, Status::Ok, op, &[]),
+        Outcome::Value(v) => respond(responder, Status::Ok, op, &v),
+        Outcome::NotFound => respond(responder, Status::NotFound, op, &[]),
+        Outcome::NoSpace(m) => respond(responder, Status::NoSpace, op, m.as_bytes()),
+        Outcome::Io(m) => respond(responder, Status::Io, op, m.as_bytes()),
+    }
+}
