@@ -12,6 +12,8 @@
 #   c-tshark-loopback                   scripts/interop/tshark-loopback.sh, on this machine's loopback
 # then a summary ending in "interop: N passed, M failed". Exit status 0 only if all passed.
 # --kernel-only: only setup and the kernel baseline (no build, no scalio-nvme), to check the machinery.
+# INTEROP_XFAIL="check-name ...": checks expected to fail because of a known, open bug; reported as
+# XFAIL (not counted) or XPASS (then remove them from the list).
 #
 # Non-interactive (stdin is /dev/null), needs root on Debian 12 (apt, configfs-free host: all kernel
 # NVMe-oF runs in the guest). Interrupting it (TERM/INT) stops the current step, whose own traps stop
@@ -43,9 +45,17 @@ trap '[ -n "$STEP_PID" ] && kill -TERM "$STEP_PID" 2>/dev/null' EXIT
 
 now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
 fmt_secs() { printf '%d.%d' $(($1 / 1000)) $((($1 % 1000) / 100)); }
+# INTEROP_XFAIL="name ..." marks checks known to fail (an open bug): their failure is reported as XFAIL
+# and does not fail the run; their passing is reported as XPASS, a reminder to drop them from the list.
+XFAIL=" ${INTEROP_XFAIL:-} "
+xfailed=0
 record() {   # record PASS|FAIL NAME SECS
-  SUMMARY+=("$1 $2 ${3}s")
-  if [ "$1" = PASS ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  local verdict=$1
+  if [[ $XFAIL == *" $2 "* ]]; then
+    if [ "$verdict" = FAIL ]; then verdict=XFAIL; xfailed=$((xfailed + 1)); else verdict=XPASS; fi
+  fi
+  SUMMARY+=("$verdict $2 ${3}s")
+  case $verdict in PASS|XPASS) passed=$((passed + 1)) ;; FAIL) failed=$((failed + 1)) ;; esac
 }
 # step NAME COMMAND...: runs COMMAND (in the background, so a signal can stop it) and records it.
 step() {
@@ -77,6 +87,7 @@ summary_and_exit() {
   echo
   echo "=== interop summary"
   printf '%s\n' "${SUMMARY[@]}"
+  [ "$xfailed" = 0 ] || echo "($xfailed known failure(s) listed in INTEROP_XFAIL, not counted)"
   echo "interop: $passed passed, $failed failed"
   [ "$failed" = 0 ]
   exit $?
