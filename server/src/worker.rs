@@ -160,8 +160,12 @@ impl Worker {
             for i in 0..self.stores.len() {
                 self.stores[i].poll(poll_at);
                 for req in self.stores[i].take_io() {
+                    // Each device I/O costs the worker (a multi-part write is several I/Os).
+                    issued += match &req {
+                        IoRequest::Read { .. } => 1,
+                        IoRequest::Write { parts, .. } => parts.len() as u32,
+                    };
                     self.submit(self.stores[i].ssd(), req);
-                    issued += 1;
                 }
                 for c in self.stores[i].take_completed() {
                     finish(c);
