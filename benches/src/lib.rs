@@ -1,3 +1,4 @@
 //! Benchmarks.
 
+pub mod systems;
 pub mod ycsb;
