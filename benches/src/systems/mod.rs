@@ -1,1 +1,2 @@
 pub mod ditto;
+pub mod memcached;
