@@ -2,6 +2,8 @@
 //! `outstanding` operations at once, drawing operations from the YCSB workload and timing them.
 
 use super::system::{ClientCounters, SystemClient};
+use crate::systems::ditto::{DittoClient, DittoConfig};
+use crate::systems::memcached::MemcachedClient;
 use crate::ycsb::{thread_operation_count, verify_value, OpKind, OpStream, Workload};
 use hdrhistogram::Histogram;
 use scalio_client::{Client, ClientConfig};
@@ -16,6 +18,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub enum Connector {
     Scalio { addr: String, config: ClientConfig },
+    Ditto { addr: String },
+    Memcached { addr: String },
 }
 
 impl Connector {
@@ -23,6 +27,13 @@ impl Connector {
         match self {
             Connector::Scalio { addr, config } => {
                 Client::connect(addr, config.clone()).await.map(SystemClient::Scalio).map_err(|e| e.to_string())
+            }
+            Connector::Ditto { addr } => DittoClient::connect(addr, DittoConfig::default())
+                .await
+                .map(SystemClient::Ditto)
+                .map_err(|e| e.to_string()),
+            Connector::Memcached { addr } => {
+                MemcachedClient::connect(addr, 1).await.map(SystemClient::Memcached).map_err(|e| e.to_string())
             }
         }
     }

@@ -85,12 +85,17 @@ pub fn embedded_config(
     c.listen = Some("127.0.0.1:0".into());
     c.workers = opts.workers;
     c.ssd_buckets = Some((per_ssd / 8).clamp(64, u64::from(u32::MAX)) as u32);
-    c.cache.enabled = kind.uses_scalio_cache();
-    c.cache.assoc = opts.assoc;
-    c.cache.buckets = match opts.cache_buckets {
+    // Both caches get the same number of slots, as in the paper.
+    let buckets = match opts.cache_buckets {
         Some(b) => b,
         None => ((spec.record_count as f64 * opts.cache_ratio) / f64::from(opts.assoc)).ceil().max(1.0) as u32,
     };
+    c.cache.enabled = kind.uses_scalio_cache();
+    c.cache.assoc = opts.assoc;
+    c.cache.buckets = buckets;
+    c.ditto.enabled = kind.uses_ditto_cache();
+    c.ditto.assoc = opts.assoc;
+    c.ditto.buckets = buckets;
     c.write.batch = opts.batch;
     c.target.enabled = opts.block == "nvme-tcp";
     c.emulation.ssd_iops = opts.ssd_iops;
@@ -135,9 +140,16 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         (_, _) => BlockPath::NvmeTcp,
     };
     let block = if opts.server.is_some() && opts.block == "local" { BlockPath::Auto } else { block };
-    let connector = Connector::Scalio { addr: addr.clone(), config: kind.client_config(block.clone()) };
+    let connector = match kind {
+        SystemKind::Ditto => Connector::Ditto { addr: addr.clone() },
+        SystemKind::Memcached => Connector::Memcached { addr: addr.clone() },
+        _ => Connector::Scalio { addr: addr.clone(), config: kind.client_config(block.clone()) },
+    };
     // The load phase writes batched, whatever the system (as the artifact loads with stage 3).
-    let loader = Connector::Scalio { addr: addr.clone(), config: SystemKind::Scalio { stage: 3 }.client_config(block) };
+    let loader = match kind {
+        SystemKind::Memcached => connector.clone(),
+        _ => Connector::Scalio { addr: addr.clone(), config: SystemKind::Scalio { stage: 3 }.client_config(block) },
+    };
     let spec = workload.spec().clone();
     let load = if opts.no_load {
         None

@@ -124,6 +124,9 @@ impl Report {
             Some(s) if s.cache.enabled => {
                 (json!(s.cache.buckets), json!(u64::from(s.cache.buckets) * u64::from(s.cache.assoc)))
             }
+            Some(s) if s.ditto.enabled => {
+                (json!(s.ditto.buckets), json!(u64::from(s.ditto.buckets) * u64::from(s.ditto.assoc)))
+            }
             _ => (Value::Null, Value::Null),
         };
         let json = json!({

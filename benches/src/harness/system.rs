@@ -1,5 +1,7 @@
 //! The systems under test, behind one interface: what the driver's operations call.
 
+use crate::systems::ditto::DittoClient;
+use crate::systems::memcached::MemcachedClient;
 use scalio_client::{BlockPath, Client, ClientConfig, ClientStats, ReadPath};
 use scalio_common::rpc::Op;
 
@@ -42,6 +44,11 @@ impl SystemKind {
         }
     }
 
+    /// Whether the server needs the Ditto cache region.
+    pub fn uses_ditto_cache(&self) -> bool {
+        matches!(self, SystemKind::Ditto)
+    }
+
     /// Whether the server's Scalio cache table is used.
     pub fn uses_scalio_cache(&self) -> bool {
         matches!(self, SystemKind::Scalio { stage: 2 | 3 })
@@ -63,12 +70,16 @@ impl SystemKind {
 #[derive(Clone)]
 pub enum SystemClient {
     Scalio(Client),
+    Ditto(DittoClient),
+    Memcached(MemcachedClient),
 }
 
 impl SystemClient {
     pub async fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         match self {
             SystemClient::Scalio(c) => c.get(key).await.map_err(|e| e.to_string()),
+            SystemClient::Ditto(c) => c.read(key).await.map_err(|e| e.to_string()),
+            SystemClient::Memcached(c) => c.read(key).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -76,6 +87,8 @@ impl SystemClient {
     pub async fn write(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
         match self {
             SystemClient::Scalio(c) => c.put(key, value).await.map_err(|e| e.to_string()),
+            SystemClient::Ditto(c) => c.update(key, value).await.map_err(|e| e.to_string()),
+            SystemClient::Memcached(c) => c.update(key, value).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -83,6 +96,21 @@ impl SystemClient {
     pub fn counters(&self) -> ClientCounters {
         match self {
             SystemClient::Scalio(c) => ClientCounters::from_scalio(&c.stats()),
+            SystemClient::Ditto(c) => {
+                let s = c.stats();
+                ClientCounters {
+                    named: s.counters(),
+                    gets: s.gets,
+                    hits: Some(s.hits),
+                    rpcs: Some(s.leed.total_rpcs() - s.leed.rpcs(Op::Hello) - s.leed.rpcs(Op::Stats)),
+                    block_reads: 0,
+                }
+            }
+            SystemClient::Memcached(c) => {
+                let s = c.stats();
+                // Every memcached GET is served from memory; "cache hits" do not apply.
+                ClientCounters { named: s.counters(), gets: s.gets, hits: None, rpcs: None, block_reads: 0 }
+            }
         }
     }
 }
