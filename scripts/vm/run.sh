@@ -9,7 +9,8 @@
 # runs), puts a tmpfs overlay on top (the guest may write anywhere; nothing reaches the host), and runs
 # <command> chrooted there, in the current directory, with the host's PATH, stdin /dev/null. Host-built
 # binaries thus run unchanged in the guest. Guest /tmp and /run are fresh tmpfs: files in the host's
-# /tmp are not visible; use --share to exchange files. /lib/modules holds the guest kernel's modules, so `modprobe` works in the guest.
+# /tmp are not visible (except the top directory the command runs in, if that is under /tmp, such as
+# a clone of the repository in /tmp); use --share to exchange files. /lib/modules holds the guest kernel's modules, so `modprobe` works in the guest.
 # Loaded at boot: crc32 and crc32c (before nvmet/rdma users: modprobe does not pull them in),
 # virtio_net, configfs (mounted on /sys/kernel/config), nvmet, nvmet-tcp, nvme-tcp.
 # The guest has eth0 = 10.0.2.15/24 (QEMU user networking) and lo. run.sh's exit status is the
@@ -132,7 +133,11 @@ if ! mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,work
   say "warning: overlay over 9p failed, the root is read-only"; mount -o bind /mnt/lower /host
 fi
 for d in proc sys dev; do mount -o rbind "/$d" "/host/$d" || fail "bind /$d"; done
+# A fresh /tmp, except the directory the command runs in when that is under the host's /tmp
+# (e.g. a clone in /tmp): it stays visible through the overlay.
+if [ -n "$KEEP_TMP" ]; then mkdir -p /mnt/keep && mount -o bind "/host/tmp/$KEEP_TMP" /mnt/keep; fi
 mount -t tmpfs -o mode=1777 tmp /host/tmp; mount -t tmpfs -o mode=755 run /host/run
+if [ -n "$KEEP_TMP" ]; then mkdir -p "/host/tmp/$KEEP_TMP" && mount -o bind /mnt/keep "/host/tmp/$KEEP_TMP"; fi
 [ -d /host/dev/shm ] && mount -t tmpfs -o mode=1777 shm /host/dev/shm
 mkdir -p /host/run/vm-share && mount -o bind /mnt/share /host/run/vm-share
 mkdir -p /host/lib/modules 2>/dev/null && mount -o bind /lib/modules /host/lib/modules
@@ -195,6 +200,10 @@ shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }   # single-quote for the guest's bu
   echo "KDIR=$(shq "$KDIR")"
   echo "MODULES=$(shq "$BOOT_MODULES $EXTRA_MODULES")"
   echo "GUEST_PATH=$(shq "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH")"
+  keep=
+  cwd_phys=$(cd "$CWD" 2>/dev/null && pwd -P) || cwd_phys=
+  case $cwd_phys in /tmp/?*) keep=${cwd_phys#/tmp/}; keep=${keep%%/*} ;; esac
+  echo "KEEP_TMP=$(shq "$keep")"
 } >"$SHARE/.vm.conf"
 {
   echo "cd -- $(printf '%q' "$CWD") || exit 125"
