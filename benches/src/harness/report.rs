@@ -94,7 +94,10 @@ impl Report {
             latencies.insert("ALL".into(), latency(&all));
         }
         let c = &run.counters;
-        let hit_ratio = c.hits.map(|h| if c.gets == 0 { 0.0 } else { h as f64 / c.gets as f64 });
+        // Only systems with a cache have a hit ratio (LEED and stages 0-1 report null).
+        let has_cache = kind.uses_scalio_cache() || kind.uses_ditto_cache();
+        let hit_ratio =
+            c.hits.filter(|_| has_cache).map(|h| if c.gets == 0 { 0.0 } else { h as f64 / c.gets as f64 });
         let per_op = |v: u64| v as f64 / ops;
         let (ssd_reads, ssd_writes, ssd_iops, cpu, worker_cores) = match &delta {
             Some(d) => {

@@ -197,6 +197,8 @@ struct Get<R> {
     bucket: u32,
     reply: R,
     attempts: u32,
+    /// The chain the current attempt reads (the index may move on while it is read).
+    loc: Option<ChainLoc>,
     item: Option<Item>,
 }
 
@@ -375,7 +377,7 @@ impl<R> DataStore<R> {
         let bucket = self.bucket_of(&key);
         let id = self.next_id;
         self.next_id += 1;
-        self.gets.insert(id, Get { key, bucket, reply, attempts: 0, item: None });
+        self.gets.insert(id, Get { key, bucket, reply, attempts: 0, loc: None, item: None });
         self.start_get(id);
     }
 
@@ -383,7 +385,8 @@ impl<R> DataStore<R> {
         let g = self.gets.get_mut(&id).expect("get exists");
         g.attempts += 1;
         g.item = None;
-        match self.index.get(g.bucket) {
+        g.loc = self.index.get(g.bucket);
+        match g.loc {
             None => self.finish_get(id, Outcome::NotFound),
             Some(loc) => self.read_chain(loc, Purpose::GetBucket { get: id }),
         }
@@ -395,14 +398,12 @@ impl<R> DataStore<R> {
         }
     }
 
-    /// A read found reused space: retry from the index, a bounded number of times.
+    /// A read found blocks that do not hold what the index said when the read was issued: space
+    /// reused (or being rewritten) by garbage collection. Retry from the index, a bounded number
+    /// of times; then it is corruption.
     fn retry_get(&mut self, id: u64, why: LayoutError) {
         let attempts = self.gets.get(&id).map_or(u32::MAX, |g| g.attempts);
-        let stale = matches!(
-            why,
-            LayoutError::StalePosition { .. } | LayoutError::StaleRecord { .. } | LayoutError::WrongBucket { .. }
-        );
-        if stale && attempts < self.cfg.read_retries {
+        if attempts < self.cfg.read_retries {
             self.counters.stale_retries.fetch_add(1, Ordering::Relaxed);
             self.start_get(id);
         } else {
@@ -794,9 +795,9 @@ impl<R> DataStore<R> {
             Ok(b) => b,
             Err(e) => return self.finish_get(id, Outcome::Io(e.to_string())),
         };
-        let Some(loc) = self.index.get(g.bucket) else { return self.finish_get(id, Outcome::NotFound) };
-        // The index may have moved on since the read was issued (a write or GC published a new
-        // chain); the block then no longer matches and the read is retried.
+        let loc = g.loc.expect("a chain was read");
+        // The chain as the index named it when the read was issued: a newer chain published since
+        // is as good a linearization point as this one, so no re-check is needed.
         let decoded = Bucket::decode(&bytes, g.bucket, loc.lseq, loc.len, self.seed);
         let item = match decoded {
             Ok(content) => content.find(&g.key).cloned(),
