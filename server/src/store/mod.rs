@@ -543,9 +543,12 @@ impl<R> DataStore<R> {
             bytes += record_len(p.req.key.len(), p.req.value.len()) as u64;
             *buckets.entry(p.bucket).or_insert(0) += 1;
         }
-        let blocks: u64 =
-            buckets.iter().map(|(b, n)| self.index.get(*b).map_or(0, |l| u64::from(l.len)) + n.div_ceil(16)).sum();
-        (LogSpace::worst_case(round_block(bytes)), LogSpace::worst_case(blocks))
+        let chains: Vec<u64> =
+            buckets.iter().map(|(b, n)| self.index.get(*b).map_or(0, |l| u64::from(l.len)) + n.div_ceil(16)).collect();
+        // The values go out as one run, which may skip up to its own size at the end of the log;
+        // chains are placed one by one, so at most the longest is skipped.
+        let blocks = chains.iter().sum::<u64>() + chains.iter().max().copied().unwrap_or(0);
+        (LogSpace::worst_case(round_block(bytes)), blocks)
     }
 
     fn fits(&self, (bytes, blocks): (u64, u64)) -> bool {

@@ -158,6 +158,34 @@ fn put_get_update_delete() {
     assert_eq!(d.get(b"big"), Outcome::Value(big));
 }
 
+/// A server GET whose bucket read is in flight while writes grow the bucket's chain still
+/// answers from the chain it read (the index named it when the read was issued).
+#[test]
+fn server_get_survives_its_bucket_growing_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Driver::open(dir.path(), 4096, Some(16), config(4), None);
+    assert_eq!(d.put_now(b"target", b"v1"), Outcome::Ok);
+    d.store.submit_get(b"target".to_vec(), 999);
+    let held = d.store.take_io();
+    assert_eq!(held.len(), 1, "the bucket read");
+    // 400 more keys over 16 buckets: the target's bucket outgrows one block.
+    for i in 0..400 {
+        d.write(WriteOp::Put, &key(i), b"x");
+    }
+    d.run();
+    assert!(d.done.values().all(|o| *o == Outcome::Ok));
+    let bucket = d.store.bucket_of(b"target");
+    assert!(d.store.index.get(bucket).unwrap().len > 1, "the chain grew");
+    let far = Instant::now() + Duration::from_secs(3600);
+    for req in held {
+        let IoRequest::Read { token, lba, count } = req else { panic!("a read") };
+        let r = d.ssd.read(lba, count, Issuer::Worker);
+        d.store.on_io(token, IoResult::Read(r), far);
+    }
+    d.run();
+    assert_eq!(d.done.remove(&999), Some(Outcome::Value(b"v1".to_vec())));
+}
+
 #[test]
 fn a_batch_is_two_writes() {
     let dir = tempfile::tempdir().unwrap();
