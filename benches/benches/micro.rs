@@ -1,0 +1,111 @@
+//! Micro-benchmarks of the hot paths: probing a cache bucket, hashing keys, the RPC codec, and a
+//! READ round trip through the software NIC on loopback.
+//!
+//! `cargo bench -p scalio-bench --bench micro`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use scalio_common::fabric::tcp::{NicConfig, TcpNic, TcpQueuePair};
+use scalio_common::fabric::{Access, IncomingRpc, MemoryRegion, QueuePair, RegionTable, WorkRequest};
+use scalio_common::key::{route, TableKey};
+use scalio_common::rpc::{MetaGetReply, Op, Request, Reservation, Response, Status};
+use scalio_common::table::{encode_fill, off, probe_bucket, SLOT_SIZE};
+use std::hint::black_box;
+use std::sync::Arc;
+
+/// A bucket of `assoc` filled slots; the key of slot `i` is `key{i}`.
+fn bucket(assoc: usize) -> Vec<u8> {
+    let mut b = vec![0u8; assoc * SLOT_SIZE];
+    for i in 0..assoc {
+        let k = TableKey::new(format!("key{i}").as_bytes());
+        let s = &mut b[i * SLOT_SIZE..(i + 1) * SLOT_SIZE];
+        s[off::VISIBILITY] = 1;
+        s[off::INTEGRITY] = 1;
+        s[off::KEY_LEN] = k.len;
+        s[off::GENERATION..off::GENERATION + 4].copy_from_slice(&7u32.to_le_bytes());
+        s[off::KEY..off::KEY + 16].copy_from_slice(&k.bytes);
+        s[off::FILL..].copy_from_slice(&encode_fill(7, &k, &[0xAB; 64]));
+    }
+    b
+}
+
+fn probe(c: &mut Criterion) {
+    let mut g = c.benchmark_group("bucket_probe");
+    for assoc in [4usize, 8, 16] {
+        let b = bucket(assoc);
+        let last = TableKey::new(format!("key{}", assoc - 1).as_bytes());
+        let absent = TableKey::new(b"not-there");
+        g.bench_with_input(BenchmarkId::new("hit_last_slot", assoc), &assoc, |bench, _| {
+            bench.iter(|| black_box(probe_bucket(black_box(&b), black_box(&last))))
+        });
+        g.bench_with_input(BenchmarkId::new("miss", assoc), &assoc, |bench, _| {
+            bench.iter(|| black_box(probe_bucket(black_box(&b), black_box(&absent))))
+        });
+    }
+    g.finish();
+}
+
+fn hashing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("key_hash");
+    let short = *b"0123456789abcdef";
+    let long = *b"0123456789abcdefXYZ!";
+    g.bench_function("table_key_and_bucket_16B", |b| {
+        b.iter(|| black_box(TableKey::new(black_box(&short)).bucket(280_576)))
+    });
+    g.bench_function("table_key_and_bucket_20B", |b| {
+        b.iter(|| black_box(TableKey::new(black_box(&long)).bucket(280_576)))
+    });
+    g.bench_function("ssd_route_16B", |b| b.iter(|| black_box(route(black_box(&short), 7, 892_857))));
+    g.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rpc_codec");
+    let key = [7u8; 16];
+    let value = [9u8; 64];
+    let mut buf = Vec::with_capacity(128);
+    g.bench_function("encode_put", |b| {
+        b.iter(|| {
+            buf.clear();
+            Request::new(Op::Put, black_box(&key), black_box(&value)).encode(&mut buf);
+            black_box(buf.len())
+        })
+    });
+    let put = Request::new(Op::Put, &key, &value).to_vec();
+    g.bench_function("decode_put", |b| b.iter(|| black_box(Request::decode(black_box(&put)).unwrap())));
+    let reply =
+        MetaGetReply { ssd: 3, chain_len: 1, lseq: 123_456, reservation: Some(Reservation { slot: 5, generation: 9 }) };
+    let resp = Response::to_vec(Status::Ok, Op::MetaGet, &reply.encode());
+    g.bench_function("decode_meta_get_reply", |b| {
+        b.iter(|| {
+            let r = Response::decode(black_box(&resp)).unwrap();
+            black_box(MetaGetReply::decode(r.body).unwrap())
+        })
+    });
+    g.finish();
+}
+
+fn softnic(c: &mut Criterion) {
+    let regions = Arc::new(RegionTable::new());
+    let region = Arc::new(MemoryRegion::new(1 << 20));
+    let desc = regions.register(region, Access::READ_WRITE);
+    let service = Arc::new(|rpc: IncomingRpc| {
+        let p = rpc.payload.clone();
+        rpc.responder.reply(&p)
+    });
+    let nic = TcpNic::bind("127.0.0.1:0", regions, service, NicConfig::default()).expect("bind");
+    let qp = TcpQueuePair::connect(nic.local_addr()).expect("connect");
+    let mut g = c.benchmark_group("softnic_loopback");
+    for len in [64u32, 896] {
+        g.throughput(Throughput::Bytes(u64::from(len)));
+        g.bench_with_input(BenchmarkId::new("read_round_trip", len), &len, |b, &len| {
+            b.iter(|| qp.post(&[WorkRequest::Read { remote: desc.at(4096), len }]).wait().unwrap())
+        });
+    }
+    g.bench_function("rpc_round_trip_64B", |b| b.iter(|| qp.call(&[1u8; 64]).wait().unwrap()));
+    g.finish();
+    drop(qp);
+    drop(nic);
+}
+
+criterion_group!(benches, probe, hashing, codec, softnic);
+criterion_main!(benches);

@@ -1,0 +1,190 @@
+//! The `scalio-ycsb` harness: an embedded (or remote) server, a load phase and a measured run
+//! phase of a YCSB workload against one of the systems, and the report.
+
+pub mod driver;
+pub mod options;
+pub mod report;
+pub mod system;
+
+use crate::ycsb::{builtin_workload, Properties, Workload};
+use driver::{run_phase, Connector, Phase, Progress};
+use options::Options;
+use report::{Report, ServerSnapshot};
+use scalio_client::BlockPath;
+use scalio_server::config::parse_size;
+use scalio_server::device::LocalBlockReader;
+use scalio_server::{Server, ServerConfig};
+use std::sync::Arc;
+use system::SystemKind;
+
+/// A run that cannot start or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Workload(#[from] crate::ycsb::WorkloadError),
+    #[error(transparent)]
+    Properties(#[from] crate::ycsb::PropertiesError),
+    #[error("server: {0}")]
+    Server(#[from] scalio_server::ServerError),
+    #[error("{phase} phase: {error}")]
+    Phase { phase: &'static str, error: String },
+}
+
+/// Reads the workload properties: a shipped workload and/or property files, then overrides.
+pub fn properties(opts: &Options) -> Result<Properties, HarnessError> {
+    let mut p = Properties::new();
+    if let Some(w) = &opts.workload {
+        let name = if w.starts_with("workload") { w.clone() } else { format!("workload{w}") };
+        let text = builtin_workload(&name)
+            .ok_or_else(|| HarnessError::Usage(format!("no shipped workload {w:?} (use a, b, c, d, e or f)")))?;
+        p.extend_from(&Properties::parse(text)?);
+    }
+    for f in &opts.property_files {
+        p.extend_from(&Properties::load_file(f)?);
+    }
+    if opts.workload.is_none() && opts.property_files.is_empty() {
+        return Err(HarnessError::Usage("give a workload: --workload a|b|c|d|f or -P FILE".into()));
+    }
+    for o in &opts.properties {
+        p.apply_override(o)?;
+    }
+    Ok(p)
+}
+
+fn system_kind(opts: &Options) -> Result<SystemKind, HarnessError> {
+    Ok(match opts.system.as_str() {
+        "scalio" if opts.stage <= 3 => SystemKind::Scalio { stage: opts.stage },
+        "scalio" => return Err(HarnessError::Usage(format!("stage {} does not exist (0..=3)", opts.stage))),
+        "leed" => SystemKind::Leed,
+        "ditto" => SystemKind::Ditto,
+        "memcached" => SystemKind::Memcached,
+        other => return Err(HarnessError::Usage(format!("unknown system {other:?} (scalio, leed, ditto, memcached)"))),
+    })
+}
+
+/// The embedded server's configuration for this run.
+pub fn embedded_config(
+    opts: &Options,
+    workload: &Workload,
+    kind: SystemKind,
+    dir: &std::path::Path,
+) -> Result<ServerConfig, HarnessError> {
+    let spec = workload.spec();
+    let ssds = opts.ssds.max(1);
+    let inserts = (spec.operation_count as f64 * spec.insert_proportion).ceil() as u64;
+    let per_ssd = (spec.record_count + inserts).div_ceil(ssds as u64).max(1);
+    let record = scalio_common::ssd::record_len(16, workload.value_len()) as u64;
+    // Room for the values three times over (for garbage collection) and half-full buckets.
+    let size = match &opts.ssd_size {
+        Some(s) => parse_size(s).map_err(|e| HarnessError::Usage(e.to_string()))?,
+        None => (per_ssd * (3 * record + 256)).max(16 << 20).div_ceil(1 << 20) << 20,
+    };
+    let mut c = ServerConfig::default().with_ssd_files(dir, ssds, size);
+    c.listen = Some("127.0.0.1:0".into());
+    c.workers = opts.workers;
+    c.ssd_buckets = Some((per_ssd / 8).clamp(64, u64::from(u32::MAX)) as u32);
+    c.cache.enabled = kind.uses_scalio_cache();
+    c.cache.assoc = opts.assoc;
+    c.cache.buckets = match opts.cache_buckets {
+        Some(b) => b,
+        None => ((spec.record_count as f64 * opts.cache_ratio) / f64::from(opts.assoc)).ceil().max(1.0) as u32,
+    };
+    c.write.batch = opts.batch;
+    c.target.enabled = opts.block == "nvme-tcp";
+    c.emulation.ssd_iops = opts.ssd_iops;
+    c.emulation.ssd_latency_us = opts.ssd_latency_us;
+    c.emulation.worker_io_cost_us = opts.worker_io_cost_us;
+    if opts.ssd_iops > 0 {
+        // Enough I/O threads per SSD that the IOPS limit, not the threads, bounds it.
+        let in_flight = (opts.ssd_iops as f64 * (opts.ssd_latency_us as f64 + 200.0) / 1e6).ceil() as usize;
+        c.io_threads = in_flight.clamp(4, 64);
+    }
+    c.validate().map_err(|e| HarnessError::Usage(e.to_string()))?;
+    Ok(c)
+}
+
+/// Runs the whole benchmark and returns its report.
+pub fn run(opts: &Options) -> Result<Report, HarnessError> {
+    let props = properties(opts)?;
+    let workload = Workload::from_properties(&props)?;
+    let kind = system_kind(opts)?;
+    if opts.threads == 0 || opts.outstanding == 0 {
+        return Err(HarnessError::Usage("--threads and --outstanding must be at least 1".into()));
+    }
+    if kind == SystemKind::Memcached && opts.server.is_none() {
+        return Err(HarnessError::Usage("--system memcached needs --server HOST:PORT".into()));
+    }
+    if !["local", "nvme-tcp", "direct"].contains(&opts.block.as_str()) {
+        return Err(HarnessError::Usage(format!("unknown block path {:?} (local, nvme-tcp, direct)", opts.block)));
+    }
+    let dir = tempfile::tempdir().map_err(|e| HarnessError::Usage(format!("temporary directory: {e}")))?;
+    let (server, addr, server_config) = match &opts.server {
+        Some(a) => (None, a.clone(), None),
+        None => {
+            let cfg = embedded_config(opts, &workload, kind, dir.path())?;
+            let server = Server::start(&cfg)?;
+            let addr = server.local_addr().expect("listening").to_string();
+            (Some(server), addr, Some(cfg))
+        }
+    };
+    let block = match (&server, opts.block.as_str()) {
+        (Some(s), "local") => BlockPath::Custom(Arc::new(LocalBlockReader::new(s.ssds().to_vec()))),
+        (_, "direct") => BlockPath::Auto,
+        (_, _) => BlockPath::NvmeTcp,
+    };
+    let block = if opts.server.is_some() && opts.block == "local" { BlockPath::Auto } else { block };
+    let connector = Connector::Scalio { addr: addr.clone(), config: kind.client_config(block.clone()) };
+    // The load phase writes batched, whatever the system (as the artifact loads with stage 3).
+    let loader = Connector::Scalio { addr: addr.clone(), config: SystemKind::Scalio { stage: 3 }.client_config(block) };
+    let spec = workload.spec().clone();
+    let load = if opts.no_load {
+        None
+    } else {
+        let range = workload.load_range();
+        let guard = Progress::start("load", range.end - range.start);
+        let r = run_phase(Phase::Load, &loader, &workload, opts.threads, opts.outstanding, opts.seed, &guard)
+            .map_err(|error| HarnessError::Phase { phase: "load", error })?;
+        drop(guard);
+        if r.errors > 0 {
+            return Err(HarnessError::Phase {
+                phase: "load",
+                error: format!("{} inserts failed, first: {}", r.errors, r.first_error.unwrap_or_default()),
+            });
+        }
+        Some(r)
+    };
+    if opts.warmup_ops > 0 {
+        let guard = Progress::start("warmup", opts.warmup_ops);
+        run_phase(
+            Phase::Run { operations: opts.warmup_ops },
+            &connector,
+            &workload,
+            opts.threads,
+            opts.outstanding,
+            opts.seed.wrapping_add(1),
+            &guard,
+        )
+        .map_err(|error| HarnessError::Phase { phase: "warmup", error })?;
+    }
+    let before = ServerSnapshot::take(server.as_ref(), &addr, kind);
+    let guard = Progress::start("run", spec.operation_count);
+    let result = run_phase(
+        Phase::Run { operations: spec.operation_count },
+        &connector,
+        &workload,
+        opts.threads,
+        opts.outstanding,
+        opts.seed.wrapping_add(2),
+        &guard,
+    )
+    .map_err(|error| HarnessError::Phase { phase: "run", error })?;
+    drop(guard);
+    let after = ServerSnapshot::take(server.as_ref(), &addr, kind);
+    let report = Report::new(opts, kind, &spec, server_config.as_ref(), load, result, before, after);
+    if let Some(s) = server {
+        s.shutdown();
+    }
+    Ok(report)
+}

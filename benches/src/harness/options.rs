@@ -1,0 +1,83 @@
+//! The command line of `scalio-ycsb`.
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// YCSB-compatible benchmark of scalio and its baselines.
+///
+/// Without --server it starts an embedded server with file-backed SSDs in a temporary directory
+/// and drives it over the software NIC on loopback.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "scalio-ycsb", version)]
+pub struct Options {
+    /// YCSB property file (repeatable; later files override earlier ones).
+    #[arg(short = 'P', value_name = "FILE")]
+    pub property_files: Vec<PathBuf>,
+    /// A shipped workload: a, b, c, d, e or f (benches/workloads/workloadX).
+    #[arg(long, short = 'w')]
+    pub workload: Option<String>,
+    /// Override a property: -p name=value (repeatable).
+    #[arg(short = 'p', value_name = "NAME=VALUE")]
+    pub properties: Vec<String>,
+    /// scalio, leed, ditto or memcached.
+    #[arg(long, default_value = "scalio")]
+    pub system: String,
+    /// Scalio design stage: 0 LEED-style reads, 1 + offloaded reads, 2 + inline cache, 3 + batched writes.
+    #[arg(long, default_value_t = 3)]
+    pub stage: u8,
+    /// Driver threads, each with its own connection.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Operations in flight per thread.
+    #[arg(long, default_value_t = 16)]
+    pub outstanding: usize,
+    /// A running server (scalio fabric address, or memcached HOST:PORT); default: embedded.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Embedded server: SSDs.
+    #[arg(long, default_value_t = 1)]
+    pub ssds: usize,
+    /// Embedded server: size of each SSD file (default: enough for the records).
+    #[arg(long)]
+    pub ssd_size: Option<String>,
+    /// Embedded server: worker threads (the "DPU cores").
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Embedded server: slots per cache bucket.
+    #[arg(long, default_value_t = 8)]
+    pub assoc: u8,
+    /// Embedded server: cache slots per record (the paper's 2,244,608 slots for 20M records).
+    #[arg(long, default_value_t = 0.112)]
+    pub cache_ratio: f64,
+    /// Embedded server: cache buckets (overrides --cache-ratio).
+    #[arg(long)]
+    pub cache_buckets: Option<u32>,
+    /// Embedded server: writes per batch (stage 3).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Embedded server: the clients' miss path: local (the server's SSD objects, in-process: target
+    /// offload without server CPU), nvme-tcp (our NVMe/TCP target on loopback), direct (the files).
+    #[arg(long, default_value = "local")]
+    pub block: String,
+    /// Emulated testbed: I/Os per second per SSD (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub ssd_iops: u64,
+    /// Emulated testbed: added latency per SSD I/O, microseconds.
+    #[arg(long, default_value_t = 0)]
+    pub ssd_latency_us: u64,
+    /// Emulated testbed: worker time charged per SSD I/O it issues, microseconds.
+    #[arg(long, default_value_t = 0)]
+    pub worker_io_cost_us: u64,
+    /// Random seed of the operation streams.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Skip the load phase (e.g. against an already loaded server).
+    #[arg(long)]
+    pub no_load: bool,
+    /// Operations run (and not measured) before the measured run.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_ops: u64,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
