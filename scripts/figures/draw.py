@@ -6,6 +6,7 @@ and marks planned runs without a result with a red x at the bottom of the axis.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
@@ -210,6 +211,14 @@ def draw_fig12(points: Sequence[Point], out_dir: Path) -> list[Path]:
     return _per_ssd_figure("fig12", points, out_dir, R.ssd_iops, "SSD IOPS (K)", [note])
 
 
+def _log_minor_label(v: float, _pos=None) -> str:
+    """Labels 2x and 5x a power of ten only, so that minor ticks of a short log axis do not crowd."""
+    if v <= 0:
+        return ""
+    mantissa = v / 10 ** math.floor(math.log10(v))
+    return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in (2, 5)) else ""
+
+
 def draw_fig13(points: Sequence[Point], out_dir: Path) -> list[Path]:
     fig, (ax,) = _subplots(1, width=7.5, height=3.6)
     workloads = _workloads(points)
@@ -223,9 +232,8 @@ def draw_fig13(points: Sequence[Point], out_dir: Path) -> list[Path]:
     ax.set_yscale("log")
     # Bars start from 0, which a log axis cannot show: start the axis below the smallest bar.
     ax.set_ylim(*((min(positive) / 3, max(positive) * 2) if positive else (0.1, 10)))
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(_log_minor_label))
     ax.set_ylabel("throughput (Kops/s, log)")
     ax.grid(axis="y", alpha=0.3, which="both")
     ssds = R.values_of([p.result for p in points if p.result], "config", "ssds")
@@ -241,6 +249,9 @@ def draw_fig14(points: Sequence[Point], out_dir: Path) -> list[Path]:
         ("LEED+Ditto", "tab:blue", "s", dict(system="ditto")),
     ]
     lost_notes = []
+    latencies = [v for p in points if (v := p.value(R.avg_latency_us)) is not None]
+    in_ms = bool(latencies) and max(latencies) >= 10_000
+    unit, per_unit = ("ms", 1000.0) if in_ms else ("µs", 1.0)
     for i, (ax, w) in enumerate(zip(axes, workloads)):
         for name, color, marker, match in variants:
             mine = sorted(R.select(points, workload=w, **match), key=lambda p: p.run.io)
@@ -252,6 +263,7 @@ def draw_fig14(points: Sequence[Point], out_dir: Path) -> list[Path]:
                 if thr is None or lat is None:
                     lost_notes.append(f"YCSB-{w.upper()} {name} io={p.run.io}")
                     continue
+                lat /= per_unit
                 xs.append(thr)
                 ys.append(lat)
                 ax.annotate(str(p.run.io), (thr, lat), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
@@ -261,7 +273,7 @@ def draw_fig14(points: Sequence[Point], out_dir: Path) -> list[Path]:
         ax.set_ylim(bottom=0)
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("average latency (µs)")
+    axes[0].set_ylabel(f"average latency ({unit})")
     batches = ", ".join(f"io {io}: {fig14_batch(io)}" for io in sorted({p.run.io for p in points}))
     notes = [f"Point labels: operations in flight in total (io). Batch with batching = min(io/16, 8) ({batches}); without = 1."]
     if lost_notes:
@@ -293,6 +305,11 @@ def _pair_with_hits(key, points, out_dir, group_of: Callable[[Run], object], gro
     return _finish(fig, key, points, out_dir, _handles(axes, points), notes)
 
 
+def _slots(points: Sequence[Point]) -> str:
+    values = R.values_of([p.result for p in points if p.result], "config", "cache_slots")
+    return "/".join(f"{v:,}" for v in values) or "?"
+
+
 def draw_fig15(points: Sequence[Point], out_dir: Path) -> list[Path]:
     notes = [HIT_NOTE, "Each θ runs on a freshly loaded server (the artifact loads once at θ=0.5 and carries the warm cache)."]
     return _pair_with_hits("fig15", points, out_dir, lambda r: r.zipf, lambda g: f"{g:g}", "Zipf θ",
@@ -301,7 +318,9 @@ def draw_fig15(points: Sequence[Point], out_dir: Path) -> list[Path]:
 
 def draw_fig16(points: Sequence[Point], out_dir: Path) -> list[Path]:
     base = min((p.run.records for p in points), default=1)
-    notes = [HIT_NOTE, "The cache size stays that of ×1 for every dataset size (as in the paper), so the hit ratio falls."]
+    slots = _slots(points)
+    notes = [HIT_NOTE, f"The cache stays at {slots} slots (the ×1 size) for every dataset size, as in the paper, "
+             "so the hit ratio falls."]  # fmt: skip
     return _pair_with_hits("fig16", points, out_dir, lambda r: r.records,
                            lambda g: f"×{g / base:g}\n({g // 1000:,}K)", "records",
                            ("scalio-stage3", "ditto"), notes)  # fmt: skip
@@ -315,8 +334,9 @@ def draw_fig17(points: Sequence[Point], out_dir: Path) -> list[Path]:
 
 
 def draw_fig18(points: Sequence[Point], out_dir: Path) -> list[Path]:
-    notes = [HIT_NOTE, "The bucket count stays that of 8 slots per bucket at the paper's 11.2% ratio, "
-             "so the cache capacity scales with the slots per bucket."]  # fmt: skip
+    buckets = R.values_of([p.result for p in points if p.result], "config", "cache_buckets")
+    notes = [HIT_NOTE, f"The bucket count stays fixed ({'/'.join(f'{b:,}' for b in buckets) or '?'} buckets: "
+             "8 slots per bucket at --cache-ratio), so the cache capacity scales with the slots per bucket."]  # fmt: skip
     return _pair_with_hits("fig18", points, out_dir, lambda r: r.assoc, str, "slots per bucket",
                            ("scalio-stage3",), notes)  # fmt: skip
 

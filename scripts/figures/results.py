@@ -178,7 +178,9 @@ def testbed_note(points: Iterable[Point]) -> str:
     sizes = (
         f"{_fmt(values_of(results, 'workload', 'recordcount'), thousands=True)} records, "
         f"{_fmt(values_of(results, 'workload', 'operationcount'), thousands=True)} operations, "
-        f"{_fmt(values_of(results, 'workload', 'fieldlength'))}-B values; cache {_fmt(values_of(results, 'config', 'cache_slots'), thousands=True)} slots."
+        f"{_fmt(values_of(results, 'workload', 'fieldlength'))}-B values"
     )
+    slots = values_of(results, "config", "cache_slots")  # null for systems without the Scalio table
+    sizes += f"; cache {_fmt(slots, thousands=True)} slots." if slots else "."
     lines.append(sizes)
     return " ".join(lines)

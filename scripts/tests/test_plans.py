@@ -60,7 +60,7 @@ class Fig11(unittest.TestCase):
             self.assertEqual(flag(c, "--workers"), str(DEFAULT_WORKERS))
             self.assertEqual(flag(c, "--cache-ratio"), "0.112")
             self.assertEqual(int(flag(c, "--threads")) * int(flag(c, "--outstanding")), 512)
-            self.assertEqual(props(c), {"recordcount": "20000", "operationcount": "20000", "zipfianconstant": "0.99"})
+            self.assertEqual(props(c), {"recordcount": str(QUICK.records), "operationcount": str(QUICK.operations), "zipfianconstant": "0.99"})
             self.assertTrue(flag(c, "--json").endswith(".json"))
 
     def test_full_scale_has_all_ssd_counts_and_a_bigger_dataset(self):

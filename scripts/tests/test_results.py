@@ -98,8 +98,18 @@ class TestbedNote(unittest.TestCase):
         d = Path(tempfile.mkdtemp())
         write_results(runs, d)
         note = R.testbed_note(R.collect(runs, d))
-        for text in ("Emulated", "1,234 IOPS", "56 µs", "78 µs per SSD I/O", "3 workers", "20,000/40,000/80,000 records"):
+        for text in ("Emulated", "1,234 IOPS", "56 µs", "78 µs per SSD I/O", "3 workers", "10,000/20,000/40,000 records"):
             self.assertIn(text, note)
+
+    def test_note_leaves_out_a_cache_no_result_has(self):
+        run = Settings(scale=QUICK).run("leed", "c")
+        r = result_for(run)
+        r["config"].update(cache_buckets=None, cache_slots=None)
+        d = Path(tempfile.mkdtemp())
+        (d / f"{run.name()}.json").write_text(json.dumps(r))
+        note = R.testbed_note(R.collect([run], d))
+        self.assertNotIn("cache", note)
+        self.assertIn("64-B values.", note)
 
     def test_unemulated_results_say_so(self):
         run = Settings(scale=QUICK, emulation=Emulation(0, 0, 0)).run("leed", "c")
