@@ -2,4 +2,5 @@
 //! ([`ycsb`]), the demo, and the NVMe/TCP tools (in `src/bin`).
 
 pub mod harness;
+pub mod systems;
 pub mod ycsb;

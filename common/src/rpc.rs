@@ -266,6 +266,12 @@ pub struct TableInfo {
     pub geometry: TableGeometry,
 }
 
+/// Bytes per slot of the Ditto baseline's cache region (`[ditto]` in the server configuration):
+/// a 16-byte index slot plus a 104-byte out-of-line object. The server only allocates and
+/// registers the region; its layout is defined (and used) by the LEED+Ditto client of the
+/// benchmarks, `scalio-bench`'s `systems::ditto`.
+pub const DITTO_BYTES_PER_SLOT: usize = 120;
+
 /// One SSD of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SsdInfo {
@@ -289,6 +295,8 @@ pub struct BlockTarget {
 pub struct ServerInfo {
     pub protocol: u32,
     pub table: Option<TableInfo>,
+    /// The Ditto baseline's cache region (registered memory, used only by clients), if enabled.
+    pub ditto: Option<TableInfo>,
     pub store_id: [u8; 16],
     pub ssds: Vec<SsdInfo>,
     pub targets: Vec<BlockTarget>,
@@ -300,6 +308,29 @@ mod tag {
     pub const STORE_ID: u16 = 3;
     pub const SSD: u16 = 4;
     pub const TARGET: u16 = 5;
+    pub const DITTO: u16 = 6;
+}
+
+fn encode_table(t: &TableInfo) -> Vec<u8> {
+    let mut b = Vec::with_capacity(17);
+    b.extend_from_slice(&t.addr.to_le_bytes());
+    b.extend_from_slice(&t.rkey.to_le_bytes());
+    b.extend_from_slice(&t.geometry.buckets.to_le_bytes());
+    b.push(t.geometry.assoc);
+    b
+}
+
+fn decode_table(v: &[u8], what: &'static str) -> Result<TableInfo, CodecError> {
+    let v = exact(v, 17, what)?;
+    let geometry = TableGeometry { buckets: u32::from_le_bytes(v[12..16].try_into().unwrap()), assoc: v[16] };
+    if geometry.buckets == 0 || geometry.assoc == 0 {
+        return Err(CodecError::Malformed("empty table geometry"));
+    }
+    Ok(TableInfo {
+        addr: u64::from_le_bytes(v[0..8].try_into().unwrap()),
+        rkey: u32::from_le_bytes(v[8..12].try_into().unwrap()),
+        geometry,
+    })
 }
 
 impl ServerInfo {
@@ -309,12 +340,10 @@ impl ServerInfo {
         let mut w = Vec::new();
         field(&mut w, tag::PROTOCOL, &self.protocol.to_le_bytes());
         if let Some(t) = &self.table {
-            let mut b = Vec::new();
-            b.extend_from_slice(&t.addr.to_le_bytes());
-            b.extend_from_slice(&t.rkey.to_le_bytes());
-            b.extend_from_slice(&t.geometry.buckets.to_le_bytes());
-            b.push(t.geometry.assoc);
-            field(&mut w, tag::TABLE, &b);
+            field(&mut w, tag::TABLE, &encode_table(t));
+        }
+        if let Some(t) = &self.ditto {
+            field(&mut w, tag::DITTO, &encode_table(t));
         }
         field(&mut w, tag::STORE_ID, &self.store_id);
         for s in &self.ssds {
@@ -339,8 +368,14 @@ impl ServerInfo {
     }
 
     pub fn decode(mut b: &[u8]) -> Result<ServerInfo, CodecError> {
-        let mut info =
-            ServerInfo { protocol: 0, table: None, store_id: [0; 16], ssds: Vec::new(), targets: Vec::new() };
+        let mut info = ServerInfo {
+            protocol: 0,
+            table: None,
+            ditto: None,
+            store_id: [0; 16],
+            ssds: Vec::new(),
+            targets: Vec::new(),
+        };
         let mut seen_protocol = false;
         while !b.is_empty() {
             need(b, 6)?;
@@ -355,19 +390,8 @@ impl ServerInfo {
                     info.protocol = u32::from_le_bytes(exact(v, 4, "protocol")?.try_into().unwrap());
                     seen_protocol = true;
                 }
-                tag::TABLE => {
-                    let v = exact(v, 17, "table")?;
-                    let geometry =
-                        TableGeometry { buckets: u32::from_le_bytes(v[12..16].try_into().unwrap()), assoc: v[16] };
-                    if geometry.buckets == 0 || geometry.assoc == 0 {
-                        return Err(CodecError::Malformed("empty table geometry"));
-                    }
-                    info.table = Some(TableInfo {
-                        addr: u64::from_le_bytes(v[0..8].try_into().unwrap()),
-                        rkey: u32::from_le_bytes(v[8..12].try_into().unwrap()),
-                        geometry,
-                    });
-                }
+                tag::TABLE => info.table = Some(decode_table(v, "table")?),
+                tag::DITTO => info.ditto = Some(decode_table(v, "ditto region")?),
                 tag::STORE_ID => info.store_id = exact(v, 16, "store id")?.try_into().unwrap(),
                 tag::SSD => {
                     need(v, 44)?;
@@ -544,6 +568,7 @@ mod tests {
         let info = ServerInfo {
             protocol: PROTOCOL_VERSION,
             table: Some(TableInfo { addr: 0x1000_0000, rkey: 77, geometry: TableGeometry { buckets: 1024, assoc: 8 } }),
+            ditto: Some(TableInfo { addr: 0x2000_0000, rkey: 78, geometry: TableGeometry { buckets: 333, assoc: 5 } }),
             store_id: [9; 16],
             ssds: vec![SsdInfo { geometry: SsdGeometry::plan(65_536, None).unwrap(), path: "/tmp/ssd0.img".into() }],
             targets: vec![BlockTarget {
@@ -558,6 +583,18 @@ mod tests {
         let mut b = info.encode();
         field(&mut b, 999, b"future");
         assert_eq!(ServerInfo::decode(&b).unwrap(), info);
+        // Without the optional regions.
+        let bare = ServerInfo { table: None, ditto: None, ..info };
+        assert_eq!(ServerInfo::decode(&bare.encode()).unwrap(), bare);
+        // A Ditto region of the wrong size or an empty geometry is refused.
+        let mut bad = Vec::new();
+        field(&mut bad, tag::PROTOCOL, &PROTOCOL_VERSION.to_le_bytes());
+        field(&mut bad, tag::DITTO, &[0; 16]);
+        assert_eq!(ServerInfo::decode(&bad), Err(CodecError::Malformed("ditto region")));
+        let mut empty = Vec::new();
+        field(&mut empty, tag::PROTOCOL, &PROTOCOL_VERSION.to_le_bytes());
+        field(&mut empty, tag::DITTO, &[0; 17]);
+        assert_eq!(ServerInfo::decode(&empty), Err(CodecError::Malformed("empty table geometry")));
     }
 
     #[test]

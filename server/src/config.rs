@@ -18,6 +18,11 @@
 //! assoc = 8
 //! lease_ms = 100
 //!
+//! [ditto]                        # the LEED+Ditto baseline's cache region (benchmarks only)
+//! enabled = false
+//! buckets = 65536
+//! assoc = 8
+//!
 //! [write]
 //! batch = 8
 //! batch_timeout_us = 1000
@@ -68,6 +73,7 @@ pub struct ServerConfig {
     #[serde(rename = "ssd")]
     pub ssds: Vec<SsdConfig>,
     pub cache: CacheConfig,
+    pub ditto: DittoConfig,
     pub write: WriteConfig,
     pub target: TargetConfig,
     pub emulation: EmulationConfig,
@@ -96,6 +102,31 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig { enabled: true, buckets: 65_536, assoc: scalio_common::table::DEFAULT_ASSOC, lease_ms: 100 }
+    }
+}
+
+/// The registered memory of the LEED+Ditto baseline's cache: `buckets × assoc` slots of
+/// [`DITTO_BYTES_PER_SLOT`](scalio_common::rpc::DITTO_BYTES_PER_SLOT) bytes, zeroed, advertised in
+/// HELLO. The server never touches it after registering it: the baseline's clients fill, read and
+/// evict it themselves, as in Ditto.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DittoConfig {
+    pub enabled: bool,
+    pub buckets: u32,
+    pub assoc: u8,
+}
+
+impl Default for DittoConfig {
+    fn default() -> Self {
+        DittoConfig { enabled: false, buckets: 65_536, assoc: scalio_common::table::DEFAULT_ASSOC }
+    }
+}
+
+impl DittoConfig {
+    /// Size of the region.
+    pub fn region_bytes(&self) -> u64 {
+        u64::from(self.buckets) * u64::from(self.assoc) * scalio_common::rpc::DITTO_BYTES_PER_SLOT as u64
     }
 }
 
@@ -190,6 +221,7 @@ impl Default for ServerConfig {
             ssd_buckets: None,
             ssds: Vec::new(),
             cache: CacheConfig::default(),
+            ditto: DittoConfig::default(),
             write: WriteConfig::default(),
             target: TargetConfig::default(),
             emulation: EmulationConfig::default(),
@@ -258,6 +290,15 @@ impl ServerConfig {
         let table_bytes = u64::from(self.cache.buckets) * u64::from(self.cache.assoc) * 112;
         if table_bytes > 64 << 30 {
             return bad(format!("a cache of {table_bytes} bytes is larger than 64 GiB"));
+        }
+        if self.ditto.buckets == 0 {
+            return bad("ditto.buckets must be at least 1".into());
+        }
+        if self.ditto.assoc == 0 || self.ditto.assoc > 64 {
+            return bad(format!("ditto.assoc must be between 1 and 64, not {}", self.ditto.assoc));
+        }
+        if self.ditto.region_bytes() > 64 << 30 {
+            return bad(format!("a Ditto cache of {} bytes is larger than 64 GiB", self.ditto.region_bytes()));
         }
         if self.write.batch == 0 || self.write.batch > 1024 {
             return bad(format!("write.batch must be between 1 and 1024, not {}", self.write.batch));
@@ -359,11 +400,17 @@ mod tests {
             path = "/dev/nvme0n1"
             [cache]
             assoc = 16
+            [ditto]
+            enabled = true
+            buckets = 100
             [write]
             batch = 1
             "#,
         )
         .unwrap();
+        assert!(c.ditto.enabled);
+        assert_eq!((c.ditto.buckets, c.ditto.assoc), (100, 8));
+        assert!(!ServerConfig::default().ditto.enabled, "the Ditto region is off by default");
         assert_eq!(c.workers, 4);
         assert_eq!(c.ssds[0].size, Some(64 << 20));
         assert_eq!(c.ssds[1].size, None);
@@ -385,6 +432,16 @@ mod tests {
         let mut c = base.clone();
         c.cache.assoc = 0;
         assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.ditto.assoc = 65;
+        assert!(c.validate().unwrap_err().to_string().contains("ditto.assoc"));
+        let mut c = base.clone();
+        c.ditto.buckets = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("ditto.buckets"));
+        let mut c = base.clone();
+        c.ditto.buckets = u32::MAX;
+        assert!(c.validate().unwrap_err().to_string().contains("larger than 64 GiB"));
+        assert!(ServerConfig::from_toml("[ditto]\nsize = 3").is_err());
         let mut c = base.clone();
         c.ssds[0].size = Some(1000);
         assert!(c.validate().unwrap_err().to_string().contains("multiple of 512"));

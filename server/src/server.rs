@@ -12,7 +12,7 @@ use crate::worker::{Dispatch, Worker, WorkerEvent};
 use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
 use scalio_common::fabric::tcp::{NicConfig, TcpNic};
-use scalio_common::fabric::{Access, RegionTable};
+use scalio_common::fabric::{Access, MemoryRegion, RegionTable};
 use scalio_common::rpc::{ServerInfo, SsdInfo, Stats, TableInfo, PROTOCOL_VERSION};
 use scalio_common::table::TableGeometry;
 use std::net::SocketAddr;
@@ -132,9 +132,20 @@ impl Server {
             let desc = regions.register(t.region().clone(), Access::READ_WRITE);
             TableInfo { addr: desc.addr, rkey: desc.rkey, geometry: t.geometry() }
         });
+        // The LEED+Ditto baseline's cache: zeroed memory that only its clients read and write.
+        let ditto_info = config.ditto.enabled.then(|| {
+            let d = &config.ditto;
+            let desc = regions.register(Arc::new(MemoryRegion::new(d.region_bytes() as usize)), Access::READ_WRITE);
+            TableInfo {
+                addr: desc.addr,
+                rkey: desc.rkey,
+                geometry: TableGeometry { buckets: d.buckets, assoc: d.assoc },
+            }
+        });
         let info = ServerInfo {
             protocol: PROTOCOL_VERSION,
             table: table_info,
+            ditto: ditto_info,
             store_id: opened.store_id,
             ssds: ssds
                 .iter()

@@ -1,0 +1,2 @@
+pub mod ditto;
+pub mod memcached;
