@@ -35,7 +35,8 @@ pub enum HarnessError {
 /// Reads the workload properties: a shipped workload and/or property files, then overrides.
 pub fn properties(opts: &Options) -> Result<Properties, HarnessError> {
     let mut p = Properties::new();
-    if let Some(w) = &opts.workload {
+    let default = (opts.workload.is_none() && opts.property_files.is_empty()).then(|| "a".to_string());
+    if let Some(w) = opts.workload.as_ref().or(default.as_ref()) {
         let name = if w.starts_with("workload") { w.clone() } else { format!("workload{w}") };
         let text = builtin_workload(&name)
             .ok_or_else(|| HarnessError::Usage(format!("no shipped workload {w:?} (use a, b, c, d, e or f)")))?;
@@ -44,9 +45,7 @@ pub fn properties(opts: &Options) -> Result<Properties, HarnessError> {
     for f in &opts.property_files {
         p.extend_from(&Properties::load_file(f)?);
     }
-    if opts.workload.is_none() && opts.property_files.is_empty() {
-        return Err(HarnessError::Usage("give a workload: --workload a|b|c|d|f or -P FILE".into()));
-    }
+
     for o in &opts.properties {
         p.apply_override(o)?;
     }

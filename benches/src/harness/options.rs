@@ -13,7 +13,8 @@ pub struct Options {
     /// YCSB property file (repeatable; later files override earlier ones).
     #[arg(short = 'P', value_name = "FILE")]
     pub property_files: Vec<PathBuf>,
-    /// A shipped workload: a, b, c, d, e or f (benches/workloads/workloadX).
+    /// A shipped workload: a, b, c, d, e or f (benches/workloads/workloadX). Default: a, unless
+    /// property files are given.
     #[arg(long, short = 'w')]
     pub workload: Option<String>,
     /// Override a property: -p name=value (repeatable).

@@ -63,7 +63,7 @@ fn workload_name(opts: &Options) -> String {
         (Some(w), _) if w.starts_with("workload") => w.clone(),
         (Some(w), _) => format!("workload{w}"),
         (None, Some(f)) => f.file_name().map_or("custom".into(), |n| n.to_string_lossy().into_owned()),
-        (None, None) => "custom".into(),
+        (None, None) => "workloada".into(),
     }
 }
 
@@ -96,8 +96,7 @@ impl Report {
         let c = &run.counters;
         // Only systems with a cache have a hit ratio (LEED and stages 0-1 report null).
         let has_cache = kind.uses_scalio_cache() || kind.uses_ditto_cache();
-        let hit_ratio =
-            c.hits.filter(|_| has_cache).map(|h| if c.gets == 0 { 0.0 } else { h as f64 / c.gets as f64 });
+        let hit_ratio = c.hits.filter(|_| has_cache).map(|h| if c.gets == 0 { 0.0 } else { h as f64 / c.gets as f64 });
         let per_op = |v: u64| v as f64 / ops;
         let (ssd_reads, ssd_writes, ssd_iops, cpu, worker_cores) = match &delta {
             Some(d) => {
