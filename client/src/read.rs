@@ -176,7 +176,15 @@ impl Inner {
     async fn read_blocks(&self, ssd: u16, lba: u64, count: u32) -> Result<Vec<u8>, SsdRead> {
         Counters::add(&self.counters.block_reads, 1);
         Counters::add(&self.counters.block_read_blocks, u64::from(count));
-        self.block.read_blocks(ssd, lba, count).await.map_err(|e| SsdRead::Failed(e.into()))
+        let bytes = self.block.read_blocks(ssd, lba, count).await.map_err(|e| SsdRead::Failed(e.into()))?;
+        // Every block path goes through here: hold them all to the contract, so that a short
+        // answer from a device or target is an error, not an out-of-range slice below.
+        let want = count as usize * scalio_common::ssd::BLOCK_SIZE;
+        if bytes.len() != want {
+            let msg = format!("asked for {want} bytes of SSD {ssd} at block {lba}, got {}", bytes.len());
+            return Err(SsdRead::Failed(ClientError::Block(scalio_common::block::BlockError::Protocol(msg))));
+        }
+        Ok(bytes)
     }
 
     /// Fills a reserved slot with one chain of WRITEs on one queue pair: the value (with its

@@ -169,3 +169,29 @@ fn blocking_client() {
     let stats = c.server_stats().unwrap();
     assert_eq!(stats.value("rpc_put"), 1);
 }
+
+/// A block path that answers with fewer bytes than asked for.
+struct ShortReads;
+
+impl scalio_common::block::BlockReader for ShortReads {
+    fn read_blocks(&self, _ssd: u16, _lba: u64, count: u32) -> scalio_common::block::BlockFuture<'_> {
+        Box::pin(std::future::ready(Ok(vec![0u8; count as usize * 512 - 1])))
+    }
+    fn kind(&self) -> &'static str {
+        "short"
+    }
+}
+
+/// A block device or target that returns short data is a clear error, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_block_reads_are_an_error() {
+    let s = start(1, false, |_| {});
+    let writer = s.mem_client(ClientConfig::default()).await;
+    writer.put(b"k", b"v").await.unwrap();
+    let block = BlockPath::Custom(std::sync::Arc::new(ShortReads));
+    let c = s.mem_client(ClientConfig { read_path: ReadPath::Offloaded, block, ..Default::default() }).await;
+    match c.get(b"k").await {
+        Err(ClientError::Block(scalio_common::block::BlockError::Protocol(m))) => assert!(m.contains("asked for 512")),
+        other => panic!("expected a block protocol error, got {other:?}"),
+    }
+}

@@ -150,14 +150,21 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         _ => Connector::Scalio { addr: addr.clone(), config: SystemKind::Scalio { stage: 3 }.client_config(block) },
     };
     let spec = workload.spec().clone();
+    // One phase, with its progress line; `seed_offset` gives each phase its own operation stream.
+    let measure = |name: &'static str, phase: Phase, connector: &Connector, seed_offset: u64| {
+        let total = match phase {
+            Phase::Load => workload.load_range().end - workload.load_range().start,
+            Phase::Run { operations } => operations,
+        };
+        let guard = Progress::start(name, total);
+        let seed = opts.seed.wrapping_add(seed_offset);
+        run_phase(phase, connector, &workload, opts.threads, opts.outstanding, seed, &guard)
+            .map_err(|error| HarnessError::Phase { phase: name, error })
+    };
     let load = if opts.no_load {
         None
     } else {
-        let range = workload.load_range();
-        let guard = Progress::start("load", range.end - range.start);
-        let r = run_phase(Phase::Load, &loader, &workload, opts.threads, opts.outstanding, opts.seed, &guard)
-            .map_err(|error| HarnessError::Phase { phase: "load", error })?;
-        drop(guard);
+        let r = measure("load", Phase::Load, &loader, 0)?;
         if r.errors > 0 {
             return Err(HarnessError::Phase {
                 phase: "load",
@@ -167,31 +174,10 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         Some(r)
     };
     if opts.warmup_ops > 0 {
-        let guard = Progress::start("warmup", opts.warmup_ops);
-        run_phase(
-            Phase::Run { operations: opts.warmup_ops },
-            &connector,
-            &workload,
-            opts.threads,
-            opts.outstanding,
-            opts.seed.wrapping_add(1),
-            &guard,
-        )
-        .map_err(|error| HarnessError::Phase { phase: "warmup", error })?;
+        measure("warmup", Phase::Run { operations: opts.warmup_ops }, &connector, 1)?;
     }
     let before = ServerSnapshot::take(server.as_ref(), &addr, kind);
-    let guard = Progress::start("run", spec.operation_count);
-    let result = run_phase(
-        Phase::Run { operations: spec.operation_count },
-        &connector,
-        &workload,
-        opts.threads,
-        opts.outstanding,
-        opts.seed.wrapping_add(2),
-        &guard,
-    )
-    .map_err(|error| HarnessError::Phase { phase: "run", error })?;
-    drop(guard);
+    let result = measure("run", Phase::Run { operations: spec.operation_count }, &connector, 2)?;
     let after = ServerSnapshot::take(server.as_ref(), &addr, kind);
     let report = Report::new(opts, kind, &spec, server_config.as_ref(), load, result, before, after);
     if let Some(s) = server {
