@@ -1,5 +1,6 @@
 //! What the scalio server and its clients agree on.
 //!
+//! * [`cluster`]: the cluster map (ring, chains, epochs) and its etcd coordination;
 //! * [`key`]: keys, the cache-table hash and the SSD routing;
 //! * [`table`]: the cache-table slot and bucket layout, probe and fill encoding;
 //! * [`ssd`]: the on-SSD format (superblock, bucket log, value records);
@@ -12,6 +13,7 @@
 
 pub mod aligned;
 pub mod block;
+pub mod cluster;
 pub mod cputime;
 pub mod fabric;
 pub mod key;
