@@ -1,16 +1,19 @@
 //! The KV messages carried by the fabric's two-sided RPC: a sans-IO codec.
 //!
-//! Request: `op u8, flags u8, key_len u8, 0u8, value_len u32 (LE)`, then the key and the value.
+//! Request: `op u8, flags u8, key_len u8, 0u8, value_len u32 (LE)`, then the key and the value,
+//! then, if the [`flags::EPOCH`] bit is set, the cluster-map epoch the client routed with (u64 LE).
 //! Response: `status u8, op u8, 0u16, body_len u32 (LE)`, then a body whose form depends on the
-//! op (see [`MetaGetReply`], [`ServerInfo`], [`Stats`]). Decoding checks every length and never
-//! panics: a malformed message is a [`CodecError`].
+//! op (see [`MetaGetReply`], [`ServerInfo`], [`Stats`]) or the status ([`WrongOwner`]). Decoding
+//! checks every length and never panics: a malformed message is a [`CodecError`].
+//!
+//! Version 2 added the request epoch and [`Status::WrongOwner`] (for clusters).
 
 use crate::key::MAX_KEY_LEN;
 use crate::ssd::{Extent, SsdGeometry, MAX_VALUE_LEN};
 use crate::table::TableGeometry;
 
 /// Version of this message set; a client refuses a server that speaks another.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 const HEADER: usize = 8;
 
 /// What a request asks for.
@@ -63,6 +66,9 @@ pub mod flags {
     pub const UNBATCHED: u8 = 1;
     /// A META_GET from a client that will not fill the cache: do not reserve a slot.
     pub const NO_RESERVE: u8 = 2;
+    /// The request ends with the cluster-map epoch its sender routed it with (set by
+    /// [`super::Request::encode`] from [`super::Request::epoch`]; never in `Request::flags`).
+    pub const EPOCH: u8 = 4;
 }
 
 /// Result of a request.
@@ -81,12 +87,15 @@ pub enum Status {
     Io = 6,
     /// The server is shutting down or overloaded.
     Unavailable = 7,
+    /// In a cluster: this server does not serve the key (in the role the op needs) at its map
+    /// epoch, or cannot vouch for the client's newer epoch. The body is a [`WrongOwner`].
+    WrongOwner = 8,
 }
 
 impl Status {
     pub fn from_u8(v: u8) -> Option<Status> {
         use Status::*;
-        [Ok, NotFound, BadRequest, KeyTooLong, ValueTooLarge, NoSpace, Io, Unavailable]
+        [Ok, NotFound, BadRequest, KeyTooLong, ValueTooLarge, NoSpace, Io, Unavailable, WrongOwner]
             .into_iter()
             .find(|s| *s as u8 == v)
     }
@@ -115,32 +124,44 @@ pub enum CodecError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request<'a> {
     pub op: Op,
+    /// [`flags`] bits other than [`flags::EPOCH`].
     pub flags: u8,
     pub key: &'a [u8],
     pub value: &'a [u8],
+    /// The cluster-map epoch the client routed with; `None` outside a cluster.
+    pub epoch: Option<u64>,
 }
 
 impl<'a> Request<'a> {
     pub fn new(op: Op, key: &'a [u8], value: &'a [u8]) -> Request<'a> {
-        Request { op, flags: 0, key, value }
+        Request { op, flags: 0, key, value, epoch: None }
     }
 
     pub fn with_flags(mut self, flags: u8) -> Request<'a> {
-        self.flags = flags;
+        self.flags = flags & !flags::EPOCH;
+        self
+    }
+
+    pub fn with_epoch(mut self, epoch: Option<u64>) -> Request<'a> {
+        self.epoch = epoch;
         self
     }
 
     pub fn encoded_len(&self) -> usize {
-        HEADER + self.key.len() + self.value.len()
+        HEADER + self.key.len() + self.value.len() + if self.epoch.is_some() { 8 } else { 0 }
     }
 
     /// Appends the encoded request to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         debug_assert!(self.key.len() <= u8::MAX as usize);
-        out.extend_from_slice(&[self.op as u8, self.flags, self.key.len() as u8, 0]);
+        let f = (self.flags & !flags::EPOCH) | if self.epoch.is_some() { flags::EPOCH } else { 0 };
+        out.extend_from_slice(&[self.op as u8, f, self.key.len() as u8, 0]);
         out.extend_from_slice(&(self.value.len() as u32).to_le_bytes());
         out.extend_from_slice(self.key);
         out.extend_from_slice(self.value);
+        if let Some(e) = self.epoch {
+            out.extend_from_slice(&e.to_le_bytes());
+        }
     }
 
     pub fn to_vec(&self) -> Vec<u8> {
@@ -160,12 +181,21 @@ impl<'a> Request<'a> {
         if value_len > MAX_VALUE_LEN {
             return Err(CodecError::ValueTooLarge(value_len));
         }
-        let total = HEADER + key_len + value_len;
+        let body_end = HEADER + key_len + value_len;
+        let has_epoch = b[1] & flags::EPOCH != 0;
+        let total = body_end + if has_epoch { 8 } else { 0 };
         need(b, total)?;
         if b.len() > total {
             return Err(CodecError::Trailing(b.len() - total));
         }
-        Ok(Request { op, flags: b[1], key: &b[HEADER..HEADER + key_len], value: &b[HEADER + key_len..total] })
+        let epoch = has_epoch.then(|| u64::from_le_bytes(b[body_end..total].try_into().unwrap()));
+        Ok(Request {
+            op,
+            flags: b[1] & !flags::EPOCH,
+            key: &b[HEADER..HEADER + key_len],
+            value: &b[HEADER + key_len..body_end],
+            epoch,
+        })
     }
 }
 
@@ -202,6 +232,26 @@ impl<'a> Response<'a> {
             return Err(CodecError::Trailing(b.len() - total));
         }
         Ok(Response { status, op, body: &b[HEADER..total] })
+    }
+}
+
+/// The body of a [`Status::WrongOwner`] reply: the epoch of the map the server judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrongOwner {
+    /// 0: the server has no map yet (or has stopped vouching for the one it had).
+    pub epoch: u64,
+}
+
+impl WrongOwner {
+    pub const LEN: usize = 8;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        self.epoch.to_le_bytes()
+    }
+
+    pub fn decode(b: &[u8]) -> Result<WrongOwner, CodecError> {
+        let b = exact(b, Self::LEN, "wrong-owner reply")?;
+        Ok(WrongOwner { epoch: u64::from_le_bytes(b.try_into().unwrap()) })
     }
 }
 
@@ -526,8 +576,9 @@ mod tests {
     proptest! {
         #[test]
         fn request_round_trip(op in arb_op(), f: u8, key in proptest::collection::vec(any::<u8>(), 0..=20),
-                              value in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let r = Request::new(op, &key, &value).with_flags(f);
+                              value in proptest::collection::vec(any::<u8>(), 0..300), epoch: Option<u64>) {
+            let r = Request::new(op, &key, &value).with_flags(f).with_epoch(epoch);
+            prop_assert_eq!(r.flags & flags::EPOCH, 0);
             let bytes = r.to_vec();
             prop_assert_eq!(bytes.len(), r.encoded_len());
             prop_assert_eq!(Request::decode(&bytes).unwrap(), r);
@@ -560,6 +611,12 @@ mod tests {
             let _ = MetaGetReply::decode(&b);
             let _ = ServerInfo::decode(&b);
             let _ = Stats::decode(&b);
+            let _ = WrongOwner::decode(&b);
+        }
+
+        #[test]
+        fn wrong_owner_round_trip(epoch: u64) {
+            prop_assert_eq!(WrongOwner::decode(&WrongOwner { epoch }.encode()).unwrap(), WrongOwner { epoch });
         }
     }
 
@@ -595,6 +652,22 @@ mod tests {
         field(&mut empty, tag::PROTOCOL, &PROTOCOL_VERSION.to_le_bytes());
         field(&mut empty, tag::DITTO, &[0; 17]);
         assert_eq!(ServerInfo::decode(&empty), Err(CodecError::Malformed("empty table geometry")));
+    }
+
+    #[test]
+    fn the_epoch_follows_the_value_and_is_flagged() {
+        let plain = Request::new(Op::Put, b"k", b"v").to_vec();
+        let with = Request::new(Op::Put, b"k", b"v").with_epoch(Some(7)).to_vec();
+        assert_eq!(with.len(), plain.len() + 8);
+        assert_eq!(with[1], flags::EPOCH);
+        assert_eq!(&with[plain.len()..], &7u64.to_le_bytes());
+        // The flag without the epoch bytes is truncated; a version-1 request has no epoch.
+        let mut cut = with.clone();
+        cut.truncate(plain.len());
+        assert!(matches!(Request::decode(&cut), Err(CodecError::Truncated { .. })));
+        assert_eq!(Request::decode(&plain).unwrap().epoch, None);
+        assert_eq!(WrongOwner::decode(&[0; 7]), Err(CodecError::Malformed("wrong-owner reply")));
+        assert_eq!(Status::from_u8(8), Some(Status::WrongOwner));
     }
 
     #[test]

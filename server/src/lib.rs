@@ -8,8 +8,10 @@
 //! * [`stats`]: counters by role;
 //! * [`target`]: the NVMe/TCP target engine (the offload path), on its own threads;
 //! * [`config`]: the TOML configuration;
+//! * [`cluster`]: membership in a cluster through etcd, and the key-ownership check;
 //! * [`server`]: the assembled [`Server`].
 
+pub mod cluster;
 pub mod config;
 pub mod device;
 pub mod server;

@@ -2,9 +2,14 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use scalio_common::cluster::{ClusterUrl, Member, NodeId};
+use scalio_common::ssd::BLOCK_SIZE;
+use scalio_server::cluster::{Agent, AgentConfig, Ownership};
 use scalio_server::config::{parse_size, SsdConfig};
 use scalio_server::{Server, ServerConfig};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The scalio JBOF/DPU server: a one-sided-readable cache table in memory, data on SSDs.
 ///
@@ -64,6 +69,15 @@ struct Args {
     /// Print the effective configuration as TOML-like text and exit.
     #[arg(long)]
     print_config: bool,
+    /// Join a cluster coordinated by etcd: etcd://HOST:PORT[/prefix] (default prefix /scalio).
+    #[arg(long, value_name = "URL")]
+    cluster: Option<ClusterUrl>,
+    /// This server's id in the cluster (default: its fabric listen address).
+    #[arg(long, requires = "cluster")]
+    node_id: Option<String>,
+    /// Seconds the cluster lease lives without renewal (a stopped server leaves after this).
+    #[arg(long, default_value_t = 5, requires = "cluster")]
+    lease_ttl: u64,
 }
 
 fn build_config(args: &Args) -> anyhow::Result<ServerConfig> {
@@ -150,10 +164,33 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     sig
 }
 
+/// Registers the server in the cluster and waits for a map that includes it.
+fn join_cluster(url: &ClusterUrl, own: &Arc<Ownership>, server: &Server, lease_ttl: Duration) -> anyhow::Result<Agent> {
+    let info = server.info();
+    let me = Member {
+        id: own.me().clone(),
+        fabric: server.local_addr().map(|a| a.to_string()).context("a cluster member needs a fabric address")?,
+        target: info.targets.first().map(|t| t.addr.clone()),
+        subsystems: info.targets.iter().map(|t| t.nqn.clone()).collect(),
+        capacity_bytes: info.ssds.iter().map(|s| s.geometry.total_blocks * BLOCK_SIZE as u64).sum(),
+    };
+    let cfg = AgentConfig { lease_ttl, ..AgentConfig::new(url.clone(), me) };
+    let agent = Agent::start(cfg, own.clone())?;
+    let map = Agent::wait_for_map(own, Duration::from_secs(30))?;
+    let (partitions, _) = map.partitions_of(own.me());
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "scalio-server cluster {url} id {} epoch {} partitions {partitions}", own.me(), map.epoch);
+    let _ = out.flush();
+    Ok(agent)
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs in files and pipes stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let config = build_config(&args)?;
@@ -162,7 +199,21 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let signals = block_signals();
-    let server = Server::start(&config)?;
+    let ownership = match &args.cluster {
+        None => None,
+        Some(_) => {
+            let listen = config.listen.clone().unwrap_or_default();
+            let id = args.node_id.clone().unwrap_or(listen);
+            if id.is_empty() || id.ends_with(":0") {
+                bail!("give --node-id: the listen address {id:?} is not a stable cluster id");
+            }
+            Some(Arc::new(Ownership::new(NodeId(id))))
+        }
+    };
+    let server = match &ownership {
+        None => Server::start(&config)?,
+        Some(own) => Server::start_in_cluster(&config, own.clone())?,
+    };
     {
         // Lines on stdout that scripts can wait for; a closed stdout is not an error.
         use std::io::Write;
@@ -175,8 +226,15 @@ fn main() -> anyhow::Result<()> {
         }
         let _ = out.flush();
     }
+    let agent = match (&args.cluster, &ownership) {
+        (Some(url), Some(own)) => Some(join_cluster(url, own, &server, Duration::from_secs(args.lease_ttl))?),
+        _ => None,
+    };
     let sig = wait_for_signal(&signals);
     tracing::info!(signal = sig, "shutting down");
+    if let Some(agent) = agent {
+        agent.stop();
+    }
     server.shutdown();
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Putting the server together: SSDs, store recovery, the cache table and its registration,
 //! worker threads, and the fabric endpoints.
 
+use crate::cluster::Ownership;
 use crate::config::{ConfigError, ServerConfig};
 use crate::device::{DeviceError, DeviceModel, DeviceOptions, Ssd};
 use crate::stats::{ServerShared, StatsSource};
@@ -93,6 +94,16 @@ pub struct Server {
 impl Server {
     /// Opens (formatting or recovering) the SSDs and starts serving.
     pub fn start(config: &ServerConfig) -> Result<Server, ServerError> {
+        Server::start_with(config, None)
+    }
+
+    /// Starts a cluster member: every request about a key is first checked against `ownership`
+    /// (answered "wrong owner" if this server does not serve the key at its map's epoch).
+    pub fn start_in_cluster(config: &ServerConfig, ownership: Arc<Ownership>) -> Result<Server, ServerError> {
+        Server::start_with(config, Some(ownership))
+    }
+
+    fn start_with(config: &ServerConfig, cluster: Option<Arc<Ownership>>) -> Result<Server, ServerError> {
         config.validate()?;
         let io_cpu = CpuGroup::new();
         let e = &config.emulation;
@@ -194,7 +205,10 @@ impl Server {
             senders.push(tx.clone());
             workers.push((tx, Some(h)));
         }
-        let dispatch = Arc::new(Dispatch { workers: senders, shared: shared.clone() });
+        if let Some(own) = &cluster {
+            shared.extra.lock().push(Arc::new(crate::cluster::ClusterStats(own.clone())));
+        }
+        let dispatch = Arc::new(Dispatch { workers: senders, shared: shared.clone(), cluster });
         let mem = MemFabric::new(regions.clone());
         mem.set_service(dispatch.clone());
         if let Some(t) = &target {

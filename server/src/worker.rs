@@ -8,6 +8,7 @@
 //! through the store, and submits the stores' I/O to the SSDs' I/O threads, whose completions
 //! come back through its inbox.
 
+use crate::cluster::Ownership;
 use crate::device::{Issuer, Ssd};
 use crate::stats::ServerShared;
 use crate::store::{Completed, DataStore, IoRequest, IoResult, Outcome, WriteOp, WriteRequest};
@@ -42,6 +43,8 @@ pub(crate) struct Reply {
 pub(crate) struct Dispatch {
     pub(crate) workers: Vec<Sender<WorkerEvent>>,
     pub(crate) shared: Arc<ServerShared>,
+    /// In a cluster: which keys this server serves.
+    pub(crate) cluster: Option<Arc<Ownership>>,
 }
 
 fn respond(responder: Responder, status: Status, op: Op, body: &[u8]) {
@@ -75,6 +78,11 @@ impl RpcService for Dispatch {
                         key::KeyError::Empty => Status::BadRequest,
                     };
                     return respond(rpc.responder, status, op, e.to_string().as_bytes());
+                }
+                if let Some(own) = &self.cluster {
+                    if let Err(w) = own.check(req.key, op, req.epoch, Instant::now()) {
+                        return respond(rpc.responder, Status::WrongOwner, op, &w.encode());
+                    }
                 }
                 let ssd = key::route(req.key, self.workers_ssds(), 1).ssd;
                 let worker = usize::from(ssd) % self.workers.len();

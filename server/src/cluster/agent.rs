@@ -1,0 +1,263 @@
+//! The cluster agent of one server: registers it in etcd under a lease it keeps alive, keeps
+//! the cluster map in step with the live members, and hands every new map to [`Ownership`].
+//!
+//! **Who computes the map: every member.** After each change under the cluster prefix, each
+//! server reads the members and the map in one transaction (one etcd revision), computes the
+//! next map with [`compute`] (a pure function of those two), and writes it with a
+//! compare-and-swap on the map's mod revision. Servers that read the same revision compute the
+//! same map; one CAS wins and the others fail, re-read, and find nothing left to change. A
+//! writer that read an older revision fails its CAS, so a map is never computed from stale
+//! membership. No election, and no single server whose loss stalls reconfiguration.
+//!
+//! The lease: granted with `lease_ttl`, renewed every third of it. [`Ownership`] is told how long
+//! the lease is surely alive (from the time a renewal was *sent*); if renewals fail for that long
+//! the server stops serving, since etcd may have expired its membership and handed its keys to
+//! others. An expired lease is replaced by a new one and the member record written again.
+
+use super::Ownership;
+use scalio_common::cluster::etcd::{Etcd, EtcdError};
+use scalio_common::cluster::{compute, ClusterMap, ClusterUrl, MapError, MapParams, Member};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How a server joins a cluster.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub url: ClusterUrl,
+    /// This server's record (its id must be unique in the cluster).
+    pub me: Member,
+    /// Shape of the map if this server creates it (an existing map's parameters are kept).
+    pub params: MapParams,
+    pub lease_ttl: Duration,
+    /// Timeout of each etcd call.
+    pub etcd_timeout: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(url: ClusterUrl, me: Member) -> AgentConfig {
+        AgentConfig {
+            url,
+            me,
+            params: MapParams::default(),
+            lease_ttl: Duration::from_secs(5),
+            etcd_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a server could not join.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("cluster map parameters: {0}")]
+    Params(#[from] MapError),
+    #[error("replication factor {0} is not implemented yet (chain replication is future work); use 1")]
+    Replication(u8),
+    #[error("the lease TTL must be at least 2 s")]
+    LeaseTtl,
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
+    #[error("no cluster map naming this server appeared within {0:?}")]
+    NoMap(Duration),
+}
+
+/// A running agent; [`Agent::stop`] leaves the cluster.
+pub struct Agent {
+    etcd: Etcd,
+    lease: Arc<parking_lot::Mutex<i64>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// How long a watch waits before it is renewed (bounds how long stopping takes).
+const WATCH_DEADLINE: Duration = Duration::from_secs(2);
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+impl Agent {
+    /// Registers the server and starts keeping its lease and the map. Returns once the member
+    /// record is written; [`Agent::wait_for_map`] waits for a map that includes it.
+    pub fn start(cfg: AgentConfig, ownership: Arc<Ownership>) -> Result<Agent, AgentError> {
+        cfg.params.check()?;
+        if cfg.params.replication != 1 {
+            return Err(AgentError::Replication(cfg.params.replication));
+        }
+        if cfg.lease_ttl < Duration::from_secs(2) {
+            return Err(AgentError::LeaseTtl);
+        }
+        let etcd = Etcd::new(&cfg.url.endpoint, cfg.etcd_timeout);
+        let id = register(&etcd, &cfg, &ownership)?;
+        let lease = Arc::new(parking_lot::Mutex::new(id));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = Arc::new(cfg);
+        let mut threads = Vec::new();
+        {
+            let (etcd, cfg, own, lease, stop) =
+                (etcd.clone(), cfg.clone(), ownership.clone(), lease.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster-lease".into())
+                    .spawn(move || keep_lease(&etcd, &cfg, &own, &lease, &stop))
+                    .map_err(|e| AgentError::Thread(e.to_string()))?,
+            );
+        }
+        {
+            let (etcd, cfg, own, stop) = (etcd.clone(), cfg.clone(), ownership.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster-map".into())
+                    .spawn(move || keep_map(&etcd, &cfg, &own, &stop))
+                    .map_err(|e| AgentError::Thread(e.to_string()))?,
+            );
+        }
+        tracing::info!(id = %cfg.me.id, cluster = %cfg.url, lease = id, "joined the cluster");
+        Ok(Agent { etcd, lease, stop, threads })
+    }
+
+    /// Waits until `ownership` holds a map that names this server.
+    pub fn wait_for_map(ownership: &Ownership, timeout: Duration) -> Result<Arc<ClusterMap>, AgentError> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(m) = ownership.map().filter(|m| m.member(ownership.me()).is_some()) {
+                return Ok(m);
+            }
+            if Instant::now() >= end {
+                return Err(AgentError::NoMap(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Leaves the cluster: revokes the lease (deleting the member record, so the others
+    /// reconcile the map without waiting for it to expire) and stops the threads.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let id = *self.lease.lock();
+        if let Err(e) = self.etcd.lease_revoke(id) {
+            tracing::warn!(error = %e, "could not revoke the cluster lease; it will expire");
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Grants a lease and writes the member record under it. Returns the lease id.
+fn register(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership) -> Result<i64, EtcdError> {
+    let sent = Instant::now();
+    let lease = etcd.lease_grant(cfg.lease_ttl.as_secs() as i64)?;
+    etcd.put(&cfg.url.member_key(&cfg.me.id), &cfg.me.encode(), Some(lease.id))?;
+    own.lease_renewed(sent + Duration::from_secs(lease.ttl_s.max(0) as u64));
+    Ok(lease.id)
+}
+
+fn keep_lease(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership, lease: &parking_lot::Mutex<i64>, stop: &AtomicBool) {
+    let period = cfg.lease_ttl / 3;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(period);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let id = *lease.lock();
+        let sent = Instant::now();
+        match etcd.lease_keepalive(id) {
+            Ok(l) if l.ttl_s > 0 => own.lease_renewed(sent + Duration::from_secs(l.ttl_s as u64)),
+            Ok(_) => {
+                // Expired: our member record is gone and the map may have moved on without us.
+                tracing::warn!(lease = id, "cluster lease expired; registering again");
+                own.lease_lost();
+                match register(etcd, cfg, own) {
+                    Ok(new) => *lease.lock() = new,
+                    Err(e) => tracing::warn!(error = %e, "could not register again"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cluster lease renewal failed"),
+        }
+    }
+}
+
+fn keep_map(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let revision = match reconcile(etcd, cfg, own) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster map reconciliation failed; retrying");
+                std::thread::sleep(RETRY_PAUSE);
+                continue;
+            }
+        };
+        // Wait for the next change to the members or the map, then reconcile again.
+        let prefix = format!("{}/", cfg.url.prefix).into_bytes();
+        let watched = etcd.watch(&prefix, true, revision + 1, WATCH_DEADLINE, |m| {
+            m.events.is_empty() && !stop.load(Ordering::Relaxed)
+        });
+        if let Err(e) = watched {
+            tracing::warn!(error = %e, "cluster watch failed; retrying");
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+}
+
+/// Brings the map in etcd in line with the live members and installs the result. Returns the
+/// etcd revision the installed map was read or written at.
+fn reconcile(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership) -> Result<i64, EtcdError> {
+    loop {
+        let (members_kv, map_kv) = etcd.snapshot(&cfg.url.members_prefix(), &cfg.url.map_key())?;
+        let members: Vec<Member> = members_kv
+            .kvs
+            .iter()
+            .filter_map(|kv| match Member::decode(&kv.value) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&kv.key), error = %e, "ignoring a malformed member record");
+                    None
+                }
+            })
+            .collect();
+        let (prev, mod_revision) = match &map_kv {
+            None => (None, 0),
+            Some(kv) => match ClusterMap::decode(&kv.value) {
+                Ok(m) => (Some(m), kv.mod_revision),
+                Err(e) => {
+                    // Never overwrite a map we cannot read (e.g. a newer format).
+                    tracing::error!(error = %e, "the cluster map in etcd cannot be decoded; leaving it alone");
+                    return Ok(members_kv.revision);
+                }
+            },
+        };
+        let params = prev.as_ref().map_or(cfg.params, |m| m.params);
+        let next = match compute(prev.as_ref(), &members, params) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot compute a cluster map from the members");
+                return Ok(members_kv.revision);
+            }
+        };
+        match next {
+            None => {
+                if let Some(m) = prev {
+                    install(own, m);
+                }
+                return Ok(members_kv.revision);
+            }
+            Some(m) => {
+                if etcd.compare_and_swap(&cfg.url.map_key(), &m.encode(), mod_revision)? {
+                    tracing::info!(epoch = m.epoch, members = m.nodes.len(), "wrote a new cluster map");
+                    install(own, m);
+                }
+                // Either way, read again: on success to learn the revision, on failure because
+                // someone else changed the map first.
+            }
+        }
+    }
+}
+
+fn install(own: &Ownership, m: ClusterMap) {
+    let epoch = m.epoch;
+    let (member, tail) = m.partitions_of(own.me());
+    if own.install(Arc::new(m)) {
+        tracing::info!(epoch, partitions = member, tail_of = tail, "serving under a new cluster map");
+    }
+}

@@ -1,0 +1,30 @@
+//! The server's side of a cluster (`scalio-server --cluster etcd://...`).
+//!
+//! * [`ownership`]: the map this server judges requests by, and the "wrong owner, epoch N"
+//!   verdict;
+//! * [`agent`]: registration under a kept-alive etcd lease, and keeping the map up to date:
+//!   every member reconciles it with compare-and-swap, so no election is needed.
+
+pub mod agent;
+pub mod ownership;
+
+pub use agent::{Agent, AgentConfig, AgentError};
+pub use ownership::Ownership;
+
+use crate::stats::StatsSource;
+use std::sync::Arc;
+
+/// The cluster counters in STATS: the map epoch, the partitions this server is in (and the
+/// tail of), and the requests it turned away.
+pub struct ClusterStats(pub Arc<Ownership>);
+
+impl StatsSource for ClusterStats {
+    fn append(&self, out: &mut Vec<(String, u64)>) {
+        let own = &self.0;
+        let (member, tail) = own.map().map_or((0, 0), |m| m.partitions_of(own.me()));
+        out.push(("cluster_epoch".into(), own.epoch()));
+        out.push(("cluster_partitions".into(), member as u64));
+        out.push(("cluster_partitions_tail".into(), tail as u64));
+        out.push(("cluster_wrong_owner".into(), own.wrong_owner_replies()));
+    }
+}

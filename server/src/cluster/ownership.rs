@@ -1,0 +1,173 @@
+//! Which keys this server may serve: its view of the cluster map, and the verdict for each
+//! request (serve it, or answer "wrong owner, epoch N").
+//!
+//! A server serves a key only when all of these hold:
+//! * it has a map, and its etcd lease is known to be alive (a server cut off from etcd may have
+//!   been replaced; it stops vouching for any map when its lease may have expired);
+//! * the client did not route with a newer epoch than the server's map (the server would be
+//!   judging by a map the cluster has already left);
+//! * in its map it is the key's chain head (writes) or tail (reads: META_GET and server GET).
+//!
+//! Time is passed in, so the rules are tested without waiting.
+
+use parking_lot::RwLock;
+use scalio_common::cluster::{ClusterMap, NodeId, Role};
+use scalio_common::rpc::{Op, WrongOwner};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The role a request needs the server to have in the key's chain.
+pub fn role_of(op: Op) -> Role {
+    if op.is_write() {
+        Role::Head
+    } else {
+        Role::Tail
+    }
+}
+
+#[derive(Default)]
+struct View {
+    map: Option<Arc<ClusterMap>>,
+    /// The lease is alive until then (at least); `None`: never granted, or lost.
+    lease_until: Option<Instant>,
+}
+
+/// This server's standing in the cluster, shared by the RPC dispatch and the etcd agent.
+pub struct Ownership {
+    me: NodeId,
+    view: RwLock<View>,
+    wrong_owner: AtomicU64,
+}
+
+impl Ownership {
+    pub fn new(me: NodeId) -> Ownership {
+        Ownership { me, view: RwLock::new(View::default()), wrong_owner: AtomicU64::new(0) }
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// Adopts `map` if it is newer than the one held. Returns whether it did.
+    pub fn install(&self, map: Arc<ClusterMap>) -> bool {
+        let mut v = self.view.write();
+        if v.map.as_ref().is_some_and(|m| m.epoch >= map.epoch) {
+            return false;
+        }
+        v.map = Some(map);
+        true
+    }
+
+    /// The lease is alive at least until `until`.
+    pub fn lease_renewed(&self, until: Instant) {
+        let mut v = self.view.write();
+        v.lease_until = Some(v.lease_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// The lease expired or could not be renewed: serve nothing until a new one is granted.
+    pub fn lease_lost(&self) {
+        self.view.write().lease_until = None;
+    }
+
+    pub fn map(&self) -> Option<Arc<ClusterMap>> {
+        self.view.read().map.clone()
+    }
+
+    /// The epoch of the map held (0: none).
+    pub fn epoch(&self) -> u64 {
+        self.view.read().map.as_ref().map_or(0, |m| m.epoch)
+    }
+
+    /// Requests answered with "wrong owner" so far.
+    pub fn wrong_owner_replies(&self) -> u64 {
+        self.wrong_owner.load(Ordering::Relaxed)
+    }
+
+    /// Whether this server may serve `key` for `op`, asked by a client that routed with
+    /// `client_epoch` (`None`: a client outside the cluster protocol, judged by ownership alone).
+    pub fn check(&self, key: &[u8], op: Op, client_epoch: Option<u64>, now: Instant) -> Result<(), WrongOwner> {
+        let v = self.view.read();
+        let verdict = match (&v.map, v.lease_until) {
+            (Some(map), Some(until)) if now < until => {
+                if client_epoch.is_some_and(|e| e > map.epoch) || !map.serves(&self.me, key, role_of(op)) {
+                    Err(WrongOwner { epoch: map.epoch })
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Err(WrongOwner { epoch: 0 }),
+        };
+        if verdict.is_err() {
+            self.wrong_owner.fetch_add(1, Ordering::Relaxed);
+        }
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scalio_common::cluster::{compute, MapParams, Member};
+    use std::time::Duration;
+
+    fn member(i: usize) -> Member {
+        Member {
+            id: NodeId(format!("s{i}")),
+            fabric: format!("127.0.0.1:{}", 7400 + i),
+            target: None,
+            subsystems: vec![],
+            capacity_bytes: 0,
+        }
+    }
+
+    fn map(n: usize, rf: u8, prev: Option<&ClusterMap>) -> Arc<ClusterMap> {
+        let members: Vec<_> = (0..n).map(member).collect();
+        let params = MapParams { replication: rf, ..MapParams::default() };
+        Arc::new(compute(prev, &members, params).unwrap().unwrap())
+    }
+
+    /// A key whose chain in `m` has `head` first and `tail` last.
+    fn key_with(m: &ClusterMap, head: &str, tail: &str) -> Vec<u8> {
+        (0..10_000u32)
+            .map(|i| format!("key{i}").into_bytes())
+            .find(|k| m.owner(k, Role::Head).unwrap().id.0 == head && m.owner(k, Role::Tail).unwrap().id.0 == tail)
+            .expect("some key has that chain")
+    }
+
+    #[test]
+    fn serves_only_its_role_with_a_live_lease_and_a_current_epoch() {
+        let now = Instant::now();
+        let own = Ownership::new(NodeId("s0".into()));
+        let m = map(3, 2, None);
+        let k = key_with(&m, "s0", "s1");
+        // No map, then no lease: nothing is served.
+        assert_eq!(own.check(&k, Op::Put, None, now), Err(WrongOwner { epoch: 0 }));
+        assert!(own.install(m.clone()));
+        assert_eq!(own.check(&k, Op::Put, Some(1), now), Err(WrongOwner { epoch: 0 }));
+        own.lease_renewed(now + Duration::from_secs(5));
+        // Head: writes yes, reads no (the tail s1 owns the cache).
+        assert_eq!(own.check(&k, Op::Put, Some(1), now), Ok(()));
+        assert_eq!(own.check(&k, Op::Delete, None, now), Ok(()));
+        assert_eq!(own.check(&k, Op::MetaGet, Some(1), now), Err(WrongOwner { epoch: 1 }));
+        assert_eq!(own.check(&k, Op::Get, Some(1), now), Err(WrongOwner { epoch: 1 }));
+        // A client that saw a newer map is not served by this older one.
+        assert_eq!(own.check(&k, Op::Put, Some(2), now), Err(WrongOwner { epoch: 1 }));
+        // A lease past its end, or lost, stops everything.
+        assert_eq!(own.check(&k, Op::Put, Some(1), now + Duration::from_secs(6)), Err(WrongOwner { epoch: 0 }));
+        own.lease_lost();
+        assert_eq!(own.check(&k, Op::Put, Some(1), now), Err(WrongOwner { epoch: 0 }));
+        assert_eq!(own.wrong_owner_replies(), 7);
+    }
+
+    #[test]
+    fn keeps_the_newest_map() {
+        let own = Ownership::new(NodeId("s0".into()));
+        let m1 = map(2, 1, None);
+        let m2 = map(3, 1, Some(&m1));
+        assert!(own.install(m2.clone()));
+        assert!(!own.install(m1));
+        assert_eq!(own.epoch(), 2);
+        assert!(!own.install(m2));
+    }
+}
