@@ -31,4 +31,12 @@ pub enum ClientError {
     NoSuchSsd(u16),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("the server does not serve this key at cluster-map epoch {epoch}")]
+    WrongOwner { epoch: u64 },
+    #[error("no cluster map (at epoch {epoch} or newer) arrived within {waited:?}")]
+    NoClusterMap { epoch: u64, waited: std::time::Duration },
+    #[error("the cluster map at epoch {epoch} has no server for this key")]
+    NoOwner { epoch: u64 },
+    #[error("gave up routing after {attempts} attempts (last map epoch {epoch})")]
+    Misrouted { attempts: u32, epoch: u64 },
 }

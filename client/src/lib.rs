@@ -6,6 +6,9 @@
 //! its block path, and fills the cache slot the server reserved for it. Writes are RPCs that the
 //! server acknowledges once they are durable.
 //!
+//! In a cluster, [`routing::ClusterClient`] holds one [`Client`] per server and sends each key
+//! to the server that owns it in the cluster map.
+//!
 //! [`Client`] is cheap to clone and can be used from many tasks at once; its futures do not
 //! depend on a particular executor. [`blocking::Client`] wraps it for simple programs.
 //!
@@ -23,6 +26,7 @@ pub mod blocking;
 mod error;
 pub mod nvme;
 mod read;
+pub mod routing;
 mod stats;
 mod write;
 
@@ -33,10 +37,10 @@ pub use stats::ClientStats;
 use scalio_common::block::BlockReader;
 use scalio_common::fabric::tcp::TcpQueuePair;
 use scalio_common::fabric::QueuePair;
-use scalio_common::rpc::{Op, Request, Response, ServerInfo, Stats, Status, PROTOCOL_VERSION};
+use scalio_common::rpc::{Op, Request, Response, ServerInfo, Stats, Status, WrongOwner, PROTOCOL_VERSION};
 use scalio_common::ssd::store_seed;
 use stats::Counters;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// How GETs read (the design stages of the paper's breakdown).
@@ -90,6 +94,9 @@ pub(crate) struct Inner {
     block: Arc<dyn BlockReader>,
     cfg: ClientConfig,
     counters: Counters,
+    /// The newest cluster-map epoch this client routes by; 0 outside a cluster (requests then
+    /// carry no epoch).
+    epoch: AtomicU64,
 }
 
 /// A connection to a scalio server.
@@ -141,6 +148,7 @@ impl Client {
                 block,
                 cfg,
                 counters,
+                epoch: AtomicU64::new(0),
             }),
         })
     }
@@ -185,6 +193,13 @@ impl Client {
         self.inner.write(Op::Delete, key, b"").await
     }
 
+    /// Makes every later request carry cluster-map epoch `epoch` (or a newer one already set):
+    /// the server then refuses keys it does not own at that epoch with
+    /// [`ClientError::WrongOwner`].
+    pub fn set_cluster_epoch(&self, epoch: u64) {
+        self.inner.epoch.fetch_max(epoch, Ordering::Relaxed);
+    }
+
     /// The server's counters.
     pub async fn server_stats(&self) -> Result<Stats, ClientError> {
         let body = self.inner.rpc_ok(Request::new(Op::Stats, b"", b"")).await?;
@@ -215,10 +230,16 @@ impl Inner {
         &*self.qps[i]
     }
 
-    /// An RPC, counted; returns the status and body.
+    /// An RPC, counted, with the cluster epoch if there is one; returns the status and body.
+    /// A "wrong owner" reply is an error, so that no caller mistakes it for an answer.
     async fn rpc(&self, req: Request<'_>) -> Result<(Status, Vec<u8>), ClientError> {
         Counters::add(&self.counters.rpcs[req.op as usize], 1);
-        call_status(self.qp(), req).await
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let req = req.with_epoch((epoch != 0).then_some(epoch));
+        match call_status(self.qp(), req).await? {
+            (Status::WrongOwner, body) => Err(ClientError::WrongOwner { epoch: WrongOwner::decode(&body)?.epoch }),
+            reply => Ok(reply),
+        }
     }
 
     /// An RPC that must succeed.

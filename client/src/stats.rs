@@ -62,6 +62,30 @@ impl ClientStats {
         self.rpcs.iter().sum()
     }
 
+    /// `self + other`, field by field (e.g. over a cluster client's connections).
+    pub fn plus(&self, other: &ClientStats) -> ClientStats {
+        let mut rpcs = [0; 8];
+        for (i, r) in rpcs.iter_mut().enumerate() {
+            *r = self.rpcs[i] + other.rpcs[i];
+        }
+        ClientStats {
+            gets: self.gets + other.gets,
+            probes: self.probes + other.probes,
+            hits: self.hits + other.hits,
+            pending_retries: self.pending_retries + other.pending_retries,
+            misses: self.misses + other.misses,
+            absent: self.absent + other.absent,
+            fills: self.fills + other.fills,
+            fills_skipped: self.fills_skipped + other.fills_skipped,
+            no_reservation: self.no_reservation + other.no_reservation,
+            stale_retries: self.stale_retries + other.stale_retries,
+            block_reads: self.block_reads + other.block_reads,
+            block_read_blocks: self.block_read_blocks + other.block_read_blocks,
+            writes: self.writes + other.writes,
+            rpcs,
+        }
+    }
+
     /// `self - earlier`, field by field.
     pub fn since(&self, earlier: &ClientStats) -> ClientStats {
         let mut rpcs = [0; 8];
