@@ -6,7 +6,9 @@ use crate::systems::ditto::{DittoClient, DittoConfig};
 use crate::systems::memcached::MemcachedClient;
 use crate::ycsb::{thread_operation_count, verify_value, OpKind, OpStream, Workload};
 use hdrhistogram::Histogram;
+use scalio_client::routing::{ClusterClient, RoutingConfig};
 use scalio_client::{Client, ClientConfig};
+use scalio_common::cluster::ClusterUrl;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -17,9 +19,21 @@ use std::time::{Duration, Instant};
 /// How a driver thread opens its connection to the system under test.
 #[derive(Clone)]
 pub enum Connector {
-    Scalio { addr: String, config: ClientConfig },
-    Ditto { addr: String },
-    Memcached { addr: String },
+    Scalio {
+        addr: String,
+        config: ClientConfig,
+    },
+    /// Scalio servers of a cluster, each key routed by the cluster map.
+    Cluster {
+        url: ClusterUrl,
+        config: ClientConfig,
+    },
+    Ditto {
+        addr: String,
+    },
+    Memcached {
+        addr: String,
+    },
 }
 
 impl Connector {
@@ -28,6 +42,10 @@ impl Connector {
             Connector::Scalio { addr, config } => {
                 Client::connect(addr, config.clone()).await.map(SystemClient::Scalio).map_err(|e| e.to_string())
             }
+            Connector::Cluster { url, config } => ClusterClient::connect(url, config.clone(), RoutingConfig::default())
+                .await
+                .map(SystemClient::Cluster)
+                .map_err(|e| e.to_string()),
             Connector::Ditto { addr } => DittoClient::connect(addr, DittoConfig::default())
                 .await
                 .map(SystemClient::Ditto)

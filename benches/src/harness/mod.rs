@@ -11,6 +11,7 @@ use driver::{run_phase, Connector, Phase, Progress};
 use options::Options;
 use report::{Report, ServerSnapshot};
 use scalio_client::BlockPath;
+use scalio_common::cluster::ClusterUrl;
 use scalio_server::config::parse_size;
 use scalio_server::device::LocalBlockReader;
 use scalio_server::{Server, ServerConfig};
@@ -117,6 +118,13 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
     if opts.threads == 0 || opts.outstanding == 0 {
         return Err(HarnessError::Usage("--threads and --outstanding must be at least 1".into()));
     }
+    let cluster = match &opts.cluster {
+        None => None,
+        Some(_) if kind.stage().is_none() => {
+            return Err(HarnessError::Usage("--cluster drives scalio servers only (--system scalio)".into()))
+        }
+        Some(u) => Some(u.parse::<ClusterUrl>().map_err(|e| HarnessError::Usage(format!("--cluster {u}: {e}")))?),
+    };
     if kind == SystemKind::Memcached && opts.server.is_none() {
         return Err(HarnessError::Usage("--system memcached needs --server HOST:PORT".into()));
     }
@@ -124,7 +132,8 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         return Err(HarnessError::Usage(format!("unknown block path {:?} (local, nvme-tcp, direct)", opts.block)));
     }
     let dir = tempfile::tempdir().map_err(|e| HarnessError::Usage(format!("temporary directory: {e}")))?;
-    let (server, addr, server_config) = match &opts.server {
+    let remote = opts.server.clone().or_else(|| cluster.as_ref().map(|u| u.to_string()));
+    let (server, addr, server_config) = match &remote {
         Some(a) => (None, a.clone(), None),
         None => {
             let cfg = embedded_config(opts, &workload, kind, dir.path())?;
@@ -138,15 +147,22 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         (_, "direct") => BlockPath::Auto,
         (_, _) => BlockPath::NvmeTcp,
     };
-    let block = if opts.server.is_some() && opts.block == "local" { BlockPath::Auto } else { block };
-    let connector = match kind {
-        SystemKind::Ditto => Connector::Ditto { addr: addr.clone() },
-        SystemKind::Memcached => Connector::Memcached { addr: addr.clone() },
-        _ => Connector::Scalio { addr: addr.clone(), config: kind.client_config(block.clone()) },
+    let block = if remote.is_some() && opts.block == "local" { BlockPath::Auto } else { block };
+    let connector = match (kind, &cluster) {
+        (_, Some(url)) => Connector::Cluster { url: url.clone(), config: kind.client_config(block.clone()) },
+        _ => match kind {
+            SystemKind::Ditto => Connector::Ditto { addr: addr.clone() },
+            SystemKind::Memcached => Connector::Memcached { addr: addr.clone() },
+            _ => Connector::Scalio { addr: addr.clone(), config: kind.client_config(block.clone()) },
+        },
     };
     // The load phase writes batched, whatever the system (as the artifact loads with stage 3).
     let loader = match kind {
         SystemKind::Memcached => connector.clone(),
+        _ if cluster.is_some() => Connector::Cluster {
+            url: cluster.clone().expect("checked"),
+            config: SystemKind::Scalio { stage: 3 }.client_config(block),
+        },
         _ => Connector::Scalio { addr: addr.clone(), config: SystemKind::Scalio { stage: 3 }.client_config(block) },
     };
     let spec = workload.spec().clone();

@@ -35,6 +35,9 @@ pub struct Options {
     /// A running server (scalio fabric address, or memcached HOST:PORT); default: embedded.
     #[arg(long)]
     pub server: Option<String>,
+    /// A running cluster, etcd://HOST:PORT[/prefix] (scalio only): keys are routed by its map.
+    #[arg(long, conflicts_with = "server")]
+    pub cluster: Option<String>,
     /// Embedded server: SSDs.
     #[arg(long, default_value_t = 1)]
     pub ssds: usize,

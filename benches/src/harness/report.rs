@@ -21,12 +21,38 @@ impl ServerSnapshot {
         if let Some(s) = server {
             return ServerSnapshot(Some(s.stats()));
         }
+        if let Ok(url) = addr.parse::<scalio_common::cluster::ClusterUrl>() {
+            return ServerSnapshot(
+                cluster_stats(&url).map_err(|e| eprintln!("warning: cannot read the servers' counters: {e}")).ok(),
+            );
+        }
         let stats = scalio_client::blocking::Client::connect(addr, Default::default())
             .and_then(|c| c.server_stats())
             .map_err(|e| eprintln!("warning: cannot read the server's counters: {e}"))
             .ok();
         ServerSnapshot(stats)
     }
+}
+
+/// Every member's counters, added up by name (the epoch is the largest, not a sum).
+fn cluster_stats(url: &scalio_common::cluster::ClusterUrl) -> Result<Stats, String> {
+    use scalio_client::routing::{ClusterClient, RoutingConfig};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let per_server = rt.block_on(async {
+        let c = ClusterClient::connect(url, Default::default(), RoutingConfig::default()).await?;
+        c.server_stats().await
+    });
+    let mut total = Stats::default();
+    for (_, s) in per_server.map_err(|e| e.to_string())? {
+        for (name, v) in s.counters {
+            match total.counters.iter_mut().find(|(n, _)| *n == name) {
+                Some((n, t)) if n == "cluster_epoch" => *t = (*t).max(v),
+                Some((_, t)) => *t += v,
+                None => total.counters.push((name, v)),
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// The results of a run.
@@ -158,7 +184,7 @@ impl Report {
             "config": {
                 "threads": opts.threads,
                 "outstanding": opts.outstanding,
-                "server": opts.server.clone().unwrap_or_else(|| "embedded".into()),
+                "server": opts.server.clone().or_else(|| opts.cluster.clone()).unwrap_or_else(|| "embedded".into()),
                 "ssds": server_config.map(|s| s.ssds.len()),
                 "workers": server_config.map(|s| s.workers),
                 "assoc": opts.assoc,

@@ -2,6 +2,7 @@
 
 use crate::systems::ditto::DittoClient;
 use crate::systems::memcached::MemcachedClient;
+use scalio_client::routing::ClusterClient;
 use scalio_client::{BlockPath, Client, ClientConfig, ClientStats, ReadPath};
 use scalio_common::rpc::Op;
 
@@ -70,6 +71,8 @@ impl SystemKind {
 #[derive(Clone)]
 pub enum SystemClient {
     Scalio(Client),
+    /// Scalio across a cluster's servers.
+    Cluster(ClusterClient),
     Ditto(DittoClient),
     Memcached(MemcachedClient),
 }
@@ -78,6 +81,7 @@ impl SystemClient {
     pub async fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         match self {
             SystemClient::Scalio(c) => c.get(key).await.map_err(|e| e.to_string()),
+            SystemClient::Cluster(c) => c.get(key).await.map_err(|e| e.to_string()),
             SystemClient::Ditto(c) => c.read(key).await.map_err(|e| e.to_string()),
             SystemClient::Memcached(c) => c.read(key).await.map_err(|e| e.to_string()),
         }
@@ -87,6 +91,7 @@ impl SystemClient {
     pub async fn write(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
         match self {
             SystemClient::Scalio(c) => c.put(key, value).await.map_err(|e| e.to_string()),
+            SystemClient::Cluster(c) => c.put(key, value).await.map_err(|e| e.to_string()),
             SystemClient::Ditto(c) => c.update(key, value).await.map_err(|e| e.to_string()),
             SystemClient::Memcached(c) => c.update(key, value).await.map_err(|e| e.to_string()),
         }
@@ -96,6 +101,17 @@ impl SystemClient {
     pub fn counters(&self) -> ClientCounters {
         match self {
             SystemClient::Scalio(c) => ClientCounters::from_scalio(&c.stats()),
+            SystemClient::Cluster(c) => {
+                let mut counters = ClientCounters::from_scalio(&c.stats());
+                let r = c.routing_stats();
+                counters.named.extend([
+                    ("cluster_wrong_owner".to_string(), r.wrong_owner),
+                    ("cluster_map_waits".to_string(), r.map_waits),
+                    ("cluster_unreachable_retries".to_string(), r.unreachable_retries),
+                    ("cluster_connects".to_string(), r.connects),
+                ]);
+                counters
+            }
             SystemClient::Ditto(c) => {
                 let s = c.stats();
                 ClientCounters {

@@ -244,9 +244,15 @@ impl ClusterClient {
             let map = self.map_at_least(min_epoch).await?;
             last_epoch = map.epoch;
             let member = map.owner(key, role).ok_or(ClientError::NoOwner { epoch: map.epoch })?;
-            let client = self.client_for(member).await?;
-            client.set_cluster_epoch(map.epoch);
-            match op(client).await {
+            // Opening the connection can fail like the operation itself (a server that is gone).
+            let result = match self.client_for(member).await {
+                Ok(client) => {
+                    client.set_cluster_epoch(map.epoch);
+                    op(client).await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
                 Err(ClientError::WrongOwner { epoch }) => {
                     counters.wrong_owner.fetch_add(1, Ordering::Relaxed);
                     if epoch > map.epoch {
