@@ -207,6 +207,9 @@ impl Server {
         }
         if let Some(own) = &cluster {
             shared.extra.lock().push(Arc::new(crate::cluster::ClusterStats(own.clone())));
+            if let Some(t) = &table {
+                own.attach_cache(t.clone());
+            }
         }
         let dispatch = Arc::new(Dispatch { workers: senders, shared: shared.clone(), cluster });
         let mem = MemFabric::new(regions.clone());

@@ -217,6 +217,32 @@ impl CacheTable {
         false
     }
 
+    /// Hides every visible slot (filled or reserved) whose key `drop` selects, e.g. the keys of
+    /// partitions this server no longer serves. A scan of the whole table, bucket by bucket
+    /// under the bucket's lock. Returns how many slots it hid.
+    pub fn invalidate_where(&self, drop: impl Fn(&TableKey) -> bool) -> u64 {
+        let mut n = 0;
+        for b in 0..self.geometry.buckets {
+            let _guard = self.locks[b as usize % self.locks.len()].lock();
+            for s in 0..self.geometry.assoc {
+                let bytes = self.slot_bytes(b, s);
+                let v = SlotView::new(&bytes);
+                if !v.visible() {
+                    continue;
+                }
+                let mut key = TableKey { len: v.key_len(), bytes: [0; 16] };
+                key.bytes.copy_from_slice(&v.key_bytes()[..16]);
+                if drop(&key) {
+                    self.region.store_u8(self.geometry.slot_offset(b, s) + off::VISIBILITY, 0);
+                    self.leases[self.lease_index(b, s)].store(0, Ordering::Relaxed);
+                    self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Slots currently visible and filled (a scan; for statistics and tests).
     pub fn filled_slots(&self) -> u64 {
         let mut n = 0;

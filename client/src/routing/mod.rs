@@ -237,6 +237,7 @@ impl ClusterClient {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, ClientError>> + 'k,
     {
+        scalio_common::key::validate(key)?;
         let counters = &self.inner.counters;
         let mut min_epoch = 1;
         let mut last_epoch = 0;

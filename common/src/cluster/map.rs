@@ -1,8 +1,11 @@
 //! The cluster map: which servers exist, and which chain of them holds each partition of the key
 //! space, at an epoch.
 //!
-//! A key belongs to partition `xxh64(key, PARTITION_SEED) >> (64 - partition_bits)` (the top
-//! bits, so that partitions are contiguous hash ranges, as LEED's rings are). Each partition has
+//! A key belongs to partition `xxh64(table_key ‖ len, PARTITION_SEED) >> (64 - partition_bits)`
+//! (the top bits, so that partitions are contiguous hash ranges, as LEED's rings are). It hashes
+//! the key's 16-byte table key ([`TableKey`]) rather than the key, so that a server can tell the
+//! partition of every slot of its cache table, and drop the slots of partitions it stops
+//! serving. Each partition has
 //! a chain of `replication` distinct servers taken from the vnode ring ([`super::ring`]): writes
 //! go to the chain's head, reads (cache probes, META_GET, server GET) to its tail, which owns the
 //! key's cache. With replication 1 head and tail are the same server.
@@ -12,6 +15,7 @@
 //! check. Every change increments the epoch.
 
 use super::ring::Ring;
+use crate::key::TableKey;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use xxhash_rust::xxh64::xxh64;
@@ -147,12 +151,20 @@ pub enum MapError {
     Invalid(&'static str),
 }
 
-/// The partition of `key` among `2^bits` partitions.
+/// The partition of `key` (a valid key: [`crate::key::validate`]) among `2^bits` partitions.
 pub fn partition_of(key: &[u8], bits: u8) -> u32 {
+    partition_of_table_key(&TableKey::new(key), bits)
+}
+
+/// The partition of the key whose table key is `tk`.
+pub fn partition_of_table_key(tk: &TableKey, bits: u8) -> u32 {
     if bits == 0 {
         return 0;
     }
-    (xxh64(key, PARTITION_SEED) >> (64 - u32::from(bits))) as u32
+    let mut b = [0u8; 17];
+    b[..16].copy_from_slice(&tk.bytes);
+    b[16] = tk.len;
+    (xxh64(&b, PARTITION_SEED) >> (64 - u32::from(bits))) as u32
 }
 
 /// The ring position a partition's chain is looked up from: the start of its hash range.

@@ -12,5 +12,5 @@ pub mod map;
 pub mod ring;
 pub mod url;
 
-pub use map::{compute, ClusterMap, MapError, MapParams, Member, NodeId, Role};
+pub use map::{compute, partition_of, partition_of_table_key, ClusterMap, MapError, MapParams, Member, NodeId, Role};
 pub use url::ClusterUrl;

@@ -9,9 +9,15 @@
 //! * in its map it is the key's chain head (writes) or tail (reads: META_GET and server GET).
 //!
 //! Time is passed in, so the rules are tested without waiting.
+//!
+//! When a new map takes partitions away from this server's tail role, their slots in its cache
+//! table are hidden (after the new map is in force, so no new reservation is made for them): a
+//! client still routing by the old map could otherwise READ a value the new owner has since
+//! overwritten. Partitions are computed from table keys, so every slot's partition is known.
 
+use crate::table::CacheTable;
 use parking_lot::RwLock;
-use scalio_common::cluster::{ClusterMap, NodeId, Role};
+use scalio_common::cluster::{partition_of_table_key, ClusterMap, NodeId, Role};
 use scalio_common::rpc::{Op, WrongOwner};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,11 +44,30 @@ pub struct Ownership {
     me: NodeId,
     view: RwLock<View>,
     wrong_owner: AtomicU64,
+    /// The cache table whose slots follow the partitions this server is the tail of.
+    cache: std::sync::OnceLock<Arc<CacheTable>>,
+    cache_dropped: AtomicU64,
 }
 
 impl Ownership {
     pub fn new(me: NodeId) -> Ownership {
-        Ownership { me, view: RwLock::new(View::default()), wrong_owner: AtomicU64::new(0) }
+        Ownership {
+            me,
+            view: RwLock::new(View::default()),
+            wrong_owner: AtomicU64::new(0),
+            cache: std::sync::OnceLock::new(),
+            cache_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// The cache table to clean when partitions move away (set once, when the server starts).
+    pub fn attach_cache(&self, table: Arc<CacheTable>) {
+        let _ = self.cache.set(table);
+    }
+
+    /// Cache slots hidden because their partition moved to another server.
+    pub fn cache_slots_dropped(&self) -> u64 {
+        self.cache_dropped.load(Ordering::Relaxed)
     }
 
     pub fn me(&self) -> &NodeId {
@@ -51,12 +76,43 @@ impl Ownership {
 
     /// Adopts `map` if it is newer than the one held. Returns whether it did.
     pub fn install(&self, map: Arc<ClusterMap>) -> bool {
-        let mut v = self.view.write();
-        if v.map.as_ref().is_some_and(|m| m.epoch >= map.epoch) {
-            return false;
+        let old = {
+            let mut v = self.view.write();
+            if v.map.as_ref().is_some_and(|m| m.epoch >= map.epoch) {
+                return false;
+            }
+            v.map.replace(map.clone())
+        };
+        if let (Some(old), Some(table)) = (old, self.cache.get()) {
+            let lost = self.lost_tail_partitions(&old, &map);
+            if lost.iter().any(|l| *l) {
+                let bits = map.params.partition_bits;
+                let n = table.invalidate_where(|tk| lost.get(partition_of_table_key(tk, bits) as usize) == Some(&true));
+                self.cache_dropped.fetch_add(n, Ordering::Relaxed);
+            }
         }
-        v.map = Some(map);
         true
+    }
+
+    /// For each partition of `new`: whether this server was its tail in `old` and is not in
+    /// `new`. (Maps with different partition counts: every old tail partition counts as lost.)
+    fn lost_tail_partitions(&self, old: &ClusterMap, new: &ClusterMap) -> Vec<bool> {
+        let tail_of = |m: &ClusterMap, p: usize| {
+            m.node_index(&self.me).is_some_and(|i| m.chains.get(p).and_then(|c| c.last()) == Some(&i))
+        };
+        let same_shape = old.params.partition_bits == new.params.partition_bits;
+        let was_tail_anywhere = (0..old.chains.len()).any(|p| tail_of(old, p));
+        (0..new.chains.len())
+            .map(
+                |p| {
+                    if same_shape {
+                        tail_of(old, p) && !tail_of(new, p)
+                    } else {
+                        was_tail_anywhere && !tail_of(new, p)
+                    }
+                },
+            )
+            .collect()
     }
 
     /// The lease is alive at least until `until`.
@@ -158,6 +214,35 @@ mod tests {
         own.lease_lost();
         assert_eq!(own.check(&k, Op::Put, Some(1), now), Err(WrongOwner { epoch: 0 }));
         assert_eq!(own.wrong_owner_replies(), 7);
+    }
+
+    #[test]
+    fn a_partition_that_moves_away_leaves_the_cache() {
+        use scalio_common::key::TableKey;
+        use scalio_common::table::TableGeometry;
+        let own = Ownership::new(NodeId("s0".into()));
+        let table = Arc::new(CacheTable::new(TableGeometry { buckets: 64, assoc: 8 }, Duration::from_secs(60)));
+        own.attach_cache(table.clone());
+        let m1 = map(2, 1, None);
+        own.install(m1.clone());
+        let m2 = map(3, 1, Some(&m1));
+        let mine = |m: &ClusterMap, k: &[u8]| m.serves(&NodeId("s0".into()), k, Role::Tail);
+        let keys: Vec<Vec<u8>> = (0..100u32).map(|i| format!("key{i}").into_bytes()).filter(|k| mine(&m1, k)).collect();
+        let (moved, kept): (Vec<_>, Vec<_>) = keys.into_iter().partition(|k| !mine(&m2, k));
+        assert!(!moved.is_empty() && !kept.is_empty());
+        for k in moved.iter().chain(&kept) {
+            assert!(table.reserve(&TableKey::new(k)).is_some());
+        }
+        own.install(m2);
+        assert_eq!(own.cache_slots_dropped(), moved.len() as u64);
+        // A moved key's slot is gone (a new reservation is possible); a kept key's is still
+        // reserved (a second reservation is refused while the first is pending).
+        for k in &moved {
+            assert!(table.reserve(&TableKey::new(k)).is_some());
+        }
+        for k in &kept {
+            assert!(table.reserve(&TableKey::new(k)).is_none());
+        }
     }
 
     #[test]
