@@ -15,7 +15,8 @@
 #   --servers N        servers (default 3)
 #   --dir D            state directory: SSD files, logs, pidfiles (default target/cluster)
 #   --etcd-port P      etcd client port (default 23790; peer port P+1)
-#   --port B           server i (1..N) listens on B+i for the fabric, B+100+i for NVMe/TCP (default 7500)
+#   --port B           server i (1..N) listens on B+i for the fabric, B+100+i for NVMe/TCP and
+#                      B+200+i for its Prometheus metrics (default 7500)
 #   --ssd-size S       size of each server's SSD file (default 256MiB)
 #   --bin DIR          where scalio-server is (default target/release; built if missing)
 #   --server-arg ARG   one more scalio-server argument, for every server (repeatable)
@@ -63,7 +64,8 @@ start() {
   local url="etcd://127.0.0.1:$ETCD_PORT$PREFIX"
   for i in $(seq 1 "$SERVERS"); do
     "$BIN/scalio-server" --listen "127.0.0.1:$((PORT + i))" --target "127.0.0.1:$((PORT + 100 + i))" \
-      --ssd-dir "$DIR/s$i" --ssd-size "$SSD_SIZE" --cluster "$url" --node-id "s$i" "${SERVER_ARGS[@]}" \
+      --ssd-dir "$DIR/s$i" --ssd-size "$SSD_SIZE" --cluster "$url" --node-id "s$i" \
+      --metrics "127.0.0.1:$((PORT + 200 + i))" "${SERVER_ARGS[@]}" \
       >"$DIR/s$i.out" 2>"$DIR/s$i.log" </dev/null &
     echo $! >"$DIR/s$i.pid"
   done

@@ -23,6 +23,11 @@ URL=etcd://127.0.0.1:23790/scalio
 "$BIN/scalio-cluster-check" --cluster "$URL" --keys 3000 --ops 30000 --json "$DIR/check.json"
 "$BIN/scalio-ycsb" --cluster "$URL" --workload a -p recordcount=5000 -p operationcount=10000 --json "$DIR/ycsb.json"
 
+# Server s1's Prometheus endpoint shows its epoch and the partition ranges it owns.
+metrics=$(timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/7701 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3')
+grep -E '^scalio_cluster_(epoch|partitions) ' <<<"$metrics"
+grep -q '^scalio_cluster_owned_range{role="tail"' <<<"$metrics" || { echo "cluster-check.sh: no owned ranges in s1's metrics" >&2; exit 1; }
+
 echo "cluster-check.sh: kill -9 of server s3"
 kill -KILL "$(cat "$DIR/s3.pid")"
 rm -f "$DIR/s3.pid"

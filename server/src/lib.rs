@@ -8,12 +8,14 @@
 //! * [`stats`]: counters by role;
 //! * [`target`]: the NVMe/TCP target engine (the offload path), on its own threads;
 //! * [`config`]: the TOML configuration;
+//! * [`metrics`]: the counters in the Prometheus text format over HTTP (`--metrics`);
 //! * [`cluster`]: membership in a cluster through etcd, and the key-ownership check;
 //! * [`server`]: the assembled [`Server`].
 
 pub mod cluster;
 pub mod config;
 pub mod device;
+pub mod metrics;
 pub mod server;
 pub mod stats;
 pub mod store;

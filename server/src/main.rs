@@ -75,6 +75,9 @@ struct Args {
     /// This server's id in the cluster (default: its fabric listen address).
     #[arg(long, requires = "cluster")]
     node_id: Option<String>,
+    /// Serve the counters in the Prometheus text format over HTTP at this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
     /// Seconds the cluster lease lives without renewal (a stopped server leaves after this).
     #[arg(long, default_value_t = 5, requires = "cluster")]
     lease_ttl: u64,
@@ -226,6 +229,21 @@ fn main() -> anyhow::Result<()> {
         }
         let _ = out.flush();
     }
+    let _metrics = match &args.metrics {
+        None => None,
+        Some(addr) => {
+            let read = server.stats_reader();
+            let own = ownership.clone();
+            let source: Arc<scalio_server::metrics::MetricsSource> = Arc::new(move || {
+                let cluster = own.as_ref().and_then(|o| o.map().map(|m| (m, o.me().clone())));
+                (read(), cluster)
+            });
+            let m = scalio_server::metrics::MetricsServer::start(addr, source)
+                .with_context(|| format!("metrics endpoint on {addr}"))?;
+            println!("scalio-server metrics http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+    };
     let agent = match (&args.cluster, &ownership) {
         (Some(url), Some(own)) => Some(join_cluster(url, own, &server, Duration::from_secs(args.lease_ttl))?),
         _ => None,

@@ -272,6 +272,12 @@ impl Server {
         self.shared.stats()
     }
 
+    /// A handle that reads the counters from any thread (e.g. the metrics endpoint).
+    pub fn stats_reader(&self) -> impl Fn() -> Stats + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || shared.stats()
+    }
+
     /// Adds counters (e.g. the NVMe target's) to STATS.
     pub fn add_stats_source(&self, source: Arc<dyn StatsSource>) {
         self.shared.extra.lock().push(source);
