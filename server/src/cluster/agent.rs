@@ -64,7 +64,8 @@ pub enum AgentError {
     NoMap(Duration),
 }
 
-/// A running agent; [`Agent::stop`] leaves the cluster.
+/// A running agent; [`Agent::stop`] leaves the cluster. Dropping it without `stop` only stops
+/// renewing the lease (as a crash would): the member record goes when the lease expires.
 pub struct Agent {
     etcd: Etcd,
     lease: Arc<parking_lot::Mutex<i64>>,
@@ -259,5 +260,11 @@ fn install(own: &Ownership, m: ClusterMap) {
     let (member, tail) = m.partitions_of(own.me());
     if own.install(Arc::new(m)) {
         tracing::info!(epoch, partitions = member, tail_of = tail, "serving under a new cluster map");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
