@@ -2,8 +2,9 @@
 //! connection loss.
 
 use parking_lot::Mutex;
-use scalio_common::fabric::tcp::wire::{self, ErrorCode, ServerFrame, WrFlags};
+use scalio_common::fabric::tcp::wire::{self, ServerFrame, WrFlags};
 use scalio_common::fabric::tcp::{NicConfig, NicStats, TcpNic, TcpQueuePair};
+use scalio_common::fabric::CloseReason;
 use scalio_common::fabric::{
     Access, FabricError, IncomingRpc, MemoryRegion, QueuePair, RegionDesc, RegionTable, Responder, WorkRequest,
     MAX_TRANSFER,
@@ -107,7 +108,7 @@ fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 
 /// The ERROR frame at the end of `received` (after `skip` bytes), if the server's goodbye made
 /// it before the connection closed.
-fn error_code(received: &[u8], skip: usize) -> Option<ErrorCode> {
+fn error_code(received: &[u8], skip: usize) -> Option<CloseReason> {
     let (frame, _) = wire::decode_server_frame(received.get(skip..)?).ok()??;
     match frame {
         ServerFrame::Error { code, .. } => Some(code),
@@ -118,7 +119,7 @@ fn error_code(received: &[u8], skip: usize) -> Option<ErrorCode> {
 /// Sends `bytes` on a raw connection and checks that the server closes it (after an ERROR frame
 /// with `code`, when the frame arrives before the close), counts a protocol error, and keeps
 /// serving another client.
-fn violation_closes_only_that_connection(bytes: &[u8], handshaken: bool, code: ErrorCode) {
+fn violation_closes_only_that_connection(bytes: &[u8], handshaken: bool, code: CloseReason) {
     let s = server(1);
     let bystander = TcpQueuePair::connect(s.nic.local_addr()).unwrap();
     let mut raw = raw_connect(&s);
@@ -144,21 +145,21 @@ fn violation_closes_only_that_connection(bytes: &[u8], handshaken: bool, code: E
 
 #[test]
 fn garbage_bytes_close_the_connection() {
-    violation_closes_only_that_connection(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false, ErrorCode::BadHandshake);
+    violation_closes_only_that_connection(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false, CloseReason::BadHandshake);
 }
 
 #[test]
 fn another_protocol_version_is_refused() {
     let mut b = Vec::new();
     wire::encode_hello(&mut b, wire::VERSION + 1);
-    violation_closes_only_that_connection(&b, false, ErrorCode::UnsupportedVersion);
+    violation_closes_only_that_connection(&b, false, CloseReason::UnsupportedVersion);
 }
 
 #[test]
 fn an_unknown_opcode_after_the_handshake_closes_the_connection() {
     let mut b = hello();
     b.extend_from_slice(&[0x42; 40]);
-    violation_closes_only_that_connection(&b, true, ErrorCode::ProtocolViolation);
+    violation_closes_only_that_connection(&b, true, CloseReason::ProtocolViolation);
 }
 
 #[test]
@@ -169,7 +170,7 @@ fn an_oversized_length_closes_the_connection() {
     wire::encode_write(&mut w, 1, WrFlags::LAST, scalio_common::fabric::RemoteAddr { addr: 0, rkey: 1 }, &[]);
     w[12..16].copy_from_slice(&(MAX_TRANSFER as u32 + 1).to_le_bytes());
     b.extend_from_slice(&w);
-    violation_closes_only_that_connection(&b, true, ErrorCode::ProtocolViolation);
+    violation_closes_only_that_connection(&b, true, CloseReason::ProtocolViolation);
 }
 
 #[test]
@@ -239,9 +240,12 @@ fn reads_are_served_by_the_nic_alone() {
     // Refused requests are counted too, and also never reach the service.
     let bad = qp.post(&[WorkRequest::Read { remote: s.desc.at(4090), len: 32 }]).wait_timeout(T);
     assert!(matches!(bad, Err(FabricError::Remote { index: 0, .. })));
+    // The refusal ended that queue pair (the RC error state); a new one carries on.
+    let qp = TcpQueuePair::connect(s.nic.local_addr()).unwrap();
     qp.post(&[WorkRequest::Write { remote: s.desc.at(0), data: &[1; 10] }]).wait_timeout(T).unwrap();
     let last = s.nic.stats();
     assert_eq!(last.remote_access_errors, 1);
+    assert_eq!(last.protocol_errors, 0, "a refused request is not the client breaking the protocol");
     assert_eq!((last.writes, last.bytes_written), (1, 10));
     assert_eq!(s.service.calls.load(Ordering::SeqCst), 0);
 }

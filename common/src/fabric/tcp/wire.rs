@@ -36,7 +36,7 @@
 //!   [`MAX_ERROR_MESSAGE`] bytes. A READ's length is not a framing limit: a READ over
 //!   `MAX_TRANSFER` is a well-formed request that fails with [`RemoteAccessError::TooLarge`].
 
-use crate::fabric::{RemoteAccessError, RemoteAddr, MAX_TRANSFER};
+use crate::fabric::{CloseReason, RemoteAccessError, RemoteAddr, MAX_TRANSFER};
 
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"SNIC";
@@ -142,33 +142,12 @@ pub enum ChainStatus {
     },
 }
 
-/// Why the server closes a connection (the code of an ERROR frame).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ErrorCode {
-    /// The client's HELLO was malformed.
-    BadHandshake = 1,
-    /// The client speaks another protocol version.
-    UnsupportedVersion = 2,
-    /// The client sent a malformed or out-of-place frame.
-    ProtocolViolation = 3,
-    /// The server is shutting down.
-    Shutdown = 4,
-}
-
-impl ErrorCode {
-    pub fn from_u8(v: u8) -> Option<ErrorCode> {
-        use ErrorCode::*;
-        [BadHandshake, UnsupportedVersion, ProtocolViolation, Shutdown].into_iter().find(|c| *c as u8 == v)
-    }
-}
-
 /// A frame sent by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerFrame<'a> {
     ChainDone { chain: u32, unsignaled: bool, status: ChainStatus, data: &'a [u8] },
     RpcReply { id: u64, payload: &'a [u8] },
-    Error { code: ErrorCode, message: &'a str },
+    Error { code: CloseReason, message: &'a str },
 }
 
 // ---- encoders -------------------------------------------------------------------------------
@@ -241,7 +220,7 @@ pub fn encode_chain_done(out: &mut Vec<u8>, chain: u32, unsignaled: bool, status
 
 /// Appends an ERROR frame; the message is cut to [`MAX_ERROR_MESSAGE`] bytes (at a character
 /// boundary).
-pub fn encode_error(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
+pub fn encode_error(out: &mut Vec<u8>, code: CloseReason, message: &str) {
     let mut end = message.len().min(MAX_ERROR_MESSAGE);
     while !message.is_char_boundary(end) {
         end -= 1;
@@ -379,7 +358,7 @@ pub fn decode_server_frame(buf: &[u8]) -> Result<Option<(ServerFrame<'_>, usize)
             if buf.len() < ERROR_HEADER_LEN {
                 return Ok(None);
             }
-            let code = ErrorCode::from_u8(buf[1]).ok_or(WireError::UnknownErrorCode(buf[1]))?;
+            let code = CloseReason::from_u8(buf[1]).ok_or(WireError::UnknownErrorCode(buf[1]))?;
             if u16_at(buf, 2) != 0 {
                 return Err(WireError::Reserved("ERROR"));
             }
@@ -440,7 +419,7 @@ mod tests {
     enum OwnedServer {
         Done { chain: u32, unsignaled: bool, status: ChainStatus, data: Vec<u8> },
         Reply { id: u64, payload: Vec<u8> },
-        Error { code: ErrorCode, message: String },
+        Error { code: CloseReason, message: String },
     }
 
     impl OwnedServer {
@@ -490,7 +469,7 @@ mod tests {
     }
 
     fn server_frame() -> impl Strategy<Value = OwnedServer> {
-        let code = (1u8..=4).prop_map(|v| ErrorCode::from_u8(v).unwrap());
+        let code = (1u8..=7).prop_map(|v| CloseReason::from_u8(v).unwrap());
         prop_oneof![
             (any::<u32>(), any::<bool>(), bytes()).prop_map(|(chain, unsignaled, data)| OwnedServer::Done {
                 chain,
@@ -666,7 +645,7 @@ mod tests {
         assert_eq!(decode_client_frame(&r), Err(WireError::Reserved("READ")));
 
         let mut e = Vec::new();
-        encode_error(&mut e, ErrorCode::Shutdown, "bye");
+        encode_error(&mut e, CloseReason::Shutdown, "bye");
         e[1] = 99;
         assert_eq!(decode_server_frame(&e), Err(WireError::UnknownErrorCode(99)));
     }
@@ -675,7 +654,7 @@ mod tests {
     fn long_error_messages_are_cut_at_a_char_boundary() {
         let msg = "é".repeat(MAX_ERROR_MESSAGE);
         let mut e = Vec::new();
-        encode_error(&mut e, ErrorCode::ProtocolViolation, &msg);
+        encode_error(&mut e, CloseReason::ProtocolViolation, &msg);
         let (frame, _) = decode_server_frame(&e).unwrap().unwrap();
         let ServerFrame::Error { message, .. } = frame else { panic!("{frame:?}") };
         assert_eq!(message.len(), MAX_ERROR_MESSAGE);

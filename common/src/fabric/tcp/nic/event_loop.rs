@@ -258,8 +258,12 @@ impl NicThread {
             Close::Eof => {}
             Close::Io(e) => tracing::debug!("NIC connection closed: {e}"),
             Close::Violation(v) => {
-                counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("NIC closes a connection: {v}");
+                if v.is_protocol_error() {
+                    counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("NIC closes a connection: {v}");
+                } else {
+                    tracing::debug!("NIC closes a connection: {v}");
+                }
                 // The ERROR frame went out with the last flush; end the stream after it.
                 let _ = conn.stream.shutdown(std::net::Shutdown::Write);
             }

@@ -2,7 +2,8 @@
 //! executes every complete request against the [`RegionTable`], hands RPCs to the service, and
 //! appends the responses to an output buffer. The event loop around it only moves bytes.
 
-use super::super::wire::{self, ChainStatus, ClientFrame, ErrorCode, WireError, WrFlags};
+use super::super::wire::{self, ChainStatus, ClientFrame, WireError, WrFlags};
+use crate::fabric::CloseReason;
 use crate::fabric::{Access, IncomingRpc, RegionTable, RemoteAccessError, ReplySink, Responder, RpcService};
 use crate::fabric::{RemoteAddr, MAX_TRANSFER};
 use std::panic::AssertUnwindSafe;
@@ -25,14 +26,25 @@ pub enum Violation {
     RpcInsideChain(u32),
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    /// Not the client's fault: request `index` of chain `chain` failed, which puts the queue
+    /// pair into the error state (as on RC): nothing after it executes, and the connection ends
+    /// after the chain's completion.
+    #[error("request {index} of chain {chain} failed ({error}): the queue pair is in the error state")]
+    QueuePairError { chain: u32, index: u32, error: RemoteAccessError },
 }
 
 impl Violation {
-    fn code(&self) -> ErrorCode {
+    /// Whether the client broke the protocol (as opposed to a request failing on the NIC).
+    pub fn is_protocol_error(&self) -> bool {
+        !matches!(self, Violation::QueuePairError { .. })
+    }
+
+    fn code(&self) -> CloseReason {
         match self {
-            Violation::BadHandshake(_) => ErrorCode::BadHandshake,
-            Violation::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
-            _ => ErrorCode::ProtocolViolation,
+            Violation::BadHandshake(_) => CloseReason::BadHandshake,
+            Violation::UnsupportedVersion(_) => CloseReason::UnsupportedVersion,
+            Violation::QueuePairError { .. } => CloseReason::QueuePairError,
+            _ => CloseReason::ProtocolViolation,
         }
     }
 }
@@ -74,6 +86,8 @@ struct OpenChain {
 pub struct Session {
     handshaken: bool,
     chain: Option<OpenChain>,
+    /// A chain failed: the queue pair is in the error state.
+    errored: Option<Violation>,
 }
 
 impl Session {
@@ -124,6 +138,9 @@ impl Session {
             let Some((frame, n)) = wire::decode_client_frame(&input[at..])? else { break };
             self.execute(frame, out, env)?;
             at += n;
+            if let Some(v) = self.errored.take() {
+                return Err(v);
+            }
         }
         Ok(at)
     }
@@ -164,11 +181,11 @@ impl Session {
 
     /// Appends an ERROR frame saying the NIC shuts down.
     pub fn shutdown(&mut self, out: &mut Vec<u8>) {
-        self.end(out, ErrorCode::Shutdown, "the NIC is shutting down");
+        self.end(out, CloseReason::Shutdown, "the NIC is shutting down");
     }
 
     /// Drops the open chain's output and appends an ERROR frame: the connection ends here.
-    fn end(&mut self, out: &mut Vec<u8>, code: ErrorCode, message: &str) {
+    fn end(&mut self, out: &mut Vec<u8>, code: CloseReason, message: &str) {
         if let Some(c) = self.chain.take() {
             if !c.unsignaled {
                 out.truncate(c.header_at);
@@ -256,7 +273,10 @@ impl Session {
         let c = self.chain.take().expect("checked above");
         let status = match c.failed {
             None => ChainStatus::Ok,
-            Some((index, error)) => ChainStatus::Failed { index, error },
+            Some((index, error)) => {
+                self.errored = Some(Violation::QueuePairError { chain: c.id, index, error });
+                ChainStatus::Failed { index, error }
+            }
         };
         if !c.unsignaled {
             let data_len = out.len() - c.header_at - wire::CHAIN_DONE_HEADER_LEN;
@@ -387,30 +407,49 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_drops_the_chain_data_and_skips_the_rest() {
+    fn a_failure_drops_the_chain_data_skips_the_rest_and_ends_the_queue_pair() {
         let mut f = Fixture::new();
         let mut input = hello();
         let d = f.desc;
         wire::encode_read(&mut input, 3, WrFlags::new(false, false), d.at(0), 8);
         wire::encode_read(&mut input, 3, WrFlags::new(false, false), d.at(60), 8);
         wire::encode_write(&mut input, 3, WrFlags::new(true, false), d.at(0), b"x");
-        wire::encode_write(&mut input, 4, WrFlags::new(true, true), d.at(64), b"x");
-        assert_eq!(f.feed(&input), Ok(input.len()));
-        let failed = |chain, unsignaled, index, error| ServerFrame::ChainDone {
-            chain,
-            unsignaled,
-            status: ChainStatus::Failed { index, error },
+        // Posted behind the failed chain: never executed (the RC error state).
+        wire::encode_write(&mut input, 0, WrFlags::new(true, true), d.at(8), b"y");
+        let v = Violation::QueuePairError { chain: 3, index: 1, error: RemoteAccessError::OutOfBounds };
+        assert_eq!(f.feed(&input), Err(v.clone()));
+        assert!(!v.is_protocol_error());
+        let failed = ServerFrame::ChainDone {
+            chain: 3,
+            unsignaled: false,
+            status: ChainStatus::Failed { index: 1, error: RemoteAccessError::OutOfBounds },
             data: &[],
         };
-        assert_eq!(
-            f.output_frames(),
-            vec![
-                format!("{:?}", failed(3, false, 1, RemoteAccessError::OutOfBounds)),
-                format!("{:?}", failed(4, true, 0, RemoteAccessError::OutOfBounds)),
-            ]
-        );
-        assert_eq!(f.region.load_u8(0), 0, "the WRITE after the failure did not execute");
-        assert_eq!(f.tally.remote_errors, 2);
+        let end = ServerFrame::Error { code: CloseReason::QueuePairError, message: &v.to_string() };
+        assert_eq!(f.output_frames(), vec![format!("{failed:?}"), format!("{end:?}")]);
+        assert_eq!(f.region.load_u8(0), 0, "the WRITE after the failure in its chain did not execute");
+        assert_eq!(f.region.load_u8(8), 0, "the chain posted after the failed one did not execute");
+        assert_eq!(f.tally.remote_errors, 1);
+    }
+
+    #[test]
+    fn a_failed_unsignaled_chain_reports_and_ends_the_queue_pair() {
+        let mut f = Fixture::new();
+        let mut input = hello();
+        let d = f.desc;
+        wire::encode_write(&mut input, 0, WrFlags::new(true, true), d.at(64), b"x");
+        wire::encode_write(&mut input, 0, WrFlags::new(true, true), d.at(8), b"y");
+        let v = Violation::QueuePairError { chain: 0, index: 0, error: RemoteAccessError::OutOfBounds };
+        assert_eq!(f.feed(&input), Err(v.clone()));
+        let failed = ServerFrame::ChainDone {
+            chain: 0,
+            unsignaled: true,
+            status: ChainStatus::Failed { index: 0, error: RemoteAccessError::OutOfBounds },
+            data: &[],
+        };
+        let end = ServerFrame::Error { code: CloseReason::QueuePairError, message: &v.to_string() };
+        assert_eq!(f.output_frames(), vec![format!("{failed:?}"), format!("{end:?}")]);
+        assert_eq!(f.region.load_u8(8), 0);
     }
 
     #[test]
@@ -488,22 +527,22 @@ mod tests {
 
     #[test]
     fn violations_append_an_error_frame() {
-        let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
-            (b"GET / HTTP/1.1\r\n".to_vec(), ErrorCode::BadHandshake),
+        let cases: Vec<(Vec<u8>, CloseReason)> = vec![
+            (b"GET / HTTP/1.1\r\n".to_vec(), CloseReason::BadHandshake),
             (
                 {
                     let mut b = Vec::new();
                     wire::encode_hello(&mut b, wire::VERSION + 1);
                     b
                 },
-                ErrorCode::UnsupportedVersion,
+                CloseReason::UnsupportedVersion,
             ),
-            ([hello(), vec![0x55; 30]].concat(), ErrorCode::ProtocolViolation),
+            ([hello(), vec![0x55; 30]].concat(), CloseReason::ProtocolViolation),
         ];
         for (input, code) in cases {
             let mut f = Fixture::new();
             assert!(f.feed(&input).is_err());
-            let at = if code == ErrorCode::ProtocolViolation { wire::HELLO_LEN } else { 0 };
+            let at = if code == CloseReason::ProtocolViolation { wire::HELLO_LEN } else { 0 };
             let (frame, _) = wire::decode_server_frame(&f.out[at..]).unwrap().unwrap();
             assert!(matches!(frame, ServerFrame::Error { code: c, .. } if c == code), "{frame:?}");
         }
@@ -519,7 +558,7 @@ mod tests {
         assert_eq!(f.feed(&input), Err(Violation::RpcInsideChain(1)));
         // The open chain's reserved header and data were dropped before the ERROR frame.
         let (frame, n) = wire::decode_server_frame(&f.out[wire::HELLO_LEN..]).unwrap().unwrap();
-        assert!(matches!(frame, ServerFrame::Error { code: ErrorCode::ProtocolViolation, .. }));
+        assert!(matches!(frame, ServerFrame::Error { code: CloseReason::ProtocolViolation, .. }));
         assert_eq!(wire::HELLO_LEN + n, f.out.len());
         assert!(f.sink.replies.lock().is_empty(), "the RPC never reached the service");
     }
