@@ -32,8 +32,8 @@ pub use stats::ClientStats;
 
 use parking_lot::RwLock;
 use scalio_common::block::BlockReader;
-use scalio_common::fabric::tcp::TcpQueuePair;
-use scalio_common::fabric::{FabricError, QueuePair};
+use scalio_common::fabric::tcp::{ConnectOptions, TcpQueuePair};
+use scalio_common::fabric::{FabricError, QueuePair, Secret};
 use scalio_common::rpc::{Op, Request, Response, ServerInfo, Stats, Status, PROTOCOL_VERSION};
 use scalio_common::ssd::store_seed;
 use stats::Counters;
@@ -67,6 +67,8 @@ pub struct ClientConfig {
     pub probe_retries: u32,
     /// Attempts of a miss whose blocks keep being reused under it, before giving up.
     pub miss_attempts: u32,
+    /// The server's shared secret, when it asks for one.
+    pub secret: Option<Secret>,
 }
 
 impl Default for ClientConfig {
@@ -79,6 +81,7 @@ impl Default for ClientConfig {
             block_io_threads: 4,
             probe_retries: 3,
             miss_attempts: 8,
+            secret: None,
         }
     }
 }
@@ -113,15 +116,16 @@ impl Client {
     pub async fn connect(addr: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
         let mut qps: Vec<Arc<dyn QueuePair>> = Vec::new();
         let mut peer = None;
+        let opts = ConnectOptions { secret: cfg.secret.clone(), ..ConnectOptions::default() };
         for _ in 0..cfg.queue_pairs.max(1) {
-            let qp = TcpQueuePair::connect(addr)?;
+            let qp = TcpQueuePair::connect_with(addr, &opts)?;
             peer = Some(qp.peer_addr());
             qps.push(Arc::new(qp));
         }
         let peer = peer.expect("at least one queue pair");
-        let connector: Connector = Arc::new(move || {
-            Ok(Arc::new(TcpQueuePair::connect_timeout(peer, RECONNECT_TIMEOUT)?) as Arc<dyn QueuePair>)
-        });
+        let reconnect = ConnectOptions { timeout: RECONNECT_TIMEOUT, ..opts };
+        let connector: Connector =
+            Arc::new(move || Ok(Arc::new(TcpQueuePair::connect_with(peer, &reconnect)?) as Arc<dyn QueuePair>));
         Client::build(qps, Some(connector), cfg, Some(peer.ip())).await
     }
 

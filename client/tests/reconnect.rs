@@ -5,7 +5,7 @@ mod common;
 use common::{key, start};
 use parking_lot::Mutex;
 use scalio_client::{Client, ClientConfig, ClientError, Connector};
-use scalio_common::fabric::{FabricError, QueuePair, RemoteAccessError, RemoteAddr, WorkRequest};
+use scalio_common::fabric::{CloseReason, FabricError, QueuePair, RemoteAccessError, RemoteAddr, Secret, WorkRequest};
 use std::sync::Arc;
 
 /// The queue pairs a connector opened, in order.
@@ -100,4 +100,21 @@ async fn over_tcp_the_server_closes_a_failed_queue_pair_and_the_client_replaces_
     assert_eq!(c.stats().reconnects, 1);
     assert_eq!(t.stat("nic_protocol_errors"), 0);
     assert_eq!(t.stat("nic_remote_errors"), 1);
+}
+
+#[tokio::test]
+async fn a_server_with_a_secret_admits_only_clients_that_present_it() {
+    let t = start(1, true, |c| {
+        let path = c.ssds[0].path.with_file_name("secret");
+        std::fs::write(&path, b"s3cret\n").unwrap();
+        c.secret_file = Some(path);
+    });
+    let addr = t.server.local_addr().unwrap().to_string();
+    let refused = Client::connect(&addr, ClientConfig::default()).await.err();
+    assert_eq!(refused, Some(ClientError::Fabric(FabricError::Refused(CloseReason::Unauthenticated))));
+    let secret = Some(Secret::new(b"s3cret".to_vec()).unwrap());
+    let c = Client::connect(&addr, ClientConfig { secret, ..ClientConfig::default() }).await.unwrap();
+    c.put(&key(1), b"v").await.unwrap();
+    assert_eq!(c.get(&key(1)).await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(t.stat("nic_connections_refused"), 1);
 }

@@ -3,12 +3,12 @@
 
 use parking_lot::Mutex;
 use scalio_common::fabric::tcp::wire::{self, ServerFrame, WrFlags};
-use scalio_common::fabric::tcp::{NicConfig, NicStats, TcpNic, TcpQueuePair};
-use scalio_common::fabric::CloseReason;
+use scalio_common::fabric::tcp::{ConnectOptions, NicConfig, NicStats, TcpNic, TcpQueuePair};
 use scalio_common::fabric::{
     Access, FabricError, IncomingRpc, MemoryRegion, QueuePair, RegionDesc, RegionTable, Responder, WorkRequest,
     MAX_TRANSFER,
 };
+use scalio_common::fabric::{CloseReason, Secret};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,18 +44,17 @@ struct Server {
 }
 
 fn server(threads: usize) -> Server {
+    server_with(NicConfig { threads, ..NicConfig::default() })
+}
+
+fn server_with(config: NicConfig) -> Server {
     let regions = Arc::new(RegionTable::new());
     let region = Arc::new(MemoryRegion::new(4096));
     let desc = regions.register(region.clone(), Access::READ_WRITE);
     let service = Arc::new(TestService::default());
     let s = service.clone();
-    let nic = TcpNic::bind(
-        "127.0.0.1:0",
-        regions,
-        Arc::new(move |rpc: IncomingRpc| s.handle(rpc)),
-        NicConfig { threads, ..NicConfig::default() },
-    )
-    .expect("bind");
+    let nic =
+        TcpNic::bind("127.0.0.1:0", regions, Arc::new(move |rpc: IncomingRpc| s.handle(rpc)), config).expect("bind");
     Server { nic, service, desc, region }
 }
 
@@ -88,7 +87,7 @@ fn raw_connect(s: &Server) -> TcpStream {
 
 fn hello() -> Vec<u8> {
     let mut b = Vec::new();
-    wire::encode_hello(&mut b, wire::VERSION);
+    wire::encode_hello(&mut b, wire::VERSION, &[]);
     b
 }
 
@@ -151,7 +150,7 @@ fn garbage_bytes_close_the_connection() {
 #[test]
 fn another_protocol_version_is_refused() {
     let mut b = Vec::new();
-    wire::encode_hello(&mut b, wire::VERSION + 1);
+    wire::encode_hello(&mut b, wire::VERSION + 1, &[]);
     violation_closes_only_that_connection(&b, false, CloseReason::UnsupportedVersion);
 }
 
@@ -317,4 +316,52 @@ fn a_panicking_service_does_not_take_the_nic_down() {
     let qp = TcpQueuePair::connect(nic.local_addr()).unwrap();
     assert!(matches!(qp.call(b"boom").wait_timeout(T), Err(FabricError::Protocol(_))));
     assert_eq!(qp.call(b"fine").wait_timeout(T).unwrap(), b"fine");
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_with_a_reason() {
+    let s = server_with(NicConfig { threads: 2, max_connections: 2, ..NicConfig::default() });
+    let addr = s.nic.local_addr();
+    let a = TcpQueuePair::connect(addr).unwrap();
+    let b = TcpQueuePair::connect(addr).unwrap();
+    assert_eq!(TcpQueuePair::connect(addr).err(), Some(FabricError::Refused(CloseReason::TooManyConnections)));
+    assert_eq!(s.nic.stats().connections_refused, 1);
+    // The admitted ones are served; once one leaves, a new connection is admitted.
+    assert_eq!(a.call(b"ping").wait_timeout(T).unwrap(), b"ping");
+    drop(b);
+    wait_stats(&s.nic, "the closed connection", |st| st.connections_open == 1);
+    let c = TcpQueuePair::connect(addr).unwrap();
+    assert_eq!(c.call(b"pong").wait_timeout(T).unwrap(), b"pong");
+}
+
+#[test]
+fn with_a_secret_only_clients_that_know_it_get_in() {
+    let secret = b"correct horse battery staple".to_vec();
+    let s = server_with(NicConfig { secret: Some(Secret::new(secret.clone()).unwrap()), ..NicConfig::default() });
+    let addr = s.nic.local_addr();
+    let with = |secret: Option<&[u8]>| {
+        TcpQueuePair::connect_with(
+            addr,
+            &ConnectOptions { secret: secret.map(|s| Secret::new(s.to_vec()).unwrap()), ..Default::default() },
+        )
+    };
+    assert_eq!(with(None).err(), Some(FabricError::Refused(CloseReason::Unauthenticated)));
+    assert_eq!(with(Some(b"guess")).err(), Some(FabricError::Refused(CloseReason::Unauthenticated)));
+    let qp = with(Some(&secret)).unwrap();
+    qp.post(&[WorkRequest::Write { remote: s.desc.at(0), data: b"in" }]).wait_timeout(T).unwrap();
+    assert_eq!(s.region.load_u8(0), b'i');
+    let st = wait_stats(&s.nic, "the refusals", |st| st.connections_refused == 2);
+    assert_eq!(st.protocol_errors, 0);
+    assert_eq!(s.service.calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn nic_settings_are_checked() {
+    let bad = |config: NicConfig| {
+        let regions = Arc::new(RegionTable::new());
+        let e = TcpNic::bind("127.0.0.1:0", regions, Arc::new(|_rpc: IncomingRpc| {}), config).err().unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+    };
+    bad(NicConfig { max_connections: 0, ..NicConfig::default() });
+    bad(NicConfig { max_chain_read: 0, ..NicConfig::default() });
 }

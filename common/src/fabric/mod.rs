@@ -18,11 +18,13 @@ pub mod conformance;
 mod error;
 pub mod mem;
 pub mod region;
+mod secret;
 pub mod tcp;
 
 pub use completion::{completion, Completer, Completion};
 pub use error::{CloseReason, Disconnect, FabricError, ProtocolError, RemoteAccessError};
 pub use region::{MemoryRegion, RegionDesc, RegionTable};
+pub use secret::{BadSecretLength, Secret, MAX_SECRET};
 
 use std::sync::Arc;
 

@@ -18,8 +18,8 @@
 use super::buf::{InBuf, Slab};
 use super::wire::{self, ChainStatus, ServerFrame, WrFlags};
 use crate::fabric::{
-    completion, validate_chain, Completer, Completion, Disconnect, FabricError, ProtocolError, QueuePair, WorkRequest,
-    MAX_TRANSFER,
+    completion, validate_chain, Completer, Completion, Disconnect, FabricError, ProtocolError, QueuePair, Secret,
+    WorkRequest, MAX_TRANSFER,
 };
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::io::{self, Write};
@@ -140,10 +140,10 @@ fn timeout_or_io(e: io::Error) -> FabricError {
 }
 
 /// Exchanges HELLOs. Returns the bytes received after the server's HELLO.
-fn handshake(stream: &mut TcpStream, timeout: Duration) -> Result<InBuf, FabricError> {
-    stream.set_read_timeout(Some(timeout))?;
-    let mut hello = Vec::with_capacity(wire::HELLO_LEN);
-    wire::encode_hello(&mut hello, wire::VERSION);
+fn handshake(stream: &mut TcpStream, opts: &ConnectOptions) -> Result<InBuf, FabricError> {
+    stream.set_read_timeout(Some(opts.timeout))?;
+    let mut hello = Vec::with_capacity(wire::HELLO_LEN + wire::MAX_SECRET);
+    wire::encode_hello(&mut hello, wire::VERSION, opts.secret.as_ref().map_or(&[], Secret::as_bytes));
     stream.write_all(&hello).map_err(timeout_or_io)?;
     let mut input = InBuf::new();
     loop {
@@ -180,29 +180,49 @@ fn handshake(stream: &mut TcpStream, timeout: Duration) -> Result<InBuf, FabricE
     Ok(input)
 }
 
+/// How [`TcpQueuePair::connect_with`] connects.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Gives up on the connection, and then on the handshake, after this long each.
+    pub timeout: Duration,
+    /// The NIC's shared secret, if it has one.
+    pub secret: Option<Secret>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { timeout: DEFAULT_CONNECT_TIMEOUT, secret: None }
+    }
+}
+
 impl TcpQueuePair {
     /// Connects to a NIC at `addr` (waiting up to [`DEFAULT_CONNECT_TIMEOUT`]).
     pub fn connect(addr: impl ToSocketAddrs) -> Result<TcpQueuePair, FabricError> {
-        Self::connect_timeout(addr, DEFAULT_CONNECT_TIMEOUT)
+        Self::connect_with(addr, &ConnectOptions::default())
     }
 
     /// Connects to a NIC at `addr`, giving up on the connection and on the handshake after
     /// `timeout` each.
     pub fn connect_timeout(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpQueuePair, FabricError> {
+        Self::connect_with(addr, &ConnectOptions { timeout, ..ConnectOptions::default() })
+    }
+
+    /// Connects to a NIC at `addr` with `opts`.
+    pub fn connect_with(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpQueuePair, FabricError> {
         let mut last = FabricError::NoAddress;
         for a in addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&a, timeout) {
-                Ok(stream) => return Self::start(stream, timeout),
+            match TcpStream::connect_timeout(&a, opts.timeout) {
+                Ok(stream) => return Self::start(stream, opts),
                 Err(e) => last = timeout_or_io(e),
             }
         }
         Err(last)
     }
 
-    fn start(mut stream: TcpStream, timeout: Duration) -> Result<TcpQueuePair, FabricError> {
+    fn start(mut stream: TcpStream, opts: &ConnectOptions) -> Result<TcpQueuePair, FabricError> {
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
-        let input = handshake(&mut stream, timeout)?;
+        let input = handshake(&mut stream, opts)?;
         let read_half = stream.try_clone()?;
         let inner = Arc::new(Inner {
             stream,
