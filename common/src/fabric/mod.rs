@@ -7,6 +7,11 @@
 //!   the same queue pair, and a failed request stops the rest of its chain. A chain may be posted
 //!   unsignaled (no completion on success; a failure is counted in
 //!   [`QueuePair::async_errors`]), as verbs allows.
+//! * A failed request (signaled or not) puts the queue pair into the **error state**, as on RC:
+//!   nothing posted after it executes; what is pending behind it, and everything posted later,
+//!   completes with [`FabricError::Flushed`]. The caller opens a new queue pair
+//!   ([`FabricError::ends_queue_pair`] says when). Posts refused locally (an empty chain, a READ
+//!   in an unsignaled chain, a request over [`MAX_TRANSFER`]) leave the state unchanged.
 //! * A two-sided RPC ([`QueuePair::call`]) carries the KV messages to the server's
 //!   [`RpcService`], request and response matched by an id, many in flight.
 //!
