@@ -53,7 +53,7 @@ start() {
   rm -rf "$DIR"
   local peer=$((PORT + 1))
   # Unsafe no-fsync: the data is thrown away after the run, and CI disks are slow.
-  ETCD_UNSUPPORTED_ARCH='' nohup etcd --name scalio-ci --data-dir "$DIR" \
+  nohup etcd --name scalio-ci --data-dir "$DIR" \
     --listen-client-urls "http://127.0.0.1:$PORT" --advertise-client-urls "http://127.0.0.1:$PORT" \
     --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
     --initial-cluster "scalio-ci=http://127.0.0.1:$peer" --unsafe-no-fsync \
