@@ -126,7 +126,8 @@ PAPER = Scale(
     slots=(4, 8, 16),
     sensitivity_workloads=("a", "c"),
     timeout_s=6 * 3600,
-    estimate="PAPER_ESTIMATE",
+    # Not run end to end: extrapolated from 1M/2M-record probes (README, "Paper scale").
+    estimate="an estimated 8-10 hours for all (fig15 fig16 fig18 alone: about 2 hours), not yet run",
     cache_buckets=280_576,
     warmup_ops=1_000_000,
     reuse_stores=True,

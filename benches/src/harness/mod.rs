@@ -2,6 +2,7 @@
 //! phase of a YCSB workload against one of the systems, and the report.
 
 pub mod driver;
+pub mod load_order;
 pub mod options;
 pub mod report;
 pub mod system;
@@ -176,7 +177,7 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         };
         let guard = Progress::start(name, total);
         let seed = opts.seed.wrapping_add(seed_offset);
-        run_phase(phase, connector, &workload, opts.threads, opts.outstanding, seed, &guard)
+        run_phase(phase, connector, &workload, opts.threads, opts.outstanding, seed, &guard, None)
             .map_err(|error| HarnessError::Phase { phase: name, error })
     };
     let load = match load_outcome {
@@ -297,8 +298,12 @@ fn load_embedded(
     let block = BlockPath::Custom(Arc::new(LocalBlockReader::new(server.ssds().to_vec())));
     let loader = Connector::Scalio { addr, config: SystemKind::Scalio { stage: 3 }.client_config(block) };
     let total = workload.load_range().end - workload.load_range().start;
+    let ssds = u16::try_from(cfg.ssds.len()).unwrap_or(u16::MAX);
+    // The geometry the server opened (a recovered store keeps the buckets it was formatted with).
+    let buckets_per_ssd = server.info().ssds.first().map_or(1, |s| s.geometry.buckets);
+    let order = Arc::new(load_order::LoadOrder::by_bucket(workload, ssds, buckets_per_ssd));
     let guard = Progress::start("load", total);
-    let r = run_phase(Phase::Load, &loader, workload, opts.threads, opts.outstanding, opts.seed, &guard)
+    let r = run_phase(Phase::Load, &loader, workload, opts.threads, opts.outstanding, opts.seed, &guard, Some(order))
         .map_err(|error| HarnessError::Phase { phase: "load", error });
     server.shutdown();
     let r = r?;

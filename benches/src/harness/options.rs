@@ -81,8 +81,9 @@ pub struct Options {
     pub warmup_ops: u64,
     /// Embedded server: writes per batch while loading. The load runs on a server of its own
     /// (this batch, no emulation, no cache), shut down before the measured server recovers the
-    /// SSDs; larger batches put more records in each durable device write.
-    #[arg(long, default_value_t = 64)]
+    /// SSDs; larger batches put more records in each durable device write. The records are
+    /// inserted grouped by bucket (see `load_order`), so that a bucket's chain is written once.
+    #[arg(long, default_value_t = 256)]
     pub load_batch: usize,
     /// Embedded server: keep loaded stores under this directory, one per (records, value size,
     /// SSDs, seed, SSD geometry), and start later runs with the same key on it through recovery
