@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/load-ratio.sh — how many records the harness's load puts in each durable device write.
 #
-# Usage: scripts/load-ratio.sh [RECORDS] [LOAD_BATCH] [SSDS]     (defaults: 100000 64 1)
+# Usage: scripts/load-ratio.sh [RECORDS] [LOAD_BATCH] [SSDS]     (defaults: 100000 256 1)
 #
 # In one run, on the file system of target/load-ratio/: fio measures O_DSYNC 4 KiB sequential
 # writes at queue depth 4 (4 jobs of synchronous writes: the server's 4 I/O threads per SSD, with
@@ -12,7 +12,7 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RECORDS=${1:-100000}
-LOAD_BATCH=${2:-64}
+LOAD_BATCH=${2:-256}
 SSDS=${3:-1}
 WORK=$REPO/target/load-ratio
 BIN=$REPO/target/release/scalio-ycsb
