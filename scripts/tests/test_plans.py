@@ -202,7 +202,7 @@ class PaperScale(unittest.TestCase):
                 self.assertEqual(props(c)["recordcount"], "20000000")
                 self.assertEqual(flag(c, "--cache-buckets"), "280576")  # x 8 slots = 2,244,608
                 self.assertEqual(flag(c, "--store-dir"), "/r/stores")
-                self.assertEqual(flag(c, "--warmup-ops"), "1000000")
+                self.assertEqual(flag(c, "--warmup-ops"), "4000000")
         # The cache stays the paper's as the dataset grows (fig16), and per bucket in fig18.
         self.assertEqual({flag(c, "--cache-buckets") for c in commands("fig16", s)}, {"280576"})
         self.assertEqual({flag(c, "--cache-buckets") for c in commands("fig18", s)}, {"280576"})
