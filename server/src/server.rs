@@ -12,7 +12,7 @@ use crate::worker::{Dispatch, Worker, WorkerEvent};
 use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
 use scalio_common::fabric::tcp::{NicConfig, TcpNic};
-use scalio_common::fabric::{Access, MemoryRegion, RegionTable};
+use scalio_common::fabric::{Access, FabricError, MemoryRegion, RegionTable, Registrar};
 use scalio_common::rpc::{ServerInfo, SsdInfo, Stats, TableInfo, PROTOCOL_VERSION};
 use scalio_common::table::TableGeometry;
 use std::net::SocketAddr;
@@ -35,6 +35,8 @@ pub enum ServerError {
     Thread(String),
     #[error("NVMe/TCP target: {0}")]
     Target(#[from] TargetError),
+    #[error("cannot register memory with the fabric: {0}")]
+    Register(FabricError),
 }
 
 /// The NVMe/TCP target's counters in STATS.
@@ -127,21 +129,33 @@ impl Server {
             }
             None => (None, Vec::new()),
         };
+        // The software backends' protection domain: both serve the regions registered here.
         let regions = Arc::new(RegionTable::new());
-        let table_info = table.as_ref().map(|t| {
-            let desc = regions.register(t.region().clone(), Access::READ_WRITE);
-            TableInfo { addr: desc.addr, rkey: desc.rkey, geometry: t.geometry() }
-        });
+        let registrar: &dyn Registrar = &*regions;
+        let table_info = table
+            .as_ref()
+            .map(|t| {
+                let desc = registrar.register(t.region().clone(), Access::READ_WRITE)?;
+                Ok::<_, FabricError>(TableInfo { addr: desc.addr, rkey: desc.rkey, geometry: t.geometry() })
+            })
+            .transpose()
+            .map_err(ServerError::Register)?;
         // The LEED+Ditto baseline's cache: zeroed memory that only its clients read and write.
-        let ditto_info = config.ditto.enabled.then(|| {
-            let d = &config.ditto;
-            let desc = regions.register(Arc::new(MemoryRegion::new(d.region_bytes() as usize)), Access::READ_WRITE);
-            TableInfo {
-                addr: desc.addr,
-                rkey: desc.rkey,
-                geometry: TableGeometry { buckets: d.buckets, assoc: d.assoc },
-            }
-        });
+        let ditto_info = config
+            .ditto
+            .enabled
+            .then(|| {
+                let d = &config.ditto;
+                let region = Arc::new(MemoryRegion::new(d.region_bytes() as usize));
+                let desc = registrar.register(region, Access::READ_WRITE)?;
+                Ok::<_, FabricError>(TableInfo {
+                    addr: desc.addr,
+                    rkey: desc.rkey,
+                    geometry: TableGeometry { buckets: d.buckets, assoc: d.assoc },
+                })
+            })
+            .transpose()
+            .map_err(ServerError::Register)?;
         let info = ServerInfo {
             protocol: PROTOCOL_VERSION,
             table: table_info,

@@ -5,7 +5,7 @@
 //! expands to one `#[test]` per check below.
 
 use super::{
-    Access, FabricError, IncomingRpc, MemoryRegion, QueuePair, RegionTable, RemoteAccessError, RpcService, WorkRequest,
+    Access, FabricError, IncomingRpc, MemoryRegion, QueuePair, Registrar, RemoteAccessError, RpcService, WorkRequest,
     MAX_TRANSFER,
 };
 use std::any::Any;
@@ -16,7 +16,9 @@ const T: Duration = Duration::from_secs(20);
 
 /// A running server side of some backend.
 pub struct TestServer {
-    pub regions: Arc<RegionTable>,
+    /// The backend's registration of server memory: the suite registers and deregisters only
+    /// through it, so its checks hold for any backend.
+    pub registrar: Arc<dyn Registrar>,
     connect: Box<dyn Fn() -> Arc<dyn QueuePair> + Send + Sync>,
     _guard: Box<dyn Any + Send>,
 }
@@ -24,11 +26,11 @@ pub struct TestServer {
 impl TestServer {
     /// `guard` is kept alive as long as the server (e.g. the NIC threads' handle).
     pub fn new(
-        regions: Arc<RegionTable>,
+        registrar: Arc<dyn Registrar>,
         connect: impl Fn() -> Arc<dyn QueuePair> + Send + Sync + 'static,
         guard: impl Any + Send,
     ) -> TestServer {
-        TestServer { regions, connect: Box::new(connect), _guard: Box::new(guard) }
+        TestServer { registrar, connect: Box::new(connect), _guard: Box::new(guard) }
     }
 
     pub fn connect(&self) -> Arc<dyn QueuePair> {
@@ -57,7 +59,7 @@ pub fn reversing_service() -> Arc<dyn RpcService> {
 fn setup(make: MakeServer<'_>, len: usize, access: Access) -> (TestServer, Arc<MemoryRegion>, super::RegionDesc) {
     let server = make(reversing_service());
     let region = Arc::new(MemoryRegion::new(len));
-    let desc = server.regions.register(region.clone(), access);
+    let desc = server.registrar.register(region.clone(), access).expect("register");
     (server, region, desc)
 }
 
@@ -299,7 +301,8 @@ pub fn deregistered_key_is_refused(make: MakeServer<'_>) {
     let (s, _r, d) = setup(make, 64, Access::READ_WRITE);
     let qp = s.connect();
     read(&*qp, &d, 0, 8);
-    assert!(s.regions.deregister(d.rkey));
+    assert!(s.registrar.deregister(d.rkey));
+    assert!(!s.registrar.deregister(d.rkey), "a key is revoked once");
     assert_eq!(
         qp.post(&[WorkRequest::Read { remote: d.at(0), len: 8 }]).wait_timeout(T),
         Err(FabricError::Remote { index: 0, error: RemoteAccessError::BadKey })

@@ -29,6 +29,17 @@ pub mod tcp;
 pub use completion::{completion, Completer, Completion};
 pub use error::{CloseReason, Disconnect, FabricError, ProtocolError, RemoteAccessError};
 pub use region::{MemoryRegion, RegionDesc, RegionTable};
+
+/// Where a server registers memory for remote access: a backend's protection domain. The backend
+/// mints the remote keys and enforces key, bounds and rights on every access (on hardware, the
+/// NIC does); nothing above it checks them. The software backends share a [`RegionTable`].
+pub trait Registrar: Send + Sync {
+    /// Registers `region` with `access` rights; the descriptor tells peers how to address it.
+    fn register(&self, region: Arc<MemoryRegion>, access: Access) -> Result<RegionDesc, FabricError>;
+    /// Revokes a remote key: later accesses with it fail with [`RemoteAccessError::BadKey`].
+    /// Returns whether it was registered.
+    fn deregister(&self, rkey: u32) -> bool;
+}
 pub use secret::{BadSecretLength, Secret, MAX_SECRET};
 
 use std::sync::Arc;
