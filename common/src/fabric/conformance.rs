@@ -255,6 +255,36 @@ pub fn unsignaled_failures_are_counted(make: MakeServer<'_>) {
     assert_eq!(qp.async_errors(), 1);
 }
 
+/// Unsignaled requests far beyond the send queue's depth, with nothing signaled in between: the
+/// backend signals selectively so their slots come back; a poster that outruns the peer gets
+/// [`FabricError::QueueFull`] (backpressure, the queue pair stays usable), waits for a signaled
+/// request, and goes on. Every request executes, in order.
+pub fn unsignaled_stream_beyond_the_send_queue_depth(make: MakeServer<'_>) {
+    let (s, region, d) = setup(make, 64, Access::READ_WRITE);
+    let qp = s.connect();
+    let n = 3 * u64::from(super::DEFAULT_SEND_QUEUE_DEPTH) + 7;
+    for i in 1..=n {
+        let chain = [
+            WorkRequest::Write { remote: d.at(0), data: &i.to_le_bytes() },
+            WorkRequest::Write { remote: d.at(8), data: &i.to_le_bytes() },
+        ];
+        let mut tries = 0;
+        while let Err(e) = qp.post_unsignaled(&chain) {
+            assert_eq!(e, FabricError::QueueFull, "unsignaled post {i}");
+            tries += 1;
+            assert!(tries < 1000, "the queue never drained");
+            // Wait for the peer to catch up: a signaled request completes after everything before it.
+            match qp.post(&[WorkRequest::Read { remote: d.at(0), len: 8 }]).wait_timeout(T) {
+                Ok(_) | Err(FabricError::QueueFull) => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("waiting for the queue to drain: {e}"),
+            }
+        }
+    }
+    assert_eq!(read(&*qp, &d, 0, 16), [n.to_le_bytes(), n.to_le_bytes()].concat());
+    assert_eq!(region.load_u64(8), n);
+    assert_eq!(qp.async_errors(), 0);
+}
+
 /// Many RPCs in flight, answered out of order, each get their own response.
 pub fn rpc_responses_match_requests(make: MakeServer<'_>) {
     let s = make(reversing_service());
@@ -353,7 +383,7 @@ macro_rules! fabric_conformance {
             read_write_round_trip, chain_executes_in_order, posts_execute_in_order,
             later_write_never_visible_before_earlier, access_errors_are_reported,
             error_state_flushes_what_follows, failed_request_stops_its_chain, unsignaled_failures_are_counted,
-            rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
+            unsignaled_stream_beyond_the_send_queue_depth, rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
             deregistered_key_is_refused, many_queue_pairs_at_once);
     };
     (@tests $make:ident; $($check:ident),*) => {
