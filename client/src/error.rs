@@ -21,6 +21,14 @@ pub enum ClientError {
     WrongReply { asked: &'static str, got: &'static str },
     #[error("the server refused the request ({status:?}): {message}")]
     Server { status: Status, message: String },
+    /// The server is overloaded (a bounded queue is full) or shutting down; nothing was done.
+    /// Retrying later may succeed.
+    #[error("the server is unavailable (retry later): {0}")]
+    Unavailable(String),
+    /// A device error stopped writes to the key's SSD until the server restarts (fail-stop);
+    /// nothing was done. Reads still work.
+    #[error("the server stopped taking writes to this key's SSD: {0}")]
+    WritesStopped(String),
     #[error("block path: {0}")]
     Block(#[from] BlockError),
     #[error("the blocks read from SSD {ssd} stayed inconsistent after {attempts} attempts: {last}")]
@@ -31,4 +39,23 @@ pub enum ClientError {
     NoSuchSsd(u16),
     #[error("configuration: {0}")]
     Config(String),
+}
+
+impl ClientError {
+    /// The error for a reply with a status that is not a success of the request.
+    pub(crate) fn from_status(status: Status, body: &[u8]) -> ClientError {
+        let message = String::from_utf8_lossy(body).into_owned();
+        match status {
+            Status::Unavailable => ClientError::Unavailable(message),
+            Status::WritesStopped => ClientError::WritesStopped(message),
+            status => ClientError::Server { status, message },
+        }
+    }
+
+    /// Whether the server refused the request without doing anything, so that sending it again
+    /// later, unchanged, may succeed (a lost connection or a timeout is not: the request may
+    /// have taken effect).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Unavailable(_))
+    }
 }

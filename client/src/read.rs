@@ -77,7 +77,7 @@ impl Inner {
                 Counters::add(&self.counters.absent, 1);
                 Ok(None)
             }
-            (status, body) => Err(ClientError::Server { status, message: String::from_utf8_lossy(&body).into_owned() }),
+            (status, body) => Err(ClientError::from_status(status, &body)),
         }
     }
 

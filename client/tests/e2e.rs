@@ -195,3 +195,42 @@ async fn short_block_reads_are_an_error() {
         other => panic!("expected a block protocol error, got {other:?}"),
     }
 }
+
+/// Over the server's limits a write is refused with a typed, retryable error, and nothing of it
+/// is stored; retried later, it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_a_typed_retryable_error() {
+    let s = common::start(1, false, |c| {
+        c.workers = 1;
+        c.limits.pending_writes = 1;
+        c.write.batch = 1;
+        c.write.max_inflight = 1;
+        c.emulation.ssd_latency_us = 50_000;
+    });
+    let client = s.mem_client(ClientConfig::default()).await;
+    let puts: Vec<_> = (0..16u64)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(async move { (i, c.put(&key(i), b"v").await) })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for p in puts {
+        let (i, r) = p.await.unwrap();
+        match r {
+            Ok(()) => {}
+            Err(e) => {
+                assert!(matches!(e, ClientError::Unavailable(_)), "key {i}: {e}");
+                assert!(e.is_retryable());
+                refused.push(i);
+            }
+        }
+    }
+    assert!(!refused.is_empty(), "16 concurrent writes against a queue of 1 and a 50 ms SSD");
+    assert!(s.stat("store_overloaded") >= refused.len() as u64);
+    for i in refused {
+        assert_eq!(client.get(&key(i)).await.unwrap(), None, "a refused write stored nothing");
+        client.put(&key(i), b"v").await.unwrap();
+        assert_eq!(client.get(&key(i)).await.unwrap(), Some(b"v".to_vec()));
+    }
+}

@@ -15,7 +15,15 @@ pub(super) struct Get<R> {
 
 impl<R> DataStore<R> {
     /// Starts a server-side read of `key` (the LEED-style path: two dependent SSD reads).
+    /// Refused at once when [`StoreConfig::max_server_gets`] are in progress.
     pub fn submit_get(&mut self, key: Vec<u8>, reply: R) {
+        if self.gets.len() >= self.cfg.max_server_gets {
+            self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            let refusal =
+                Refusal::Overloaded { ssd: self.ssd, queue: Queue::ServerGets, limit: self.cfg.max_server_gets };
+            self.done.push(Completed { reply, outcome: Outcome::Refused(refusal) });
+            return;
+        }
         self.counters.server_gets.fetch_add(1, Ordering::Relaxed);
         let bucket = self.bucket_of(&key);
         let id = self.next_id;
