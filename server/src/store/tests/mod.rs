@@ -9,6 +9,7 @@ use scalio_common::cputime::CpuGroup;
 use scalio_common::table::TableGeometry;
 use std::path::Path;
 
+mod crash_loop;
 mod device_faults;
 
 /// Drives a store synchronously. Replies are `u64` request ids.
