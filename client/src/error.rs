@@ -29,10 +29,15 @@ pub enum ClientError {
     /// nothing was done. Reads still work.
     #[error("the server stopped taking writes to this key's SSD: {0}")]
     WritesStopped(String),
+    /// The key's SSD is full even after garbage collection; nothing was written. Reads work.
+    #[error("the key's SSD is full: {0}")]
+    NoSpace(String),
     #[error("block path: {0}")]
     Block(#[from] BlockError),
-    #[error("the blocks read from SSD {ssd} stayed inconsistent after {attempts} attempts: {last}")]
-    Inconsistent { ssd: u16, attempts: u32, last: LayoutError },
+    /// The blocks failed their checks on every attempt (space reused faster than the reads,
+    /// or corruption); their contents were not returned.
+    #[error("the blocks read from SSD {ssd} at block {block} stayed inconsistent after {attempts} attempts: {last}")]
+    Inconsistent { ssd: u16, block: u64, attempts: u32, last: LayoutError },
     #[error("the server speaks protocol version {server}, this client version {client}")]
     ProtocolVersion { server: u32, client: u32 },
     #[error("the server named SSD {0}, which it did not describe")]
@@ -48,6 +53,7 @@ impl ClientError {
         match status {
             Status::Unavailable => ClientError::Unavailable(message),
             Status::WritesStopped => ClientError::WritesStopped(message),
+            Status::NoSpace => ClientError::NoSpace(message),
             status => ClientError::Server { status, message },
         }
     }

@@ -318,6 +318,7 @@ fn finish(c: Completed<Reply>) {
         Outcome::NotFound => respond(responder, Status::NotFound, op, &[]),
         Outcome::NoSpace(m) => respond(responder, Status::NoSpace, op, m.as_bytes()),
         Outcome::Io(m) => respond(responder, Status::Io, op, m.as_bytes()),
+        Outcome::Corrupt(c) => respond(responder, Status::Io, op, c.to_string().as_bytes()),
         Outcome::Refused(r) => {
             let status = match r {
                 Refusal::Overloaded { .. } => Status::Unavailable,

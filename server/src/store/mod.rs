@@ -136,6 +136,20 @@ pub enum Outcome {
     Io(String),
     /// Not attempted: nothing of it reached the SSD.
     Refused(Refusal),
+    /// The SSD's blocks fail their checks (checksum, position, owner) on every attempt; their
+    /// contents are never served.
+    Corrupt(CorruptBlocks),
+}
+
+/// Blocks of an SSD that do not hold what the index says they hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("SSD {ssd} blocks {first}..{end}: {error}", end = first + u64::from(*count))]
+pub struct CorruptBlocks {
+    pub ssd: u16,
+    /// The first block of the read that failed its checks.
+    pub first: u64,
+    pub count: u32,
+    pub error: LayoutError,
 }
 
 /// A queue of the store that is full.

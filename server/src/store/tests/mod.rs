@@ -9,6 +9,7 @@ use scalio_common::cputime::CpuGroup;
 use scalio_common::table::TableGeometry;
 use std::path::Path;
 
+mod corruption;
 mod crash_loop;
 mod device_faults;
 
