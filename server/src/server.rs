@@ -8,7 +8,7 @@ use crate::store::recovery::{self, StoreError};
 use crate::store::{DataStore, StoreConfig};
 use crate::table::CacheTable;
 use crate::target::{NvmeTarget, SubsystemConfig, TargetConfig as NvmeConfig, TargetError};
-use crate::worker::{Dispatch, Worker, WorkerEvent};
+use crate::worker::{Dispatch, InboxLoad, Worker, WorkerEvent};
 use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
 use scalio_common::fabric::tcp::{NicConfig, TcpNic};
@@ -175,6 +175,9 @@ impl Server {
             batch: config.write.batch,
             batch_timeout: Duration::from_micros(config.write.batch_timeout_us),
             max_inflight: config.write.max_inflight,
+            max_pending_writes: config.limits.pending_writes,
+            max_pending_bytes: usize::try_from(config.limits.pending_write_bytes).unwrap_or(usize::MAX),
+            max_server_gets: config.limits.server_gets,
             ..StoreConfig::default()
         };
         let n = ssds.len() as u16;
@@ -189,11 +192,18 @@ impl Server {
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         for (id, stores) in stores.into_iter().enumerate() {
+            // Unbounded as a channel (I/O completions must never be refused), but the RPCs in it
+            // are admitted against the limits by `InboxLoad`.
             let (tx, rx) = crossbeam_channel::unbounded();
+            let load = Arc::new(InboxLoad::new(
+                config.limits.inbox_rpcs,
+                usize::try_from(config.limits.inbox_bytes).unwrap_or(usize::MAX),
+            ));
             let w = Worker {
                 id,
                 workers: config.workers,
                 inbox: rx,
+                load: load.clone(),
                 me: tx.clone(),
                 stores,
                 ssds: ssds.clone(),
@@ -205,7 +215,7 @@ impl Server {
                 .name(format!("worker-{id}"))
                 .spawn(move || w.run())
                 .map_err(|e| ServerError::Thread(e.to_string()))?;
-            senders.push(tx.clone());
+            senders.push((tx.clone(), load));
             workers.push((tx, Some(h)));
         }
         let dispatch = Arc::new(Dispatch { workers: senders, shared: shared.clone() });
