@@ -333,6 +333,49 @@ fn partial_batch_waits_for_the_timeout() {
 }
 
 #[test]
+fn a_due_batch_that_cannot_start_does_not_ask_to_be_woken() {
+    // Writes past their batch deadline, but every batch slot in flight: nothing can start until
+    // an I/O completes (an event), so the store must not offer a deadline in the past, which
+    // would spin the worker (it did: a quarter of a core and more during a fast load).
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Driver::open(dir.path(), 8192, None, StoreConfig { max_inflight: 1, ..config(2) }, None);
+    let t0 = Instant::now();
+    let put =
+        |i: u64| WriteRequest { op: WriteOp::Put, key: key(i), value: value(i, 0, 64), unbatched: false, reply: i };
+    d.store.submit_write(put(1), t0);
+    d.store.submit_write(put(2), t0);
+    let first = d.store.take_io();
+    assert!(!first.is_empty(), "a full batch starts at once");
+    d.store.submit_write(put(3), t0);
+    let late = t0 + Duration::from_millis(5);
+    d.store.poll(late);
+    assert!(d.store.take_io().is_empty(), "the only batch slot is taken");
+    assert_eq!(d.store.next_deadline(), None, "nothing to wake up for until an I/O completes");
+    // A new write that is not yet due brings back a deadline.
+    d.store.submit_write(put(4), late);
+    d.store.poll(late);
+    let _ = d.store.take_io();
+    assert_eq!(d.store.next_deadline(), None, "the oldest waiting write is still due and blocked");
+    // Completing the batch's I/O lets the waiting writes go.
+    for req in first {
+        match req {
+            IoRequest::Read { token, lba, count } => {
+                let r = d.ssd.read(lba, count, Issuer::Worker);
+                d.store.on_io(token, IoResult::Read(r), late);
+            }
+            IoRequest::Write { token, parts } => {
+                let r = d.write_parts(parts);
+                d.store.on_io(token, IoResult::Write(r), late);
+            }
+        }
+    }
+    d.run();
+    for i in 1..=4 {
+        assert_eq!(d.get(&key(i)), Outcome::Value(value(i, 0, 64)));
+    }
+}
+
+#[test]
 fn writes_invalidate_the_cache_before_they_complete() {
     use scalio_common::table::{encode_fill, off, probe_bucket, Probe};
     let dir = tempfile::tempdir().unwrap();
