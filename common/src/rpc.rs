@@ -85,17 +85,21 @@ pub enum Status {
     NoSpace = 5,
     /// The SSD failed or returned corrupt data.
     Io = 6,
-    /// The server is shutting down or overloaded.
+    /// The server is shutting down, or a bounded queue is full: nothing was done, and the
+    /// same request may succeed later.
     Unavailable = 7,
+    /// A device error stopped writes to the key's SSD (fail-stop) until the server restarts;
+    /// nothing was done. Reads still work.
+    WritesStopped = 8,
     /// In a cluster: this server does not serve the key (in the role the op needs) at its map
     /// epoch, or cannot vouch for the client's newer epoch. The body is a [`WrongOwner`].
-    WrongOwner = 8,
+    WrongOwner = 9,
 }
 
 impl Status {
     pub fn from_u8(v: u8) -> Option<Status> {
         use Status::*;
-        [Ok, NotFound, BadRequest, KeyTooLong, ValueTooLarge, NoSpace, Io, Unavailable, WrongOwner]
+        [Ok, NotFound, BadRequest, KeyTooLong, ValueTooLarge, NoSpace, Io, Unavailable, WritesStopped, WrongOwner]
             .into_iter()
             .find(|s| *s as u8 == v)
     }
@@ -667,7 +671,7 @@ mod tests {
         assert!(matches!(Request::decode(&cut), Err(CodecError::Truncated { .. })));
         assert_eq!(Request::decode(&plain).unwrap().epoch, None);
         assert_eq!(WrongOwner::decode(&[0; 7]), Err(CodecError::Malformed("wrong-owner reply")));
-        assert_eq!(Status::from_u8(8), Some(Status::WrongOwner));
+        assert_eq!(Status::from_u8(9), Some(Status::WrongOwner));
     }
 
     #[test]
