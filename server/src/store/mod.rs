@@ -357,7 +357,13 @@ impl<R> DataStore<R> {
                 }
                 return;
             }
-            if self.batches.len() >= self.cfg.max_inflight || !self.start_batch(now) {
+            if self.batches.len() >= self.cfg.max_inflight {
+                return;
+            }
+            // A batch that must wait for garbage collection asks for it (`gc_wanted`): go round
+            // again to start it now, since nothing else would wake this store (its deadline
+            // waits for GC, and no I/O of it is in flight).
+            if !self.start_batch(now) && !self.gc_wanted {
                 return;
             }
         }
