@@ -68,6 +68,9 @@ pub struct StoreConfig {
     pub gc_chunk_blocks: u32,
     /// Attempts of a server read whose blocks were reused meanwhile.
     pub read_retries: u32,
+    /// Test-only seeded bug (see `SeededBug::AckBeforeInvalidate`).
+    #[cfg(feature = "seeded-bugs")]
+    pub ack_before_invalidate: bool,
 }
 
 impl Default for StoreConfig {
@@ -80,6 +83,8 @@ impl Default for StoreConfig {
             gc_high: 0.40,
             gc_chunk_blocks: 64,
             read_retries: 4,
+            #[cfg(feature = "seeded-bugs")]
+            ack_before_invalidate: false,
         }
     }
 }
@@ -219,6 +224,9 @@ pub struct DataStore<R> {
     next_id: u64,
     io_out: Vec<IoRequest>,
     done: Vec<Completed<R>>,
+    /// Test-only seeded bug: invalidations left for the next completed batch.
+    #[cfg(feature = "seeded-bugs")]
+    deferred_invalidations: Vec<TableKey>,
 }
 
 /// Fraction of a log that live data may fill; beyond it writes are refused as out of space.
@@ -267,6 +275,8 @@ impl<R> DataStore<R> {
             next_id: 1,
             io_out: Vec::new(),
             done: Vec::new(),
+            #[cfg(feature = "seeded-bugs")]
+            deferred_invalidations: Vec::new(),
         }
     }
 
