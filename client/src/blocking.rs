@@ -28,6 +28,13 @@ impl Client {
         Ok(Client { rt, inner })
     }
 
+    /// A client that opens (and replaces failed) queue pairs with `connector`.
+    pub fn with_connector(connector: crate::Connector, cfg: ClientConfig) -> Result<Client, ClientError> {
+        let rt = runtime()?;
+        let inner = rt.block_on(crate::Client::with_connector(connector, cfg))?;
+        Ok(Client { rt, inner })
+    }
+
     /// A client over queue pairs of any fabric backend.
     pub fn with_queue_pairs(qps: Vec<Arc<dyn QueuePair>>, cfg: ClientConfig) -> Result<Client, ClientError> {
         let rt = runtime()?;

@@ -30,9 +30,10 @@ pub use block::BlockPath;
 pub use error::ClientError;
 pub use stats::ClientStats;
 
+use parking_lot::RwLock;
 use scalio_common::block::BlockReader;
-use scalio_common::fabric::tcp::TcpQueuePair;
-use scalio_common::fabric::QueuePair;
+use scalio_common::fabric::tcp::{ConnectOptions, TcpQueuePair};
+use scalio_common::fabric::{FabricError, QueuePair, Secret};
 use scalio_common::rpc::{Op, Request, Response, ServerInfo, Stats, Status, PROTOCOL_VERSION};
 use scalio_common::ssd::store_seed;
 use stats::Counters;
@@ -66,6 +67,8 @@ pub struct ClientConfig {
     pub probe_retries: u32,
     /// Attempts of a miss whose blocks keep being reused under it, before giving up.
     pub miss_attempts: u32,
+    /// The server's shared secret, when it asks for one.
+    pub secret: Option<Secret>,
 }
 
 impl Default for ClientConfig {
@@ -78,12 +81,22 @@ impl Default for ClientConfig {
             block_io_threads: 4,
             probe_retries: 3,
             miss_attempts: 8,
+            secret: None,
         }
     }
 }
 
+/// Opens a new queue pair to the server, to replace one that entered the error state or lost its
+/// connection.
+pub type Connector = Arc<dyn Fn() -> Result<Arc<dyn QueuePair>, FabricError> + Send + Sync>;
+
+/// How long a reconnection waits for the server.
+const RECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(crate) struct Inner {
-    qps: Vec<Arc<dyn QueuePair>>,
+    /// The queue pairs in use; one is replaced (through `connector`) when it fails.
+    qps: Vec<RwLock<Arc<dyn QueuePair>>>,
+    connector: Option<Connector>,
     next_qp: AtomicUsize,
     info: ServerInfo,
     seed: u64,
@@ -103,21 +116,35 @@ impl Client {
     pub async fn connect(addr: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
         let mut qps: Vec<Arc<dyn QueuePair>> = Vec::new();
         let mut peer = None;
+        let opts = ConnectOptions { secret: cfg.secret.clone(), ..ConnectOptions::default() };
         for _ in 0..cfg.queue_pairs.max(1) {
-            let qp = TcpQueuePair::connect(addr)?;
-            peer = Some(qp.peer_addr().ip());
+            let qp = TcpQueuePair::connect_with(addr, &opts)?;
+            peer = Some(qp.peer_addr());
             qps.push(Arc::new(qp));
         }
-        Client::build(qps, cfg, peer).await
+        let peer = peer.expect("at least one queue pair");
+        let reconnect = ConnectOptions { timeout: RECONNECT_TIMEOUT, ..opts };
+        let connector: Connector =
+            Arc::new(move || Ok(Arc::new(TcpQueuePair::connect_with(peer, &reconnect)?) as Arc<dyn QueuePair>));
+        Client::build(qps, Some(connector), cfg, Some(peer.ip())).await
     }
 
-    /// A client over queue pairs of any fabric backend.
+    /// A client over queue pairs of any fabric backend. A queue pair that fails stays failed:
+    /// use [`with_connector`](Self::with_connector) for a client that replaces it.
     pub async fn with_queue_pairs(qps: Vec<Arc<dyn QueuePair>>, cfg: ClientConfig) -> Result<Client, ClientError> {
-        Client::build(qps, cfg, None).await
+        Client::build(qps, None, cfg, None).await
+    }
+
+    /// A client that opens its `cfg.queue_pairs` queue pairs with `connector`, and opens a new
+    /// one whenever one enters the error state or loses its connection.
+    pub async fn with_connector(connector: Connector, cfg: ClientConfig) -> Result<Client, ClientError> {
+        let qps = (0..cfg.queue_pairs.max(1)).map(|_| connector()).collect::<Result<Vec<_>, _>>()?;
+        Client::build(qps, Some(connector), cfg, None).await
     }
 
     async fn build(
         qps: Vec<Arc<dyn QueuePair>>,
+        connector: Option<Connector>,
         cfg: ClientConfig,
         peer: Option<std::net::IpAddr>,
     ) -> Result<Client, ClientError> {
@@ -134,7 +161,8 @@ impl Client {
         Counters::add(&counters.rpcs[Op::Hello as usize], 1);
         Ok(Client {
             inner: Arc::new(Inner {
-                qps,
+                qps: qps.into_iter().map(RwLock::new).collect(),
+                connector,
                 next_qp: AtomicUsize::new(0),
                 seed: store_seed(&info.store_id),
                 info,
@@ -209,16 +237,61 @@ async fn call(qp: &dyn QueuePair, req: Request<'_>) -> Result<Vec<u8>, ClientErr
     }
 }
 
+/// One of the client's queue pairs, and which slot it came from (to replace it if it fails).
+pub(crate) struct QpRef {
+    slot: usize,
+    qp: Arc<dyn QueuePair>,
+}
+
+impl std::ops::Deref for QpRef {
+    type Target = dyn QueuePair;
+    fn deref(&self) -> &Self::Target {
+        &*self.qp
+    }
+}
+
 impl Inner {
-    fn qp(&self) -> &dyn QueuePair {
-        let i = if self.qps.len() == 1 { 0 } else { self.next_qp.fetch_add(1, Ordering::Relaxed) % self.qps.len() };
-        &*self.qps[i]
+    /// The next queue pair (round robin).
+    fn qp(&self) -> QpRef {
+        let slot = if self.qps.len() == 1 { 0 } else { self.next_qp.fetch_add(1, Ordering::Relaxed) % self.qps.len() };
+        QpRef { slot, qp: self.qps[slot].read().clone() }
+    }
+
+    /// After `qp` returned `e`: if the error ended the queue pair (the RC error state, or a lost
+    /// connection), replaces it with a new one, once (the first caller to notice does it).
+    pub(crate) fn recover(&self, qp: &QpRef, e: &FabricError) {
+        let Some(connect) = &self.connector else { return };
+        if !e.ends_queue_pair() {
+            return;
+        }
+        let mut current = self.qps[qp.slot].write();
+        if !std::ptr::addr_eq(Arc::as_ptr(&*current), Arc::as_ptr(&qp.qp)) {
+            return; // already replaced
+        }
+        match connect() {
+            Ok(new) => {
+                *current = new;
+                Counters::add(&self.counters.reconnects, 1);
+                tracing::debug!(error = %e, "replaced a failed queue pair");
+            }
+            Err(err) => tracing::warn!(error = %err, after = %e, "cannot replace a failed queue pair"),
+        }
     }
 
     /// An RPC, counted; returns the status and body.
     async fn rpc(&self, req: Request<'_>) -> Result<(Status, Vec<u8>), ClientError> {
         Counters::add(&self.counters.rpcs[req.op as usize], 1);
-        call_status(self.qp(), req).await
+        let qp = self.qp();
+        let r = call_status(&*qp, req).await;
+        if let Err(ClientError::Fabric(e)) = &r {
+            self.recover(&qp, e);
+        }
+        r
+    }
+
+    /// Whether an operation that failed with `e` may be tried again on a new queue pair.
+    pub(crate) fn can_retry(&self, e: &ClientError) -> bool {
+        matches!(e, ClientError::Fabric(f) if f.ends_queue_pair()) && self.connector.is_some()
     }
 
     /// An RPC that must succeed.

@@ -42,6 +42,15 @@ impl Inner {
     pub(crate) async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         key::validate(key)?;
         Counters::add(&self.counters.gets, 1);
+        match self.get_once(key).await {
+            // A GET changes nothing, so one whose queue pair failed under it is simply tried
+            // again on the replacement.
+            Err(e) if self.can_retry(&e) => self.get_once(key).await,
+            r => r,
+        }
+    }
+
+    async fn get_once(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         let table = self.info.table.filter(|_| self.cfg.read_path == ReadPath::Cached);
         match (self.cfg.read_path, table) {
             (ReadPath::Server, _) => self.get_via_server(key).await,
@@ -89,12 +98,13 @@ impl Inner {
         let base = t.addr + g.bucket_offset(bucket) as u64;
         Counters::add(&self.counters.probes, 1);
         let qp = self.qp();
-        let bytes = qp
+        let posted = qp
             .post(&[WorkRequest::Read {
                 remote: RemoteAddr { addr: base, rkey: t.rkey },
                 len: g.bucket_bytes() as u32,
             }])
-            .await?;
+            .await;
+        let bytes = posted.inspect_err(|e| self.recover(&qp, e))?;
         Ok(match probe_bucket(&bytes, tk) {
             Probe::Hit { slot, value } => {
                 Counters::add(&self.counters.hits, 1);
@@ -105,7 +115,9 @@ impl Inner {
                 };
                 // A lost timestamp update only makes eviction less precise; failures are counted
                 // by the queue pair.
-                let _ = qp.post_unsignaled(&[WorkRequest::Write { remote: at, data: &ts }]);
+                if let Err(e) = qp.post_unsignaled(&[WorkRequest::Write { remote: at, data: &ts }]) {
+                    self.recover(&qp, &e);
+                }
                 Probed::Hit(value.to_vec())
             }
             Probe::Pending { .. } => Probed::Pending,
@@ -205,8 +217,11 @@ impl Inner {
             WorkRequest::Write { remote: at(off::ACCESS_TS), data: &ts },
             WorkRequest::Write { remote: at(off::INTEGRITY), data: &[1] },
         ];
-        if self.qp().post_unsignaled(&chain).is_ok() {
-            Counters::add(&self.counters.fills, 1);
+        let qp = self.qp();
+        match qp.post_unsignaled(&chain) {
+            Ok(()) => Counters::add(&self.counters.fills, 1),
+            // The reservation expires unfilled; the next GET misses again.
+            Err(e) => self.recover(&qp, &e),
         }
     }
 }

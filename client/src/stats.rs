@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     pub block_reads: AtomicU64,
     pub block_read_blocks: AtomicU64,
     pub writes: AtomicU64,
+    pub reconnects: AtomicU64,
     pub rpcs: [AtomicU64; 8],
 }
 
@@ -49,6 +50,8 @@ pub struct ClientStats {
     pub block_read_blocks: u64,
     /// PUT, UPDATE and DELETE operations.
     pub writes: u64,
+    /// Queue pairs replaced after they entered the error state or lost their connection.
+    pub reconnects: u64,
     /// RPCs sent, by op.
     pub rpcs: [u64; 8],
 }
@@ -82,6 +85,7 @@ impl ClientStats {
             block_reads: self.block_reads - earlier.block_reads,
             block_read_blocks: self.block_read_blocks - earlier.block_read_blocks,
             writes: self.writes - earlier.writes,
+            reconnects: self.reconnects - earlier.reconnects,
             rpcs,
         }
     }
@@ -108,6 +112,7 @@ impl Counters {
             block_reads: g(&self.block_reads),
             block_read_blocks: g(&self.block_read_blocks),
             writes: g(&self.writes),
+            reconnects: g(&self.reconnects),
             rpcs,
         }
     }

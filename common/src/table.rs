@@ -55,6 +55,26 @@ pub mod off {
 /// Length of the fill region (value length, value, checksum).
 pub const FILL_LEN: usize = SLOT_SIZE - off::FILL;
 
+// The layout facts the consistency protocol depends on (README, "The fabric: its contracts, and
+// what the protocol assumes of hardware"). A READ is not assumed atomic at any width, so what
+// matters is what the checksum covers and where things sit.
+const _: () = {
+    // Buckets and slots stay 8-byte aligned in the registered table (which is itself word
+    // aligned), so the server's own word stores never straddle two slots.
+    assert!(SLOT_SIZE.is_multiple_of(8));
+    // The one-byte flags and the key length are single bytes: they cannot tear.
+    assert!(off::VISIBILITY < off::INTEGRITY && off::INTEGRITY < off::KEY_LEN && off::KEY_LEN < off::GENERATION);
+    // The generation and key precede the fill region and are what the checksum binds the value to.
+    assert!(off::GENERATION + 4 <= off::KEY && off::KEY + TABLE_KEY_LEN <= off::ACCESS_TS);
+    // The access timestamp is one aligned word outside the fill region (clients write it on hits).
+    assert!(off::ACCESS_TS.is_multiple_of(8) && off::ACCESS_TS + 8 <= off::FILL);
+    // The fill region is one contiguous range at the slot's end: value length, value, checksum.
+    assert!(off::FILL == off::VALUE_LEN && off::VALUE_LEN < off::VALUE);
+    assert!(off::VALUE + INLINE_VALUE_MAX <= off::CHECKSUM);
+    assert!(off::CHECKSUM + 8 == SLOT_SIZE && off::FILL + FILL_LEN == SLOT_SIZE);
+    assert!(off::CHECKSUM.is_multiple_of(8));
+};
+
 const CHECKSUM_SEED: u64 = 0x0007_ab1e_5107;
 
 /// Shape of a cache table.

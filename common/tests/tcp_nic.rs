@@ -2,12 +2,13 @@
 //! connection loss.
 
 use parking_lot::Mutex;
-use scalio_common::fabric::tcp::wire::{self, ErrorCode, ServerFrame, WrFlags};
-use scalio_common::fabric::tcp::{NicConfig, NicStats, TcpNic, TcpQueuePair};
+use scalio_common::fabric::tcp::wire::{self, ServerFrame, WrFlags};
+use scalio_common::fabric::tcp::{ConnectOptions, NicConfig, NicStats, TcpNic, TcpQueuePair};
 use scalio_common::fabric::{
     Access, FabricError, IncomingRpc, MemoryRegion, QueuePair, RegionDesc, RegionTable, Responder, WorkRequest,
     MAX_TRANSFER,
 };
+use scalio_common::fabric::{CloseReason, Secret};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,18 +44,17 @@ struct Server {
 }
 
 fn server(threads: usize) -> Server {
+    server_with(NicConfig { threads, ..NicConfig::default() })
+}
+
+fn server_with(config: NicConfig) -> Server {
     let regions = Arc::new(RegionTable::new());
     let region = Arc::new(MemoryRegion::new(4096));
     let desc = regions.register(region.clone(), Access::READ_WRITE);
     let service = Arc::new(TestService::default());
     let s = service.clone();
-    let nic = TcpNic::bind(
-        "127.0.0.1:0",
-        regions,
-        Arc::new(move |rpc: IncomingRpc| s.handle(rpc)),
-        NicConfig { threads, ..NicConfig::default() },
-    )
-    .expect("bind");
+    let nic =
+        TcpNic::bind("127.0.0.1:0", regions, Arc::new(move |rpc: IncomingRpc| s.handle(rpc)), config).expect("bind");
     Server { nic, service, desc, region }
 }
 
@@ -87,7 +87,7 @@ fn raw_connect(s: &Server) -> TcpStream {
 
 fn hello() -> Vec<u8> {
     let mut b = Vec::new();
-    wire::encode_hello(&mut b, wire::VERSION);
+    wire::encode_hello(&mut b, wire::VERSION, &[]);
     b
 }
 
@@ -107,7 +107,7 @@ fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 
 /// The ERROR frame at the end of `received` (after `skip` bytes), if the server's goodbye made
 /// it before the connection closed.
-fn error_code(received: &[u8], skip: usize) -> Option<ErrorCode> {
+fn error_code(received: &[u8], skip: usize) -> Option<CloseReason> {
     let (frame, _) = wire::decode_server_frame(received.get(skip..)?).ok()??;
     match frame {
         ServerFrame::Error { code, .. } => Some(code),
@@ -118,7 +118,7 @@ fn error_code(received: &[u8], skip: usize) -> Option<ErrorCode> {
 /// Sends `bytes` on a raw connection and checks that the server closes it (after an ERROR frame
 /// with `code`, when the frame arrives before the close), counts a protocol error, and keeps
 /// serving another client.
-fn violation_closes_only_that_connection(bytes: &[u8], handshaken: bool, code: ErrorCode) {
+fn violation_closes_only_that_connection(bytes: &[u8], handshaken: bool, code: CloseReason) {
     let s = server(1);
     let bystander = TcpQueuePair::connect(s.nic.local_addr()).unwrap();
     let mut raw = raw_connect(&s);
@@ -144,21 +144,21 @@ fn violation_closes_only_that_connection(bytes: &[u8], handshaken: bool, code: E
 
 #[test]
 fn garbage_bytes_close_the_connection() {
-    violation_closes_only_that_connection(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false, ErrorCode::BadHandshake);
+    violation_closes_only_that_connection(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false, CloseReason::BadHandshake);
 }
 
 #[test]
 fn another_protocol_version_is_refused() {
     let mut b = Vec::new();
-    wire::encode_hello(&mut b, wire::VERSION + 1);
-    violation_closes_only_that_connection(&b, false, ErrorCode::UnsupportedVersion);
+    wire::encode_hello(&mut b, wire::VERSION + 1, &[]);
+    violation_closes_only_that_connection(&b, false, CloseReason::UnsupportedVersion);
 }
 
 #[test]
 fn an_unknown_opcode_after_the_handshake_closes_the_connection() {
     let mut b = hello();
     b.extend_from_slice(&[0x42; 40]);
-    violation_closes_only_that_connection(&b, true, ErrorCode::ProtocolViolation);
+    violation_closes_only_that_connection(&b, true, CloseReason::ProtocolViolation);
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn an_oversized_length_closes_the_connection() {
     wire::encode_write(&mut w, 1, WrFlags::LAST, scalio_common::fabric::RemoteAddr { addr: 0, rkey: 1 }, &[]);
     w[12..16].copy_from_slice(&(MAX_TRANSFER as u32 + 1).to_le_bytes());
     b.extend_from_slice(&w);
-    violation_closes_only_that_connection(&b, true, ErrorCode::ProtocolViolation);
+    violation_closes_only_that_connection(&b, true, CloseReason::ProtocolViolation);
 }
 
 #[test]
@@ -239,9 +239,12 @@ fn reads_are_served_by_the_nic_alone() {
     // Refused requests are counted too, and also never reach the service.
     let bad = qp.post(&[WorkRequest::Read { remote: s.desc.at(4090), len: 32 }]).wait_timeout(T);
     assert!(matches!(bad, Err(FabricError::Remote { index: 0, .. })));
+    // The refusal ended that queue pair (the RC error state); a new one carries on.
+    let qp = TcpQueuePair::connect(s.nic.local_addr()).unwrap();
     qp.post(&[WorkRequest::Write { remote: s.desc.at(0), data: &[1; 10] }]).wait_timeout(T).unwrap();
     let last = s.nic.stats();
     assert_eq!(last.remote_access_errors, 1);
+    assert_eq!(last.protocol_errors, 0, "a refused request is not the client breaking the protocol");
     assert_eq!((last.writes, last.bytes_written), (1, 10));
     assert_eq!(s.service.calls.load(Ordering::SeqCst), 0);
 }
@@ -313,4 +316,52 @@ fn a_panicking_service_does_not_take_the_nic_down() {
     let qp = TcpQueuePair::connect(nic.local_addr()).unwrap();
     assert!(matches!(qp.call(b"boom").wait_timeout(T), Err(FabricError::Protocol(_))));
     assert_eq!(qp.call(b"fine").wait_timeout(T).unwrap(), b"fine");
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_with_a_reason() {
+    let s = server_with(NicConfig { threads: 2, max_connections: 2, ..NicConfig::default() });
+    let addr = s.nic.local_addr();
+    let a = TcpQueuePair::connect(addr).unwrap();
+    let b = TcpQueuePair::connect(addr).unwrap();
+    assert_eq!(TcpQueuePair::connect(addr).err(), Some(FabricError::Refused(CloseReason::TooManyConnections)));
+    assert_eq!(s.nic.stats().connections_refused, 1);
+    // The admitted ones are served; once one leaves, a new connection is admitted.
+    assert_eq!(a.call(b"ping").wait_timeout(T).unwrap(), b"ping");
+    drop(b);
+    wait_stats(&s.nic, "the closed connection", |st| st.connections_open == 1);
+    let c = TcpQueuePair::connect(addr).unwrap();
+    assert_eq!(c.call(b"pong").wait_timeout(T).unwrap(), b"pong");
+}
+
+#[test]
+fn with_a_secret_only_clients_that_know_it_get_in() {
+    let secret = b"correct horse battery staple".to_vec();
+    let s = server_with(NicConfig { secret: Some(Secret::new(secret.clone()).unwrap()), ..NicConfig::default() });
+    let addr = s.nic.local_addr();
+    let with = |secret: Option<&[u8]>| {
+        TcpQueuePair::connect_with(
+            addr,
+            &ConnectOptions { secret: secret.map(|s| Secret::new(s.to_vec()).unwrap()), ..Default::default() },
+        )
+    };
+    assert_eq!(with(None).err(), Some(FabricError::Refused(CloseReason::Unauthenticated)));
+    assert_eq!(with(Some(b"guess")).err(), Some(FabricError::Refused(CloseReason::Unauthenticated)));
+    let qp = with(Some(&secret)).unwrap();
+    qp.post(&[WorkRequest::Write { remote: s.desc.at(0), data: b"in" }]).wait_timeout(T).unwrap();
+    assert_eq!(s.region.load_u8(0), b'i');
+    let st = wait_stats(&s.nic, "the refusals", |st| st.connections_refused == 2);
+    assert_eq!(st.protocol_errors, 0);
+    assert_eq!(s.service.calls.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn nic_settings_are_checked() {
+    let bad = |config: NicConfig| {
+        let regions = Arc::new(RegionTable::new());
+        let e = TcpNic::bind("127.0.0.1:0", regions, Arc::new(|_rpc: IncomingRpc| {}), config).err().unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+    };
+    bad(NicConfig { max_connections: 0, ..NicConfig::default() });
+    bad(NicConfig { max_chain_read: 0, ..NicConfig::default() });
 }

@@ -4,6 +4,8 @@
 //! listen = "127.0.0.1:7400"      # the fabric (software NIC) address; omit for in-process use
 //! workers = 2                    # worker threads, the "DPU cores"
 //! nic_threads = 1
+//! max_connections = 256          # fabric connections at most; more are refused
+//! # secret_file = "/etc/scalio/secret"  # clients must present this shared secret (1-64 bytes)
 //! io_threads = 4                 # per SSD
 //! direct_io = true               # O_DIRECT where the filesystem allows it
 //! # ssd_buckets = 65536          # buckets per SSD for a new store (default: one per 16 blocks)
@@ -65,6 +67,11 @@ pub struct ServerConfig {
     /// Worker threads (the "DPU cores"); SSD `i` belongs to worker `i % workers`.
     pub workers: usize,
     pub nic_threads: usize,
+    /// Fabric connections at most; more are refused with a reason.
+    pub max_connections: usize,
+    /// A file holding the shared secret clients must present (1 to 64 bytes, a trailing newline
+    /// ignored). `None`: no secret is asked for.
+    pub secret_file: Option<PathBuf>,
     /// I/O threads per SSD (how many I/Os one SSD executes at once).
     pub io_threads: usize,
     pub direct_io: bool,
@@ -235,6 +242,8 @@ impl Default for ServerConfig {
             listen: None,
             workers: 2,
             nic_threads: 1,
+            max_connections: 256,
+            secret_file: None,
             io_threads: 4,
             direct_io: true,
             ssd_buckets: None,
@@ -272,6 +281,14 @@ impl ServerConfig {
     }
 
     /// Checks everything that can be checked before opening anything.
+    /// The shared secret from `secret_file`, if one is configured.
+    pub fn secret(&self) -> Result<Option<scalio_common::fabric::Secret>, ConfigError> {
+        let Some(path) = &self.secret_file else { return Ok(None) };
+        scalio_common::fabric::Secret::from_file(path)
+            .map(Some)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.ssds.is_empty() {
@@ -299,6 +316,10 @@ impl ServerConfig {
         if self.nic_threads == 0 || self.nic_threads > 256 {
             return bad(format!("nic_threads must be between 1 and 256, not {}", self.nic_threads));
         }
+        if self.max_connections == 0 || self.max_connections > 65536 {
+            return bad(format!("max_connections must be between 1 and 65536, not {}", self.max_connections));
+        }
+        self.secret()?;
         if self.io_threads == 0 || self.io_threads > 1024 {
             return bad(format!("io_threads must be between 1 and 1024, not {}", self.io_threads));
         }

@@ -37,6 +37,12 @@ struct Args {
     /// Software NIC threads.
     #[arg(long)]
     nic_threads: Option<usize>,
+    /// Fabric connections at most.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// A file holding the shared secret clients must present (1-64 bytes).
+    #[arg(long)]
+    secret_file: Option<std::path::PathBuf>,
     /// Cache-table buckets.
     #[arg(long)]
     cache_buckets: Option<u32>,
@@ -95,6 +101,12 @@ fn build_config(args: &Args) -> anyhow::Result<ServerConfig> {
     }
     if let Some(n) = args.nic_threads {
         c.nic_threads = n;
+    }
+    if let Some(n) = args.max_connections {
+        c.max_connections = n;
+    }
+    if let Some(p) = &args.secret_file {
+        c.secret_file = Some(p.clone());
     }
     if let Some(b) = args.cache_buckets {
         c.cache.buckets = b;

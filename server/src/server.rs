@@ -211,7 +211,12 @@ impl Server {
         let mut server =
             Server { shared: shared.clone(), mem, workers, local_addr: None, target, config: config.clone() };
         if let Some(addr) = &config.listen {
-            let nic_cfg = NicConfig { threads: config.nic_threads, ..NicConfig::default() };
+            let nic_cfg = NicConfig {
+                threads: config.nic_threads,
+                max_connections: config.max_connections,
+                secret: config.secret().map_err(ServerError::Config)?,
+                ..NicConfig::default()
+            };
             let nic = TcpNic::bind(addr.as_str(), regions, dispatch, nic_cfg)
                 .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
             server.local_addr = Some(nic.local_addr());

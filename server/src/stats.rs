@@ -17,6 +17,7 @@
 //! | `store_stale_retries`, `store_corrupt_reads`, `store_no_space` | reads retried after GC, unreadable blocks, refused writes |
 //! | `nic_reads`, `nic_writes`, `nic_bytes_read`, `nic_bytes_written`, `nic_rpcs` | one-sided operations and RPCs served by the software NIC |
 //! | `nic_remote_errors`, `nic_protocol_errors`, `nic_connections` (gauge) | NIC errors and open connections |
+//! | `nic_connections_refused` | connections refused: over `max_connections`, or without the shared secret |
 //! | `cpu_worker_ns`, `cpu_nic_ns`, `cpu_io_ns`, `cpu_target_ns` | CPU time of worker, NIC, SSD I/O and NVMe target threads |
 //! | `worker_virtual_ns` | emulated worker time charged for SSD I/O (emulated testbed only) |
 
@@ -149,6 +150,7 @@ impl ServerShared {
         c.push(("nic_rpcs".into(), nic.rpcs));
         c.push(("nic_remote_errors".into(), nic.remote_access_errors));
         c.push(("nic_protocol_errors".into(), nic.protocol_errors));
+        c.push(("nic_connections_refused".into(), nic.connections_refused));
         c.push(("nic_connections".into(), nic.connections_open));
         c.push(("cpu_worker_ns".into(), self.worker_cpu.total_ns()));
         c.push(("cpu_nic_ns".into(), nic_cpu));

@@ -4,7 +4,7 @@
 //! a plain thread. If the [`Completer`] is dropped without completing (the connection went
 //! away), the completion resolves to [`FabricError::Disconnected`].
 
-use super::FabricError;
+use super::{Disconnect, FabricError};
 use parking_lot::{Condvar, Mutex};
 use std::future::Future;
 use std::pin::Pin;
@@ -139,7 +139,7 @@ fn resolve<T>(shared: &Shared<T>, result: Result<T, FabricError>) {
 impl<T> Drop for Completer<T> {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            resolve(&shared, Err(FabricError::Disconnected("request abandoned".into())));
+            resolve(&shared, Err(FabricError::Disconnected(Disconnect::Abandoned)));
         }
     }
 }
@@ -159,7 +159,7 @@ mod tests {
     fn dropped_completer_means_disconnected() {
         let (c, f) = completion::<u32>();
         drop(c);
-        assert!(matches!(f.wait(), Err(FabricError::Disconnected(_))));
+        assert_eq!(f.wait(), Err(FabricError::Disconnected(Disconnect::Abandoned)));
     }
 
     #[test]

@@ -158,24 +158,62 @@ pub fn later_write_never_visible_before_earlier(make: MakeServer<'_>) {
     assert_eq!(writer.async_errors(), 0);
 }
 
-/// Bad keys, out-of-range addresses and missing rights are typed errors, and the queue pair keeps
-/// working afterwards.
+/// Bad keys, out-of-range addresses and missing rights are typed errors; each puts its queue pair
+/// into the error state, and other queue pairs are unaffected.
 pub fn access_errors_are_reported(make: MakeServer<'_>) {
     let (s, _r, d) = setup(make, 128, Access::READ);
-    let qp = s.connect();
-    let err = |chain: &[WorkRequest<'_>]| qp.post(chain).wait_timeout(T).unwrap_err();
+    let other = s.connect();
     let remote = |error| FabricError::Remote { index: 0, error };
     let bad_key = super::RemoteAddr { addr: d.addr, rkey: d.rkey.wrapping_add(12345) };
-    assert_eq!(err(&[WorkRequest::Read { remote: bad_key, len: 8 }]), remote(RemoteAccessError::BadKey));
-    assert_eq!(err(&[WorkRequest::Read { remote: d.at(121), len: 8 }]), remote(RemoteAccessError::OutOfBounds));
     let below = super::RemoteAddr { addr: d.addr - 8, rkey: d.rkey };
-    assert_eq!(err(&[WorkRequest::Read { remote: below, len: 8 }]), remote(RemoteAccessError::OutOfBounds));
     let far = super::RemoteAddr { addr: u64::MAX - 2, rkey: d.rkey };
-    assert_eq!(err(&[WorkRequest::Read { remote: far, len: 8 }]), remote(RemoteAccessError::OutOfBounds));
-    assert_eq!(err(&[WorkRequest::Write { remote: d.at(0), data: b"nope" }]), remote(RemoteAccessError::AccessDenied));
-    assert_eq!(read(&*qp, &d, 0, 8), vec![0; 8], "the queue pair still works");
-    // A second connection is unaffected too.
-    assert_eq!(read(&*s.connect(), &d, 120, 8), vec![0; 8]);
+    let cases: [(WorkRequest<'_>, RemoteAccessError); 5] = [
+        (WorkRequest::Read { remote: bad_key, len: 8 }, RemoteAccessError::BadKey),
+        (WorkRequest::Read { remote: d.at(121), len: 8 }, RemoteAccessError::OutOfBounds),
+        (WorkRequest::Read { remote: below, len: 8 }, RemoteAccessError::OutOfBounds),
+        (WorkRequest::Read { remote: far, len: 8 }, RemoteAccessError::OutOfBounds),
+        (WorkRequest::Write { remote: d.at(0), data: b"nope" }, RemoteAccessError::AccessDenied),
+    ];
+    for (wr, error) in cases {
+        let qp = s.connect();
+        assert_eq!(qp.post(&[wr]).wait_timeout(T), Err(remote(error)));
+        assert_eq!(
+            qp.post(&[WorkRequest::Read { remote: d.at(0), len: 8 }]).wait_timeout(T),
+            Err(FabricError::Flushed),
+            "after {error:?} the queue pair is in the error state"
+        );
+    }
+    assert_eq!(read(&*other, &d, 120, 8), vec![0; 8], "another queue pair is unaffected");
+}
+
+/// The RC error state: after a failed work request, nothing posted later on the queue pair
+/// executes. Requests already posted behind it, RPCs waiting for a response, and everything
+/// posted afterwards complete as flushed; a new queue pair works.
+pub fn error_state_flushes_what_follows(make: MakeServer<'_>) {
+    let (s, region, d) = setup(make, 128, Access::READ_WRITE);
+    let qp = s.connect();
+    read(&*qp, &d, 0, 8);
+    let slow_rpc = qp.call(&[7, 1, 2, 3]); // the service answers after 7 ms
+    let failing = qp.post(&[
+        WorkRequest::Write { remote: d.at(0), data: &[1] },
+        WorkRequest::Write { remote: d.at(500), data: &[1] },
+    ]);
+    let behind = qp.post(&[WorkRequest::Write { remote: d.at(16), data: &[2] }]);
+    let unsignaled_behind = qp.post_unsignaled(&[WorkRequest::Write { remote: d.at(24), data: &[3] }]);
+    assert_eq!(failing.wait_timeout(T), Err(FabricError::Remote { index: 1, error: RemoteAccessError::OutOfBounds }));
+    assert_eq!(behind.wait_timeout(T), Err(FabricError::Flushed));
+    assert!(matches!(unsignaled_behind, Ok(()) | Err(FabricError::Flushed)), "{unsignaled_behind:?}");
+    assert_eq!(slow_rpc.wait_timeout(T), Err(FabricError::Flushed), "a response to an errored queue pair is lost");
+    assert_eq!(qp.post(&[WorkRequest::Read { remote: d.at(0), len: 8 }]).wait_timeout(T), Err(FabricError::Flushed));
+    assert_eq!(qp.call(b"x").wait_timeout(T), Err(FabricError::Flushed));
+    let later = qp.post_unsignaled(&[WorkRequest::Write { remote: d.at(32), data: &[4] }]);
+    assert!(matches!(later, Ok(()) | Err(FabricError::Flushed)), "{later:?}");
+    let fresh = s.connect();
+    let now = read(&*fresh, &d, 0, 40);
+    assert_eq!(now[0], 1, "the request before the failure executed");
+    assert_eq!(&now[8..40], &[0; 32], "nothing after the failure executed");
+    assert_eq!(region.load_u8(16), 0);
+    assert_eq!(fresh.call(&[0, 9]).wait_timeout(T).unwrap(), vec![9, 0, 0xEE], "a new queue pair works");
 }
 
 /// A failed request stops the rest of its chain.
@@ -195,13 +233,11 @@ pub fn failed_request_stops_its_chain(make: MakeServer<'_>) {
     assert_eq!(region.load_u8(8), 0, "the request after the failure did not");
 }
 
-/// Unsignaled failures are counted; malformed chains are refused when posted.
+/// An unsignaled failure is counted and puts the queue pair into the error state; malformed
+/// chains are refused when posted, without changing the queue pair's state.
 pub fn unsignaled_failures_are_counted(make: MakeServer<'_>) {
     let (s, _r, d) = setup(make, 64, Access::READ_WRITE);
     let qp = s.connect();
-    qp.post_unsignaled(&[WorkRequest::Write { remote: d.at(60), data: &[0; 8] }]).unwrap();
-    read(&*qp, &d, 0, 8); // in order: the failure has been reported by now
-    assert_eq!(qp.async_errors(), 1);
     assert_eq!(qp.post_unsignaled(&[WorkRequest::Read { remote: d.at(0), len: 8 }]), Err(FabricError::UnsignaledRead));
     assert_eq!(qp.post_unsignaled(&[]), Err(FabricError::EmptyChain));
     assert_eq!(qp.post(&[]).wait_timeout(T), Err(FabricError::EmptyChain));
@@ -210,6 +246,11 @@ pub fn unsignaled_failures_are_counted(make: MakeServer<'_>) {
         qp.post(&[WorkRequest::Read { remote: d.at(0), len: big }]).wait_timeout(T),
         Err(FabricError::TooLarge(big as usize))
     );
+    assert_eq!(read(&*qp, &d, 0, 8), vec![0; 8], "refused posts leave the queue pair usable");
+    qp.post_unsignaled(&[WorkRequest::Write { remote: d.at(60), data: &[0; 8] }]).unwrap();
+    // In order: the failure has been reported by the time a later READ completes (flushed).
+    assert_eq!(qp.post(&[WorkRequest::Read { remote: d.at(0), len: 8 }]).wait_timeout(T), Err(FabricError::Flushed));
+    assert_eq!(qp.async_errors(), 1);
 }
 
 /// Many RPCs in flight, answered out of order, each get their own response.
@@ -240,7 +281,7 @@ pub fn rpc_responses_match_requests(make: MakeServer<'_>) {
 pub fn dropped_rpc_is_an_error(make: MakeServer<'_>) {
     let s = make(Arc::new(|rpc: IncomingRpc| drop(rpc)));
     let qp = s.connect();
-    assert!(matches!(qp.call(b"hello").wait_timeout(T), Err(FabricError::Protocol(_))));
+    assert_eq!(qp.call(b"hello").wait_timeout(T), Err(FabricError::Protocol(super::ProtocolError::Dropped)));
 }
 
 /// Transfers of a megabyte work both ways.
@@ -308,7 +349,7 @@ macro_rules! fabric_conformance {
         $crate::fabric_conformance!(@tests $make;
             read_write_round_trip, chain_executes_in_order, posts_execute_in_order,
             later_write_never_visible_before_earlier, access_errors_are_reported,
-            failed_request_stops_its_chain, unsignaled_failures_are_counted,
+            error_state_flushes_what_follows, failed_request_stops_its_chain, unsignaled_failures_are_counted,
             rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
             deregistered_key_is_refused, many_queue_pairs_at_once);
     };

@@ -6,12 +6,12 @@
 //! (a pause or a callback in the middle of every READ) and delays operations.
 
 use super::{
-    completion, validate_chain, Completer, Completion, FabricError, IncomingRpc, QueuePair, RegionTable, ReplySink,
-    Responder, RpcService, WorkRequest,
+    completion, validate_chain, Completer, Completion, FabricError, IncomingRpc, ProtocolError, QueuePair, RegionTable,
+    ReplySink, Responder, RpcService, WorkRequest,
 };
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +78,7 @@ impl MemFabric {
             sink: Arc::new(MemReplySink::default()),
             next_id: AtomicU64::new(1),
             async_errors: AtomicU64::new(0),
+            errored: AtomicBool::new(false),
         }
     }
 }
@@ -91,7 +92,7 @@ impl ReplySink for MemReplySink {
     fn reply(&self, id: u64, payload: &[u8]) {
         if let Some(c) = self.pending.lock().remove(&id) {
             if payload.is_empty() {
-                c.complete(Err(FabricError::Protocol("the server dropped the request".into())));
+                c.complete(Err(FabricError::Protocol(ProtocolError::Dropped)));
             } else {
                 c.complete(Ok(payload.to_vec()));
             }
@@ -105,10 +106,29 @@ pub struct MemQueuePair {
     sink: Arc<MemReplySink>,
     next_id: AtomicU64,
     async_errors: AtomicU64,
+    /// A work request failed: the queue pair is in the error state and executes nothing more.
+    errored: AtomicBool,
 }
 
 impl MemQueuePair {
+    /// Runs `chain` unless the queue pair is in the error state; a failure puts it there and
+    /// flushes the RPCs still waiting for a response.
     fn execute(&self, chain: &[WorkRequest<'_>]) -> Result<Vec<u8>, FabricError> {
+        if self.errored.load(Ordering::Acquire) {
+            return Err(FabricError::Flushed);
+        }
+        let r = self.execute_chain(chain);
+        if r.is_err() {
+            self.errored.store(true, Ordering::Release);
+            let flushed: Vec<_> = self.sink.pending.lock().drain().map(|(_, c)| c).collect();
+            for c in flushed {
+                c.complete(Err(FabricError::Flushed));
+            }
+        }
+        r
+    }
+
+    fn execute_chain(&self, chain: &[WorkRequest<'_>]) -> Result<Vec<u8>, FabricError> {
         let f = &self.fabric.faults;
         let total: usize = chain.iter().map(|w| w.read_len()).sum();
         let mut out = vec![0u8; total];
@@ -153,8 +173,12 @@ impl QueuePair for MemQueuePair {
 
     fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
         validate_chain(chain, false)?;
-        if self.execute(chain).is_err() {
-            self.async_errors.fetch_add(1, Ordering::Relaxed);
+        match self.execute(chain) {
+            Ok(_) => {}
+            Err(FabricError::Flushed) => return Err(FabricError::Flushed),
+            Err(_) => {
+                self.async_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -162,6 +186,9 @@ impl QueuePair for MemQueuePair {
     fn call(&self, request: &[u8]) -> Completion<Vec<u8>> {
         if request.len() > super::MAX_TRANSFER {
             return Completion::ready(Err(FabricError::TooLarge(request.len())));
+        }
+        if self.errored.load(Ordering::Acquire) {
+            return Completion::ready(Err(FabricError::Flushed));
         }
         let Some(service) = self.fabric.service.read().clone() else {
             return Completion::ready(Err(FabricError::NoService));

@@ -7,6 +7,11 @@
 //!   the same queue pair, and a failed request stops the rest of its chain. A chain may be posted
 //!   unsignaled (no completion on success; a failure is counted in
 //!   [`QueuePair::async_errors`]), as verbs allows.
+//! * A failed request (signaled or not) puts the queue pair into the **error state**, as on RC:
+//!   nothing posted after it executes; what is pending behind it, and everything posted later,
+//!   completes with [`FabricError::Flushed`]. The caller opens a new queue pair
+//!   ([`FabricError::ends_queue_pair`] says when). Posts refused locally (an empty chain, a READ
+//!   in an unsignaled chain, a request over [`MAX_TRANSFER`]) leave the state unchanged.
 //! * A two-sided RPC ([`QueuePair::call`]) carries the KV messages to the server's
 //!   [`RpcService`], request and response matched by an id, many in flight.
 //!
@@ -15,12 +20,16 @@
 
 pub mod completion;
 pub mod conformance;
+mod error;
 pub mod mem;
 pub mod region;
+mod secret;
 pub mod tcp;
 
 pub use completion::{completion, Completer, Completion};
+pub use error::{CloseReason, Disconnect, FabricError, ProtocolError, RemoteAccessError};
 pub use region::{MemoryRegion, RegionDesc, RegionTable};
+pub use secret::{BadSecretLength, Secret, MAX_SECRET};
 
 use std::sync::Arc;
 
@@ -43,57 +52,6 @@ impl Access {
 pub struct RemoteAddr {
     pub addr: u64,
     pub rkey: u32,
-}
-
-/// Why the remote side refused a READ or WRITE. Encoded on the wire as its discriminant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[repr(u8)]
-pub enum RemoteAccessError {
-    #[error("unknown remote key")]
-    BadKey = 1,
-    #[error("access outside the registered region")]
-    OutOfBounds = 2,
-    #[error("the region does not grant this access")]
-    AccessDenied = 3,
-    #[error("work request too large")]
-    TooLarge = 4,
-}
-
-impl RemoteAccessError {
-    pub fn from_u8(v: u8) -> Option<RemoteAccessError> {
-        use RemoteAccessError::*;
-        [BadKey, OutOfBounds, AccessDenied, TooLarge].into_iter().find(|e| *e as u8 == v)
-    }
-}
-
-/// A failed fabric operation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FabricError {
-    /// Work request `index` of the chain was refused; the rest of the chain was not executed.
-    #[error("work request {index} of the chain failed: {error}")]
-    Remote { index: u16, error: RemoteAccessError },
-    #[error("an unsignaled chain cannot contain a READ")]
-    UnsignaledRead,
-    #[error("empty chain")]
-    EmptyChain,
-    #[error("work request or message of {0} bytes is too large")]
-    TooLarge(usize),
-    #[error("connection lost: {0}")]
-    Disconnected(String),
-    #[error("peer violated the protocol: {0}")]
-    Protocol(String),
-    #[error("I/O error: {0}")]
-    Io(String),
-    #[error("the server has no RPC service")]
-    NoService,
-    #[error("timed out")]
-    Timeout,
-}
-
-impl From<std::io::Error> for FabricError {
-    fn from(e: std::io::Error) -> Self {
-        FabricError::Io(e.to_string())
-    }
 }
 
 /// Largest READ or WRITE in one work request, and largest RPC message.

@@ -16,7 +16,7 @@ pub mod qp;
 pub mod wire;
 
 pub use nic::{NicConfig, NicStats, TcpNic};
-pub use qp::TcpQueuePair;
+pub use qp::{ConnectOptions, TcpQueuePair};
 
 #[cfg(test)]
 mod tests {
@@ -52,7 +52,7 @@ mod tests {
     /// each one, which exercises the backpressure paths.
     mod tiny_output_buffer {
         fn make(service: std::sync::Arc<dyn crate::fabric::RpcService>) -> crate::fabric::conformance::TestServer {
-            super::start(service, super::NicConfig { threads: 2, out_high_water: 1 })
+            super::start(service, super::NicConfig { threads: 2, out_high_water: 1, ..Default::default() })
         }
         crate::fabric_conformance!(make);
     }

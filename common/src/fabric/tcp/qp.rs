@@ -7,7 +7,10 @@
 //!   appended at once, so it goes out in one `write`.
 //! * One reader thread per queue pair decodes the server's frames and resolves the completions,
 //!   kept in a slab keyed by request id (the id on the wire).
-//! * When the connection is lost, every pending completion resolves to
+//! * When a work request fails, the queue pair enters the error state (as on RC): the failing
+//!   chain completes with [`FabricError::Remote`], everything pending and everything posted later
+//!   with [`FabricError::Flushed`]; the server executes nothing after the failure and closes the
+//!   connection. When the connection is lost, every pending completion resolves to
 //!   [`FabricError::Disconnected`] and later posts fail at once with it.
 //!
 //! It needs no async runtime: completions can be awaited from any executor or waited on.
@@ -15,7 +18,8 @@
 use super::buf::{InBuf, Slab};
 use super::wire::{self, ChainStatus, ServerFrame, WrFlags};
 use crate::fabric::{
-    completion, validate_chain, Completer, Completion, FabricError, QueuePair, WorkRequest, MAX_TRANSFER,
+    completion, validate_chain, Completer, Completion, Disconnect, FabricError, ProtocolError, QueuePair, Secret,
+    WorkRequest, MAX_TRANSFER,
 };
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::io::{self, Write};
@@ -90,7 +94,7 @@ fn interpret(frame: ServerFrame<'_>) -> Event {
     match frame {
         ServerFrame::ChainDone { unsignaled: true, status: ChainStatus::Failed { .. }, .. } => Event::AsyncError,
         ServerFrame::ChainDone { unsignaled: true, status: ChainStatus::Ok, .. } => {
-            Event::Closed(FabricError::Protocol("success completion of an unsignaled chain".into()))
+            Event::Closed(FabricError::Protocol(ProtocolError::UnsignaledSuccess))
         }
         ServerFrame::ChainDone { chain, unsignaled: false, status, data } => {
             let result = match status {
@@ -103,14 +107,15 @@ fn interpret(frame: ServerFrame<'_>) -> Event {
         }
         ServerFrame::RpcReply { id, payload } => {
             let result = if payload.is_empty() {
-                Err(FabricError::Protocol("the server dropped the request".into()))
+                Err(FabricError::Protocol(ProtocolError::Dropped))
             } else {
                 Ok(payload.to_vec())
             };
             Event::Resolve { key: id, kind: Kind::Rpc, result }
         }
         ServerFrame::Error { code, message } => {
-            Event::Closed(FabricError::Disconnected(format!("the server closed the connection ({code:?}): {message}")))
+            tracing::debug!(%code, message, "the server closes the connection");
+            Event::Closed(FabricError::Disconnected(Disconnect::ClosedByServer(code)))
         }
     }
 }
@@ -130,15 +135,15 @@ fn encode_chain(buf: &mut Vec<u8>, id: u32, unsignaled: bool, chain: &[WorkReque
 fn timeout_or_io(e: io::Error) -> FabricError {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => FabricError::Timeout,
-        _ => FabricError::Io(e.to_string()),
+        _ => FabricError::Io(e.kind()),
     }
 }
 
 /// Exchanges HELLOs. Returns the bytes received after the server's HELLO.
-fn handshake(stream: &mut TcpStream, timeout: Duration) -> Result<InBuf, FabricError> {
-    stream.set_read_timeout(Some(timeout))?;
-    let mut hello = Vec::with_capacity(wire::HELLO_LEN);
-    wire::encode_hello(&mut hello, wire::VERSION);
+fn handshake(stream: &mut TcpStream, opts: &ConnectOptions) -> Result<InBuf, FabricError> {
+    stream.set_read_timeout(Some(opts.timeout))?;
+    let mut hello = Vec::with_capacity(wire::HELLO_LEN + wire::MAX_SECRET);
+    wire::encode_hello(&mut hello, wire::VERSION, opts.secret.as_ref().map_or(&[], Secret::as_bytes));
     stream.write_all(&hello).map_err(timeout_or_io)?;
     let mut input = InBuf::new();
     loop {
@@ -148,24 +153,24 @@ fn handshake(stream: &mut TcpStream, timeout: Duration) -> Result<InBuf, FabricE
                 break;
             }
             Ok(Some((h, _))) => {
-                return Err(FabricError::Protocol(format!(
-                    "the server speaks protocol version {}, this client {}",
-                    h.version,
-                    wire::VERSION
-                )))
+                return Err(FabricError::Protocol(ProtocolError::Version { server: h.version, client: wire::VERSION }))
             }
             Ok(None) => {}
             // Not a HELLO: perhaps the server's ERROR frame saying why it refuses us.
             Err(e) => match wire::decode_server_frame(input.data()) {
-                Ok(Some((ServerFrame::Error { message, .. }, _))) => {
-                    return Err(FabricError::Protocol(format!("the server refused the handshake: {message}")))
+                Ok(Some((ServerFrame::Error { code, message }, _))) => {
+                    tracing::debug!(%code, message, "the server refused the handshake");
+                    return Err(FabricError::Refused(code));
                 }
                 Ok(None) => {}
-                _ => return Err(FabricError::Protocol(format!("bad HELLO from the server: {e}"))),
+                _ => {
+                    tracing::debug!(error = %e, "bad HELLO from the server");
+                    return Err(FabricError::Protocol(ProtocolError::BadHandshake));
+                }
             },
         }
         match input.read_from(stream) {
-            Ok((0, _)) => return Err(FabricError::Disconnected("the server closed the connection".into())),
+            Ok((0, _)) => return Err(FabricError::Disconnected(Disconnect::PeerClosed)),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(timeout_or_io(e)),
@@ -175,29 +180,49 @@ fn handshake(stream: &mut TcpStream, timeout: Duration) -> Result<InBuf, FabricE
     Ok(input)
 }
 
+/// How [`TcpQueuePair::connect_with`] connects.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Gives up on the connection, and then on the handshake, after this long each.
+    pub timeout: Duration,
+    /// The NIC's shared secret, if it has one.
+    pub secret: Option<Secret>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { timeout: DEFAULT_CONNECT_TIMEOUT, secret: None }
+    }
+}
+
 impl TcpQueuePair {
     /// Connects to a NIC at `addr` (waiting up to [`DEFAULT_CONNECT_TIMEOUT`]).
     pub fn connect(addr: impl ToSocketAddrs) -> Result<TcpQueuePair, FabricError> {
-        Self::connect_timeout(addr, DEFAULT_CONNECT_TIMEOUT)
+        Self::connect_with(addr, &ConnectOptions::default())
     }
 
     /// Connects to a NIC at `addr`, giving up on the connection and on the handshake after
     /// `timeout` each.
     pub fn connect_timeout(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpQueuePair, FabricError> {
-        let mut last = FabricError::Io("no address to connect to".into());
+        Self::connect_with(addr, &ConnectOptions { timeout, ..ConnectOptions::default() })
+    }
+
+    /// Connects to a NIC at `addr` with `opts`.
+    pub fn connect_with(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpQueuePair, FabricError> {
+        let mut last = FabricError::NoAddress;
         for a in addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&a, timeout) {
-                Ok(stream) => return Self::start(stream, timeout),
+            match TcpStream::connect_timeout(&a, opts.timeout) {
+                Ok(stream) => return Self::start(stream, opts),
                 Err(e) => last = timeout_or_io(e),
             }
         }
         Err(last)
     }
 
-    fn start(mut stream: TcpStream, timeout: Duration) -> Result<TcpQueuePair, FabricError> {
+    fn start(mut stream: TcpStream, opts: &ConnectOptions) -> Result<TcpQueuePair, FabricError> {
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
-        let input = handshake(&mut stream, timeout)?;
+        let input = handshake(&mut stream, opts)?;
         let read_half = stream.try_clone()?;
         let inner = Arc::new(Inner {
             stream,
@@ -222,7 +247,7 @@ impl TcpQueuePair {
 
 impl Inner {
     fn death(&self) -> FabricError {
-        self.pending.lock().dead.clone().unwrap_or_else(|| FabricError::Disconnected("connection lost".into()))
+        self.pending.lock().dead.clone().unwrap_or(FabricError::Disconnected(Disconnect::PeerClosed))
     }
 
     /// Marks the connection dead with `why`, resolves every pending completion with it, and
@@ -277,7 +302,7 @@ impl Inner {
         tx.writing = false;
         drop(tx);
         result.map_err(|e| {
-            self.fail(FabricError::Disconnected(format!("write failed: {e}")));
+            self.fail(FabricError::Disconnected(Disconnect::Send(e.kind())));
             self.death()
         })
     }
@@ -313,7 +338,10 @@ impl Inner {
                         }
                     }
                     Ok(None) => break None,
-                    Err(e) => break Some(FabricError::Protocol(format!("bad frame from the server: {e}"))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bad frame from the server");
+                        break Some(FabricError::Protocol(ProtocolError::Malformed));
+                    }
                 }
             };
             input.consume(consumed);
@@ -321,10 +349,10 @@ impl Inner {
                 break why;
             }
             match input.read_from(&mut stream) {
-                Ok((0, _)) => break FabricError::Disconnected("the server closed the connection".into()),
+                Ok((0, _)) => break FabricError::Disconnected(Disconnect::PeerClosed),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break FabricError::Disconnected(format!("read failed: {e}")),
+                Err(e) => break FabricError::Disconnected(Disconnect::Receive(e.kind())),
             }
         };
         self.fail(why);
@@ -341,14 +369,20 @@ impl Inner {
                     }
                 };
                 let Some(waiter) = waiter else {
-                    return Err(FabricError::Protocol(format!("response to unknown {kind:?} request {key}")));
+                    return Err(FabricError::Protocol(ProtocolError::UnknownRequest(key)));
                 };
+                let failed = matches!(result, Err(FabricError::Remote { .. }));
                 waiter.completer.complete(result);
+                if failed {
+                    // The error state: everything still pending is flushed, and so is anything
+                    // posted from now on (the server executes nothing more on this connection).
+                    return Err(FabricError::Flushed);
+                }
                 Ok(())
             }
             Event::AsyncError => {
                 self.async_errors.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                Err(FabricError::Flushed)
             }
             Event::Closed(why) => Err(why),
         }
@@ -397,7 +431,7 @@ impl QueuePair for TcpQueuePair {
 
 impl Drop for TcpQueuePair {
     fn drop(&mut self) {
-        self.inner.fail(FabricError::Disconnected("the queue pair was closed".into()));
+        self.inner.fail(FabricError::Disconnected(Disconnect::Closed));
         if let Some(reader) = self.reader.take() {
             if reader.thread().id() != std::thread::current().id() {
                 let _ = reader.join();
@@ -435,11 +469,11 @@ mod tests {
         assert_eq!(interpret(unsignaled), Event::AsyncError);
         assert!(matches!(
             interpret(ServerFrame::RpcReply { id: 9, payload: &[] }),
-            Event::Resolve { key: 9, kind: Kind::Rpc, result: Err(FabricError::Protocol(_)) }
+            Event::Resolve { key: 9, kind: Kind::Rpc, result: Err(FabricError::Protocol(ProtocolError::Dropped)) }
         ));
         assert!(matches!(
-            interpret(ServerFrame::Error { code: wire::ErrorCode::Shutdown, message: "bye" }),
-            Event::Closed(FabricError::Disconnected(m)) if m.contains("bye")
+            interpret(ServerFrame::Error { code: crate::fabric::CloseReason::Shutdown, message: "bye" }),
+            Event::Closed(FabricError::Disconnected(Disconnect::ClosedByServer(crate::fabric::CloseReason::Shutdown)))
         ));
     }
 

@@ -7,12 +7,14 @@
 //! their payload from the input, so neither side copies WRITE data or READ data on the way
 //! through the codec.
 //!
-//! All integers are little-endian. A connection starts with a HELLO from the client; the
-//! server answers with its own HELLO, or with an ERROR frame and closes.
+//! All integers are little-endian. A connection starts with a HELLO from the client, carrying the
+//! server's shared secret when it has one (up to [`MAX_SECRET`] bytes; empty otherwise); the
+//! server answers with its own HELLO (no secret), or with an ERROR frame and closes. A server
+//! at its connection limit sends the ERROR frame without waiting for the HELLO.
 //!
 //! | frame (direction)     | bytes    | layout                                                                                     |
 //! |-----------------------|----------|--------------------------------------------------------------------------------------------|
-//! | HELLO (both)          | 8        | magic `"SNIC"` · version u16 · reserved u16 = 0                                            |
+//! | HELLO (both)          | 8 + len  | magic `"SNIC"` · version u16 · secret len u16 · secret                                     |
 //! | READ (client)         | 24       | op `0x01` · flags u8 · reserved u16 · chain id u32 · rkey u32 · len u32 · addr u64         |
 //! | WRITE (client)        | 24 + len | op `0x02` · flags u8 · reserved u16 · chain id u32 · rkey u32 · len u32 · addr u64 · data  |
 //! | RPC (client)          | 16 + len | op `0x03` · reserved u8 · reserved u16 · len u32 · request id u64 · payload                |
@@ -36,14 +38,17 @@
 //!   [`MAX_ERROR_MESSAGE`] bytes. A READ's length is not a framing limit: a READ over
 //!   `MAX_TRANSFER` is a well-formed request that fails with [`RemoteAccessError::TooLarge`].
 
-use crate::fabric::{RemoteAccessError, RemoteAddr, MAX_TRANSFER};
+use crate::fabric::{CloseReason, RemoteAccessError, RemoteAddr, MAX_TRANSFER};
 
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"SNIC";
-/// Version of this protocol; both sides must speak the same one.
-pub const VERSION: u16 = 1;
-/// Size of a HELLO frame.
+/// Version of this protocol; both sides must speak the same one. Version 2: the HELLO carries a
+/// secret, and a failed work request ends the connection (the queue pair's error state).
+pub const VERSION: u16 = 2;
+/// Size of a HELLO frame without a secret (the server's HELLO, always).
 pub const HELLO_LEN: usize = 8;
+/// Largest shared secret a HELLO carries.
+pub use crate::fabric::MAX_SECRET;
 /// Header size of READ and WRITE frames (a READ is only a header).
 pub const WR_HEADER_LEN: usize = 24;
 /// Header size of RPC and RPC_REPLY frames.
@@ -119,8 +124,9 @@ impl WrFlags {
 
 /// The handshake frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Hello {
+pub struct Hello<'a> {
     pub version: u16,
+    pub secret: &'a [u8],
 }
 
 /// A frame sent by a client.
@@ -142,41 +148,23 @@ pub enum ChainStatus {
     },
 }
 
-/// Why the server closes a connection (the code of an ERROR frame).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ErrorCode {
-    /// The client's HELLO was malformed.
-    BadHandshake = 1,
-    /// The client speaks another protocol version.
-    UnsupportedVersion = 2,
-    /// The client sent a malformed or out-of-place frame.
-    ProtocolViolation = 3,
-    /// The server is shutting down.
-    Shutdown = 4,
-}
-
-impl ErrorCode {
-    pub fn from_u8(v: u8) -> Option<ErrorCode> {
-        use ErrorCode::*;
-        [BadHandshake, UnsupportedVersion, ProtocolViolation, Shutdown].into_iter().find(|c| *c as u8 == v)
-    }
-}
-
 /// A frame sent by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerFrame<'a> {
     ChainDone { chain: u32, unsignaled: bool, status: ChainStatus, data: &'a [u8] },
     RpcReply { id: u64, payload: &'a [u8] },
-    Error { code: ErrorCode, message: &'a str },
+    Error { code: CloseReason, message: &'a str },
 }
 
 // ---- encoders -------------------------------------------------------------------------------
 
-pub fn encode_hello(out: &mut Vec<u8>, version: u16) {
+/// Appends a HELLO; `secret` must be at most [`MAX_SECRET`] bytes.
+pub fn encode_hello(out: &mut Vec<u8>, version: u16, secret: &[u8]) {
+    assert!(secret.len() <= MAX_SECRET, "a secret of {} bytes is over the limit", secret.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(secret.len() as u16).to_le_bytes());
+    out.extend_from_slice(secret);
 }
 
 fn wr_header(out: &mut Vec<u8>, op: u8, chain: u32, flags: WrFlags, remote: RemoteAddr, len: u32) {
@@ -241,7 +229,7 @@ pub fn encode_chain_done(out: &mut Vec<u8>, chain: u32, unsignaled: bool, status
 
 /// Appends an ERROR frame; the message is cut to [`MAX_ERROR_MESSAGE`] bytes (at a character
 /// boundary).
-pub fn encode_error(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
+pub fn encode_error(out: &mut Vec<u8>, code: CloseReason, message: &str) {
     let mut end = message.len().min(MAX_ERROR_MESSAGE);
     while !message.is_char_boundary(end) {
         end -= 1;
@@ -279,7 +267,7 @@ fn complete<'a, T>(buf: &'a [u8], header: usize, body: usize, make: impl FnOnce(
 }
 
 /// Decodes a HELLO. Bytes that differ from the magic are refused as soon as they arrive.
-pub fn decode_hello(buf: &[u8]) -> Result<Option<(Hello, usize)>, WireError> {
+pub fn decode_hello(buf: &[u8]) -> Result<Option<(Hello<'_>, usize)>, WireError> {
     let n = buf.len().min(MAGIC.len());
     if buf[..n] != MAGIC[..n] {
         return Err(WireError::BadMagic);
@@ -287,10 +275,12 @@ pub fn decode_hello(buf: &[u8]) -> Result<Option<(Hello, usize)>, WireError> {
     if buf.len() < HELLO_LEN {
         return Ok(None);
     }
-    if u16_at(buf, 6) != 0 {
-        return Err(WireError::Reserved("HELLO"));
+    let secret_len = usize::from(u16_at(buf, 6));
+    if secret_len > MAX_SECRET {
+        return Err(WireError::TooLong { what: "HELLO secret", len: secret_len as u64, max: MAX_SECRET as u64 });
     }
-    Ok(Some((Hello { version: u16_at(buf, 4) }, HELLO_LEN)))
+    let version = u16_at(buf, 4);
+    Ok(complete(buf, HELLO_LEN, secret_len, |secret| Hello { version, secret }))
 }
 
 /// Decodes one client frame from the start of `buf`.
@@ -379,7 +369,7 @@ pub fn decode_server_frame(buf: &[u8]) -> Result<Option<(ServerFrame<'_>, usize)
             if buf.len() < ERROR_HEADER_LEN {
                 return Ok(None);
             }
-            let code = ErrorCode::from_u8(buf[1]).ok_or(WireError::UnknownErrorCode(buf[1]))?;
+            let code = CloseReason::from_u8(buf[1]).ok_or(WireError::UnknownErrorCode(buf[1]))?;
             if u16_at(buf, 2) != 0 {
                 return Err(WireError::Reserved("ERROR"));
             }
@@ -440,7 +430,7 @@ mod tests {
     enum OwnedServer {
         Done { chain: u32, unsignaled: bool, status: ChainStatus, data: Vec<u8> },
         Reply { id: u64, payload: Vec<u8> },
-        Error { code: ErrorCode, message: String },
+        Error { code: CloseReason, message: String },
     }
 
     impl OwnedServer {
@@ -490,7 +480,7 @@ mod tests {
     }
 
     fn server_frame() -> impl Strategy<Value = OwnedServer> {
-        let code = (1u8..=4).prop_map(|v| ErrorCode::from_u8(v).unwrap());
+        let code = (1u8..=7).prop_map(|v| CloseReason::from_u8(v).unwrap());
         prop_oneof![
             (any::<u32>(), any::<bool>(), bytes()).prop_map(|(chain, unsignaled, data)| OwnedServer::Done {
                 chain,
@@ -565,11 +555,11 @@ mod tests {
         }
 
         #[test]
-        fn hello_round_trips(version in any::<u16>()) {
+        fn hello_round_trips(version in any::<u16>(), secret in prop::collection::vec(any::<u8>(), 0..=MAX_SECRET)) {
             let mut b = Vec::new();
-            encode_hello(&mut b, version);
-            prop_assert_eq!(decode_hello(&b), Ok(Some((Hello { version }, HELLO_LEN))));
-            for n in 0..HELLO_LEN {
+            encode_hello(&mut b, version, &secret);
+            prop_assert_eq!(decode_hello(&b), Ok(Some((Hello { version, secret: &secret }, HELLO_LEN + secret.len()))));
+            for n in 0..b.len() {
                 prop_assert_eq!(decode_hello(&b[..n]), Ok(None));
             }
         }
@@ -648,6 +638,10 @@ mod tests {
     fn bad_input_is_refused_early() {
         assert_eq!(decode_hello(b"GE"), Err(WireError::BadMagic));
         assert_eq!(decode_hello(b"SN"), Ok(None));
+        let mut h = Vec::new();
+        encode_hello(&mut h, VERSION, b"");
+        h[6..8].copy_from_slice(&(MAX_SECRET as u16 + 1).to_le_bytes());
+        assert!(matches!(decode_hello(&h), Err(WireError::TooLong { what: "HELLO secret", .. })));
         assert_eq!(decode_client_frame(&[0x7F]), Err(WireError::UnknownOpcode(0x7F)));
         assert_eq!(decode_server_frame(&[OP_READ]), Err(WireError::UnknownOpcode(OP_READ)));
 
@@ -666,7 +660,7 @@ mod tests {
         assert_eq!(decode_client_frame(&r), Err(WireError::Reserved("READ")));
 
         let mut e = Vec::new();
-        encode_error(&mut e, ErrorCode::Shutdown, "bye");
+        encode_error(&mut e, CloseReason::Shutdown, "bye");
         e[1] = 99;
         assert_eq!(decode_server_frame(&e), Err(WireError::UnknownErrorCode(99)));
     }
@@ -675,7 +669,7 @@ mod tests {
     fn long_error_messages_are_cut_at_a_char_boundary() {
         let msg = "é".repeat(MAX_ERROR_MESSAGE);
         let mut e = Vec::new();
-        encode_error(&mut e, ErrorCode::ProtocolViolation, &msg);
+        encode_error(&mut e, CloseReason::ProtocolViolation, &msg);
         let (frame, _) = decode_server_frame(&e).unwrap().unwrap();
         let ServerFrame::Error { message, .. } = frame else { panic!("{frame:?}") };
         assert_eq!(message.len(), MAX_ERROR_MESSAGE);

@@ -11,7 +11,8 @@ use super::session::{Env, Session, Tally, Violation};
 use super::{Counters, NicConfig};
 use crate::cputime::CpuGroup;
 use crate::fabric::tcp::buf::{InBuf, Slab};
-use crate::fabric::{RegionTable, ReplySink, RpcService};
+use crate::fabric::tcp::wire;
+use crate::fabric::{CloseReason, RegionTable, ReplySink, RpcService};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Write};
@@ -199,6 +200,15 @@ impl NicThread {
                     return;
                 }
             };
+            let counters = &self.shared.counters;
+            let open =
+                counters.accepted.load(Ordering::Relaxed).saturating_sub(counters.closed.load(Ordering::Relaxed));
+            if open >= self.shared.config.max_connections as u64 {
+                // Counted first, so that a client that sees the refusal also sees it counted.
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                refuse(stream, CloseReason::TooManyConnections);
+                continue;
+            }
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::warn!("cannot set TCP_NODELAY: {e}");
             }
@@ -258,13 +268,30 @@ impl NicThread {
             Close::Eof => {}
             Close::Io(e) => tracing::debug!("NIC connection closed: {e}"),
             Close::Violation(v) => {
-                counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("NIC closes a connection: {v}");
+                if v.is_protocol_error() {
+                    counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("NIC closes a connection: {v}");
+                } else if v == Violation::Unauthenticated {
+                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("NIC closes a connection: {v}");
+                } else {
+                    tracing::debug!("NIC closes a connection: {v}");
+                }
                 // The ERROR frame went out with the last flush; end the stream after it.
                 let _ = conn.stream.shutdown(std::net::Shutdown::Write);
             }
         }
     }
+}
+
+/// Tells a connection the NIC will not serve why (best effort: one non-blocking write of a small
+/// frame into a fresh socket's empty buffer) and closes it.
+fn refuse(mut stream: TcpStream, why: CloseReason) {
+    let mut frame = Vec::new();
+    wire::encode_error(&mut frame, why, &why.to_string());
+    let _ = stream.write(&frame);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    tracing::info!("NIC refuses a connection: {why}");
 }
 
 impl Conn {
@@ -294,8 +321,13 @@ impl Conn {
             }
 
             // Everything it returned.
-            let mut env =
-                Env { regions: &shared.regions, service: &*shared.service, sink: &self.sink, tally: &mut *tally };
+            let mut env = Env {
+                regions: &shared.regions,
+                config: &shared.config,
+                service: &*shared.service,
+                sink: &self.sink,
+                tally: &mut *tally,
+            };
             let out_limit = self.sent + high_water;
             match self.session.process(self.input.data(), &mut self.out, out_limit, &mut env) {
                 Ok(n) => self.input.consume(n),

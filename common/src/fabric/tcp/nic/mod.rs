@@ -14,8 +14,9 @@ pub mod session;
 use self::event_loop::{Acceptor, NicShared, NicThread, WAKE};
 use self::reply::Mailbox;
 use self::session::Tally;
+use super::wire;
 use crate::cputime::CpuGroup;
-use crate::fabric::{RegionTable, RpcService};
+use crate::fabric::{RegionTable, RpcService, Secret};
 use mio::{Interest, Poll};
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -31,11 +32,41 @@ pub struct NicConfig {
     /// A connection's requests wait (unread) while this many bytes of its responses are not yet
     /// taken by the client: backpressure that bounds the NIC's memory per connection.
     pub out_high_water: usize,
+    /// When set, a client's HELLO must carry this secret;
+    /// a connection without it is closed before it can read, write or call anything. It travels
+    /// in clear: it keeps out peers that do not know it, not eavesdroppers on the network.
+    pub secret: Option<Secret>,
+    /// Open connections at most; more are refused with an ERROR frame.
+    pub max_connections: usize,
+    /// READ data of one chain at most (it is held until the chain completes); a chain that reads
+    /// more fails with [`RemoteAccessError::TooLarge`](crate::fabric::RemoteAccessError).
+    pub max_chain_read: usize,
 }
 
 impl Default for NicConfig {
+    /// With these limits a connection holds at most about `max_chain_read + out_high_water`
+    /// (8 MiB) of NIC memory, so the NIC at most 2 GiB.
     fn default() -> Self {
-        NicConfig { threads: 1, out_high_water: 4 << 20 }
+        NicConfig {
+            threads: 1,
+            out_high_water: 4 << 20,
+            secret: None,
+            max_connections: 256,
+            max_chain_read: crate::fabric::MAX_TRANSFER,
+        }
+    }
+}
+
+impl NicConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if self.max_chain_read == 0 || self.max_chain_read > wire::MAX_CHAIN_READ {
+            return Err(format!("max_chain_read must be 1 to {} bytes", wire::MAX_CHAIN_READ));
+        }
+        Ok(())
     }
 }
 
@@ -51,6 +82,7 @@ pub(super) struct Counters {
     rpcs: AtomicU64,
     remote_errors: AtomicU64,
     protocol_errors: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl Counters {
@@ -92,6 +124,8 @@ pub struct NicStats {
     pub remote_access_errors: u64,
     /// Connections closed because the client violated the protocol.
     pub protocol_errors: u64,
+    /// Connections refused: over the connection limit, or without the shared secret.
+    pub connections_refused: u64,
 }
 
 struct ThreadHandle {
@@ -114,6 +148,7 @@ impl TcpNic {
         service: Arc<dyn RpcService>,
         config: NicConfig,
     ) -> io::Result<TcpNic> {
+        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
@@ -170,6 +205,7 @@ impl TcpNic {
             rpcs: get(&c.rpcs),
             remote_access_errors: get(&c.remote_errors),
             protocol_errors: get(&c.protocol_errors),
+            connections_refused: get(&c.refused),
         }
     }
 

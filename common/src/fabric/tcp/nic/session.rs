@@ -2,7 +2,9 @@
 //! executes every complete request against the [`RegionTable`], hands RPCs to the service, and
 //! appends the responses to an output buffer. The event loop around it only moves bytes.
 
-use super::super::wire::{self, ChainStatus, ClientFrame, ErrorCode, WireError, WrFlags};
+use super::super::wire::{self, ChainStatus, ClientFrame, WireError, WrFlags};
+use super::NicConfig;
+use crate::fabric::CloseReason;
 use crate::fabric::{Access, IncomingRpc, RegionTable, RemoteAccessError, ReplySink, Responder, RpcService};
 use crate::fabric::{RemoteAddr, MAX_TRANSFER};
 use std::panic::AssertUnwindSafe;
@@ -25,14 +27,29 @@ pub enum Violation {
     RpcInsideChain(u32),
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    /// The HELLO did not carry the NIC's shared secret.
+    #[error("the HELLO did not carry the shared secret")]
+    Unauthenticated,
+    /// Not the client's fault: request `index` of chain `chain` failed, which puts the queue
+    /// pair into the error state (as on RC): nothing after it executes, and the connection ends
+    /// after the chain's completion.
+    #[error("request {index} of chain {chain} failed ({error}): the queue pair is in the error state")]
+    QueuePairError { chain: u32, index: u32, error: RemoteAccessError },
 }
 
 impl Violation {
-    fn code(&self) -> ErrorCode {
+    /// Whether the client broke the protocol (as opposed to a request failing on the NIC).
+    pub fn is_protocol_error(&self) -> bool {
+        !matches!(self, Violation::QueuePairError { .. } | Violation::Unauthenticated)
+    }
+
+    fn code(&self) -> CloseReason {
         match self {
-            Violation::BadHandshake(_) => ErrorCode::BadHandshake,
-            Violation::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
-            _ => ErrorCode::ProtocolViolation,
+            Violation::BadHandshake(_) => CloseReason::BadHandshake,
+            Violation::UnsupportedVersion(_) => CloseReason::UnsupportedVersion,
+            Violation::QueuePairError { .. } => CloseReason::QueuePairError,
+            Violation::Unauthenticated => CloseReason::Unauthenticated,
+            _ => CloseReason::ProtocolViolation,
         }
     }
 }
@@ -51,6 +68,8 @@ pub struct Tally {
 /// What a session needs from its NIC.
 pub struct Env<'a> {
     pub regions: &'a RegionTable,
+    /// Admission: the shared secret and the per-connection limits.
+    pub config: &'a NicConfig,
     pub service: &'a dyn RpcService,
     /// Where this connection's RPC responses go.
     pub sink: &'a Arc<dyn ReplySink>,
@@ -74,6 +93,8 @@ struct OpenChain {
 pub struct Session {
     handshaken: bool,
     chain: Option<OpenChain>,
+    /// A chain failed: the queue pair is in the error state.
+    errored: Option<Violation>,
 }
 
 impl Session {
@@ -112,7 +133,12 @@ impl Session {
             match wire::decode_hello(input).map_err(Violation::BadHandshake)? {
                 None => return Ok(0),
                 Some((hello, n)) if hello.version == wire::VERSION => {
-                    wire::encode_hello(out, wire::VERSION);
+                    if let Some(secret) = &env.config.secret {
+                        if !secret.matches(hello.secret) {
+                            return Err(Violation::Unauthenticated);
+                        }
+                    }
+                    wire::encode_hello(out, wire::VERSION, &[]);
                     self.handshaken = true;
                     at = n;
                 }
@@ -124,6 +150,9 @@ impl Session {
             let Some((frame, n)) = wire::decode_client_frame(&input[at..])? else { break };
             self.execute(frame, out, env)?;
             at += n;
+            if let Some(v) = self.errored.take() {
+                return Err(v);
+            }
         }
         Ok(at)
     }
@@ -164,11 +193,11 @@ impl Session {
 
     /// Appends an ERROR frame saying the NIC shuts down.
     pub fn shutdown(&mut self, out: &mut Vec<u8>) {
-        self.end(out, ErrorCode::Shutdown, "the NIC is shutting down");
+        self.end(out, CloseReason::Shutdown, "the NIC is shutting down");
     }
 
     /// Drops the open chain's output and appends an ERROR frame: the connection ends here.
-    fn end(&mut self, out: &mut Vec<u8>, code: ErrorCode, message: &str) {
+    fn end(&mut self, out: &mut Vec<u8>, code: CloseReason, message: &str) {
         if let Some(c) = self.chain.take() {
             if !c.unsignaled {
                 out.truncate(c.header_at);
@@ -185,7 +214,8 @@ impl Session {
                     return Err(Violation::UnsignaledRead);
                 }
                 if c.failed.is_none() {
-                    match read_into(env.regions, remote, len as usize, c.read_bytes, out) {
+                    let limit = env.config.max_chain_read;
+                    match read_into(env.regions, remote, len as usize, c.read_bytes, limit, out) {
                         Ok(()) => {
                             c.read_bytes += len as usize;
                             env.tally.reads += 1;
@@ -256,7 +286,10 @@ impl Session {
         let c = self.chain.take().expect("checked above");
         let status = match c.failed {
             None => ChainStatus::Ok,
-            Some((index, error)) => ChainStatus::Failed { index, error },
+            Some((index, error)) => {
+                self.errored = Some(Violation::QueuePairError { chain: c.id, index, error });
+                ChainStatus::Failed { index, error }
+            }
         };
         if !c.unsignaled {
             let data_len = out.len() - c.header_at - wire::CHAIN_DONE_HEADER_LEN;
@@ -279,15 +312,17 @@ impl OpenChain {
     }
 }
 
-/// Serves a READ: checks it and copies the region's bytes straight onto the end of `out`.
+/// Serves a READ: checks it and copies the region's bytes straight onto the end of `out`. A
+/// chain's READ data waits in `out` until the chain ends, so it is bounded by `chain_limit`.
 fn read_into(
     regions: &RegionTable,
     remote: RemoteAddr,
     len: usize,
     chain_read: usize,
+    chain_limit: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), RemoteAccessError> {
-    if len > MAX_TRANSFER || chain_read + len > wire::MAX_CHAIN_READ {
+    if len > MAX_TRANSFER || chain_read + len > chain_limit.min(wire::MAX_CHAIN_READ) {
         return Err(RemoteAccessError::TooLarge);
     }
     let (region, offset) = regions.resolve(remote, len, Access::READ)?;
@@ -325,6 +360,7 @@ mod tests {
         tally: Tally,
         session: Session,
         out: Vec<u8>,
+        config: NicConfig,
     }
 
     impl Fixture {
@@ -340,13 +376,20 @@ mod tests {
                 tally: Tally::default(),
                 session: Session::new(),
                 out: Vec::new(),
+                config: NicConfig::default(),
             }
         }
 
         fn feed(&mut self, input: &[u8]) -> Result<usize, Violation> {
             let sink: Arc<dyn ReplySink> = self.sink.clone();
             let service = |rpc: IncomingRpc| rpc.responder.reply(&rpc.payload);
-            let mut env = Env { regions: &self.regions, service: &service, sink: &sink, tally: &mut self.tally };
+            let mut env = Env {
+                regions: &self.regions,
+                config: &self.config,
+                service: &service,
+                sink: &sink,
+                tally: &mut self.tally,
+            };
             self.session.process(input, &mut self.out, usize::MAX, &mut env)
         }
 
@@ -364,7 +407,7 @@ mod tests {
 
     fn hello() -> Vec<u8> {
         let mut b = Vec::new();
-        wire::encode_hello(&mut b, wire::VERSION);
+        wire::encode_hello(&mut b, wire::VERSION, &[]);
         b
     }
 
@@ -387,30 +430,49 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_drops_the_chain_data_and_skips_the_rest() {
+    fn a_failure_drops_the_chain_data_skips_the_rest_and_ends_the_queue_pair() {
         let mut f = Fixture::new();
         let mut input = hello();
         let d = f.desc;
         wire::encode_read(&mut input, 3, WrFlags::new(false, false), d.at(0), 8);
         wire::encode_read(&mut input, 3, WrFlags::new(false, false), d.at(60), 8);
         wire::encode_write(&mut input, 3, WrFlags::new(true, false), d.at(0), b"x");
-        wire::encode_write(&mut input, 4, WrFlags::new(true, true), d.at(64), b"x");
-        assert_eq!(f.feed(&input), Ok(input.len()));
-        let failed = |chain, unsignaled, index, error| ServerFrame::ChainDone {
-            chain,
-            unsignaled,
-            status: ChainStatus::Failed { index, error },
+        // Posted behind the failed chain: never executed (the RC error state).
+        wire::encode_write(&mut input, 0, WrFlags::new(true, true), d.at(8), b"y");
+        let v = Violation::QueuePairError { chain: 3, index: 1, error: RemoteAccessError::OutOfBounds };
+        assert_eq!(f.feed(&input), Err(v.clone()));
+        assert!(!v.is_protocol_error());
+        let failed = ServerFrame::ChainDone {
+            chain: 3,
+            unsignaled: false,
+            status: ChainStatus::Failed { index: 1, error: RemoteAccessError::OutOfBounds },
             data: &[],
         };
-        assert_eq!(
-            f.output_frames(),
-            vec![
-                format!("{:?}", failed(3, false, 1, RemoteAccessError::OutOfBounds)),
-                format!("{:?}", failed(4, true, 0, RemoteAccessError::OutOfBounds)),
-            ]
-        );
-        assert_eq!(f.region.load_u8(0), 0, "the WRITE after the failure did not execute");
-        assert_eq!(f.tally.remote_errors, 2);
+        let end = ServerFrame::Error { code: CloseReason::QueuePairError, message: &v.to_string() };
+        assert_eq!(f.output_frames(), vec![format!("{failed:?}"), format!("{end:?}")]);
+        assert_eq!(f.region.load_u8(0), 0, "the WRITE after the failure in its chain did not execute");
+        assert_eq!(f.region.load_u8(8), 0, "the chain posted after the failed one did not execute");
+        assert_eq!(f.tally.remote_errors, 1);
+    }
+
+    #[test]
+    fn a_failed_unsignaled_chain_reports_and_ends_the_queue_pair() {
+        let mut f = Fixture::new();
+        let mut input = hello();
+        let d = f.desc;
+        wire::encode_write(&mut input, 0, WrFlags::new(true, true), d.at(64), b"x");
+        wire::encode_write(&mut input, 0, WrFlags::new(true, true), d.at(8), b"y");
+        let v = Violation::QueuePairError { chain: 0, index: 0, error: RemoteAccessError::OutOfBounds };
+        assert_eq!(f.feed(&input), Err(v.clone()));
+        let failed = ServerFrame::ChainDone {
+            chain: 0,
+            unsignaled: true,
+            status: ChainStatus::Failed { index: 0, error: RemoteAccessError::OutOfBounds },
+            data: &[],
+        };
+        let end = ServerFrame::Error { code: CloseReason::QueuePairError, message: &v.to_string() };
+        assert_eq!(f.output_frames(), vec![format!("{failed:?}"), format!("{end:?}")]);
+        assert_eq!(f.region.load_u8(8), 0);
     }
 
     #[test]
@@ -452,7 +514,8 @@ mod tests {
         }
         let sink: Arc<dyn ReplySink> = f.sink.clone();
         let service = |rpc: IncomingRpc| drop(rpc);
-        let mut env = Env { regions: &f.regions, service: &service, sink: &sink, tally: &mut f.tally };
+        let mut env =
+            Env { regions: &f.regions, config: &f.config, service: &service, sink: &sink, tally: &mut f.tally };
         // Room for about three completions: the rest stays unconsumed.
         let limit = wire::HELLO_LEN + 3 * (wire::CHAIN_DONE_HEADER_LEN + 64);
         let n = f.session.process(&input, &mut f.out, limit, &mut env).unwrap();
@@ -479,7 +542,8 @@ mod tests {
         wire::encode_read(&mut input, 2, WrFlags::new(true, false), d.at(0), 64);
         let sink: Arc<dyn ReplySink> = f.sink.clone();
         let service = |rpc: IncomingRpc| drop(rpc);
-        let mut env = Env { regions: &f.regions, service: &service, sink: &sink, tally: &mut f.tally };
+        let mut env =
+            Env { regions: &f.regions, config: &f.config, service: &service, sink: &sink, tally: &mut f.tally };
         // Its own READ data does not count: the chain runs to its end, then processing stops.
         let n = f.session.process(&input, &mut f.out, 1, &mut env).unwrap();
         assert_eq!(n, 3 * wire::WR_HEADER_LEN);
@@ -488,22 +552,22 @@ mod tests {
 
     #[test]
     fn violations_append_an_error_frame() {
-        let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
-            (b"GET / HTTP/1.1\r\n".to_vec(), ErrorCode::BadHandshake),
+        let cases: Vec<(Vec<u8>, CloseReason)> = vec![
+            (b"GET / HTTP/1.1\r\n".to_vec(), CloseReason::BadHandshake),
             (
                 {
                     let mut b = Vec::new();
-                    wire::encode_hello(&mut b, wire::VERSION + 1);
+                    wire::encode_hello(&mut b, wire::VERSION + 1, &[]);
                     b
                 },
-                ErrorCode::UnsupportedVersion,
+                CloseReason::UnsupportedVersion,
             ),
-            ([hello(), vec![0x55; 30]].concat(), ErrorCode::ProtocolViolation),
+            ([hello(), vec![0x55; 30]].concat(), CloseReason::ProtocolViolation),
         ];
         for (input, code) in cases {
             let mut f = Fixture::new();
             assert!(f.feed(&input).is_err());
-            let at = if code == ErrorCode::ProtocolViolation { wire::HELLO_LEN } else { 0 };
+            let at = if code == CloseReason::ProtocolViolation { wire::HELLO_LEN } else { 0 };
             let (frame, _) = wire::decode_server_frame(&f.out[at..]).unwrap().unwrap();
             assert!(matches!(frame, ServerFrame::Error { code: c, .. } if c == code), "{frame:?}");
         }
@@ -519,8 +583,61 @@ mod tests {
         assert_eq!(f.feed(&input), Err(Violation::RpcInsideChain(1)));
         // The open chain's reserved header and data were dropped before the ERROR frame.
         let (frame, n) = wire::decode_server_frame(&f.out[wire::HELLO_LEN..]).unwrap().unwrap();
-        assert!(matches!(frame, ServerFrame::Error { code: ErrorCode::ProtocolViolation, .. }));
+        assert!(matches!(frame, ServerFrame::Error { code: CloseReason::ProtocolViolation, .. }));
         assert_eq!(wire::HELLO_LEN + n, f.out.len());
         assert!(f.sink.replies.lock().is_empty(), "the RPC never reached the service");
+    }
+    #[test]
+    fn a_nic_with_a_secret_serves_only_clients_that_send_it() {
+        let hello_with = |secret: &[u8]| {
+            let mut b = Vec::new();
+            wire::encode_hello(&mut b, wire::VERSION, secret);
+            b
+        };
+        for (sent, served) in [
+            (&b""[..], false),
+            (b"wrong-secret", false),
+            (b"the-secret", true),
+            (b"the-secret!", false),
+            (b"the-secre", false),
+        ] {
+            let mut f = Fixture::new();
+            f.config.secret = Some(crate::fabric::Secret::new(b"the-secret".to_vec()).unwrap());
+            let mut input = hello_with(sent);
+            // A WRITE right behind the HELLO: it must not execute unless the HELLO was accepted.
+            wire::encode_write(&mut input, 0, WrFlags::new(true, true), f.desc.at(0), b"w");
+            let r = f.feed(&input);
+            assert_eq!(r.is_ok(), served, "secret {sent:?}");
+            assert_eq!(f.region.load_u8(0), if served { b'w' } else { 0 }, "secret {sent:?}");
+            if !served {
+                assert_eq!(r, Err(Violation::Unauthenticated));
+                assert!(!Violation::Unauthenticated.is_protocol_error());
+                let (frame, _) = wire::decode_server_frame(&f.out).unwrap().unwrap();
+                assert!(matches!(frame, ServerFrame::Error { code: CloseReason::Unauthenticated, .. }), "{frame:?}");
+            }
+        }
+        // Without a secret configured, whatever the client sends is accepted.
+        let mut f = Fixture::new();
+        assert!(f.feed(&hello_with(b"anything")).is_ok());
+    }
+
+    #[test]
+    fn a_chains_read_data_is_bounded_even_if_it_never_ends() {
+        let mut f = Fixture::new();
+        f.config.max_chain_read = 256;
+        let mut input = hello();
+        let d = f.desc;
+        // 100 READs of 64 bytes in one chain that is not terminated: only the first four fit.
+        for _ in 0..100 {
+            wire::encode_read(&mut input, 9, WrFlags::new(false, false), d.at(0), 64);
+        }
+        assert_eq!(f.feed(&input), Ok(input.len()));
+        assert!(f.session.in_chain());
+        assert!(f.out.len() <= wire::HELLO_LEN + wire::CHAIN_DONE_HEADER_LEN, "the failed chain holds no data");
+        let mut end = Vec::new();
+        wire::encode_read(&mut end, 9, WrFlags::new(true, false), d.at(0), 64);
+        let v = Violation::QueuePairError { chain: 9, index: 4, error: RemoteAccessError::TooLarge };
+        assert_eq!(f.feed(&end), Err(v));
+        assert_eq!(f.tally.reads, 4);
     }
 }

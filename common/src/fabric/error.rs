@@ -1,0 +1,164 @@
+//! What can go wrong on the fabric, as types a caller can match on.
+//!
+//! The shapes follow verbs: a work request fails with the remote side's reason
+//! ([`RemoteAccessError`], carried in [`FabricError::Remote`]); that failure moves the queue pair
+//! into the error state, so everything posted after it completes as [`FabricError::Flushed`]
+//! until the caller opens a new queue pair. A connection that ends says why
+//! ([`Disconnect`], and [`CloseReason`] when the server ended it on purpose).
+
+use std::io;
+
+/// Why the remote side refused a READ or WRITE. Encoded on the wire as its discriminant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[repr(u8)]
+pub enum RemoteAccessError {
+    #[error("unknown remote key")]
+    BadKey = 1,
+    #[error("access outside the registered region")]
+    OutOfBounds = 2,
+    #[error("the region does not grant this access")]
+    AccessDenied = 3,
+    #[error("work request too large")]
+    TooLarge = 4,
+}
+
+impl RemoteAccessError {
+    pub fn from_u8(v: u8) -> Option<RemoteAccessError> {
+        use RemoteAccessError::*;
+        [BadKey, OutOfBounds, AccessDenied, TooLarge].into_iter().find(|e| *e as u8 == v)
+    }
+}
+
+/// Why a server ends a connection on purpose. Encoded on the wire as its discriminant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[repr(u8)]
+pub enum CloseReason {
+    #[error("malformed handshake")]
+    BadHandshake = 1,
+    #[error("unsupported protocol version")]
+    UnsupportedVersion = 2,
+    #[error("protocol violation")]
+    ProtocolViolation = 3,
+    #[error("the server is shutting down")]
+    Shutdown = 4,
+    /// A work request failed: the queue pair is in the error state and executes nothing more.
+    #[error("the queue pair entered the error state")]
+    QueuePairError = 5,
+    /// The handshake did not carry the server's shared secret.
+    #[error("not authenticated")]
+    Unauthenticated = 6,
+    /// The server is at its connection limit.
+    #[error("too many connections")]
+    TooManyConnections = 7,
+}
+
+impl CloseReason {
+    pub fn from_u8(v: u8) -> Option<CloseReason> {
+        use CloseReason::*;
+        [
+            BadHandshake,
+            UnsupportedVersion,
+            ProtocolViolation,
+            Shutdown,
+            QueuePairError,
+            Unauthenticated,
+            TooManyConnections,
+        ]
+        .into_iter()
+        .find(|c| *c as u8 == v)
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Disconnect {
+    #[error("the server closed the connection")]
+    PeerClosed,
+    #[error("the server closed the connection: {0}")]
+    ClosedByServer(CloseReason),
+    #[error("the queue pair was closed")]
+    Closed,
+    #[error("sending failed: {0}")]
+    Send(io::ErrorKind),
+    #[error("receiving failed: {0}")]
+    Receive(io::ErrorKind),
+    /// The backend dropped the request without answering it.
+    #[error("request abandoned")]
+    Abandoned,
+}
+
+/// The peer broke the fabric protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("malformed frame from the server")]
+    Malformed,
+    #[error("malformed handshake from the server")]
+    BadHandshake,
+    #[error("the server speaks protocol version {server}, this client {client}")]
+    Version { server: u16, client: u16 },
+    #[error("a completion for an unknown request {0}")]
+    UnknownRequest(u64),
+    #[error("a success completion of an unsignaled chain")]
+    UnsignaledSuccess,
+    /// The server's RPC service dropped the request without answering.
+    #[error("the server dropped the request")]
+    Dropped,
+}
+
+/// A failed fabric operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FabricError {
+    /// Work request `index` of the chain was refused; the rest of the chain was not executed
+    /// and the queue pair is now in the error state.
+    #[error("work request {index} of the chain failed: {error}")]
+    Remote { index: u16, error: RemoteAccessError },
+    /// Not executed: the queue pair is in the error state after an earlier failure. Open a new
+    /// queue pair.
+    #[error("flushed: the queue pair is in the error state")]
+    Flushed,
+    #[error("an unsignaled chain cannot contain a READ")]
+    UnsignaledRead,
+    #[error("empty chain")]
+    EmptyChain,
+    #[error("work request or message of {0} bytes is too large")]
+    TooLarge(usize),
+    /// The send queue is full: wait for completions before posting more.
+    #[error("the send queue is full")]
+    QueueFull,
+    #[error("connection lost: {0}")]
+    Disconnected(Disconnect),
+    /// The server refused the connection during the handshake.
+    #[error("the server refused the connection: {0}")]
+    Refused(CloseReason),
+    #[error("peer violated the protocol: {0}")]
+    Protocol(ProtocolError),
+    #[error("I/O error: {0}")]
+    Io(io::ErrorKind),
+    #[error("no address to connect to")]
+    NoAddress,
+    #[error("the server has no RPC service")]
+    NoService,
+    #[error("timed out")]
+    Timeout,
+}
+
+impl From<io::Error> for FabricError {
+    fn from(e: io::Error) -> Self {
+        FabricError::Io(e.kind())
+    }
+}
+
+impl FabricError {
+    /// Whether the queue pair that returned this error can no longer be used (a new one must be
+    /// opened): the error state, or a lost connection.
+    pub fn ends_queue_pair(&self) -> bool {
+        matches!(
+            self,
+            FabricError::Remote { .. }
+                | FabricError::Flushed
+                | FabricError::Disconnected(_)
+                | FabricError::Protocol(_)
+                | FabricError::Io(_)
+        )
+    }
+}
