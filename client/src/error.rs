@@ -21,14 +21,47 @@ pub enum ClientError {
     WrongReply { asked: &'static str, got: &'static str },
     #[error("the server refused the request ({status:?}): {message}")]
     Server { status: Status, message: String },
+    /// The server is overloaded (a bounded queue is full) or shutting down; nothing was done.
+    /// Retrying later may succeed.
+    #[error("the server is unavailable (retry later): {0}")]
+    Unavailable(String),
+    /// A device error stopped writes to the key's SSD until the server restarts (fail-stop);
+    /// nothing was done. Reads still work.
+    #[error("the server stopped taking writes to this key's SSD: {0}")]
+    WritesStopped(String),
+    /// The key's SSD is full even after garbage collection; nothing was written. Reads work.
+    #[error("the key's SSD is full: {0}")]
+    NoSpace(String),
     #[error("block path: {0}")]
     Block(#[from] BlockError),
-    #[error("the blocks read from SSD {ssd} stayed inconsistent after {attempts} attempts: {last}")]
-    Inconsistent { ssd: u16, attempts: u32, last: LayoutError },
+    /// The blocks failed their checks on every attempt (space reused faster than the reads,
+    /// or corruption); their contents were not returned.
+    #[error("the blocks read from SSD {ssd} at block {block} stayed inconsistent after {attempts} attempts: {last}")]
+    Inconsistent { ssd: u16, block: u64, attempts: u32, last: LayoutError },
     #[error("the server speaks protocol version {server}, this client version {client}")]
     ProtocolVersion { server: u32, client: u32 },
     #[error("the server named SSD {0}, which it did not describe")]
     NoSuchSsd(u16),
     #[error("configuration: {0}")]
     Config(String),
+}
+
+impl ClientError {
+    /// The error for a reply with a status that is not a success of the request.
+    pub(crate) fn from_status(status: Status, body: &[u8]) -> ClientError {
+        let message = String::from_utf8_lossy(body).into_owned();
+        match status {
+            Status::Unavailable => ClientError::Unavailable(message),
+            Status::WritesStopped => ClientError::WritesStopped(message),
+            Status::NoSpace => ClientError::NoSpace(message),
+            status => ClientError::Server { status, message },
+        }
+    }
+
+    /// Whether the server refused the request without doing anything, so that sending it again
+    /// later, unchanged, may succeed (a lost connection or a timeout is not: the request may
+    /// have taken effect).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Unavailable(_))
+    }
 }

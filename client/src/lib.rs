@@ -233,7 +233,7 @@ async fn call_status(qp: &dyn QueuePair, req: Request<'_>) -> Result<(Status, Ve
 async fn call(qp: &dyn QueuePair, req: Request<'_>) -> Result<Vec<u8>, ClientError> {
     match call_status(qp, req).await? {
         (Status::Ok, body) => Ok(body),
-        (status, body) => Err(ClientError::Server { status, message: String::from_utf8_lossy(&body).into_owned() }),
+        (status, body) => Err(ClientError::from_status(status, &body)),
     }
 }
 
@@ -298,7 +298,7 @@ impl Inner {
     async fn rpc_ok(&self, req: Request<'_>) -> Result<Vec<u8>, ClientError> {
         match self.rpc(req).await? {
             (Status::Ok, body) => Ok(body),
-            (status, body) => Err(ClientError::Server { status, message: String::from_utf8_lossy(&body).into_owned() }),
+            (status, body) => Err(ClientError::from_status(status, &body)),
         }
     }
 }

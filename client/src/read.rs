@@ -29,8 +29,11 @@ enum Probed {
 
 /// Why reading the SSD blocks of a miss did not give an answer.
 enum SsdRead {
-    /// The blocks no longer hold what META_GET pointed at: start over.
-    Stale(LayoutError),
+    /// The blocks from `block` no longer hold what META_GET pointed at: start over.
+    Stale {
+        block: u64,
+        error: LayoutError,
+    },
     Failed(ClientError),
 }
 
@@ -86,7 +89,7 @@ impl Inner {
                 Counters::add(&self.counters.absent, 1);
                 Ok(None)
             }
-            (status, body) => Err(ClientError::Server { status, message: String::from_utf8_lossy(&body).into_owned() }),
+            (status, body) => Err(ClientError::from_status(status, &body)),
         }
     }
 
@@ -154,19 +157,16 @@ impl Inner {
                     }
                     return Ok(value);
                 }
-                Err(SsdRead::Stale(e)) => {
+                Err(SsdRead::Stale { block, error }) => {
                     Counters::add(&self.counters.stale_retries, 1);
-                    last = Some(e);
+                    last = Some((block, error));
                 }
                 Err(SsdRead::Failed(e)) => return Err(e),
             }
         }
         let ssd = route(key, self.info.ssds.len() as u16, 1).ssd;
-        Err(ClientError::Inconsistent {
-            ssd,
-            attempts: self.cfg.miss_attempts.max(1),
-            last: last.expect("at least one attempt"),
-        })
+        let (block, last) = last.expect("at least one attempt");
+        Err(ClientError::Inconsistent { ssd, block, attempts: self.cfg.miss_attempts.max(1), last })
     }
 
     /// Reads the key's bucket chain and then its value record from the SSD, checking that the
@@ -175,13 +175,15 @@ impl Inner {
         let ssd = self.info.ssds.get(usize::from(meta.ssd)).ok_or(SsdRead::Failed(ClientError::NoSuchSsd(meta.ssd)))?;
         let geo = &ssd.geometry;
         let bucket = route(key, self.info.ssds.len() as u16, geo.buckets).bucket;
-        let chain = self.read_blocks(meta.ssd, geo.bucket_block(meta.lseq), u32::from(meta.chain_len)).await?;
-        let content = Bucket::decode(&chain, bucket, meta.lseq, meta.chain_len, self.seed).map_err(SsdRead::Stale)?;
+        let chain_block = geo.bucket_block(meta.lseq);
+        let chain = self.read_blocks(meta.ssd, chain_block, u32::from(meta.chain_len)).await?;
+        let content = Bucket::decode(&chain, bucket, meta.lseq, meta.chain_len, self.seed)
+            .map_err(|error| SsdRead::Stale { block: chain_block, error })?;
         let Some(item) = content.find(key) else { return Ok(None) };
         let (lba, count, offset) = geo.record_blocks(item.value_pos, item.record_len());
         let bytes = self.read_blocks(meta.ssd, lba, count).await?;
         let record = decode_expected_record(&bytes[offset..], self.seed, item.value_pos, key, item.value_len)
-            .map_err(SsdRead::Stale)?;
+            .map_err(|error| SsdRead::Stale { block: lba, error })?;
         Ok(Some(record.value.to_vec()))
     }
 

@@ -20,7 +20,8 @@ impl Inner {
         match self.rpc(Request::new(op, key, value).with_flags(f)).await? {
             (Status::Ok, _) => Ok(true),
             (Status::NotFound, _) if op != Op::Put => Ok(false),
-            (status, body) => Err(ClientError::Server { status, message: String::from_utf8_lossy(&body).into_owned() }),
+            (Status::ValueTooLarge, _) => Err(ClientError::ValueTooLarge(value.len())),
+            (status, body) => Err(ClientError::from_status(status, &body)),
         }
     }
 }

@@ -195,3 +195,110 @@ async fn short_block_reads_are_an_error() {
         other => panic!("expected a block protocol error, got {other:?}"),
     }
 }
+
+/// Over the server's limits a write is refused with a typed, retryable error, and nothing of it
+/// is stored; retried later, it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_a_typed_retryable_error() {
+    let s = common::start(1, false, |c| {
+        c.workers = 1;
+        c.limits.pending_writes = 1;
+        c.write.batch = 1;
+        c.write.max_inflight = 1;
+        c.emulation.ssd_latency_us = 50_000;
+    });
+    let client = s.mem_client(ClientConfig::default()).await;
+    let puts: Vec<_> = (0..16u64)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(async move { (i, c.put(&key(i), b"v").await) })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for p in puts {
+        let (i, r) = p.await.unwrap();
+        match r {
+            Ok(()) => {}
+            Err(e) => {
+                assert!(matches!(e, ClientError::Unavailable(_)), "key {i}: {e}");
+                assert!(e.is_retryable());
+                refused.push(i);
+            }
+        }
+    }
+    assert!(!refused.is_empty(), "16 concurrent writes against a queue of 1 and a 50 ms SSD");
+    assert!(s.stat("store_overloaded") >= refused.len() as u64);
+    for i in refused {
+        assert_eq!(client.get(&key(i)).await.unwrap(), None, "a refused write stored nothing");
+        client.put(&key(i), b"v").await.unwrap();
+        assert_eq!(client.get(&key(i)).await.unwrap(), Some(b"v".to_vec()));
+    }
+}
+
+/// A full SSD refuses writes with a typed error; what is stored keeps being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ssd_is_a_typed_error_and_reads_go_on() {
+    let s = start(1, false, |c| {
+        c.ssds[0].size = Some(1 << 20);
+        c.ssd_buckets = Some(64);
+    });
+    let client = s.mem_client(ClientConfig::default()).await;
+    let value = vec![7u8; 4000];
+    let mut stored = Vec::new();
+    let mut full = None;
+    for i in 0..400 {
+        match client.put(&key(i), &value).await {
+            Ok(()) => stored.push(i),
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let e = full.expect("1.6 MB of values do not fit on a 1 MiB SSD");
+    assert!(matches!(&e, ClientError::NoSpace(m) if m.contains("SSD 0 is full")), "{e}");
+    assert!(!e.is_retryable());
+    assert!(!stored.is_empty());
+    for i in stored {
+        assert_eq!(client.get(&key(i)).await.unwrap(), Some(value.clone()), "key {i}");
+    }
+}
+
+/// A bit flipped on the SSD under a stored value: both read paths report the SSD and the block
+/// and never return the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_block_is_reported_with_its_block_never_served() {
+    let s = start(1, true, |_| {});
+    let client = s.tcp_client(ClientConfig::default()).await;
+    let marker = b"MARKER-of-the-value-to-corrupt-";
+    let mut value = marker.to_vec();
+    value.resize(3000, b'v');
+    client.put(b"victim", &value).await.unwrap();
+    client.put(b"bystander", b"fine").await.unwrap();
+    // Find the value on the SSD file and flip one bit in it.
+    let path = std::path::PathBuf::from(&s.server.info().ssds[0].path);
+    let mut image = std::fs::read(&path).unwrap();
+    let at = image.windows(marker.len()).position(|w| w == marker).expect("the value is on the SSD");
+    image[at + 10] ^= 0x01;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&image[at..at + 512], at as u64).unwrap();
+        f.sync_all().unwrap();
+    }
+    let marker_block = (at / 512) as u64;
+    match client.get(b"victim").await {
+        Err(ClientError::Inconsistent { ssd: 0, block, .. }) => {
+            assert!(block <= marker_block && marker_block - block < 8, "block {block}, marker in {marker_block}")
+        }
+        other => panic!("expected a report of the corrupt block, got {:?}", other.map(|v| v.map(|v| v.len()))),
+    }
+    let server_path = s.tcp_client(ClientConfig { read_path: ReadPath::Server, ..Default::default() }).await;
+    match server_path.get(b"victim").await {
+        Err(ClientError::Server { status: scalio_common::rpc::Status::Io, message }) => {
+            assert!(message.starts_with("SSD 0 blocks "), "{message}")
+        }
+        other => panic!("expected a report of the corrupt block, got {:?}", other.map(|v| v.map(|v| v.len()))),
+    }
+    assert_eq!(client.get(b"bystander").await.unwrap(), Some(b"fine".to_vec()));
+}

@@ -79,14 +79,18 @@ pub enum Status {
     NoSpace = 5,
     /// The SSD failed or returned corrupt data.
     Io = 6,
-    /// The server is shutting down or overloaded.
+    /// The server is shutting down, or a bounded queue is full: nothing was done, and the
+    /// same request may succeed later.
     Unavailable = 7,
+    /// A device error stopped writes to the key's SSD (fail-stop) until the server restarts;
+    /// nothing was done. Reads still work.
+    WritesStopped = 8,
 }
 
 impl Status {
     pub fn from_u8(v: u8) -> Option<Status> {
         use Status::*;
-        [Ok, NotFound, BadRequest, KeyTooLong, ValueTooLarge, NoSpace, Io, Unavailable]
+        [Ok, NotFound, BadRequest, KeyTooLong, ValueTooLarge, NoSpace, Io, Unavailable, WritesStopped]
             .into_iter()
             .find(|s| *s as u8 == v)
     }

@@ -365,3 +365,35 @@ fn nic_settings_are_checked() {
     bad(NicConfig { max_connections: 0, ..NicConfig::default() });
     bad(NicConfig { max_chain_read: 0, ..NicConfig::default() });
 }
+
+#[test]
+fn a_full_send_queue_refuses_posts_until_completions_free_it() {
+    // A peer that completes the handshake and then answers nothing: no completion ever frees a
+    // slot, so the queue's depth is exactly how much may be outstanding.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut theirs = [0u8; wire::HELLO_LEN];
+        stream.read_exact(&mut theirs).unwrap();
+        stream.write_all(&hello()).unwrap();
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink); // until the client closes
+    });
+    let opts = ConnectOptions { send_queue_depth: 8, ..ConnectOptions::default() };
+    let qp = TcpQueuePair::connect_with(addr, &opts).unwrap();
+    let remote = scalio_common::fabric::RemoteAddr { addr: 0, rkey: 1 };
+    // One unsignaled request, then signaled chains fill the other seven slots.
+    qp.post_unsignaled(&[WorkRequest::Write { remote, data: b"u" }]).unwrap();
+    let pending: Vec<_> = (0..7).map(|_| qp.post(&[WorkRequest::Read { remote, len: 8 }])).collect();
+    assert!(pending.iter().all(|c| !c.is_done()));
+    assert_eq!(qp.post(&[WorkRequest::Read { remote, len: 8 }]).wait_timeout(T), Err(FabricError::QueueFull));
+    assert_eq!(qp.post_unsignaled(&[WorkRequest::Write { remote, data: b"v" }]), Err(FabricError::QueueFull));
+    // Refused posts are not requests: the queue pair itself is fine, only full.
+    assert!(pending.iter().all(|c| !c.is_done()));
+    drop(qp);
+    for c in pending {
+        assert!(matches!(c.wait_timeout(T), Err(FabricError::Disconnected(_))));
+    }
+    silent.join().unwrap();
+}

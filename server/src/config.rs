@@ -29,6 +29,13 @@
 //! batch = 8
 //! batch_timeout_us = 1000
 //!
+//! [limits]                       # every place a request waits is bounded; over a limit the
+//! inbox_rpcs = 1024              # request is refused with Unavailable (clients may retry):
+//! inbox_bytes = "32MiB"          #   RPCs (and their bytes) queued for one worker
+//! pending_writes = 256           #   writes waiting for a batch, per SSD
+//! pending_write_bytes = "32MiB"  #   their key and value bytes, per SSD
+//! server_gets = 64               #   server (LEED-style) reads in progress, per SSD
+//!
 //! [target]                       # the NVMe/TCP target (the offload path)
 //! enabled = true
 //! listen = "127.0.0.1:4420"      # default: the fabric address's IP, port 4420
@@ -82,6 +89,7 @@ pub struct ServerConfig {
     pub cache: CacheConfig,
     pub ditto: DittoConfig,
     pub write: WriteConfig,
+    pub limits: LimitsConfig,
     pub target: TargetConfig,
     pub emulation: EmulationConfig,
     /// Test-only: a deliberately broken protocol variant (feature `seeded-bugs`; not settable
@@ -172,6 +180,42 @@ impl Default for WriteConfig {
     }
 }
 
+/// Bounds on every place a request waits in the server, so that a flood of pipelined requests
+/// is refused (`Status::Unavailable`, which clients report as retryable) instead of growing the
+/// server's memory without bound. With the defaults, one SSD's requests hold at most about
+/// 32 MiB in its worker's inbox, 32 MiB of pending writes, the batches in flight
+/// (`write.max_inflight × write.batch` values, twice: the requests and the packed write) and
+/// `server_gets` values of up to 1 MiB.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// RPCs queued for one worker thread.
+    pub inbox_rpcs: usize,
+    /// Bytes of the RPCs queued for one worker thread (one RPC is always admitted into an
+    /// empty inbox).
+    #[serde(deserialize_with = "size")]
+    pub inbox_bytes: u64,
+    /// Writes waiting for a batch, per SSD.
+    pub pending_writes: usize,
+    /// Key and value bytes of the writes waiting for a batch, per SSD.
+    #[serde(deserialize_with = "size")]
+    pub pending_write_bytes: u64,
+    /// Server (LEED-style) reads in progress, per SSD.
+    pub server_gets: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            inbox_rpcs: 1024,
+            inbox_bytes: 32 << 20,
+            pending_writes: 256,
+            pending_write_bytes: 32 << 20,
+            server_gets: 64,
+        }
+    }
+}
+
 /// The NVMe/TCP target that serves clients' block reads (the offload path).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -251,6 +295,7 @@ impl Default for ServerConfig {
             cache: CacheConfig::default(),
             ditto: DittoConfig::default(),
             write: WriteConfig::default(),
+            limits: LimitsConfig::default(),
             target: TargetConfig::default(),
             emulation: EmulationConfig::default(),
             #[cfg(feature = "seeded-bugs")]
@@ -348,6 +393,18 @@ impl ServerConfig {
         if self.write.max_inflight == 0 {
             return bad("write.max_inflight must be at least 1".into());
         }
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.inbox_rpcs", l.inbox_rpcs as u64),
+            ("limits.inbox_bytes", l.inbox_bytes),
+            ("limits.pending_writes", l.pending_writes as u64),
+            ("limits.pending_write_bytes", l.pending_write_bytes),
+            ("limits.server_gets", l.server_gets as u64),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
         if let Some(b) = self.ssd_buckets {
             if b == 0 {
                 return bad("ssd_buckets must be at least 1".into());
@@ -400,6 +457,10 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     n.checked_mul(mult).ok_or_else(|| ConfigError::Size(s.to_string()))
 }
 
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    size_opt(d)?.ok_or_else(|| serde::de::Error::custom("a size is required"))
+}
+
 fn size_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -447,6 +508,9 @@ mod tests {
             buckets = 100
             [write]
             batch = 1
+            [limits]
+            inbox_bytes = "8MiB"
+            server_gets = 16
             "#,
         )
         .unwrap();
@@ -459,6 +523,8 @@ mod tests {
         assert_eq!(c.cache.assoc, 16);
         assert_eq!(c.cache.buckets, 65_536, "unset fields keep defaults");
         assert_eq!(c.write.batch, 1);
+        assert_eq!((c.limits.inbox_bytes, c.limits.server_gets), (8 << 20, 16));
+        assert_eq!(c.limits.pending_writes, LimitsConfig::default().pending_writes);
         c.validate().unwrap();
     }
 
@@ -484,6 +550,9 @@ mod tests {
         c.ditto.buckets = u32::MAX;
         assert!(c.validate().unwrap_err().to_string().contains("larger than 64 GiB"));
         assert!(ServerConfig::from_toml("[ditto]\nsize = 3").is_err());
+        let mut c = base.clone();
+        c.limits.pending_writes = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("limits.pending_writes"));
         let mut c = base.clone();
         c.ssds[0].size = Some(1000);
         assert!(c.validate().unwrap_err().to_string().contains("multiple of 512"));

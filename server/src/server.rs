@@ -8,11 +8,11 @@ use crate::store::recovery::{self, StoreError};
 use crate::store::{DataStore, StoreConfig};
 use crate::table::CacheTable;
 use crate::target::{NvmeTarget, SubsystemConfig, TargetConfig as NvmeConfig, TargetError};
-use crate::worker::{Dispatch, Worker, WorkerEvent};
+use crate::worker::{Dispatch, InboxLoad, Worker, WorkerEvent};
 use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
 use scalio_common::fabric::tcp::{NicConfig, TcpNic};
-use scalio_common::fabric::{Access, MemoryRegion, RegionTable};
+use scalio_common::fabric::{Access, FabricError, MemoryRegion, RegionTable, Registrar};
 use scalio_common::rpc::{ServerInfo, SsdInfo, Stats, TableInfo, PROTOCOL_VERSION};
 use scalio_common::table::TableGeometry;
 use std::net::SocketAddr;
@@ -35,6 +35,8 @@ pub enum ServerError {
     Thread(String),
     #[error("NVMe/TCP target: {0}")]
     Target(#[from] TargetError),
+    #[error("cannot register memory with the fabric: {0}")]
+    Register(FabricError),
 }
 
 /// The NVMe/TCP target's counters in STATS.
@@ -133,21 +135,33 @@ impl Server {
             }
             None => (None, Vec::new()),
         };
+        // The software backends' protection domain: both serve the regions registered here.
         let regions = Arc::new(RegionTable::new());
-        let table_info = table.as_ref().map(|t| {
-            let desc = regions.register(t.region().clone(), Access::READ_WRITE);
-            TableInfo { addr: desc.addr, rkey: desc.rkey, geometry: t.geometry() }
-        });
+        let registrar: &dyn Registrar = &*regions;
+        let table_info = table
+            .as_ref()
+            .map(|t| {
+                let desc = registrar.register(t.region().clone(), Access::READ_WRITE)?;
+                Ok::<_, FabricError>(TableInfo { addr: desc.addr, rkey: desc.rkey, geometry: t.geometry() })
+            })
+            .transpose()
+            .map_err(ServerError::Register)?;
         // The LEED+Ditto baseline's cache: zeroed memory that only its clients read and write.
-        let ditto_info = config.ditto.enabled.then(|| {
-            let d = &config.ditto;
-            let desc = regions.register(Arc::new(MemoryRegion::new(d.region_bytes() as usize)), Access::READ_WRITE);
-            TableInfo {
-                addr: desc.addr,
-                rkey: desc.rkey,
-                geometry: TableGeometry { buckets: d.buckets, assoc: d.assoc },
-            }
-        });
+        let ditto_info = config
+            .ditto
+            .enabled
+            .then(|| {
+                let d = &config.ditto;
+                let region = Arc::new(MemoryRegion::new(d.region_bytes() as usize));
+                let desc = registrar.register(region, Access::READ_WRITE)?;
+                Ok::<_, FabricError>(TableInfo {
+                    addr: desc.addr,
+                    rkey: desc.rkey,
+                    geometry: TableGeometry { buckets: d.buckets, assoc: d.assoc },
+                })
+            })
+            .transpose()
+            .map_err(ServerError::Register)?;
         let info = ServerInfo {
             protocol: PROTOCOL_VERSION,
             table: table_info,
@@ -167,6 +181,9 @@ impl Server {
             batch: config.write.batch,
             batch_timeout: Duration::from_micros(config.write.batch_timeout_us),
             max_inflight: config.write.max_inflight,
+            max_pending_writes: config.limits.pending_writes,
+            max_pending_bytes: usize::try_from(config.limits.pending_write_bytes).unwrap_or(usize::MAX),
+            max_server_gets: config.limits.server_gets,
             #[cfg(feature = "seeded-bugs")]
             ack_before_invalidate: config.seeded_bug == Some(crate::config::SeededBug::AckBeforeInvalidate),
             ..StoreConfig::default()
@@ -183,11 +200,18 @@ impl Server {
         let mut senders = Vec::new();
         let mut workers = Vec::new();
         for (id, stores) in stores.into_iter().enumerate() {
+            // Unbounded as a channel (I/O completions must never be refused), but the RPCs in it
+            // are admitted against the limits by `InboxLoad`.
             let (tx, rx) = crossbeam_channel::unbounded();
+            let load = Arc::new(InboxLoad::new(
+                config.limits.inbox_rpcs,
+                usize::try_from(config.limits.inbox_bytes).unwrap_or(usize::MAX),
+            ));
             let w = Worker {
                 id,
                 workers: config.workers,
                 inbox: rx,
+                load: load.clone(),
                 me: tx.clone(),
                 stores,
                 ssds: ssds.clone(),
@@ -199,7 +223,7 @@ impl Server {
                 .name(format!("worker-{id}"))
                 .spawn(move || w.run())
                 .map_err(|e| ServerError::Thread(e.to_string()))?;
-            senders.push(tx.clone());
+            senders.push((tx.clone(), load));
             workers.push((tx, Some(h)));
         }
         let dispatch = Arc::new(Dispatch { workers: senders, shared: shared.clone() });

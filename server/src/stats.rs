@@ -15,6 +15,8 @@
 //! | `store_server_gets` | LEED-style reads served by workers |
 //! | `gc_bucket_steps`, `gc_value_steps`, `gc_moved_chains`, `gc_moved_records` | garbage collection |
 //! | `store_stale_retries`, `store_corrupt_reads`, `store_no_space` | reads retried after GC, unreadable blocks, refused writes |
+//! | `rpc_overloaded`, `store_overloaded` | requests refused because a worker's inbox or a store's queue was full (`[limits]`) |
+//! | `store_writes_stopped` (gauge) | SSDs whose store stopped taking writes after a device error (fail-stop) |
 //! | `nic_reads`, `nic_writes`, `nic_bytes_read`, `nic_bytes_written`, `nic_rpcs` | one-sided operations and RPCs served by the software NIC |
 //! | `nic_remote_errors`, `nic_protocol_errors`, `nic_connections` (gauge) | NIC errors and open connections |
 //! | `nic_connections_refused` | connections refused: over `max_connections`, or without the shared secret |
@@ -44,6 +46,7 @@ pub struct ServerShared {
     pub(crate) store_counters: Vec<Arc<StoreCounters>>,
     rpcs: [AtomicU64; 8],
     bad_requests: AtomicU64,
+    inbox_refusals: AtomicU64,
     worker_cpu: Arc<CpuGroup>,
     pub(crate) io_cpu: Arc<CpuGroup>,
     worker_virtual_ns: AtomicU64,
@@ -66,6 +69,7 @@ impl ServerShared {
             store_counters,
             rpcs: Default::default(),
             bad_requests: AtomicU64::new(0),
+            inbox_refusals: AtomicU64::new(0),
             worker_cpu: CpuGroup::new(),
             io_cpu,
             worker_virtual_ns: AtomicU64::new(0),
@@ -88,6 +92,10 @@ impl ServerShared {
 
     pub(crate) fn count_rpc(&self, op: Op) {
         self.rpcs[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_inbox_refusal(&self) {
+        self.inbox_refusals.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_bad_request(&self) {
@@ -139,6 +147,9 @@ impl ServerShared {
         c.push(("store_stale_retries".into(), store(&|s| &s.stale_retries)));
         c.push(("store_corrupt_reads".into(), store(&|s| &s.corrupt_reads)));
         c.push(("store_no_space".into(), store(&|s| &s.no_space)));
+        c.push(("rpc_overloaded".into(), get(&self.inbox_refusals)));
+        c.push(("store_overloaded".into(), store(&|s| &s.overloaded)));
+        c.push(("store_writes_stopped".into(), store(&|s| &s.writes_stopped)));
         let (nic, nic_cpu) = match &*self.nic.lock() {
             Some(n) => (n.stats(), n.cpu_ns()),
             None => Default::default(),

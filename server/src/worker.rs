@@ -10,13 +10,14 @@
 
 use crate::device::{Issuer, Ssd};
 use crate::stats::ServerShared;
-use crate::store::{Completed, DataStore, IoRequest, IoResult, Outcome, WriteOp, WriteRequest};
+use crate::store::{Completed, DataStore, IoRequest, IoResult, Outcome, Refusal, WriteOp, WriteRequest};
 use crate::table::CacheTable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use scalio_common::fabric::{IncomingRpc, Responder, RpcService};
 use scalio_common::key::{self, TableKey};
-use scalio_common::rpc::{flags, MetaGetReply, Op, Request, Response, Status};
+use scalio_common::rpc::{flags, CodecError, MetaGetReply, Op, Request, Response, Status};
 use scalio_common::ssd::MAX_VALUE_LEN;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,8 +41,42 @@ pub(crate) struct Reply {
 
 /// Routes RPCs from the NIC threads to the workers.
 pub(crate) struct Dispatch {
-    pub(crate) workers: Vec<Sender<WorkerEvent>>,
+    pub(crate) workers: Vec<(Sender<WorkerEvent>, Arc<InboxLoad>)>,
     pub(crate) shared: Arc<ServerShared>,
+}
+
+/// The RPCs waiting in one worker's inbox, admitted against limits on their count and bytes.
+/// The inbox also carries I/O completions, which are never refused (their number is bounded by
+/// the store's own limits), so the limits are kept here rather than by a bounded channel.
+pub(crate) struct InboxLoad {
+    rpcs: AtomicUsize,
+    bytes: AtomicUsize,
+    max_rpcs: usize,
+    max_bytes: usize,
+}
+
+impl InboxLoad {
+    pub(crate) fn new(max_rpcs: usize, max_bytes: usize) -> InboxLoad {
+        InboxLoad { rpcs: AtomicUsize::new(0), bytes: AtomicUsize::new(0), max_rpcs, max_bytes }
+    }
+
+    /// Admits an RPC of `len` bytes, or refuses it if the inbox is full. One RPC is always
+    /// admitted into an empty inbox, whatever its size.
+    fn try_admit(&self, len: usize) -> bool {
+        let rpcs = self.rpcs.fetch_add(1, Ordering::AcqRel);
+        let bytes = self.bytes.fetch_add(len, Ordering::AcqRel);
+        if rpcs >= self.max_rpcs || (rpcs > 0 && bytes + len > self.max_bytes) {
+            self.release(len);
+            return false;
+        }
+        true
+    }
+
+    /// An admitted RPC of `len` bytes left the inbox.
+    fn release(&self, len: usize) {
+        self.rpcs.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+    }
 }
 
 fn respond(responder: Responder, status: Status, op: Op, body: &[u8]) {
@@ -55,7 +90,13 @@ impl RpcService for Dispatch {
             Err(e) => {
                 self.shared.count_bad_request();
                 let op = rpc.payload.get(1).and_then(|_| Op::from_u8(rpc.payload[0])).unwrap_or(Op::Hello);
-                return respond(rpc.responder, Status::BadRequest, op, e.to_string().as_bytes());
+                // The size limits are checked from the header, before anything is copied.
+                let status = match e {
+                    CodecError::ValueTooLarge(_) => Status::ValueTooLarge,
+                    CodecError::KeyTooLong(_) => Status::KeyTooLong,
+                    _ => Status::BadRequest,
+                };
+                return respond(rpc.responder, status, op, e.to_string().as_bytes());
             }
         };
         self.shared.count_rpc(req.op);
@@ -77,10 +118,18 @@ impl RpcService for Dispatch {
                     return respond(rpc.responder, status, op, e.to_string().as_bytes());
                 }
                 let ssd = key::route(req.key, self.workers_ssds(), 1).ssd;
-                let worker = usize::from(ssd) % self.workers.len();
-                if let Err(crossbeam_channel::SendError(WorkerEvent::Rpc(rpc))) =
-                    self.workers[worker].send(WorkerEvent::Rpc(rpc))
-                {
+                let (inbox, load) = &self.workers[usize::from(ssd) % self.workers.len()];
+                let len = rpc.payload.len();
+                if !load.try_admit(len) {
+                    self.shared.count_inbox_refusal();
+                    let msg = format!(
+                        "server is overloaded: the worker's inbox is at its limit ({} RPCs, {} bytes)",
+                        load.max_rpcs, load.max_bytes
+                    );
+                    return respond(rpc.responder, Status::Unavailable, op, msg.as_bytes());
+                }
+                if let Err(crossbeam_channel::SendError(WorkerEvent::Rpc(rpc))) = inbox.send(WorkerEvent::Rpc(rpc)) {
+                    load.release(len);
                     respond(rpc.responder, Status::Unavailable, op, b"server is shutting down");
                 }
             }
@@ -99,6 +148,8 @@ pub(crate) struct Worker {
     pub(crate) id: usize,
     pub(crate) workers: usize,
     pub(crate) inbox: Receiver<WorkerEvent>,
+    /// The RPCs in `inbox`, released as they are taken out.
+    pub(crate) load: Arc<InboxLoad>,
     pub(crate) me: Sender<WorkerEvent>,
     /// The stores of SSDs `id`, `id + workers`, ...
     pub(crate) stores: Vec<DataStore<Reply>>,
@@ -144,6 +195,9 @@ impl Worker {
                 },
             };
             let now = Instant::now();
+            if let Some(WorkerEvent::Rpc(rpc)) = &event {
+                self.load.release(rpc.payload.len());
+            }
             match event {
                 Some(WorkerEvent::Rpc(rpc)) if stopping => {
                     let op = rpc.payload.first().and_then(|b| Op::from_u8(*b)).unwrap_or(Op::Hello);
@@ -264,5 +318,13 @@ fn finish(c: Completed<Reply>) {
         Outcome::NotFound => respond(responder, Status::NotFound, op, &[]),
         Outcome::NoSpace(m) => respond(responder, Status::NoSpace, op, m.as_bytes()),
         Outcome::Io(m) => respond(responder, Status::Io, op, m.as_bytes()),
+        Outcome::Corrupt(c) => respond(responder, Status::Io, op, c.to_string().as_bytes()),
+        Outcome::Refused(r) => {
+            let status = match r {
+                Refusal::Overloaded { .. } => Status::Unavailable,
+                Refusal::WritesStopped { .. } => Status::WritesStopped,
+            };
+            respond(responder, status, op, r.to_string().as_bytes())
+        }
     }
 }

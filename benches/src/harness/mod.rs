@@ -96,6 +96,13 @@ pub fn embedded_config(
     c.ditto.assoc = opts.assoc;
     c.ditto.buckets = buckets;
     c.write.batch = opts.batch;
+    // The driver never has more than threads x outstanding requests in flight, and under skew
+    // they may all wait on one SSD: admit them all, so that no measurement is shaped by the
+    // server refusing requests over its [limits].
+    let driver_in_flight = opts.threads.saturating_mul(opts.outstanding);
+    c.limits.inbox_rpcs = c.limits.inbox_rpcs.max(driver_in_flight);
+    c.limits.pending_writes = c.limits.pending_writes.max(driver_in_flight);
+    c.limits.server_gets = c.limits.server_gets.max(driver_in_flight);
     c.target.enabled = opts.block == "nvme-tcp";
     c.emulation.ssd_iops = opts.ssd_iops;
     c.emulation.ssd_latency_us = opts.ssd_latency_us;

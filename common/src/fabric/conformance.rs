@@ -5,7 +5,7 @@
 //! expands to one `#[test]` per check below.
 
 use super::{
-    Access, FabricError, IncomingRpc, MemoryRegion, QueuePair, RegionTable, RemoteAccessError, RpcService, WorkRequest,
+    Access, FabricError, IncomingRpc, MemoryRegion, QueuePair, Registrar, RemoteAccessError, RpcService, WorkRequest,
     MAX_TRANSFER,
 };
 use std::any::Any;
@@ -16,7 +16,9 @@ const T: Duration = Duration::from_secs(20);
 
 /// A running server side of some backend.
 pub struct TestServer {
-    pub regions: Arc<RegionTable>,
+    /// The backend's registration of server memory: the suite registers and deregisters only
+    /// through it, so its checks hold for any backend.
+    pub registrar: Arc<dyn Registrar>,
     connect: Box<dyn Fn() -> Arc<dyn QueuePair> + Send + Sync>,
     _guard: Box<dyn Any + Send>,
 }
@@ -24,11 +26,11 @@ pub struct TestServer {
 impl TestServer {
     /// `guard` is kept alive as long as the server (e.g. the NIC threads' handle).
     pub fn new(
-        regions: Arc<RegionTable>,
+        registrar: Arc<dyn Registrar>,
         connect: impl Fn() -> Arc<dyn QueuePair> + Send + Sync + 'static,
         guard: impl Any + Send,
     ) -> TestServer {
-        TestServer { regions, connect: Box::new(connect), _guard: Box::new(guard) }
+        TestServer { registrar, connect: Box::new(connect), _guard: Box::new(guard) }
     }
 
     pub fn connect(&self) -> Arc<dyn QueuePair> {
@@ -57,7 +59,7 @@ pub fn reversing_service() -> Arc<dyn RpcService> {
 fn setup(make: MakeServer<'_>, len: usize, access: Access) -> (TestServer, Arc<MemoryRegion>, super::RegionDesc) {
     let server = make(reversing_service());
     let region = Arc::new(MemoryRegion::new(len));
-    let desc = server.regions.register(region.clone(), access);
+    let desc = server.registrar.register(region.clone(), access).expect("register");
     (server, region, desc)
 }
 
@@ -253,6 +255,36 @@ pub fn unsignaled_failures_are_counted(make: MakeServer<'_>) {
     assert_eq!(qp.async_errors(), 1);
 }
 
+/// Unsignaled requests far beyond the send queue's depth, with nothing signaled in between: the
+/// backend signals selectively so their slots come back; a poster that outruns the peer gets
+/// [`FabricError::QueueFull`] (backpressure, the queue pair stays usable), waits for a signaled
+/// request, and goes on. Every request executes, in order.
+pub fn unsignaled_stream_beyond_the_send_queue_depth(make: MakeServer<'_>) {
+    let (s, region, d) = setup(make, 64, Access::READ_WRITE);
+    let qp = s.connect();
+    let n = 3 * u64::from(super::DEFAULT_SEND_QUEUE_DEPTH) + 7;
+    for i in 1..=n {
+        let chain = [
+            WorkRequest::Write { remote: d.at(0), data: &i.to_le_bytes() },
+            WorkRequest::Write { remote: d.at(8), data: &i.to_le_bytes() },
+        ];
+        let mut tries = 0;
+        while let Err(e) = qp.post_unsignaled(&chain) {
+            assert_eq!(e, FabricError::QueueFull, "unsignaled post {i}");
+            tries += 1;
+            assert!(tries < 1000, "the queue never drained");
+            // Wait for the peer to catch up: a signaled request completes after everything before it.
+            match qp.post(&[WorkRequest::Read { remote: d.at(0), len: 8 }]).wait_timeout(T) {
+                Ok(_) | Err(FabricError::QueueFull) => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("waiting for the queue to drain: {e}"),
+            }
+        }
+    }
+    assert_eq!(read(&*qp, &d, 0, 16), [n.to_le_bytes(), n.to_le_bytes()].concat());
+    assert_eq!(region.load_u64(8), n);
+    assert_eq!(qp.async_errors(), 0);
+}
+
 /// Many RPCs in flight, answered out of order, each get their own response.
 pub fn rpc_responses_match_requests(make: MakeServer<'_>) {
     let s = make(reversing_service());
@@ -299,7 +331,8 @@ pub fn deregistered_key_is_refused(make: MakeServer<'_>) {
     let (s, _r, d) = setup(make, 64, Access::READ_WRITE);
     let qp = s.connect();
     read(&*qp, &d, 0, 8);
-    assert!(s.regions.deregister(d.rkey));
+    assert!(s.registrar.deregister(d.rkey));
+    assert!(!s.registrar.deregister(d.rkey), "a key is revoked once");
     assert_eq!(
         qp.post(&[WorkRequest::Read { remote: d.at(0), len: 8 }]).wait_timeout(T),
         Err(FabricError::Remote { index: 0, error: RemoteAccessError::BadKey })
@@ -350,7 +383,7 @@ macro_rules! fabric_conformance {
             read_write_round_trip, chain_executes_in_order, posts_execute_in_order,
             later_write_never_visible_before_earlier, access_errors_are_reported,
             error_state_flushes_what_follows, failed_request_stops_its_chain, unsignaled_failures_are_counted,
-            rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
+            unsignaled_stream_beyond_the_send_queue_depth, rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
             deregistered_key_is_refused, many_queue_pairs_at_once);
     };
     (@tests $make:ident; $($check:ident),*) => {

@@ -217,8 +217,8 @@ mod tests {
     fn make(service: Arc<dyn RpcService>) -> TestServer {
         let fabric = MemFabric::new(Arc::new(RegionTable::new()));
         fabric.set_service(service);
-        let regions = fabric.regions().clone();
-        TestServer::new(regions, move || Arc::new(fabric.connect()) as Arc<dyn QueuePair>, ())
+        let registrar = fabric.regions().clone();
+        TestServer::new(registrar, move || Arc::new(fabric.connect()) as Arc<dyn QueuePair>, ())
     }
 
     crate::fabric_conformance!(make);

@@ -24,12 +24,25 @@ mod error;
 pub mod mem;
 pub mod region;
 mod secret;
+pub mod send_queue;
 pub mod tcp;
 
 pub use completion::{completion, Completer, Completion};
 pub use error::{CloseReason, Disconnect, FabricError, ProtocolError, RemoteAccessError};
 pub use region::{MemoryRegion, RegionDesc, RegionTable};
+
+/// Where a server registers memory for remote access: a backend's protection domain. The backend
+/// mints the remote keys and enforces key, bounds and rights on every access (on hardware, the
+/// NIC does); nothing above it checks them. The software backends share a [`RegionTable`].
+pub trait Registrar: Send + Sync {
+    /// Registers `region` with `access` rights; the descriptor tells peers how to address it.
+    fn register(&self, region: Arc<MemoryRegion>, access: Access) -> Result<RegionDesc, FabricError>;
+    /// Revokes a remote key: later accesses with it fail with [`RemoteAccessError::BadKey`].
+    /// Returns whether it was registered.
+    fn deregister(&self, rkey: u32) -> bool;
+}
 pub use secret::{BadSecretLength, Secret, MAX_SECRET};
+pub use send_queue::{SendQueue, DEFAULT_SEND_QUEUE_DEPTH};
 
 use std::sync::Arc;
 
@@ -103,12 +116,17 @@ pub fn validate_chain(chain: &[WorkRequest<'_>], signaled: bool) -> Result<(), F
 /// A client's connection to a server: one-sided operations and RPCs.
 pub trait QueuePair: Send + Sync {
     /// Posts `chain`, executed in order. Resolves when the whole chain has executed, with the
-    /// bytes of every READ in the chain, concatenated in chain order.
+    /// bytes of every READ in the chain, concatenated in chain order. Each request takes a slot
+    /// of the send queue until a signaled completion covers it ([`send_queue`]); with no slot
+    /// free, it resolves at once to [`FabricError::QueueFull`].
     fn post(&self, chain: &[WorkRequest<'_>]) -> Completion<Vec<u8>>;
 
     /// Posts a chain of WRITEs without a completion. Returns once it is queued (in order with
     /// everything posted before and after it on this queue pair); a remote failure is counted
-    /// in [`async_errors`](Self::async_errors).
+    /// in [`async_errors`](Self::async_errors) (and puts the queue pair into the error state).
+    /// Its slots come back with a later signaled completion; the backend signals selectively so
+    /// that a stream of these does not need the caller's help, but a poster that outruns the
+    /// peer gets [`FabricError::QueueFull`].
     fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError>;
 
     /// Sends an RPC request; resolves with the response.

@@ -243,6 +243,16 @@ impl RegionTable {
     }
 }
 
+impl super::Registrar for RegionTable {
+    fn register(&self, region: Arc<MemoryRegion>, access: Access) -> Result<RegionDesc, super::FabricError> {
+        Ok(RegionTable::register(self, region, access))
+    }
+
+    fn deregister(&self, rkey: u32) -> bool {
+        RegionTable::deregister(self, rkey)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,7 +63,7 @@ impl<R> DataStore<R> {
                 return false;
             }
             // Even a fully compacted SSD could not hold it: refuse the oldest write.
-            let p = self.pending.remove(take[0]).expect("chosen index");
+            let p = self.take_pending(take[0]);
             self.counters.no_space.fetch_add(1, Ordering::Relaxed);
             let msg = format!("SSD {} is full ({} live value bytes)", self.ssd, self.live_bytes);
             self.done.push(Completed { reply: p.req.reply, outcome: Outcome::NoSpace(msg) });
@@ -71,7 +71,7 @@ impl<R> DataStore<R> {
         }
         let mut writes = Vec::with_capacity(take.len());
         for (n, i) in take.into_iter().enumerate() {
-            let p = self.pending.remove(i - n).expect("chosen index");
+            let p = self.take_pending(i - n);
             writes.push((p.req, p.bucket));
         }
         self.reserved.0 += estimate.0;
@@ -301,10 +301,13 @@ impl<R> DataStore<R> {
                 }
             }
             Err(e) => {
+                // Parts of this batch may be durable: its writes are reported failed (their
+                // outcome is unknown until recovery), and the store fails stop.
                 tracing::error!(ssd = self.ssd, error = %e, "batch write failed");
                 for (w, _) in batch.writes {
                     self.done.push(Completed { reply: w.reply, outcome: Outcome::Io(e.to_string()) });
                 }
+                self.stop_writes(&e);
             }
         }
         for b in &batch.buckets {

@@ -137,7 +137,12 @@ impl<R> DataStore<R> {
                 self.after_gc_step();
             }
             (_, IoResult::Read(Err(e))) => self.gc_failed(e),
-            (_, IoResult::Write(Err(e))) => self.gc_failed(e),
+            (_, IoResult::Write(Err(e))) => {
+                // Relocated chains may be durable and newer than the ones the index names: fail
+                // stop, like a failed batch.
+                self.gc_failed(&e);
+                self.stop_writes(&e);
+            }
             (_, _) => self.gc_failed("unexpected GC I/O result"),
         }
     }

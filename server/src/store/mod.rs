@@ -24,6 +24,18 @@
 //! blocks (their owners are found through the key stored in each record) and rewrites the
 //! buckets that point to them. Readers holding old positions detect reused space through the
 //! positions stored in every block and record, and retry.
+//!
+//! **Bounds.** Everything that waits in the store is bounded ([`StoreConfig::max_pending_writes`],
+//! [`StoreConfig::max_pending_bytes`], [`StoreConfig::max_server_gets`]; batches in flight by
+//! `max_inflight × batch`): a request over a limit is refused at once with
+//! [`Refusal::Overloaded`], before anything of it is done.
+//!
+//! **Fail-stop.** A failed write (a batch's or a GC step's) may have left some of its parts
+//! durable: a bucket chain the store believes unwritten can be complete on the SSD, and
+//! recovery would adopt it. Going on would let GC reclaim the space it points to as dead, so
+//! after the first failed write the store refuses every write ([`Refusal::WritesStopped`]) and
+//! collects nothing until a restart, whose recovery settles each failed write as fully present
+//! or absent. Reads keep working meanwhile.
 
 mod batch;
 mod gc;
@@ -68,6 +80,14 @@ pub struct StoreConfig {
     pub gc_chunk_blocks: u32,
     /// Attempts of a server read whose blocks were reused meanwhile.
     pub read_retries: u32,
+    /// Most writes waiting for a batch; more are refused as [`Refusal::Overloaded`].
+    pub max_pending_writes: usize,
+    /// Most key and value bytes of the writes waiting for a batch (a write is always admitted
+    /// into an empty queue, so one value of any allowed size can pass).
+    pub max_pending_bytes: usize,
+    /// Most server reads (LEED-style GETs) in progress; each may hold a value of up to
+    /// [`MAX_VALUE_LEN`](scalio_common::ssd::MAX_VALUE_LEN) bytes.
+    pub max_server_gets: usize,
     /// Test-only seeded bug (see `SeededBug::AckBeforeInvalidate`).
     #[cfg(feature = "seeded-bugs")]
     pub ack_before_invalidate: bool,
@@ -83,6 +103,9 @@ impl Default for StoreConfig {
             gc_high: 0.40,
             gc_chunk_blocks: 64,
             read_retries: 4,
+            max_pending_writes: 256,
+            max_pending_bytes: 32 << 20,
+            max_server_gets: 64,
             #[cfg(feature = "seeded-bugs")]
             ack_before_invalidate: false,
         }
@@ -116,6 +139,53 @@ pub enum Outcome {
     NotFound,
     NoSpace(String),
     Io(String),
+    /// Not attempted: nothing of it reached the SSD.
+    Refused(Refusal),
+    /// The SSD's blocks fail their checks (checksum, position, owner) on every attempt; their
+    /// contents are never served.
+    Corrupt(CorruptBlocks),
+}
+
+/// Blocks of an SSD that do not hold what the index says they hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("SSD {ssd} blocks {first}..{end}: {error}", end = first + u64::from(*count))]
+pub struct CorruptBlocks {
+    pub ssd: u16,
+    /// The first block of the read that failed its checks.
+    pub first: u64,
+    pub count: u32,
+    pub error: LayoutError,
+}
+
+/// A queue of the store that is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    PendingWrites,
+    PendingWriteBytes,
+    ServerGets,
+}
+
+impl std::fmt::Display for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Queue::PendingWrites => "pending writes",
+            Queue::PendingWriteBytes => "pending write bytes",
+            Queue::ServerGets => "server reads in progress",
+        })
+    }
+}
+
+/// Why the store refused a request without attempting it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A bounded queue is full; the same request may succeed later.
+    #[error("SSD {ssd} is overloaded: {queue} at the limit of {limit}")]
+    Overloaded { ssd: u16, queue: Queue, limit: usize },
+    /// A write to the SSD failed earlier, possibly after part of it became durable. The store
+    /// stopped taking writes (fail-stop) so that nothing can reuse the space the failed write
+    /// may still claim on the SSD; recovery at the next start settles it.
+    #[error("SSD {ssd} stopped taking writes after a device error ({cause}); restart the server to recover")]
+    WritesStopped { ssd: u16, cause: String },
 }
 
 /// A finished request.
@@ -151,6 +221,10 @@ pub struct StoreCounters {
     pub stale_retries: AtomicU64,
     pub corrupt_reads: AtomicU64,
     pub no_space: AtomicU64,
+    /// Requests refused because a bounded queue was full.
+    pub overloaded: AtomicU64,
+    /// 1 once a write error has stopped the store's writes (a gauge).
+    pub writes_stopped: AtomicU64,
 }
 
 /// What the store knows about its space, for statistics.
@@ -209,6 +283,10 @@ pub struct DataStore<R> {
     table: Option<Arc<CacheTable>>,
     counters: Arc<StoreCounters>,
     pending: VecDeque<Pending<R>>,
+    /// Key and value bytes in `pending`.
+    pending_bytes: usize,
+    /// Set by the first failed write: the store takes no more writes (see [`Refusal::WritesStopped`]).
+    writes_stopped: Option<String>,
     locked: HashSet<u32>,
     batches: HashMap<u64, Batch<R>>,
     gets: HashMap<u64, Get<R>>,
@@ -262,6 +340,8 @@ impl<R> DataStore<R> {
             table,
             counters: Arc::new(StoreCounters::default()),
             pending: VecDeque::new(),
+            pending_bytes: 0,
+            writes_stopped: None,
             locked: HashSet::new(),
             batches: HashMap::new(),
             gets: HashMap::new(),
@@ -339,15 +419,69 @@ impl<R> DataStore<R> {
     }
 
     /// Queues a write; it starts at the next [`poll`](Self::poll) that finds its batch ready.
+    /// It is refused at once when the store has stopped taking writes or its queue is full.
     pub fn submit_write(&mut self, req: WriteRequest<R>, now: Instant) {
+        if let Some(cause) = &self.writes_stopped {
+            let refusal = Refusal::WritesStopped { ssd: self.ssd, cause: cause.clone() };
+            self.done.push(Completed { reply: req.reply, outcome: Outcome::Refused(refusal) });
+            return;
+        }
+        let size = req.key.len() + req.value.len();
+        let full = if self.pending.len() >= self.cfg.max_pending_writes {
+            Some((Queue::PendingWrites, self.cfg.max_pending_writes))
+        } else if !self.pending.is_empty() && self.pending_bytes + size > self.cfg.max_pending_bytes {
+            Some((Queue::PendingWriteBytes, self.cfg.max_pending_bytes))
+        } else {
+            None
+        };
+        if let Some((queue, limit)) = full {
+            self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            let refusal = Refusal::Overloaded { ssd: self.ssd, queue, limit };
+            self.done.push(Completed { reply: req.reply, outcome: Outcome::Refused(refusal) });
+            return;
+        }
         let bucket = self.bucket_of(&req.key);
+        self.pending_bytes += size;
         self.pending.push_back(Pending { req, bucket, arrived: now });
         self.poll(now);
     }
 
+    /// Removes the pending write at `i`.
+    fn take_pending(&mut self, i: usize) -> Pending<R> {
+        let p = self.pending.remove(i).expect("a pending write");
+        self.pending_bytes -= p.req.key.len() + p.req.value.len();
+        p
+    }
+
+    /// Why the store takes no more writes, if it stopped (fail-stop after a write error).
+    pub fn writes_stopped(&self) -> Option<&str> {
+        self.writes_stopped.as_deref()
+    }
+
+    /// Fail-stop: a write failed, and some of its parts may be durable (a bucket chain whose
+    /// write was reported failed can still be complete on the SSD and be adopted by recovery).
+    /// Continuing would let garbage collection and new writes reuse space that such a chain
+    /// points to, so the store refuses every further write, and collects nothing, until a
+    /// restart recovers a consistent state from the SSD. Reads keep working.
+    fn stop_writes(&mut self, cause: &DeviceError) {
+        if self.writes_stopped.is_some() {
+            return;
+        }
+        tracing::error!(ssd = self.ssd, error = %cause, "a write failed: this SSD takes no more writes until restarted");
+        self.writes_stopped = Some(cause.to_string());
+        self.counters.writes_stopped.store(1, Ordering::Relaxed);
+        self.gc_wanted = false;
+        self.gc_need = (0, 0);
+        let refusal = Refusal::WritesStopped { ssd: self.ssd, cause: cause.to_string() };
+        while !self.pending.is_empty() {
+            let p = self.take_pending(0);
+            self.done.push(Completed { reply: p.req.reply, outcome: Outcome::Refused(refusal.clone()) });
+        }
+    }
+
     /// The earliest time [`poll`](Self::poll) has something to do without new input.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if self.gc.is_some() || self.gc_wanted {
+        if self.gc.is_some() || self.gc_wanted || self.writes_stopped.is_some() {
             return None;
         }
         self.pending.front().map(|p| p.arrived + self.cfg.batch_timeout)
@@ -358,7 +492,7 @@ impl<R> DataStore<R> {
         // Each round starts a GC step or a batch (or refuses a write); the bound only guards
         // against a bookkeeping bug turning into a busy loop.
         for _ in 0..1024 {
-            if self.gc.is_some() {
+            if self.gc.is_some() || self.writes_stopped.is_some() {
                 return;
             }
             if self.gc_wanted {

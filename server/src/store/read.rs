@@ -11,16 +11,26 @@ pub(super) struct Get<R> {
     /// The chain the current attempt reads (the index may move on while it is read).
     pub(super) loc: Option<ChainLoc>,
     pub(super) item: Option<Item>,
+    /// The blocks of the read in progress (first, count), to name them if they are corrupt.
+    pub(super) reading: (u64, u32),
 }
 
 impl<R> DataStore<R> {
     /// Starts a server-side read of `key` (the LEED-style path: two dependent SSD reads).
+    /// Refused at once when [`StoreConfig::max_server_gets`] are in progress.
     pub fn submit_get(&mut self, key: Vec<u8>, reply: R) {
+        if self.gets.len() >= self.cfg.max_server_gets {
+            self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            let refusal =
+                Refusal::Overloaded { ssd: self.ssd, queue: Queue::ServerGets, limit: self.cfg.max_server_gets };
+            self.done.push(Completed { reply, outcome: Outcome::Refused(refusal) });
+            return;
+        }
         self.counters.server_gets.fetch_add(1, Ordering::Relaxed);
         let bucket = self.bucket_of(&key);
         let id = self.next_id;
         self.next_id += 1;
-        self.gets.insert(id, Get { key, bucket, reply, attempts: 0, loc: None, item: None });
+        self.gets.insert(id, Get { key, bucket, reply, attempts: 0, loc: None, item: None, reading: (0, 0) });
         self.start_get(id);
     }
 
@@ -31,7 +41,10 @@ impl<R> DataStore<R> {
         g.loc = self.index.get(g.bucket);
         match g.loc {
             None => self.finish_get(id, Outcome::NotFound),
-            Some(loc) => self.read_chain(loc, Purpose::GetBucket { get: id }),
+            Some(loc) => {
+                g.reading = (self.geo.bucket_block(loc.lseq), u32::from(loc.len));
+                self.read_chain(loc, Purpose::GetBucket { get: id })
+            }
         }
     }
 
@@ -51,7 +64,10 @@ impl<R> DataStore<R> {
             self.start_get(id);
         } else {
             self.counters.corrupt_reads.fetch_add(1, Ordering::Relaxed);
-            self.finish_get(id, Outcome::Io(format!("SSD {}: {why}", self.ssd)));
+            let (first, count) = self.gets.get(&id).map_or((0, 0), |g| g.reading);
+            let corrupt = CorruptBlocks { ssd: self.ssd, first, count, error: why };
+            tracing::error!(error = %corrupt, attempts, "blocks stay corrupt; not serving them");
+            self.finish_get(id, Outcome::Corrupt(corrupt));
         }
     }
 
@@ -73,7 +89,9 @@ impl<R> DataStore<R> {
             None => self.finish_get(id, Outcome::NotFound),
             Some(item) => {
                 let (lba, count, _) = self.geo.record_blocks(item.value_pos, item.record_len());
-                self.gets.get_mut(&id).expect("get exists").item = Some(item);
+                let g = self.gets.get_mut(&id).expect("get exists");
+                g.item = Some(item);
+                g.reading = (lba, count);
                 let token = self.token(Purpose::GetValue { get: id });
                 self.io_out.push(IoRequest::Read { token, lba, count });
             }

@@ -16,7 +16,9 @@ use super::index::{BucketIndex, ChainLoc};
 use super::space::LogSpace;
 use super::Recovered;
 use crate::device::{DeviceError, Issuer, Ssd};
-use scalio_common::ssd::{store_seed, BlockHeader, Bucket, LayoutError, SsdGeometry, Superblock, BLOCK_SIZE};
+use scalio_common::ssd::{
+    store_seed, BlockHeader, Bucket, LayoutError, SsdGeometry, Superblock, BLOCK_SIZE, FIRST_LOG_BLOCK,
+};
 use std::sync::Arc;
 
 /// Blocks read at a time while scanning.
@@ -35,6 +37,11 @@ pub enum StoreError {
     Mismatch(String),
     #[error("SSD {ssd} is corrupt: {reason}")]
     Corrupt { ssd: u16, reason: String },
+    #[error(
+        "SSD {ssd} ({path}): block 0, the superblock, is zeroed but block {data_block} holds data; \
+         refusing to format over it"
+    )]
+    SuperblockLost { ssd: u16, path: String, data_block: u64 },
 }
 
 /// The store found (or made) on a set of SSDs.
@@ -55,9 +62,27 @@ enum Found {
     Foreign,
 }
 
+/// Blocks after the superblock that must be zero for an SSD without one to count as blank. The
+/// first write of a store puts a bucket chain at the start of the bucket log, and nothing ever
+/// zeroes it again, so a used store always has data there.
+const BLANK_CHECK_BLOCKS: u64 = 64;
+
 fn inspect(ssd: &Ssd) -> Result<Found, StoreError> {
     let block = ssd.read(0, 1, Issuer::Worker)?;
     if block.iter().all(|b| *b == 0) {
+        // A zeroed superblock in front of a used store (a failed or torn superblock write,
+        // corruption) must not be mistaken for a blank SSD and formatted over.
+        let n = BLANK_CHECK_BLOCKS.min(ssd.blocks().saturating_sub(FIRST_LOG_BLOCK));
+        if n > 0 {
+            let after = ssd.read(FIRST_LOG_BLOCK, n as u32, Issuer::Worker)?;
+            if let Some(i) = after.iter().position(|b| *b != 0) {
+                return Err(StoreError::SuperblockLost {
+                    ssd: ssd.index(),
+                    path: ssd.path().display().to_string(),
+                    data_block: FIRST_LOG_BLOCK + (i / BLOCK_SIZE) as u64,
+                });
+            }
+        }
         return Ok(Found::Blank);
     }
     match Superblock::decode(&block) {

@@ -19,9 +19,10 @@ use super::buf::{InBuf, Slab};
 use super::wire::{self, ChainStatus, ServerFrame, WrFlags};
 use crate::fabric::{
     completion, validate_chain, Completer, Completion, Disconnect, FabricError, ProtocolError, QueuePair, Secret,
-    WorkRequest, MAX_TRANSFER,
+    SendQueue, WorkRequest, DEFAULT_SEND_QUEUE_DEPTH, MAX_TRANSFER,
 };
 use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +32,9 @@ use std::time::Duration;
 
 /// Connect (and handshake) timeout of [`TcpQueuePair::connect`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The chain id of unsignaled chains that selective signaling posted signaled: their completion
+/// only frees send-queue slots (no waiter has this id).
+const INTERNAL_CHAIN: u32 = u32::MAX;
 /// Posters wait while this many bytes are queued behind a `write` in progress.
 const TX_HIGH_WATER: usize = 16 << 20;
 /// A spare output buffer that grew past this is given back.
@@ -54,6 +58,12 @@ struct Pending {
 }
 
 struct Tx {
+    /// The send queue's slots, taken here, where frames get their place on the wire, so that
+    /// sequence numbers follow wire order.
+    sq: SendQueue,
+    /// Where each signaled chain on the wire ends, in wire order: their completions come back in
+    /// that order and retire the slots up to there.
+    signaled_ends: VecDeque<u64>,
     /// Frames waiting for a `write`.
     buf: Vec<u8>,
     /// The other buffer, swapped in while `buf` is being written.
@@ -85,6 +95,8 @@ enum Event {
     Resolve { key: u64, kind: Kind, result: Result<Vec<u8>, FabricError> },
     /// An unsignaled chain failed.
     AsyncError,
+    /// An unsignaled chain that selective signaling posted signaled completed.
+    InternalDone,
     /// The server ends the connection.
     Closed(FabricError),
 }
@@ -96,6 +108,10 @@ fn interpret(frame: ServerFrame<'_>) -> Event {
         ServerFrame::ChainDone { unsignaled: true, status: ChainStatus::Ok, .. } => {
             Event::Closed(FabricError::Protocol(ProtocolError::UnsignaledSuccess))
         }
+        ServerFrame::ChainDone { chain: INTERNAL_CHAIN, unsignaled: false, status, .. } => match status {
+            ChainStatus::Ok => Event::InternalDone,
+            ChainStatus::Failed { .. } => Event::AsyncError,
+        },
         ServerFrame::ChainDone { chain, unsignaled: false, status, data } => {
             let result = match status {
                 ChainStatus::Ok => Ok(data.to_vec()),
@@ -187,11 +203,13 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// The NIC's shared secret, if it has one.
     pub secret: Option<Secret>,
+    /// Slots of the queue pair's send queue (work requests posted and not yet known complete).
+    pub send_queue_depth: u32,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { timeout: DEFAULT_CONNECT_TIMEOUT, secret: None }
+        ConnectOptions { timeout: DEFAULT_CONNECT_TIMEOUT, secret: None, send_queue_depth: DEFAULT_SEND_QUEUE_DEPTH }
     }
 }
 
@@ -226,7 +244,13 @@ impl TcpQueuePair {
         let read_half = stream.try_clone()?;
         let inner = Arc::new(Inner {
             stream,
-            tx: Mutex::new(Tx { buf: Vec::new(), spare: Vec::new(), writing: false }),
+            tx: Mutex::new(Tx {
+                sq: SendQueue::new(opts.send_queue_depth),
+                signaled_ends: VecDeque::new(),
+                buf: Vec::new(),
+                spare: Vec::new(),
+                writing: false,
+            }),
             tx_space: Condvar::new(),
             pending: Mutex::new(Pending { waiters: Slab::default(), dead: None }),
             dead: AtomicBool::new(false),
@@ -280,11 +304,22 @@ impl Inner {
             return Err(e.clone());
         }
         let key = p.waiters.insert(Waiter { kind, completer });
+        debug_assert!(key < INTERNAL_CHAIN as usize);
         Ok((key as u64, completion))
     }
 
+    /// Forgets a waiter whose request was never sent.
+    fn unregister(&self, key: u64) {
+        if let Ok(k) = usize::try_from(key) {
+            self.pending.lock().waiters.remove(k);
+        }
+    }
+
     /// Appends frames with `encode` and sees them written (by this poster or by the one writing).
-    fn send(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), FabricError> {
+    /// `slots`: the chain's work requests and whether it is signaled, for the send queue; the
+    /// encoder is told whether to post it signaled (selective signaling may turn an unsignaled
+    /// chain signaled). Fails with [`FabricError::QueueFull`] when the send queue is full.
+    fn send(&self, slots: Option<(usize, bool)>, encode: impl FnOnce(&mut Vec<u8>, bool)) -> Result<(), FabricError> {
         let mut tx = self.tx.lock();
         while tx.writing && tx.buf.len() >= TX_HIGH_WATER && !self.dead.load(Ordering::Acquire) {
             self.tx_space.wait(&mut tx);
@@ -293,7 +328,17 @@ impl Inner {
             drop(tx);
             return Err(self.death());
         }
-        encode(&mut tx.buf);
+        let signaled = match slots {
+            Some((n, signaled)) => {
+                let posted = tx.sq.take(n, signaled)?;
+                if posted.signaled {
+                    tx.signaled_ends.push_back(posted.end);
+                }
+                posted.signaled
+            }
+            None => false,
+        };
+        encode(&mut tx.buf, signaled);
         if tx.writing {
             return Ok(());
         }
@@ -333,6 +378,9 @@ impl Inner {
                 match wire::decode_server_frame(&input.data()[consumed..]) {
                     Ok(Some((frame, n))) => {
                         consumed += n;
+                        if let ServerFrame::ChainDone { unsignaled: false, .. } = frame {
+                            self.retire_signaled();
+                        }
                         if let Err(e) = self.apply(interpret(frame)) {
                             break Some(e);
                         }
@@ -358,6 +406,15 @@ impl Inner {
         self.fail(why);
     }
 
+    /// A signaled chain completed: completions come in wire order, so it is the oldest one on the
+    /// wire, and it and everything posted before it leave the send queue.
+    fn retire_signaled(&self) {
+        let mut tx = self.tx.lock();
+        if let Some(end) = tx.signaled_ends.pop_front() {
+            tx.sq.retire(end);
+        }
+    }
+
     fn apply(&self, event: Event) -> Result<(), FabricError> {
         match event {
             Event::Resolve { key, kind, result } => {
@@ -380,6 +437,7 @@ impl Inner {
                 }
                 Ok(())
             }
+            Event::InternalDone => Ok(()),
             Event::AsyncError => {
                 self.async_errors.fetch_add(1, Ordering::Relaxed);
                 Err(FabricError::Flushed)
@@ -403,13 +461,26 @@ impl QueuePair for TcpQueuePair {
             Err(e) => return Completion::ready(Err(e)),
         };
         // On failure the connection is dead and `fail` has resolved the completion.
-        let _ = self.inner.send(|buf| encode_chain(buf, id as u32, false, chain));
-        completion
+        let slots = Some((chain.len(), true));
+        match self.inner.send(slots, |buf, _| encode_chain(buf, id as u32, false, chain)) {
+            Err(FabricError::QueueFull) => {
+                self.inner.unregister(id);
+                Completion::ready(Err(FabricError::QueueFull))
+            }
+            // Any other failure: the connection is dead and `fail` has resolved the completion.
+            _ => completion,
+        }
     }
 
     fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
         validate_chain(chain, false)?;
-        self.inner.send(|buf| encode_chain(buf, 0, true, chain))
+        self.inner.send(Some((chain.len(), false)), |buf, signaled| {
+            if signaled {
+                encode_chain(buf, INTERNAL_CHAIN, false, chain)
+            } else {
+                encode_chain(buf, 0, true, chain)
+            }
+        })
     }
 
     fn call(&self, request: &[u8]) -> Completion<Vec<u8>> {
@@ -420,7 +491,7 @@ impl QueuePair for TcpQueuePair {
             Ok(r) => r,
             Err(e) => return Completion::ready(Err(e)),
         };
-        let _ = self.inner.send(|buf| wire::encode_rpc(buf, id, request));
+        let _ = self.inner.send(None, |buf, _| wire::encode_rpc(buf, id, request));
         completion
     }
 

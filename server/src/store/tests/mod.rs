@@ -9,6 +9,10 @@ use scalio_common::cputime::CpuGroup;
 use scalio_common::table::TableGeometry;
 use std::path::Path;
 
+mod corruption;
+mod crash_loop;
+mod device_faults;
+
 /// Drives a store synchronously. Replies are `u64` request ids.
 struct Driver {
     ssd: Arc<Ssd>,
@@ -18,6 +22,36 @@ struct Driver {
     /// Block writes left before the simulated crash (None: never crash).
     crash_after_blocks: Option<u64>,
     crashed: bool,
+    /// A device failure to inject into the next write it matches (taken when it fires).
+    fault: Option<WriteFault>,
+}
+
+/// Which of the store's writes a [`WriteFault`] hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultTarget {
+    /// A batch's durable write (value-log part, then bucket-log parts).
+    Batch,
+    /// A garbage-collection step's write.
+    Gc,
+}
+
+/// How a failing write part behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FaultKind {
+    /// Nothing of the part reaches the SSD.
+    Lost,
+    /// The part's first block reaches the SSD, the rest does not.
+    Torn,
+    /// The whole part reaches the SSD, but the device reports an error (e.g. a failed flush).
+    LandedButFailed,
+}
+
+/// Fail part `part` of the next write of `target`; the parts after it are not executed.
+#[derive(Debug, Clone, Copy)]
+struct WriteFault {
+    target: FaultTarget,
+    part: usize,
+    kind: FaultKind,
 }
 
 fn open_ssd(dir: &Path, blocks: u64) -> Arc<Ssd> {
@@ -25,8 +59,16 @@ fn open_ssd(dir: &Path, blocks: u64) -> Arc<Ssd> {
     Ssd::open(0, &dir.join("ssd0.img"), Some(blocks * 512), &opts, &CpuGroup::new()).unwrap()
 }
 
+/// A test store's configuration: tests submit hundreds of writes at once, so the queues are
+/// bounded only where a test says so.
 fn config(batch: usize) -> StoreConfig {
-    StoreConfig { batch, gc_chunk_blocks: 16, ..Default::default() }
+    StoreConfig {
+        batch,
+        gc_chunk_blocks: 16,
+        max_pending_writes: 1 << 20,
+        max_pending_bytes: 1 << 30,
+        ..Default::default()
+    }
 }
 
 impl Driver {
@@ -41,6 +83,7 @@ impl Driver {
             next: 1,
             crash_after_blocks: None,
             crashed: false,
+            fault: None,
         }
     }
 
@@ -66,7 +109,19 @@ impl Driver {
                         self.store.on_io(token, IoResult::Read(r), far);
                     }
                     IoRequest::Write { token, parts } => {
-                        let r = self.write_parts(parts);
+                        let target = match self.store.purposes.get(&token) {
+                            Some(Purpose::BatchWrite { .. }) => Some(FaultTarget::Batch),
+                            Some(Purpose::Gc) => Some(FaultTarget::Gc),
+                            _ => None,
+                        };
+                        let fault = self.fault.filter(|f| Some(f.target) == target && f.part < parts.len());
+                        if fault.is_some() {
+                            self.fault = None;
+                        }
+                        let r = match fault {
+                            Some(f) => self.write_parts_failing(parts, f),
+                            None => self.write_parts(parts),
+                        };
                         if self.crashed {
                             return;
                         }
@@ -96,6 +151,32 @@ impl Driver {
             self.ssd.write(lba, &data, Issuer::Worker)?;
         }
         Ok(())
+    }
+
+    /// Executes `parts` in order until part `fault.part`, which fails as `fault.kind` says.
+    fn write_parts_failing(&mut self, parts: Vec<(u64, AlignedBuf)>, fault: WriteFault) -> Result<(), DeviceError> {
+        for (n, (lba, data)) in parts.into_iter().enumerate() {
+            if n < fault.part {
+                self.ssd.write(lba, &data, Issuer::Worker)?;
+                continue;
+            }
+            match fault.kind {
+                FaultKind::Lost => {}
+                FaultKind::Torn => {
+                    self.ssd.write(lba, &AlignedBuf::copy_padded(&data[..BLOCK_SIZE], BLOCK_SIZE), Issuer::Worker)?
+                }
+                FaultKind::LandedButFailed => self.ssd.write(lba, &data, Issuer::Worker)?,
+            }
+            return Err(DeviceError::Io { ssd: 0, op: "write", lba, reason: format!("injected: {:?}", fault.kind) });
+        }
+        unreachable!("the fault's part is within the write")
+    }
+
+    /// Stops the SSD and opens the store again from what is on it (a restart through recovery).
+    fn restart(self, dir: &Path, blocks: u64, cfg: StoreConfig) -> Driver {
+        self.ssd.shutdown();
+        drop(self);
+        Driver::open(dir, blocks, None, cfg, None)
     }
 
     fn write(&mut self, op: WriteOp, key: &[u8], value: &[u8]) -> u64 {
@@ -184,6 +265,39 @@ fn server_get_survives_its_bucket_growing_under_it() {
     }
     d.run();
     assert_eq!(d.done.remove(&999), Some(Outcome::Value(b"v1".to_vec())));
+}
+
+#[test]
+fn queues_are_bounded_and_refusals_are_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig { max_pending_writes: 3, max_pending_bytes: 250, max_server_gets: 2, ..config(8) };
+    let mut d = Driver::open(dir.path(), 8192, None, cfg, None);
+    // A batch of 8 does not start: the writes wait, up to the limits.
+    let a = d.write(WriteOp::Put, b"a", &[1; 100]);
+    let b = d.write(WriteOp::Put, b"b", &[1; 100]);
+    let over_bytes = d.write(WriteOp::Put, b"c", &[1; 100]);
+    let c = d.write(WriteOp::Put, b"c", &[1; 10]);
+    let over_count = d.write(WriteOp::Put, b"d", &[1; 1]);
+    let refused = |queue, limit| Some(Outcome::Refused(Refusal::Overloaded { ssd: 0, queue, limit }));
+    let mut done: HashMap<u64, Outcome> = d.store.take_completed().into_iter().map(|c| (c.reply, c.outcome)).collect();
+    assert_eq!(done.remove(&over_bytes), refused(Queue::PendingWriteBytes, 250));
+    assert_eq!(done.remove(&over_count), refused(Queue::PendingWrites, 3));
+    assert!(done.is_empty());
+    // A write larger than the byte limit still passes through an empty queue.
+    d.run();
+    for id in [a, b, c] {
+        assert_eq!(d.done.remove(&id), Some(Outcome::Ok));
+    }
+    assert_eq!(d.put_now(b"big", &[2; 5000]), Outcome::Ok);
+    // Server reads in progress.
+    for (n, k) in [b"a", b"b", b"c"].iter().enumerate() {
+        d.store.submit_get(k.to_vec(), 100 + n as u64);
+    }
+    let done: Vec<_> = d.store.take_completed().into_iter().map(|c| (c.reply, c.outcome)).collect();
+    assert_eq!(done, vec![(102, refused(Queue::ServerGets, 2).unwrap())]);
+    d.run();
+    assert_eq!(d.done.remove(&100), Some(Outcome::Value(vec![1; 100])));
+    assert_eq!(d.store.counters().overloaded.load(Ordering::Relaxed), 3);
 }
 
 #[test]
