@@ -3,6 +3,7 @@
 
   scripts/reproduce.py --quick all          # every figure, small dataset, fewer points (< 10 min on 2 cores)
   scripts/reproduce.py fig11 fig12          # full scale (see --help for the expected time)
+  scripts/reproduce.py --paper fig15        # the paper's 20M records and 2,244,608 cache slots
   scripts/reproduce.py --dry-run --quick fig14   # print the commands only
   scripts/reproduce.py --plot-only all      # redraw from the JSON already under results/
 
@@ -35,6 +36,7 @@ from figures.settings import (  # noqa: E402
     DEFAULT_THREADS,
     DEFAULT_WORKERS,
     FULL,
+    PAPER,
     PAPER_CACHE_RATIO,
     QUICK,
     Settings,
@@ -59,12 +61,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     e = DEFAULT_EMULATION
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog=f"Expected time of `all`: --quick {QUICK.estimate}; full scale {FULL.estimate}.",
+        epilog=f"Expected time of `all`: --quick {QUICK.estimate}; full scale {FULL.estimate}; "
+        f"--paper {PAPER.estimate}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("figures", nargs="+", choices=[*FIGURES, "all"], metavar="FIG",
                    help=f"one or more of {', '.join(FIGURES)}, or all")  # fmt: skip
-    p.add_argument("--quick", action="store_true", help="small dataset and fewer points")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--quick", action="store_true", help="small dataset and fewer points")
+    scale.add_argument("--paper", action="store_true",
+                       help="the paper's 20M records and 2,244,608 slots, stores loaded once and reused")  # fmt: skip
     p.add_argument("--force", action="store_true", help="rerun runs whose JSON exists")
     p.add_argument("--dry-run", action="store_true", help="print the commands; run and draw nothing")
     p.add_argument("--plot-only", action="store_true", help="draw from the JSON there is; run nothing")
@@ -86,7 +92,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"operationcount (default {QUICK.operations} quick, {FULL.operations} full)")  # fmt: skip
     r.add_argument("--workloads", help="only these workloads, e.g. a,c")
     r.add_argument("--seed", type=int, default=1)
-    r.add_argument("--warmup-ops", type=int, default=0, help="operations before measuring")
+    r.add_argument("--warmup-ops", type=int, help="operations before measuring (default: the scale's)")
+    r.add_argument("--store-dir", type=Path,
+                   help="keep loaded stores here and reuse them (default with --paper: RESULTS/stores)")  # fmt: skip
+    r.add_argument("--store-budget-gb", type=float, default=40.0,
+                   help="delete the least recently used stores past this many GB on disk")  # fmt: skip
     r.add_argument("--timeout", type=float, help="seconds per run (default: the scale's)")
     p.add_argument("--no-venv", action="store_true", help="use this interpreter (needs matplotlib)")
     args = p.parse_args(argv)
@@ -100,8 +110,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
+    store_dir = args.store_dir
+    scale = PAPER if args.paper else QUICK if args.quick else FULL
+    if store_dir is None and scale.reuse_stores:
+        store_dir = args.results / "stores"
     return Settings(
-        scale=QUICK if args.quick else FULL,
+        scale=scale,
         emulation=Emulation(args.ssd_iops, args.ssd_latency_us, args.worker_io_cost_us),
         workers=args.workers,
         threads=args.threads,
@@ -109,6 +123,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
         cache_ratio=args.cache_ratio,
         seed=args.seed,
         warmup_ops=args.warmup_ops,
+        store_dir=None if store_dir is None else str(store_dir.resolve()),
         records=args.records,
         operations=args.operations,
         workload_filter=args.workloads,
@@ -158,7 +173,8 @@ def main(argv: list[str]) -> int:
         if running:
             t0 = time.monotonic()
             outcome = execute(runs, out_dir, binary, results_root=args.results, timeout_s=timeout,
-                              force=args.force, dry_run=args.dry_run, log=log, tag=key, attempted=attempted)  # fmt: skip
+                              force=args.force, dry_run=args.dry_run, log=log, tag=key, attempted=attempted,
+                              store_budget_bytes=args.store_budget_gb * 2**30)  # fmt: skip
             failures += outcome.failures
             if args.dry_run:
                 log(f"# {key}: {len(runs)} runs, {outcome.skipped} have results, {outcome.reused} reused from other figures")

@@ -6,6 +6,7 @@ and marks planned runs without a result with a red x at the bottom of the axis.
 
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
 from pathlib import Path
@@ -19,6 +20,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
+from . import ideal as ideal_model  # noqa: E402
 from . import results as R  # noqa: E402
 from .plans import FIGURES, fig14_batch, workers_of_paper_cores  # noqa: E402
 from .results import Point  # noqa: E402
@@ -88,6 +90,7 @@ def _finish(fig, key: str, points: Sequence[Point], out_dir: Path, handles: list
     number = key.removeprefix("fig")
     width_in = fig.get_figwidth()
     title = textwrap.fill(f"Figure {number}: {spec.title}" + (" — emulated testbed" if emulated else ""), int(width_in * 10))
+    title += "\n" + textwrap.fill(R.scale_note(points), int(width_in * 12))
     lost = R.missing(points)
     foot = [R.testbed_note(points), *notes]
     if lost:
@@ -137,14 +140,21 @@ def _lines_vs(ax, points: Sequence[Point], x_of: Callable[[Run], float], metric,
                 _mark_missing(ax, x, color)
 
 
-def _bars(ax, groups: list, series: list[tuple[str, str, list[float | None]]], width: float = 0.8) -> list[float]:
+def _bar_xs(centres: list[float], n: int, i: int, width: float = 0.8) -> list[float]:
+    """The x of series i's bar in each group of `n` bars."""
+    w = width / max(n, 1)
+    return [c - width / 2 + w * (i + 0.5) for c in centres]
+
+
+def _bars(ax, groups: list, series: list[tuple[str, str, list[float | None]]], width: float = 0.8,
+          alpha: float = 1.0) -> list[float]:  # fmt: skip
     """Grouped bars: `series` = (legend, color, one value per group); returns the group centres."""
     n = max(len(series), 1)
-    w = width / n
     centres = list(range(len(groups)))
     for i, (name, color, values) in enumerate(series):
-        xs = [c - width / 2 + w * (i + 0.5) for c in centres]
-        ax.bar(xs, [0 if v is None else v for v in values], w, color=color, label=name, edgecolor="black", linewidth=0.4)
+        xs = _bar_xs(centres, n, i, width)
+        ax.bar(xs, [0 if v is None else v for v in values], width / n, color=color, label=name, edgecolor="black",
+               linewidth=0.4, alpha=alpha)  # fmt: skip
         for x, v in zip(xs, values):
             if v is None:
                 _mark_missing(ax, x, color)
@@ -153,13 +163,29 @@ def _bars(ax, groups: list, series: list[tuple[str, str, list[float | None]]], w
     return centres
 
 
-def _hit_line(ax2, centres: list[float], series: list[tuple[str, str, list[float | None]]]) -> None:
-    for name, color, values in series:
+HIT_AXIS_LABEL = "cache hit ratio (◆ measured, ★ ideal)"
+
+
+def _hit_markers(ax2, centres: list[float], series: list[tuple[str, str, list[float | None]]],
+                 ideal: list[tuple[float, float] | None] | None = None) -> None:  # fmt: skip
+    """Each system's measured hit ratio as a large black-edged diamond on its own bar, and the ideal
+    cache's (a perfect cache of the same slots: scripts/figures/ideal.py) as a black star with its
+    error bound, centred on the group. The bars are translucent so that the markers stand out."""
+    n = max(len(series), 1)
+    for i, (name, color, values) in enumerate(series):
+        xs = _bar_xs(centres, n, i)
         ys = [float("nan") if v is None else v for v in values]
-        ax2.plot(centres, ys, linestyle="--", marker="D", markersize=4, color=color, markerfacecolor="white",
-                 label=f"{name} hit ratio")
+        ax2.plot(xs, ys, linestyle="none", marker="D", markersize=8, color=color, markeredgecolor="black",
+                 markeredgewidth=1.3, label=f"{name} hit ratio", zorder=6)  # fmt: skip
+    if ideal and any(v is not None for v in ideal):
+        xs = [c for c, v in zip(centres, ideal) if v is not None]
+        ys = [v[0] for v in ideal if v is not None]
+        errs = [v[1] for v in ideal if v is not None]
+        ax2.errorbar(xs, ys, yerr=errs, linestyle="none", marker="*", markersize=13, color="black",
+                     markerfacecolor="gold", markeredgecolor="black", capsize=3, zorder=7,
+                     label="ideal hit ratio (perfect cache)")  # fmt: skip
     ax2.set_ylim(0, 1.05)
-    ax2.set_ylabel("hit ratio (dashed)")
+    ax2.set_ylabel(HIT_AXIS_LABEL)
 
 
 def _value_at(points: Sequence[Point], metric, **match) -> float | None:
@@ -281,9 +307,47 @@ def draw_fig14(points: Sequence[Point], out_dir: Path) -> list[Path]:
     return _finish(fig, "fig14", points, out_dir, _handles(axes, points), notes)
 
 
+def _slots_of(p: Point) -> int | None:
+    """The cache slots of a run: from its JSON, else as the harness computes them."""
+    if p.result is not None and isinstance(slots := R.dig(p.result, "config", "cache_slots"), int):
+        return slots
+    r = p.run
+    if r.cache_buckets is not None:
+        return r.cache_buckets * r.assoc
+    return max(1, math.ceil(r.records * r.cache_ratio / r.assoc)) * r.assoc
+
+
+def _ideal_of(points: Sequence[Point]) -> tuple[float, float] | None:
+    """(hit ratio, error bound) of a perfect cache for the group's runs, or None where the model
+    does not apply (workload D draws keys by `latest`, not the scrambled zipfian)."""
+    with_slots = [(p, _slots_of(p)) for p in points if p.run.label.startswith("scalio")] or [
+        (p, _slots_of(p)) for p in points
+    ]
+    if not with_slots or points[0].run.workload not in IDEAL_WORKLOADS:
+        return None
+    p, slots = with_slots[0]
+    if slots is None:
+        return None
+    est = _ideal_cached(p.run.records, p.run.zipf, slots)
+    return est.hit_ratio, est.error_bound
+
+
+# Workloads without inserts whose keys come from the scrambled zipfian (see ideal.py).
+IDEAL_WORKLOADS = ("a", "b", "c", "f")
+
+
+@functools.lru_cache(maxsize=None)
+def _ideal_cached(records: int, theta: float, slots: int) -> ideal_model.Ideal:
+    # Hash 100 ranks per record (at least 10^6, at most the model's default 10^7): seconds per
+    # point, with an error bound shown as the star's bar.
+    head = min(ideal_model.DEFAULT_HEAD, max(1_000_000, 100 * records))
+    return ideal_model.ideal_hit_ratio(records, theta, slots, head=head)
+
+
 def _pair_with_hits(key, points, out_dir, group_of: Callable[[Run], object], group_label, xlabel, systems, notes, hits=True):
     workloads = _workloads(points)
-    fig, axes = _subplots(len(workloads), width=3.5, height=3.1)
+    fig, axes = _subplots(len(workloads), width=3.8, height=3.3)
+    bounds: list[float] = []
     for i, (ax, w) in enumerate(zip(axes, workloads)):
         mine = R.select(points, workload=w)
         groups = sorted({group_of(p.run) for p in mine})
@@ -296,12 +360,18 @@ def _pair_with_hits(key, points, out_dir, group_of: Callable[[Run], object], gro
             by_group = {group_of(p.run): p for p in of_label}
             bars.append((name, color, [_kilo(by_group[g].value(R.throughput)) if g in by_group else None for g in groups]))
             hit.append((name, color, [by_group[g].value(R.hit_ratio) if g in by_group else None for g in groups]))
-        centres = _bars(ax, [group_label(g) for g in groups], bars)
+        centres = _bars(ax, [group_label(g) for g in groups], bars, alpha=0.5 if hits else 1.0)
         ax.set_title(_workload_title(w, i), fontsize=10)
         ax.set_xlabel(xlabel)
         if hits:
-            _hit_line(_twin(ax), centres, hit)
-    axes[0].set_ylabel("throughput (Kops/s)")
+            ideal = [_ideal_of([p for p in mine if group_of(p.run) == g]) for g in groups]
+            bounds += [b for v in ideal if v is not None for b in (v[1],)]
+            _hit_markers(_twin(ax), centres, hit, ideal)
+    axes[0].set_ylabel("throughput (Kops/s, bars)" if hits else "throughput (Kops/s)")
+    if hits:
+        worst = f" (error bound ≤ {max(bounds):.3f}, the star's bar)" if bounds else ""
+        notes = [*notes, "Ideal: the hit ratio of a perfect cache of the same slots holding the most likely keys of "
+                 f"YCSB's scrambled zipfian (scripts/figures/ideal.py){worst}; none for YCSB-D (latest)."]  # fmt: skip
     return _finish(fig, key, points, out_dir, _handles(axes, points), notes)
 
 
@@ -311,7 +381,10 @@ def _slots(points: Sequence[Point]) -> str:
 
 
 def draw_fig15(points: Sequence[Point], out_dir: Path) -> list[Path]:
-    notes = [HIT_NOTE, "Each θ runs on a freshly loaded server (the artifact loads once at θ=0.5 and carries the warm cache)."]
+    reused = any(p.result is not None and R.dig(p.result, "load", "reused") for p in points)
+    how = ("Each θ starts on the same loaded store, recovered, with an empty cache warmed by --warmup-ops"
+           if reused else "Each θ runs on a freshly loaded server")  # fmt: skip
+    notes = [HIT_NOTE, f"{how} (the artifact loads once at θ=0.5 and carries the warm cache)."]
     return _pair_with_hits("fig15", points, out_dir, lambda r: r.zipf, lambda g: f"{g:g}", "Zipf θ",
                            ("scalio-stage3", "ditto"), notes)  # fmt: skip
 

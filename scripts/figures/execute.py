@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import stores
 from .results import ResultError, load_result, summary
 from .runs import Run
 
@@ -130,6 +131,7 @@ def execute(
     log: Log = print,
     tag: str = "",
     attempted: set[Path] | None = None,
+    store_budget_bytes: float | None = None,
 ) -> Outcome:
     """Makes sure every run of the plan has its JSON in `out_dir` (or is reported as failed).
 
@@ -172,4 +174,6 @@ def execute(
             out.ran += 1
             failure_path(out_dir, run).unlink(missing_ok=True)
             log(f"{head}: {summary(result)} ({took:.1f} s)")
+        if run.store_dir is not None and store_budget_bytes is not None:
+            stores.trim(Path(run.store_dir), store_budget_bytes, log)
     return out

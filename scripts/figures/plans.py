@@ -66,7 +66,7 @@ def fixed_cache_buckets(records: int, ratio: float, assoc: int = PAPER_ASSOC) ->
 
 def plan_fig16(s: Settings) -> list[Run]:
     """Dataset size x1..x4 with the cache size fixed at the x1 size, so the hit ratio falls."""
-    buckets = fixed_cache_buckets(s.record_count, s.cache_ratio)
+    buckets = s.cache_buckets_at_x1()
     return [
         s.run(system, w, records=s.record_count * m, cache_buckets=buckets)
         for w in s.workloads(s.scale.sensitivity_workloads)
@@ -92,7 +92,7 @@ def plan_fig17(s: Settings) -> list[Run]:
 
 def plan_fig18(s: Settings) -> list[Run]:
     """Slots per bucket; the bucket count stays that of 8 slots, so capacity scales with assoc."""
-    buckets = fixed_cache_buckets(s.record_count, s.cache_ratio)
+    buckets = s.cache_buckets_at_x1()
     return [
         s.run("scalio", w, assoc=a, cache_buckets=buckets)
         for w in s.workloads(s.scale.sensitivity_workloads)

@@ -184,3 +184,15 @@ def testbed_note(points: Iterable[Point]) -> str:
     sizes += f"; cache {_fmt(slots, thousands=True)} slots." if slots else "."
     lines.append(sizes)
     return " ".join(lines)
+
+
+def scale_note(points: Iterable[Point]) -> str:
+    """The scale the figure ran at, for its caption: records, cache slots and operations per run,
+    from the JSON (the planned runs' values where no result exists)."""
+    points = list(points)
+    results = [p.result for p in points if p.result is not None]
+    records = values_of(results, "workload", "recordcount") or sorted({p.run.records for p in points})
+    operations = values_of(results, "workload", "operationcount") or sorted({p.run.operations for p in points})
+    slots = values_of(results, "config", "cache_slots")
+    text = f"Scale: {_fmt(records, thousands=True)} records, {_fmt(operations, thousands=True)} operations per run"
+    return text + (f", {_fmt(slots, thousands=True)} cache slots" if slots else "")

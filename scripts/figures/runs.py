@@ -61,6 +61,9 @@ class Run:
     seed: int = 1
     warmup_ops: int = 0
     extra_properties: tuple[tuple[str, str], ...] = field(default=())
+    # Where the harness keeps loaded stores (--store-dir); not part of the name: a run on a reused
+    # store is the same measurement.
+    store_dir: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.system not in SYSTEMS:
@@ -140,5 +143,7 @@ class Run:
         cmd += ["--seed", str(self.seed)]
         if self.warmup_ops:
             cmd += ["--warmup-ops", str(self.warmup_ops)]
+        if self.store_dir is not None:
+            cmd += ["--store-dir", self.store_dir]
         cmd += ["--json", str(json_path)]
         return cmd

@@ -33,6 +33,7 @@ and each design's outcome follows from how many SSD I/Os it issues, and on which
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .runs import WORKLOADS, Emulation, Run
@@ -64,6 +65,10 @@ class Scale:
     sensitivity_workloads: tuple[str, ...]
     timeout_s: int  # per run
     estimate: str  # expected time of `all`, for --help and the log
+    # The cache's buckets at the x1 dataset (None: records x cache_ratio / 8 slots per bucket).
+    cache_buckets: int | None = None
+    warmup_ops: int = 0  # operations before each measured run (their hit ratio is reported)
+    reuse_stores: bool = False  # load each store once and start later runs on it (--store-dir)
 
 
 # Quick: the emulated SSDs are slow on purpose (see above), so a run's time is about its SSD I/Os
@@ -102,6 +107,36 @@ FULL = Scale(
 )
 
 
+# Paper: the paper's dataset (20M records of 64 B) and cache (280,576 buckets x 8 = 2,244,608
+# slots), each store loaded once (scalio-ycsb --store-dir) and warmed before every measured run.
+# The paper runs 8M operations per client process (up to 32M per run); at the emulated SSDs'
+# 4,000 IOPS that is hours per point, so runs here are 1M operations after a 4M-operation warm-up
+# (measured at 20M records, C, θ 0.99: the hit ratio by million operations of warm-up was 0.44,
+# 0.51, 0.54, 0.56, then 0.57 in the run; it is in the JSON, in quarters), and the sweeps keep the
+# quick scale's points. `all` has not been run end to end: the estimate is extrapolated from
+# single paper-scale runs and smaller probes (README, "Paper scale").
+PAPER = Scale(
+    name="paper",
+    records=20_000_000,
+    operations=1_000_000,
+    ssd_counts=(1, 3, 5, 7),
+    io_points=(32, 128, 512),
+    thetas=(0.5, 0.9, 0.99, 1.01),
+    dataset_multipliers=(1, 2),
+    paper_cores=(4, 8, 16),
+    slots=(4, 8, 16),
+    sensitivity_workloads=("a", "c"),
+    timeout_s=6 * 3600,
+    # Not run end to end: extrapolated from 1M/2M-record probes (README, "Paper scale").
+    estimate="an estimated 15-20 hours for all (fig15 fig16 fig18 alone: about 3 hours), not yet run",
+    cache_buckets=280_576,
+    warmup_ops=4_000_000,
+    reuse_stores=True,
+)
+
+SCALES = {s.name: s for s in (QUICK, FULL, PAPER)}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a plan needs: the scale, the testbed and the common run parameters."""
@@ -113,7 +148,8 @@ class Settings:
     io: int = DEFAULT_IO
     cache_ratio: float = PAPER_CACHE_RATIO
     seed: int = 1
-    warmup_ops: int = 0
+    warmup_ops: int | None = None  # overrides the scale's
+    store_dir: str | None = None  # where the harness keeps loaded stores (None: a fresh load per run)
     records: int | None = None  # overrides the scale's
     operations: int | None = None  # overrides the scale's
     workload_filter: tuple[str, ...] | None = field(default=None)
@@ -125,6 +161,21 @@ class Settings:
     @property
     def operation_count(self) -> int:
         return self.operations if self.operations is not None else self.scale.operations
+
+    @property
+    def warmup_count(self) -> int:
+        return self.warmup_ops if self.warmup_ops is not None else self.scale.warmup_ops
+
+    def cache_buckets_at_x1(self, assoc: int = PAPER_ASSOC) -> int:
+        """The cache's buckets for the x1 dataset: the scale's fixed count (the paper's), or
+        records x cache_ratio slots at `assoc` slots per bucket."""
+        if self._fixed_buckets():
+            return self.scale.cache_buckets
+        return max(1, math.ceil(self.record_count * self.cache_ratio / assoc))
+
+    def _fixed_buckets(self) -> bool:
+        """The scale's bucket count applies: its own dataset and the default cache ratio."""
+        return self.scale.cache_buckets is not None and self.records is None and self.cache_ratio == PAPER_CACHE_RATIO
 
     def outstanding_for(self, io: int) -> int:
         """Per-thread operations in flight for `io` in total."""
@@ -155,8 +206,11 @@ class Settings:
             records=self.record_count,
             operations=self.operation_count,
             seed=self.seed,
-            warmup_ops=self.warmup_ops,
+            warmup_ops=self.warmup_count,
+            store_dir=self.store_dir,
         )
+        if self._fixed_buckets() and "cache_buckets" not in params and "cache_ratio" not in params:
+            params["cache_buckets"] = self.scale.cache_buckets
         if params.get("cache_buckets") is not None:
             base["cache_ratio"] = None
         base.update(params)

@@ -191,3 +191,54 @@ class RunNames(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PaperScale(unittest.TestCase):
+    def test_paper_runs_use_the_papers_dataset_cache_and_reused_stores(self):
+        args = reproduce.parse_args(["--paper", "--results", "/r", "all"])
+        s = reproduce.settings_of(args)
+        for key in ("fig11", "fig15", "fig17"):
+            for c in commands(key, s):
+                self.assertEqual(props(c)["recordcount"], "20000000")
+                self.assertEqual(flag(c, "--cache-buckets"), "280576")  # x 8 slots = 2,244,608
+                self.assertEqual(flag(c, "--store-dir"), "/r/stores")
+                self.assertEqual(flag(c, "--warmup-ops"), "4000000")
+        # The cache stays the paper's as the dataset grows (fig16), and per bucket in fig18.
+        self.assertEqual({flag(c, "--cache-buckets") for c in commands("fig16", s)}, {"280576"})
+        self.assertEqual({flag(c, "--cache-buckets") for c in commands("fig18", s)}, {"280576"})
+        self.assertEqual({props(c)["recordcount"] for c in commands("fig16", s)}, {"20000000", "40000000"})
+
+    def test_the_store_directory_is_not_part_of_a_runs_name(self):
+        s = Settings(scale=QUICK)
+        with_stores = Settings(scale=QUICK, store_dir="/s")
+        a, b = FIGURES["fig15"].plan(s), FIGURES["fig15"].plan(with_stores)
+        self.assertEqual([r.name() for r in a], [r.name() for r in b])
+        self.assertNotIn("--store-dir", a[0].args(BIN, "/r/x.json"))
+        self.assertEqual(flag(b[0].args(BIN, "/r/x.json"), "--store-dir"), "/s")
+
+    def test_quick_keeps_a_fresh_load_per_run(self):
+        s = reproduce.settings_of(reproduce.parse_args(["--quick", "all"]))
+        self.assertIsNone(s.store_dir)
+        self.assertTrue(all("--store-dir" not in c and "--warmup-ops" not in c for c in commands("fig15", s)))
+
+
+class Stores(unittest.TestCase):
+    def test_least_recently_used_stores_go_first_and_the_latest_stays(self):
+        import os
+        import tempfile
+
+        from figures import stores
+
+        root = Path(tempfile.mkdtemp())
+        for i, name in enumerate(("old", "mid", "new")):
+            d = root / name
+            d.mkdir()
+            f = d / "ssd0.img"
+            f.write_bytes(b"x" * 65536)
+            os.utime(f, (1000 + i, 1000 + i))
+        one = stores.disk_usage(root / "old")
+        self.assertGreaterEqual(one, 65536)
+        deleted = stores.trim(root, budget_bytes=one * 1.5, log=lambda m: None)
+        self.assertEqual([d.name for d in deleted], ["old", "mid"])
+        self.assertEqual(sorted(d.name for d in root.iterdir()), ["new"])
+        self.assertEqual(stores.trim(root, budget_bytes=0, log=lambda m: None), [])  # the latest stays

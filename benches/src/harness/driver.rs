@@ -1,10 +1,11 @@
 //! The driver: threads, each with its own connection and a current-thread runtime running
 //! `outstanding` operations at once, drawing operations from the YCSB workload and timing them.
 
+use super::load_order::LoadOrder;
 use super::system::{ClientCounters, SystemClient};
 use crate::systems::ditto::{DittoClient, DittoConfig};
 use crate::systems::memcached::MemcachedClient;
-use crate::ycsb::{thread_operation_count, verify_value, OpKind, OpStream, Workload};
+use crate::ycsb::{thread_operation_count, verify_value, Op, OpKind, OpStream, Workload};
 use hdrhistogram::Histogram;
 use scalio_client::{Client, ClientConfig};
 use std::cell::{Cell, RefCell};
@@ -154,6 +155,8 @@ impl Drop for ProgressGuard {
 /// Per-thread state shared by the thread's tasks.
 struct ThreadState {
     stream: RefCell<OpStream>,
+    /// The load's order of records, shared by the threads (None: YCSB's).
+    order: Option<Arc<LoadOrder>>,
     remaining: Cell<u64>,
     next_version: Cell<u64>,
     histograms: RefCell<Histograms>,
@@ -170,6 +173,9 @@ impl ThreadState {
 }
 
 /// Runs one phase with `threads` threads of `outstanding` operations each.
+///
+/// A load with an `order` inserts the records in that order instead of YCSB's.
+#[allow(clippy::too_many_arguments)]
 pub fn run_phase(
     phase: Phase,
     connector: &Connector,
@@ -178,12 +184,13 @@ pub fn run_phase(
     outstanding: usize,
     seed: u64,
     progress: &ProgressGuard,
+    order: Option<Arc<LoadOrder>>,
 ) -> Result<PhaseResult, String> {
     let start_line = Arc::new(std::sync::Barrier::new(threads + 1));
     let mut handles = Vec::new();
     for t in 0..threads {
         let (connector, workload, start_line) = (connector.clone(), workload.clone(), start_line.clone());
-        let progress = progress.progress.clone();
+        let (progress, order) = (progress.progress.clone(), order.clone());
         let seed = seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         handles.push(
             std::thread::Builder::new()
@@ -204,6 +211,7 @@ pub fn run_phase(
                         };
                         let state = Rc::new(ThreadState {
                             stream: RefCell::new(workload.thread_state(t as u64, seed)),
+                            order,
                             remaining: Cell::new(ops),
                             next_version: Cell::new(((t as u64) + 1) << 40),
                             histograms: RefCell::new(Histograms::default()),
@@ -273,10 +281,18 @@ async fn lane(phase: Phase, state: Rc<ThreadState>, client: SystemClient, progre
     let mut value = vec![0u8; workload.value_len()];
     loop {
         let op = match phase {
-            Phase::Load => match state.stream.borrow_mut().next_load_key() {
-                Some(op) => op,
-                None => return,
-            },
+            Phase::Load => {
+                let next = match &state.order {
+                    Some(order) => {
+                        order.next().map(|keynum| Op { kind: OpKind::Insert, keynum, key: workload.store_key(keynum) })
+                    }
+                    None => state.stream.borrow_mut().next_load_key(),
+                };
+                match next {
+                    Some(op) => op,
+                    None => return,
+                }
+            }
             Phase::Run { .. } => {
                 if state.remaining.get() == 0 {
                     return;

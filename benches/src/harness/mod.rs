@@ -2,6 +2,7 @@
 //! phase of a YCSB workload against one of the systems, and the report.
 
 pub mod driver;
+pub mod load_order;
 pub mod options;
 pub mod report;
 pub mod system;
@@ -9,7 +10,7 @@ pub mod system;
 use crate::ycsb::{builtin_workload, Properties, Workload};
 use driver::{run_phase, Connector, Phase, Progress};
 use options::Options;
-use report::{Report, ServerSnapshot};
+use report::{LoadReport, Report, ServerSnapshot};
 use scalio_client::BlockPath;
 use scalio_server::config::parse_size;
 use scalio_server::device::LocalBlockReader;
@@ -130,11 +131,29 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
     if !["local", "nvme-tcp", "direct"].contains(&opts.block.as_str()) {
         return Err(HarnessError::Usage(format!("unknown block path {:?} (local, nvme-tcp, direct)", opts.block)));
     }
-    let dir = tempfile::tempdir().map_err(|e| HarnessError::Usage(format!("temporary directory: {e}")))?;
+    let temporary = tempfile::tempdir().map_err(|e| HarnessError::Usage(format!("temporary directory: {e}")))?;
+    let mut load_outcome = LoadOutcome::NotRun;
     let (server, addr, server_config) = match &opts.server {
         Some(a) => (None, a.clone(), None),
         None => {
-            let cfg = embedded_config(opts, &workload, kind, dir.path())?;
+            let mut cfg = embedded_config(opts, &workload, kind, temporary.path())?;
+            let store = match &opts.store_dir {
+                Some(root) => StoreKey::of(&workload, &cfg, opts.seed).dir(root),
+                None => temporary.path().to_path_buf(),
+            };
+            std::fs::create_dir_all(&store)
+                .map_err(|e| HarnessError::Usage(format!("store directory {}: {e}", store.display())))?;
+            let size = cfg.ssds.first().and_then(|s| s.size).unwrap_or(0);
+            let ssds = cfg.ssds.len();
+            cfg = cfg.with_ssd_files(&store, ssds, size);
+            if !opts.no_load {
+                load_outcome = if opts.store_dir.is_some() && store_is_loaded(&store) {
+                    LoadOutcome::Reused(store.clone())
+                } else {
+                    LoadOutcome::Loaded(load_embedded(opts, &workload, &cfg, &store)?)
+                };
+            }
+            // The measured server recovers the stores the load left (or a previous run kept).
             let server = Server::start(&cfg)?;
             let addr = server.local_addr().expect("listening").to_string();
             (Some(server), addr, Some(cfg))
@@ -165,30 +184,138 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         };
         let guard = Progress::start(name, total);
         let seed = opts.seed.wrapping_add(seed_offset);
-        run_phase(phase, connector, &workload, opts.threads, opts.outstanding, seed, &guard)
+        run_phase(phase, connector, &workload, opts.threads, opts.outstanding, seed, &guard, None)
             .map_err(|error| HarnessError::Phase { phase: name, error })
     };
-    let load = if opts.no_load {
-        None
-    } else {
-        let r = measure("load", Phase::Load, &loader, 0)?;
-        if r.errors > 0 {
-            return Err(HarnessError::Phase {
-                phase: "load",
-                error: format!("{} inserts failed, first: {}", r.errors, r.first_error.unwrap_or_default()),
-            });
+    let load = match load_outcome {
+        LoadOutcome::Loaded(r) => Some(LoadReport::Loaded(r)),
+        LoadOutcome::Reused(dir) => Some(LoadReport::Reused(dir)),
+        // A remote server loads through the system's own path, as before.
+        LoadOutcome::NotRun if opts.server.is_some() && !opts.no_load => {
+            let r = measure("load", Phase::Load, &loader, 0)?;
+            check_load(&r)?;
+            Some(LoadReport::Loaded(r))
         }
-        Some(r)
+        LoadOutcome::NotRun => None,
     };
-    if opts.warmup_ops > 0 {
-        measure("warmup", Phase::Run { operations: opts.warmup_ops }, &connector, 1)?;
+    // The warm-up in quarters: the hit ratio of each shows whether the cache has settled.
+    let mut warmup = Vec::new();
+    for quarter in 0..WARMUP_PARTS {
+        let operations = opts.warmup_ops / WARMUP_PARTS + u64::from(quarter < opts.warmup_ops % WARMUP_PARTS);
+        if operations > 0 {
+            warmup.push(measure("warmup", Phase::Run { operations }, &connector, 1 + 10 * quarter)?);
+        }
     }
     let before = ServerSnapshot::take(server.as_ref(), &addr, kind);
     let result = measure("run", Phase::Run { operations: spec.operation_count }, &connector, 2)?;
     let after = ServerSnapshot::take(server.as_ref(), &addr, kind);
-    let report = Report::new(opts, kind, &spec, server_config.as_ref(), load, result, before, after);
+    let report = Report::new(opts, kind, &spec, server_config.as_ref(), load, warmup, result, before, after);
     if let Some(s) = server {
         s.shutdown();
     }
     Ok(report)
+}
+
+/// The warm-up runs in this many parts, each reported.
+pub const WARMUP_PARTS: u64 = 4;
+
+/// The file that marks a store as fully loaded (written after the load server shut down cleanly).
+const LOADED_MARK: &str = "loaded";
+
+/// What the embedded server's load did.
+enum LoadOutcome {
+    NotRun,
+    Loaded(driver::PhaseResult),
+    Reused(std::path::PathBuf),
+}
+
+/// What identifies a loaded store: the same records with the same values on the same geometry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreKey {
+    pub records: u64,
+    pub value_len: usize,
+    pub ssds: usize,
+    pub seed: u64,
+    pub ssd_size: u64,
+    pub ssd_buckets: u32,
+}
+
+impl StoreKey {
+    /// The key of the store `cfg` opens for `workload`. The load writes version 0 of every value,
+    /// which does not depend on the seed; the seed is part of the key so that runs asking for
+    /// independent stores get them.
+    pub fn of(workload: &Workload, cfg: &ServerConfig, seed: u64) -> StoreKey {
+        StoreKey {
+            records: workload.spec().record_count,
+            value_len: workload.value_len(),
+            ssds: cfg.ssds.len(),
+            seed,
+            ssd_size: cfg.ssds.first().and_then(|s| s.size).unwrap_or(0),
+            ssd_buckets: cfg.ssd_buckets.unwrap_or(0),
+        }
+    }
+
+    /// The store's directory under `root`.
+    pub fn dir(&self, root: &std::path::Path) -> std::path::PathBuf {
+        root.join(format!(
+            "r{}-v{}-ssd{}-s{}-size{}-b{}",
+            self.records, self.value_len, self.ssds, self.seed, self.ssd_size, self.ssd_buckets
+        ))
+    }
+}
+
+fn store_is_loaded(dir: &std::path::Path) -> bool {
+    dir.join(LOADED_MARK).is_file()
+}
+
+fn check_load(r: &driver::PhaseResult) -> Result<(), HarnessError> {
+    if r.errors > 0 {
+        return Err(HarnessError::Phase {
+            phase: "load",
+            error: format!("{} inserts failed, first: {}", r.errors, r.first_error.clone().unwrap_or_default()),
+        });
+    }
+    Ok(())
+}
+
+/// The load server: the measured server's SSDs and geometry, but `--load-batch` writes per batch,
+/// no emulation (the load is not measured) and no cache.
+pub fn load_config(opts: &Options, measured: &ServerConfig) -> ServerConfig {
+    let mut c = measured.clone();
+    c.write.batch = opts.load_batch.clamp(1, 1024);
+    c.emulation = Default::default();
+    c.io_threads = ServerConfig::default().io_threads;
+    c.cache.enabled = false;
+    c.ditto.enabled = false;
+    c
+}
+
+/// Loads every record into the stores in `dir` through a load server, shuts it down, and marks
+/// the stores loaded. An interrupted load leaves no mark, so the next run loads again (into the
+/// recovered stores: every record is written again).
+fn load_embedded(
+    opts: &Options,
+    workload: &Workload,
+    measured: &ServerConfig,
+    dir: &std::path::Path,
+) -> Result<driver::PhaseResult, HarnessError> {
+    let cfg = load_config(opts, measured);
+    let server = Server::start(&cfg)?;
+    let addr = server.local_addr().expect("listening").to_string();
+    let block = BlockPath::Custom(Arc::new(LocalBlockReader::new(server.ssds().to_vec())));
+    let loader = Connector::Scalio { addr, config: SystemKind::Scalio { stage: 3 }.client_config(block) };
+    let total = workload.load_range().end - workload.load_range().start;
+    let ssds = u16::try_from(cfg.ssds.len()).unwrap_or(u16::MAX);
+    // The geometry the server opened (a recovered store keeps the buckets it was formatted with).
+    let buckets_per_ssd = server.info().ssds.first().map_or(1, |s| s.geometry.buckets);
+    let order = Arc::new(load_order::LoadOrder::by_bucket(workload, ssds, buckets_per_ssd));
+    let guard = Progress::start("load", total);
+    let r = run_phase(Phase::Load, &loader, workload, opts.threads, opts.outstanding, opts.seed, &guard, Some(order))
+        .map_err(|error| HarnessError::Phase { phase: "load", error });
+    server.shutdown();
+    let r = r?;
+    check_load(&r)?;
+    std::fs::write(dir.join(LOADED_MARK), format!("{} records\n", r.operations))
+        .map_err(|e| HarnessError::Usage(format!("marking {} loaded: {e}", dir.display())))?;
+    Ok(r)
 }

@@ -75,9 +75,21 @@ pub struct Options {
     /// Skip the load phase (e.g. against an already loaded server).
     #[arg(long)]
     pub no_load: bool,
-    /// Operations run (and not measured) before the measured run.
+    /// Operations run (and not measured) before the measured run; their hit ratio is reported in
+    /// quarters, so that one can see it settle.
     #[arg(long, default_value_t = 0)]
     pub warmup_ops: u64,
+    /// Embedded server: writes per batch while loading. The load runs on a server of its own
+    /// (this batch, no emulation, no cache), shut down before the measured server recovers the
+    /// SSDs; larger batches put more records in each durable device write. The records are
+    /// inserted grouped by bucket (see `load_order`), so that a bucket's chain is written once.
+    #[arg(long, default_value_t = 256)]
+    pub load_batch: usize,
+    /// Embedded server: keep loaded stores under this directory, one per (records, value size,
+    /// SSDs, seed, SSD geometry), and start later runs with the same key on it through recovery
+    /// instead of loading again. Runs change the store they reuse (updates, inserts).
+    #[arg(long)]
+    pub store_dir: Option<PathBuf>,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -3,7 +3,7 @@
 
 use super::driver::PhaseResult;
 use super::options::Options;
-use super::system::SystemKind;
+use super::system::{ClientCounters, SystemKind};
 use crate::ycsb::{RequestDistribution, WorkloadSpec};
 use hdrhistogram::Histogram;
 use scalio_common::rpc::Stats;
@@ -67,6 +67,18 @@ fn workload_name(opts: &Options) -> String {
     }
 }
 
+/// The load of a run's store: done by this run, or reused from an earlier one (its directory).
+pub enum LoadReport {
+    Loaded(PhaseResult),
+    Reused(std::path::PathBuf),
+}
+
+/// GETs served by the cache / GETs, for systems with a cache (LEED and stages 0-1: None).
+fn phase_hit_ratio(kind: SystemKind, c: &ClientCounters) -> Option<f64> {
+    let has_cache = kind.uses_scalio_cache() || kind.uses_ditto_cache();
+    c.hits.filter(|_| has_cache).map(|h| if c.gets == 0 { 0.0 } else { h as f64 / c.gets as f64 })
+}
+
 impl Report {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -74,7 +86,8 @@ impl Report {
         kind: SystemKind,
         spec: &WorkloadSpec,
         server_config: Option<&ServerConfig>,
-        load: Option<PhaseResult>,
+        load: Option<LoadReport>,
+        warmup: Vec<PhaseResult>,
         run: PhaseResult,
         before: ServerSnapshot,
         after: ServerSnapshot,
@@ -95,8 +108,7 @@ impl Report {
         }
         let c = &run.counters;
         // Only systems with a cache have a hit ratio (LEED and stages 0-1 report null).
-        let has_cache = kind.uses_scalio_cache() || kind.uses_ditto_cache();
-        let hit_ratio = c.hits.filter(|_| has_cache).map(|h| if c.gets == 0 { 0.0 } else { h as f64 / c.gets as f64 });
+        let hit_ratio = phase_hit_ratio(kind, c);
         let per_op = |v: u64| v as f64 / ops;
         let (ssd_reads, ssd_writes, ssd_iops, cpu, worker_cores) = match &delta {
             Some(d) => {
@@ -169,10 +181,30 @@ impl Report {
                 "block_path": if kind == SystemKind::Memcached { None } else { Some(opts.block.clone()) },
                 "seed": opts.seed,
             },
-            "load": load.as_ref().map(|l| json!({
-                "records": l.operations,
-                "seconds": l.seconds,
-                "throughput": l.operations as f64 / l.seconds.max(1e-9),
+            "load": load.as_ref().map(|l| match l {
+                LoadReport::Loaded(l) => json!({
+                    "records": l.operations,
+                    "seconds": l.seconds,
+                    "throughput": l.operations as f64 / l.seconds.max(1e-9),
+                    "batch": server_config.map(|_| opts.load_batch),
+                    "reused": null,
+                }),
+                LoadReport::Reused(dir) => json!({
+                    "records": spec.record_count,
+                    "seconds": 0.0,
+                    "throughput": null,
+                    "batch": null,
+                    "reused": dir.display().to_string(),
+                }),
+            }),
+            "warmup": (!warmup.is_empty()).then(|| json!({
+                "operations": warmup.iter().map(|w| w.operations).sum::<u64>(),
+                "seconds": warmup.iter().map(|w| w.seconds).sum::<f64>(),
+                "parts": warmup.iter().map(|w| json!({
+                    "operations": w.operations,
+                    "throughput": w.operations as f64 / w.seconds.max(1e-9),
+                    "cache_hit_ratio": phase_hit_ratio(kind, &w.counters),
+                })).collect::<Vec<_>>(),
             })),
             "run": {
                 "seconds": run.seconds,
@@ -224,7 +256,20 @@ impl Report {
             }
         );
         if let Some(l) = j["load"].as_object() {
-            let _ = writeln!(t, "load: {} records in {:.2} s", l["records"], l["seconds"].as_f64().unwrap_or(0.0));
+            match l["reused"].as_str() {
+                Some(dir) => {
+                    let _ = writeln!(t, "load: reused the store in {dir} ({} records)", l["records"]);
+                }
+                None => {
+                    let _ =
+                        writeln!(t, "load: {} records in {:.2} s", l["records"], l["seconds"].as_f64().unwrap_or(0.0));
+                }
+            }
+        }
+        if let Some(parts) = j["warmup"]["parts"].as_array() {
+            let hits: Vec<String> =
+                parts.iter().map(|p| p["cache_hit_ratio"].as_f64().map_or("-".into(), |h| format!("{h:.3}"))).collect();
+            let _ = writeln!(t, "warm-up: {} ops, hit ratio by quarter {}", j["warmup"]["operations"], hits.join(" "));
         }
         let _ = writeln!(
             t,

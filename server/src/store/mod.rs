@@ -297,6 +297,10 @@ pub struct DataStore<R> {
     /// GC steps in the current burst, and whether the last burst was abandoned as futile.
     gc_steps: u64,
     gc_futile: bool,
+    /// When `poll` last found nothing it could start. Nothing changes that but an event (an I/O
+    /// completion, a new request), so a batch deadline that had passed by then is not a reason
+    /// to wake up again: waking would only spin.
+    stalled_at: Option<Instant>,
     reserved: (u64, u64),
     purposes: HashMap<u64, Purpose>,
     next_id: u64,
@@ -350,6 +354,7 @@ impl<R> DataStore<R> {
             gc_need: (0, 0),
             gc_steps: 0,
             gc_futile: false,
+            stalled_at: None,
             reserved: (0, 0),
             purposes: HashMap::new(),
             next_id: 1,
@@ -484,7 +489,11 @@ impl<R> DataStore<R> {
         if self.gc.is_some() || self.gc_wanted || self.writes_stopped.is_some() {
             return None;
         }
-        self.pending.front().map(|p| p.arrived + self.cfg.batch_timeout)
+        let due = self.pending.front().map(|p| p.arrived + self.cfg.batch_timeout)?;
+        match self.stalled_at {
+            Some(t) if due <= t => None,
+            _ => Some(due),
+        }
     }
 
     /// Starts whatever is ready: GC steps, batches.
@@ -502,12 +511,17 @@ impl<R> DataStore<R> {
                 return;
             }
             if self.batches.len() >= self.cfg.max_inflight {
+                self.stalled_at = Some(now);
                 return;
             }
-            // A batch that must wait for garbage collection asks for it (`gc_wanted`): go round
-            // again to start it now, since nothing else would wake this store (its deadline
-            // waits for GC, and no I/O of it is in flight).
-            if !self.start_batch(now) && !self.gc_wanted {
+            if !self.start_batch(now) {
+                // A batch that must wait for garbage collection asks for it (`gc_wanted`): go
+                // round again to start it now, since nothing else would wake this store (its
+                // deadline waits for GC, and no I/O of it is in flight).
+                if self.gc_wanted {
+                    continue;
+                }
+                self.stalled_at = Some(now);
                 return;
             }
         }
