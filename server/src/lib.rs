@@ -10,6 +10,9 @@
 //! * [`config`]: the TOML configuration;
 //! * [`server`]: the assembled [`Server`].
 
+#[cfg(all(feature = "seeded-bugs", not(debug_assertions)))]
+compile_error!("the `seeded-bugs` feature deliberately breaks the protocol; it is for debug test builds only");
+
 pub mod config;
 pub mod device;
 pub mod server;
@@ -19,5 +22,7 @@ pub mod table;
 pub mod target;
 mod worker;
 
+#[cfg(feature = "seeded-bugs")]
+pub use config::SeededBug;
 pub use config::ServerConfig;
 pub use server::{Server, ServerError};
