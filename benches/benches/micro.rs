@@ -102,6 +102,35 @@ fn softnic(c: &mut Criterion) {
         });
     }
     g.bench_function("rpc_round_trip_64B", |b| b.iter(|| qp.call(&[1u8; 64]).wait().unwrap()));
+    // One per queue-pair operation kind the store uses: a signaled WRITE, the fill's chain of
+    // three WRITEs, and unsignaled WRITEs (timed with a signaled READ every 64, which is when
+    // the queue pair learns they executed).
+    g.throughput(Throughput::Elements(1));
+    let at = |o: u64| desc.at(8192 + o);
+    g.bench_function("write_round_trip_8B", |b| {
+        b.iter(|| qp.post(&[WorkRequest::Write { remote: at(0), data: &[7u8; 8] }]).wait().unwrap())
+    });
+    let fill = [0x5Au8; 80];
+    g.bench_function("fill_chain_round_trip", |b| {
+        b.iter(|| {
+            qp.post(&[
+                WorkRequest::Write { remote: at(32), data: &fill },
+                WorkRequest::Write { remote: at(24), data: &[1u8; 8] },
+                WorkRequest::Write { remote: at(1), data: &[1u8] },
+            ])
+            .wait()
+            .unwrap()
+        })
+    });
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("unsignaled_write_8B_x64", |b| {
+        b.iter(|| {
+            for _ in 0..63 {
+                qp.post_unsignaled(&[WorkRequest::Write { remote: at(24), data: &[3u8; 8] }]).unwrap();
+            }
+            qp.post(&[WorkRequest::Read { remote: at(24), len: 8 }]).wait().unwrap()
+        })
+    });
     g.finish();
     drop(qp);
     drop(nic);

@@ -92,6 +92,25 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     pub target: TargetConfig,
     pub emulation: EmulationConfig,
+    /// Test-only: a deliberately broken protocol variant (feature `seeded-bugs`; not settable
+    /// from TOML).
+    #[cfg(feature = "seeded-bugs")]
+    #[serde(skip)]
+    pub seeded_bug: Option<SeededBug>,
+}
+
+/// Test-only (feature `seeded-bugs`, never in a build that serves data): protocol bugs a test
+/// can switch on, to show that the linearizability checker catches what they break.
+#[cfg(feature = "seeded-bugs")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeededBug {
+    /// Writes are acknowledged before their keys' cache slots are invalidated: the
+    /// invalidations are deferred to the SSD's next completed batch, so a GET issued after the
+    /// acknowledgement can still hit the old value.
+    AckBeforeInvalidate,
+    /// Reservations keep the slot's generation instead of bumping it, so the generation check
+    /// on a fill cannot reject a late fill of a value read before a write.
+    FillWithoutGenerationCheck,
 }
 
 /// One SSD.
@@ -279,6 +298,8 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             target: TargetConfig::default(),
             emulation: EmulationConfig::default(),
+            #[cfg(feature = "seeded-bugs")]
+            seeded_bug: None,
         }
     }
 }

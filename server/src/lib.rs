@@ -12,6 +12,9 @@
 //! * [`cluster`]: membership in a cluster through etcd, and the key-ownership check;
 //! * [`server`]: the assembled [`Server`].
 
+#[cfg(all(feature = "seeded-bugs", not(debug_assertions)))]
+compile_error!("the `seeded-bugs` feature deliberately breaks the protocol; it is for debug test builds only");
+
 pub mod cluster;
 pub mod config;
 pub mod device;
@@ -23,5 +26,7 @@ pub mod table;
 pub mod target;
 mod worker;
 
+#[cfg(feature = "seeded-bugs")]
+pub use config::SeededBug;
 pub use config::ServerConfig;
 pub use server::{Server, ServerError};

@@ -129,7 +129,13 @@ impl Server {
         };
         let table = config.cache.enabled.then(|| {
             let geometry = TableGeometry { buckets: config.cache.buckets, assoc: config.cache.assoc };
-            Arc::new(CacheTable::new(geometry, Duration::from_millis(config.cache.lease_ms)))
+            #[allow(unused_mut)] // mutated only by a seeded bug
+            let mut table = CacheTable::new(geometry, Duration::from_millis(config.cache.lease_ms));
+            #[cfg(feature = "seeded-bugs")]
+            if config.seeded_bug == Some(crate::config::SeededBug::FillWithoutGenerationCheck) {
+                table.seed_bug_keep_generation();
+            }
+            Arc::new(table)
         });
         // The target serves clients' block reads straight from the SSDs, on its own threads.
         let fabric_addr = config.listen.as_deref().map(resolve).transpose()?;
@@ -189,6 +195,8 @@ impl Server {
             max_pending_writes: config.limits.pending_writes,
             max_pending_bytes: usize::try_from(config.limits.pending_write_bytes).unwrap_or(usize::MAX),
             max_server_gets: config.limits.server_gets,
+            #[cfg(feature = "seeded-bugs")]
+            ack_before_invalidate: config.seeded_bug == Some(crate::config::SeededBug::AckBeforeInvalidate),
             ..StoreConfig::default()
         };
         let n = ssds.len() as u16;

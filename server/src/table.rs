@@ -54,6 +54,9 @@ pub struct CacheTable {
     epoch: Instant,
     lease: Duration,
     counters: TableCounters,
+    /// Test-only seeded bug (see `SeededBug::FillWithoutGenerationCheck`).
+    #[cfg(feature = "seeded-bugs")]
+    keep_generation: bool,
 }
 
 /// What the server found for a key in its bucket.
@@ -75,7 +78,15 @@ impl CacheTable {
             epoch: Instant::now(),
             lease,
             counters: TableCounters::default(),
+            #[cfg(feature = "seeded-bugs")]
+            keep_generation: false,
         }
+    }
+
+    /// Test-only seeded bug: reservations keep the slot's generation.
+    #[cfg(feature = "seeded-bugs")]
+    pub fn seed_bug_keep_generation(&mut self) {
+        self.keep_generation = true;
     }
 
     /// The memory to register with the fabric.
@@ -151,6 +162,8 @@ impl CacheTable {
         let base = self.geometry.slot_offset(bucket, slot);
         let bytes = self.slot_bytes(bucket, slot);
         let generation = SlotView::new(&bytes).generation().wrapping_add(1);
+        #[cfg(feature = "seeded-bugs")]
+        let generation = if self.keep_generation { generation.wrapping_sub(1) } else { generation };
         // Hide the slot first, then rewrite it, then show it: a reader that sees the old
         // visibility with the new key or generation fails the checksum.
         self.region.store_u8(base + off::VISIBILITY, 0);

@@ -276,8 +276,17 @@ impl<R> DataStore<R> {
             Ok(()) => {
                 // Invalidate every written key before publishing any new location.
                 if let Some(t) = &self.table {
+                    #[cfg(feature = "seeded-bugs")]
+                    for k in self.deferred_invalidations.drain(..) {
+                        t.invalidate(&k);
+                    }
                     for (i, (w, _)) in batch.writes.iter().enumerate() {
                         if batch.outcomes[i] == Outcome::Ok {
+                            #[cfg(feature = "seeded-bugs")]
+                            if self.cfg.ack_before_invalidate {
+                                self.deferred_invalidations.push(TableKey::new(&w.key));
+                                continue;
+                            }
                             t.invalidate(&TableKey::new(&w.key));
                         }
                     }

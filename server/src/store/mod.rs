@@ -88,6 +88,9 @@ pub struct StoreConfig {
     /// Most server reads (LEED-style GETs) in progress; each may hold a value of up to
     /// [`MAX_VALUE_LEN`](scalio_common::ssd::MAX_VALUE_LEN) bytes.
     pub max_server_gets: usize,
+    /// Test-only seeded bug (see `SeededBug::AckBeforeInvalidate`).
+    #[cfg(feature = "seeded-bugs")]
+    pub ack_before_invalidate: bool,
 }
 
 impl Default for StoreConfig {
@@ -103,6 +106,8 @@ impl Default for StoreConfig {
             max_pending_writes: 256,
             max_pending_bytes: 32 << 20,
             max_server_gets: 64,
+            #[cfg(feature = "seeded-bugs")]
+            ack_before_invalidate: false,
         }
     }
 }
@@ -301,6 +306,9 @@ pub struct DataStore<R> {
     next_id: u64,
     io_out: Vec<IoRequest>,
     done: Vec<Completed<R>>,
+    /// Test-only seeded bug: invalidations left for the next completed batch.
+    #[cfg(feature = "seeded-bugs")]
+    deferred_invalidations: Vec<TableKey>,
 }
 
 /// Fraction of a log that live data may fill; beyond it writes are refused as out of space.
@@ -352,6 +360,8 @@ impl<R> DataStore<R> {
             next_id: 1,
             io_out: Vec::new(),
             done: Vec::new(),
+            #[cfg(feature = "seeded-bugs")]
+            deferred_invalidations: Vec::new(),
         }
     }
 
@@ -500,7 +510,17 @@ impl<R> DataStore<R> {
                 }
                 return;
             }
-            if self.batches.len() >= self.cfg.max_inflight || !self.start_batch(now) {
+            if self.batches.len() >= self.cfg.max_inflight {
+                self.stalled_at = Some(now);
+                return;
+            }
+            if !self.start_batch(now) {
+                // A batch that must wait for garbage collection asks for it (`gc_wanted`): go
+                // round again to start it now, since nothing else would wake this store (its
+                // deadline waits for GC, and no I/O of it is in flight).
+                if self.gc_wanted {
+                    continue;
+                }
                 self.stalled_at = Some(now);
                 return;
             }

@@ -143,7 +143,9 @@ fn bring_bucket_tail_near_the_end(d: &mut Driver, model: &mut Model, blocks_befo
 fn failing_batch(kind: FaultKind, part: usize, wrap: bool) -> bool {
     let what = format!("{kind:?} at part {part}{}", if wrap { ", chains wrapping" } else { "" });
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(8);
+    // The eight writes below must make one batch however slowly a loaded machine submits them:
+    // only a full batch (or the driver's far-future poll) starts one.
+    let cfg = StoreConfig { batch_timeout: Duration::from_secs(600), ..config(8) };
     let mut d = Driver::open(dir.path(), BLOCKS, Some(BUCKETS), cfg.clone(), None);
     let mut model = Model::default();
     let base = keys(24);
