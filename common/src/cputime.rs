@@ -16,7 +16,7 @@ pub fn thread_cpu_ns() -> u64 {
 }
 
 /// CPU time used by a group of threads (all NIC threads, all workers, ...). Each thread reports
-/// its own progress with [`CpuMeter::tick`] from its loop and [`CpuMeter::finish`] when it ends.
+/// its own progress with [`CpuMeter::tick`] from its loop, and once more when the meter is dropped.
 #[derive(Default, Debug)]
 pub struct CpuGroup {
     ns: AtomicU64,

@@ -17,6 +17,14 @@
 //!
 //! Backends: [`mem`] (in-process, with fault injection), [`tcp`] (a software NIC over TCP). The
 //! [`conformance`] suite holds every backend to the same semantics.
+//!
+//! What is agreement and what is machinery:
+//! * the interface every backend implements, and its contracts: this module (the traits and work
+//!   requests), `error` (typed failures), [`region`] (registered memory and keys), [`send_queue`]
+//!   (slot accounting), `secret` (admission), [`completion`](mod@completion), and the [`conformance`] suite;
+//! * one module tree per backend, its runtime: [`mem`] (`mem/faults.rs`: fault injection) and
+//!   [`tcp`], whose `wire` module is the software NIC's protocol (a sans-IO codec) and whose `qp`
+//!   (client) and `nic` (server: event loop, per-connection sans-IO session) are its machinery.
 
 pub mod completion;
 pub mod conformance;

@@ -5,6 +5,10 @@
 //! by word like a NIC, so a concurrent WRITE can tear it; [`Faults`] widens or forces that window
 //! (a pause or a callback in the middle of every READ) and delays operations.
 
+mod faults;
+
+pub use faults::{Faults, TearHook};
+
 use super::{
     completion, validate_chain, Completer, Completion, FabricError, IncomingRpc, ProtocolError, QueuePair, RegionTable,
     ReplySink, Responder, RpcService, WorkRequest,
@@ -13,39 +17,6 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-/// A callback run in the middle of a READ.
-pub type TearHook = Arc<dyn Fn() + Send + Sync>;
-
-/// Faults injected into every queue pair of a [`MemFabric`].
-#[derive(Default)]
-pub struct Faults {
-    wr_delay: Mutex<Duration>,
-    rpc_delay: Mutex<Duration>,
-    read_pause: Mutex<Duration>,
-    tear_hook: Mutex<Option<TearHook>>,
-}
-
-impl Faults {
-    /// Sleep this long before executing each work request.
-    pub fn set_wr_delay(&self, d: Duration) {
-        *self.wr_delay.lock() = d;
-    }
-    /// Sleep this long before handing each RPC to the service.
-    pub fn set_rpc_delay(&self, d: Duration) {
-        *self.rpc_delay.lock() = d;
-    }
-    /// Sleep this long in the middle of every READ (half of its bytes copied).
-    pub fn set_read_pause(&self, d: Duration) {
-        *self.read_pause.lock() = d;
-    }
-    /// Run `hook` in the middle of every READ: a test can mutate the memory there to tear the
-    /// READ deterministically.
-    pub fn set_tear_hook(&self, hook: Option<TearHook>) {
-        *self.tear_hook.lock() = hook;
-    }
-}
 
 /// An in-process "network": the server's regions and RPC service, and the faults to inject.
 pub struct MemFabric {
