@@ -73,6 +73,9 @@ pub struct ClientConfig {
     pub miss_attempts: u32,
     /// The server's shared secret, when it asks for one.
     pub secret: Option<Secret>,
+    /// How long one fabric operation (an RPC, a cache probe) may take before it fails with
+    /// [`FabricError::Timeout`]; `None` waits forever. A write that timed out may still happen.
+    pub op_timeout: Option<std::time::Duration>,
 }
 
 impl Default for ClientConfig {
@@ -86,6 +89,7 @@ impl Default for ClientConfig {
             probe_retries: 3,
             miss_attempts: 8,
             secret: None,
+            op_timeout: Some(DEFAULT_OP_TIMEOUT),
         }
     }
 }
@@ -93,6 +97,10 @@ impl Default for ClientConfig {
 /// Opens a new queue pair to the server, to replace one that entered the error state or lost its
 /// connection.
 pub type Connector = Arc<dyn Fn() -> Result<Arc<dyn QueuePair>, FabricError> + Send + Sync>;
+
+/// Default of [`ClientConfig::op_timeout`]: long enough for a write queued behind a full batch
+/// pipeline on a slow SSD, short enough that a server that stopped answering is noticed.
+pub const DEFAULT_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a reconnection waits for the server.
 const RECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -158,7 +166,7 @@ impl Client {
         if qps.is_empty() {
             return Err(ClientError::Config("no queue pairs".into()));
         }
-        let body = call(&*qps[0], Request::new(Op::Hello, b"", b"")).await?;
+        let body = call(&*qps[0], Request::new(Op::Hello, b"", b""), cfg.op_timeout).await?;
         let info = ServerInfo::decode(&body)?;
         if info.protocol != PROTOCOL_VERSION {
             return Err(ClientError::ProtocolVersion { server: info.protocol, client: PROTOCOL_VERSION });
@@ -235,9 +243,34 @@ impl Client {
     }
 }
 
+/// Waits for `op` at most `limit` (forever if `None`): a server that stops answering gives
+/// [`FabricError::Timeout`], not a hang. Executor-agnostic (the timer is `futures-timer`'s).
+pub(crate) async fn within<T>(
+    limit: Option<std::time::Duration>,
+    op: impl std::future::Future<Output = Result<T, FabricError>>,
+) -> Result<T, FabricError> {
+    let Some(limit) = limit else { return op.await };
+    let mut op = std::pin::pin!(op);
+    let mut timer = futures_timer::Delay::new(limit);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = op.as_mut().poll(cx) {
+            return std::task::Poll::Ready(r);
+        }
+        match std::future::Future::poll(std::pin::Pin::new(&mut timer), cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(FabricError::Timeout)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// One RPC: sends `req`, checks the reply's op, returns its status and body.
-async fn call_status(qp: &dyn QueuePair, req: Request<'_>) -> Result<(Status, Vec<u8>), ClientError> {
-    let bytes = qp.call(&req.to_vec()).await?;
+async fn call_status(
+    qp: &dyn QueuePair,
+    req: Request<'_>,
+    limit: Option<std::time::Duration>,
+) -> Result<(Status, Vec<u8>), ClientError> {
+    let bytes = within(limit, qp.call(&req.to_vec())).await?;
     let resp = Response::decode(&bytes)?;
     if resp.op != req.op {
         return Err(ClientError::WrongReply { asked: req.op.name(), got: resp.op.name() });
@@ -245,8 +278,12 @@ async fn call_status(qp: &dyn QueuePair, req: Request<'_>) -> Result<(Status, Ve
     Ok((resp.status, resp.body.to_vec()))
 }
 
-async fn call(qp: &dyn QueuePair, req: Request<'_>) -> Result<Vec<u8>, ClientError> {
-    match call_status(qp, req).await? {
+async fn call(
+    qp: &dyn QueuePair,
+    req: Request<'_>,
+    limit: Option<std::time::Duration>,
+) -> Result<Vec<u8>, ClientError> {
+    match call_status(qp, req, limit).await? {
         (Status::Ok, body) => Ok(body),
         (status, body) => Err(ClientError::from_status(status, &body)),
     }
@@ -300,7 +337,7 @@ impl Inner {
         let epoch = self.epoch.load(Ordering::Relaxed);
         let req = req.with_epoch((epoch != 0).then_some(epoch));
         let qp = self.qp();
-        let r = call_status(&*qp, req).await;
+        let r = call_status(&*qp, req, self.cfg.op_timeout).await;
         if let Err(ClientError::Fabric(e)) = &r {
             self.recover(&qp, e);
         }

@@ -101,12 +101,11 @@ impl Inner {
         let base = t.addr + g.bucket_offset(bucket) as u64;
         Counters::add(&self.counters.probes, 1);
         let qp = self.qp();
-        let posted = qp
-            .post(&[WorkRequest::Read {
-                remote: RemoteAddr { addr: base, rkey: t.rkey },
-                len: g.bucket_bytes() as u32,
-            }])
-            .await;
+        let read = qp.post(&[WorkRequest::Read {
+            remote: RemoteAddr { addr: base, rkey: t.rkey },
+            len: g.bucket_bytes() as u32,
+        }]);
+        let posted = crate::within(self.cfg.op_timeout, read).await;
         let bytes = posted.inspect_err(|e| self.recover(&qp, e))?;
         Ok(match probe_bucket(&bytes, tk) {
             Probe::Hit { slot, value } => {
