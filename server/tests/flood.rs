@@ -13,9 +13,10 @@ use scalio_common::fabric::tcp::TcpQueuePair;
 use scalio_common::fabric::QueuePair;
 use scalio_common::rpc::{Op, Request, Response, Status};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
@@ -29,25 +30,12 @@ const GETS: u64 = 600;
 const MAX_GROWTH: u64 = 320 * MIB;
 
 fn spawn_server(dir: &Path) -> (Child, String) {
-    let config = dir.join("server.toml");
-    std::fs::write(&config, "io_threads = 32\n[emulation]\nssd_latency_us = 200000\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scalio-server"))
-        .args(["--listen", "127.0.0.1:0", "--no-target", "--ssds", "1", "--ssd-size", "1GiB", "--workers", "1"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--ssd-dir")
-        .arg(dir)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start scalio-server");
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut line).expect("server output");
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let addr = line.trim().strip_prefix("scalio-server listening on ").unwrap_or_else(|| panic!("unexpected: {line}"));
-    (child, addr.to_string())
+    support::spawn_server(
+        dir,
+        "io_threads = 32\n[emulation]\nssd_latency_us = 200000\n",
+        &["--no-target", "--ssds", "1", "--ssd-size", "1GiB", "--workers", "1"],
+        "error",
+    )
 }
 
 /// A field of `/proc/PID/status` in bytes (the kernel reports kB).

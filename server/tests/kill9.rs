@@ -12,9 +12,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scalio_client::{Client, ClientConfig};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 const KEYS: u64 = 200;
@@ -23,26 +24,12 @@ const TASKS: u64 = 8;
 /// Starts the server binary on the SSD files in `dir`; returns it and its fabric address.
 fn spawn_server(dir: &Path) -> (Child, String) {
     // Two 2 MiB SSDs with 64 buckets each: the logs wrap within a few rounds.
-    let config = dir.join("server.toml");
-    std::fs::write(&config, "ssd_buckets = 64\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scalio-server"))
-        .args(["--listen", "127.0.0.1:0", "--ssds", "2", "--ssd-size", "2MiB", "--workers", "2", "--no-target"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--ssd-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start scalio-server");
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut line).expect("server output");
-    // Keep draining the server's stdout so that it never writes to a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let addr = line.trim().strip_prefix("scalio-server listening on ").unwrap_or_else(|| panic!("unexpected: {line}"));
-    (child, addr.to_string())
+    support::spawn_server(
+        dir,
+        "ssd_buckets = 64\n",
+        &["--ssds", "2", "--ssd-size", "2MiB", "--workers", "2", "--no-target"],
+        "warn",
+    )
 }
 
 fn key(i: u64) -> Vec<u8> {
