@@ -25,6 +25,8 @@
 # others recompute the map without it).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/ci/stop-pid.sh
+. "$REPO/scripts/ci/stop-pid.sh"
 
 SERVERS=3
 DIR=$REPO/target/cluster
@@ -84,16 +86,10 @@ start() {
 }
 
 stop() {
-  local f pid
+  local f
   for f in "$DIR"/s*.pid; do
     [ -e "$f" ] || continue
-    pid=$(cat "$f")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
+    stop_pid "$(cat "$f")"
     rm -f "$f"
   done
   etcd_sh stop

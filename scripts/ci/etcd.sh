@@ -18,6 +18,8 @@
 # target/etcd-PORT in the repository; the log is DIR.log.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/ci/stop-pid.sh
+. "$REPO/scripts/ci/stop-pid.sh"
 
 PORT=23790
 DIR=
@@ -73,17 +75,7 @@ start() {
 
 stop() {
   [ -s "$DIR.pid" ] || { echo "etcd.sh: no pidfile $DIR.pid; nothing to stop" >&2; return 0; }
-  local pid
-  pid=$(cat "$DIR.pid")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
+  stop_pid "$(cat "$DIR.pid")"
   rm -f "$DIR.pid"
   rm -rf "$DIR"
 }

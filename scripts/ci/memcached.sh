@@ -16,6 +16,8 @@
 # Defaults: port 11311, 256 MB, 2 threads, pidfile target/memcached-PORT.pid in the repository.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/ci/stop-pid.sh
+. "$REPO/scripts/ci/stop-pid.sh"
 
 PORT=11311
 MEMORY=256
@@ -68,17 +70,7 @@ start() {
 
 stop() {
   [ -s "$PIDFILE" ] || { echo "memcached.sh: no pidfile $PIDFILE; nothing to stop" >&2; return 0; }
-  local pid
-  pid=$(cat "$PIDFILE")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-  fi
+  stop_pid "$(cat "$PIDFILE")"
   rm -f "$PIDFILE"
 }
 
