@@ -172,15 +172,7 @@ async fn client_loop(rec: Arc<Recorder>, c: Client, id: u32, sc: Scenario) -> (V
 
 async fn record(sc: &Scenario) -> Run {
     let s = start(if sc.fabric == Fabric::Tcp { 2 } else { 1 }, sc.fabric == Fabric::Tcp, |c| {
-        for d in &mut c.ssds {
-            d.size = Some(512 << 10);
-        }
-        c.ssd_buckets = Some(16);
-        c.cache.buckets = 1;
-        c.cache.assoc = 2;
-        c.cache.lease_ms = 2;
-        c.write.batch = 4;
-        c.write.batch_timeout_us = 200;
+        common::stress(c);
         #[cfg(feature = "seeded-bugs")]
         {
             c.seeded_bug = sc.bug;

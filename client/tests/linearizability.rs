@@ -143,15 +143,7 @@ fn check(writes: &[Vec<Write>], reads: &[Read]) {
 /// reservations and evictions tear it; a 2-slot cache over 8 keys; a 512 KiB SSD with GC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn linearizable_with_torn_reads_and_gc() {
-    let s = start(1, false, |c| {
-        c.ssds[0].size = Some(512 << 10);
-        c.ssd_buckets = Some(16);
-        c.cache.buckets = 1;
-        c.cache.assoc = 2;
-        c.cache.lease_ms = 2;
-        c.write.batch = 4;
-        c.write.batch_timeout_us = 200;
-    });
+    let s = start(1, false, common::stress);
     s.server.mem_fabric().faults().set_read_pause(Duration::from_micros(30));
     let mut clients = Vec::new();
     for _ in 0..3 {

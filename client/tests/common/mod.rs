@@ -24,6 +24,21 @@ pub fn config(dir: &std::path::Path, ssds: usize, listen: bool) -> ServerConfig 
     c
 }
 
+/// A server set up for stress: 512 KiB SSDs with 16 buckets (garbage collection keeps moving
+/// data), a one-bucket two-slot cache (constant eviction) with 2 ms leases (reservations expire
+/// under slow fillers), small batches with a short timeout.
+pub fn stress(c: &mut ServerConfig) {
+    for d in &mut c.ssds {
+        d.size = Some(512 << 10);
+    }
+    c.ssd_buckets = Some(16);
+    c.cache.buckets = 1;
+    c.cache.assoc = 2;
+    c.cache.lease_ms = 2;
+    c.write.batch = 4;
+    c.write.batch_timeout_us = 200;
+}
+
 pub fn start(ssds: usize, listen: bool, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), ssds, listen);
