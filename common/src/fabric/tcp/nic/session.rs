@@ -313,7 +313,8 @@ impl OpenChain {
 }
 
 /// Serves a READ: checks it and copies the region's bytes straight onto the end of `out`. A
-/// chain's READ data waits in `out` until the chain ends, so it is bounded by `chain_limit`.
+/// chain's READ data waits in `out` until the chain ends, so it is bounded by `chain_limit`
+/// (`NicConfig::max_chain_read`, which `TcpNic::bind` holds to the wire's `MAX_CHAIN_READ`).
 fn read_into(
     regions: &RegionTable,
     remote: RemoteAddr,
@@ -322,7 +323,7 @@ fn read_into(
     chain_limit: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), RemoteAccessError> {
-    if len > MAX_TRANSFER || chain_read + len > chain_limit.min(wire::MAX_CHAIN_READ) {
+    if len > MAX_TRANSFER || chain_read + len > chain_limit {
         return Err(RemoteAccessError::TooLarge);
     }
     let (region, offset) = regions.resolve(remote, len, Access::READ)?;
