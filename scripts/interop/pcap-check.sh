@@ -18,6 +18,8 @@
 # appears; an expected type is missing; a PDU header is inconsistent (hlen not the type's, plen < hlen,
 # ICReq/ICResp plen not 128, data on a CapsuleResp/R2T or none on a data PDU, pdo inside the header),
 # or the dissector shows bytes it could not interpret. Prints the PDU counts by type.
+# Exit 3 instead when the capture itself is incomplete (segments the capturing kernel never handed to
+# dumpcap): the byte accounting cannot be judged then, and the caller may capture again.
 set -euo pipefail
 
 PORTS=()
@@ -125,4 +127,8 @@ END {
   printf "[%s] %d PDUs in %d TCP connection(s), %d payload bytes:%s\n", label, total, nconn, bytes, summary > "/dev/stderr"
   if (errors + malformed > 0) printf "[%s] %d malformed frame(s), %d expert error(s)\n", label, malformed + 0, errors + 0 > "/dev/stderr"
   exit bad
-}' <<<"$fields" && [ "$lost" = 0 ]
+}' <<<"$fields" && rc=0 || rc=$?
+# An incomplete capture makes every byte count after the gap wrong: the verdict is "inconclusive".
+if [ "$lost" != 0 ]; then exit 3; fi
+exit "$rc"
+
