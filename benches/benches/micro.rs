@@ -4,7 +4,7 @@
 //! `cargo bench -p scalio-bench --bench micro`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use scalio_common::fabric::tcp::{NicConfig, TcpNic, TcpQueuePair};
+use scalio_common::fabric::tcp::{AsyncTcpQueuePair, NicConfig, TcpNic, TcpQueuePair};
 use scalio_common::fabric::{Access, IncomingRpc, MemoryRegion, QueuePair, RegionTable, WorkRequest};
 use scalio_common::key::{route, TableKey};
 use scalio_common::rpc::{MetaGetReply, Op, Request, Reservation, Response, Status};
@@ -131,7 +131,39 @@ fn softnic(c: &mut Criterion) {
             qp.post(&[WorkRequest::Read { remote: at(24), len: 8 }]).wait().unwrap()
         })
     });
+    // The two drivers side by side: one READ at a time, and 32 in flight (as a benchmark lane
+    // set keeps them). The async driver runs on a current-thread runtime, reaping on the thread
+    // that awaits; the threaded one hands each completion over from its reader thread.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let async_qp = {
+        let _entered = rt.enter();
+        AsyncTcpQueuePair::connect(nic.local_addr()).expect("connect")
+    };
+    let read = [WorkRequest::Read { remote: desc.at(4096), len: 64 }];
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("read_64B_async_driver", |b| b.iter(|| rt.block_on(async_qp.post(&read)).unwrap()));
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("read_64B_x32_in_flight_threaded_driver", |b| {
+        b.iter(|| {
+            let posted: Vec<_> = (0..32).map(|_| qp.post(&read)).collect();
+            posted.into_iter().map(|c| c.wait().unwrap().len()).sum::<usize>()
+        })
+    });
+    g.bench_function("read_64B_x32_in_flight_async_driver", |b| {
+        b.iter(|| {
+            let posted: Vec<_> = (0..32).map(|_| async_qp.post(&read)).collect();
+            rt.block_on(async {
+                let mut n = 0;
+                for c in posted {
+                    n += c.await.unwrap().len();
+                }
+                n
+            })
+        })
+    });
     g.finish();
+    drop(async_qp);
+    drop(rt);
     drop(qp);
     drop(nic);
 }

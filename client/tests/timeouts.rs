@@ -15,7 +15,8 @@ fn silent_server() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
         let mut theirs = [0u8; wire::HELLO_LEN];
         stream.read_exact(&mut theirs).unwrap();
         let mut hello = Vec::new();
-        wire::encode_hello(&mut hello, wire::VERSION, &[]);
+        let grant = wire::Grant { rpc_credits: 64, max_message: 1 << 20 };
+        wire::encode_hello(&mut hello, wire::VERSION, &grant.encode());
         stream.write_all(&hello).unwrap();
         let mut sink = Vec::new();
         let _ = stream.read_to_end(&mut sink); // until the client goes away

@@ -32,7 +32,7 @@ pub mod layout;
 use layout::{DittoLayout, Entry, IndexSlot, Placement, SlotChoice, INLINE_VALUE_MAX, OBJECT_SIZE};
 use scalio_client::{BlockPath, Client, ClientConfig, ClientError, ClientStats, ReadPath};
 use scalio_common::block::{BlockError, BlockFuture, BlockReader};
-use scalio_common::fabric::tcp::TcpQueuePair;
+use scalio_common::fabric::tcp::AsyncTcpQueuePair;
 use scalio_common::fabric::{FabricError, QueuePair, RemoteAddr, WorkRequest};
 use scalio_common::key::{self, KeyError};
 use scalio_common::rpc::{Op, TableInfo};
@@ -205,11 +205,12 @@ pub struct DittoClient {
 }
 
 impl DittoClient {
-    /// Connects to a scalio server (started with `[ditto] enabled = true`) over the software NIC.
+    /// Connects to a scalio server (started with `[ditto] enabled = true`) over the software NIC,
+    /// with queue pairs driven on the current tokio runtime (as the scalio client's are).
     pub async fn connect(addr: &str, cfg: DittoConfig) -> Result<DittoClient, DittoError> {
         let mut qps: Vec<Arc<dyn QueuePair>> = Vec::new();
         for _ in 0..cfg.queue_pairs.max(1) {
-            qps.push(Arc::new(TcpQueuePair::connect(addr)?));
+            qps.push(Arc::new(AsyncTcpQueuePair::connect(addr)?));
         }
         DittoClient::with_queue_pairs(qps).await
     }
