@@ -192,7 +192,8 @@ def main(argv: list[str]) -> int:
         try:
             from figures.draw import DRAW
 
-            paths = DRAW[key](points, args.results / "figures")
+            caption = [s.scale.reductions[key]] if key in s.scale.reductions else []
+            paths = DRAW[key](points, args.results / "figures", caption)
             drawn += paths
             log(f"{key}: drew {', '.join(str(p) for p in paths)}")
         except Exception as exc:  # keep drawing the other figures; reported below

@@ -194,7 +194,7 @@ def _value_at(points: Sequence[Point], metric, **match) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-def draw_fig5(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig5(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     fig, (ax,) = _subplots(1, width=5.2, height=3.4)
     ssds = sorted({p.run.ssds for p in points})
     thr = [_kilo(_value_at(points, R.throughput, ssds=n)) for n in ssds]
@@ -210,7 +210,7 @@ def draw_fig5(points: Sequence[Point], out_dir: Path) -> list[Path]:
     ax2.set_ylim(0, top * 1.15)
     ax2.set_ylabel("CPU usage for SSD I/O (cores)")
     note = "CPU usage = (worker CPU time + emulated worker time) / run time (JSON run.worker_cores)."
-    return _finish(fig, "fig5", points, out_dir, _handles([ax], points), [note])
+    return _finish(fig, "fig5", points, out_dir, _handles([ax], points), [note, *caption])
 
 
 def _per_ssd_figure(key: str, points: Sequence[Point], out_dir: Path, metric, ylabel: str, notes=()) -> list[Path]:
@@ -228,13 +228,13 @@ def _per_ssd_figure(key: str, points: Sequence[Point], out_dir: Path, metric, yl
     return _finish(fig, key, points, out_dir, _handles(axes, points), notes)
 
 
-def draw_fig11(points: Sequence[Point], out_dir: Path) -> list[Path]:
-    return _per_ssd_figure("fig11", points, out_dir, R.throughput, "throughput (Kops/s)")
+def draw_fig11(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
+    return _per_ssd_figure("fig11", points, out_dir, R.throughput, "throughput (Kops/s)", caption)
 
 
-def draw_fig12(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig12(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     note = "SSD IOPS measured: all SSD reads and writes during the run / run time (JSON run.ssd_iops), not the artifact's estimate."
-    return _per_ssd_figure("fig12", points, out_dir, R.ssd_iops, "SSD IOPS (K)", [note])
+    return _per_ssd_figure("fig12", points, out_dir, R.ssd_iops, "SSD IOPS (K)", [note, *caption])
 
 
 def _log_minor_label(v: float, _pos=None) -> str:
@@ -245,7 +245,7 @@ def _log_minor_label(v: float, _pos=None) -> str:
     return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in (2, 5)) else ""
 
 
-def draw_fig13(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig13(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     fig, (ax,) = _subplots(1, width=7.5, height=3.6)
     workloads = _workloads(points)
     stages = sorted({p.run.stage for p in points})
@@ -263,10 +263,11 @@ def draw_fig13(points: Sequence[Point], out_dir: Path) -> list[Path]:
     ax.set_ylabel("throughput (Kops/s, log)")
     ax.grid(axis="y", alpha=0.3, which="both")
     ssds = R.values_of([p.result for p in points if p.result], "config", "ssds")
-    return _finish(fig, "fig13", points, out_dir, _handles([ax], points), [f"Scalio with {'/'.join(map(str, ssds)) or '?'} SSDs."])
+    notes = [f"Scalio with {'/'.join(map(str, ssds)) or '?'} SSDs.", *caption]
+    return _finish(fig, "fig13", points, out_dir, _handles([ax], points), notes)
 
 
-def draw_fig14(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig14(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     workloads = _workloads(points)
     fig, axes = _subplots(len(workloads), height=3.1)
     variants = [  # (legend, color, marker, match)
@@ -304,7 +305,7 @@ def draw_fig14(points: Sequence[Point], out_dir: Path) -> list[Path]:
     notes = [f"Point labels: operations in flight in total (io). Batch with batching = min(io/16, 8) ({batches}); without = 1."]
     if lost_notes:
         notes.append("Missing points: " + "; ".join(lost_notes) + ".")
-    return _finish(fig, "fig14", points, out_dir, _handles(axes, points), notes)
+    return _finish(fig, "fig14", points, out_dir, _handles(axes, points), [*notes, *caption])
 
 
 def _slots_of(p: Point) -> int | None:
@@ -380,36 +381,36 @@ def _slots(points: Sequence[Point]) -> str:
     return "/".join(f"{v:,}" for v in values) or "?"
 
 
-def draw_fig15(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig15(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     reused = any(p.result is not None and R.dig(p.result, "load", "reused") for p in points)
     how = ("Each θ starts on the same loaded store, recovered, with an empty cache warmed by --warmup-ops"
            if reused else "Each θ runs on a freshly loaded server")  # fmt: skip
-    notes = [HIT_NOTE, f"{how} (the artifact loads once at θ=0.5 and carries the warm cache)."]
+    notes = [HIT_NOTE, f"{how} (the artifact loads once at θ=0.5 and carries the warm cache).", *caption]
     return _pair_with_hits("fig15", points, out_dir, lambda r: r.zipf, lambda g: f"{g:g}", "Zipf θ",
                            ("scalio-stage3", "ditto"), notes)  # fmt: skip
 
 
-def draw_fig16(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig16(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     base = min((p.run.records for p in points), default=1)
     slots = _slots(points)
     notes = [HIT_NOTE, f"The cache stays at {slots} slots (the ×1 size) for every dataset size, as in the paper, "
-             "so the hit ratio falls."]  # fmt: skip
+             "so the hit ratio falls.", *caption]  # fmt: skip
     return _pair_with_hits("fig16", points, out_dir, lambda r: r.records,
                            lambda g: f"×{g / base:g}\n({g // 1000:,}K)", "records",
                            ("scalio-stage3", "ditto"), notes)  # fmt: skip
 
 
-def draw_fig17(points: Sequence[Point], out_dir: Path) -> list[Path]:
-    notes = ["Paper cores = 2 x workers (the rest are RPC threads); operations in flight = 64 x paper cores."]
+def draw_fig17(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
+    notes = ["Paper cores = 2 x workers (the rest are RPC threads); operations in flight = 64 x paper cores.", *caption]
     return _pair_with_hits("fig17", points, out_dir, lambda r: 2 * r.workers,
                            lambda g: f"{g}\n({workers_of_paper_cores(g)} wk)", "DPU cores (workers)",
                            ("scalio-stage3", "ditto"), notes, hits=False)  # fmt: skip
 
 
-def draw_fig18(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig18(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     buckets = R.values_of([p.result for p in points if p.result], "config", "cache_buckets")
     notes = [HIT_NOTE, f"The bucket count stays fixed ({'/'.join(f'{b:,}' for b in buckets) or '?'} buckets: "
-             "8 slots per bucket at --cache-ratio), so the cache capacity scales with the slots per bucket."]  # fmt: skip
+             "8 slots per bucket at --cache-ratio), so the cache capacity scales with the slots per bucket.", *caption]  # fmt: skip
     return _pair_with_hits("fig18", points, out_dir, lambda r: r.assoc, str, "slots per bucket",
                            ("scalio-stage3",), notes)  # fmt: skip
 
