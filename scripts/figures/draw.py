@@ -98,14 +98,15 @@ def _finish(fig, key: str, points: Sequence[Point], out_dir: Path, handles: list
     text = "\n".join(textwrap.fill(line, int(width_in * 14)) for line in foot)
     # Grow the figure (the panels keep their height) by the room of title, legend and footnote.
     title_h = 0.2 * (title.count("\n") + 1) + 0.1
-    legend_h = 0.3 if handles else 0.0
+    ncol = _legend_columns([h.get_label() for h in handles], width_in)
+    legend_h = 0.3 * math.ceil(len(handles) / ncol) if handles else 0.0
     foot_h = 0.13 * (text.count("\n") + 1) + 0.1
     h = fig.get_figheight() + title_h + legend_h + foot_h
     fig.set_figheight(h)
     fig.suptitle(title, y=1 - 0.05 / h, va="top", fontsize=11)
     if handles:
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - title_h / h),
-                   ncol=min(len(handles), 6), fontsize=8, frameon=False)  # fmt: skip
+                   ncol=ncol, fontsize=8, frameon=False)  # fmt: skip
     fig.text(0.01, 0.05 / h, text, fontsize=7.5, va="bottom", ha="left", color="#333333")
     # (tight_layout makes room for the suptitle itself.)
     fig.tight_layout(rect=(0, foot_h / h, 1, 1 - legend_h / h))
@@ -115,6 +116,17 @@ def _finish(fig, key: str, points: Sequence[Point], out_dir: Path, handles: list
         fig.savefig(path, dpi=150)
     plt.close(fig)
     return paths
+
+
+def _legend_columns(labels: Sequence[str], width_in: float) -> int:
+    """Legend columns (at most 6) for entries to fit the figure's width: a one-panel figure's
+    legend wraps into rows instead of running off its sides."""
+    if not labels:
+        return 1
+    # At fontsize 8: about 0.055 in per character, 0.45 in for the marker and the gaps.
+    needed = sum(0.055 * len(label) + 0.45 for label in labels)
+    rows = max(1, math.ceil(needed / (0.95 * width_in)), math.ceil(len(labels) / 6))
+    return math.ceil(len(labels) / rows)
 
 
 def _twin(ax):
@@ -369,11 +381,30 @@ def _pair_with_hits(key, points, out_dir, group_of: Callable[[Run], object], gro
             bounds += [b for v in ideal if v is not None for b in (v[1],)]
             _hit_markers(_twin(ax), centres, hit, ideal)
     axes[0].set_ylabel("throughput (Kops/s, bars)" if hits else "throughput (Kops/s)")
+    if hits and (filled := _evictions_note(points, group_of, group_label)):
+        notes = [*notes, filled]
     if hits:
         worst = f" (error bound ≤ {max(bounds):.3f}, the star's bar)" if bounds else ""
         notes = [*notes, "Ideal: the hit ratio of a perfect cache of the same slots holding the most likely keys of "
                  f"YCSB's scrambled zipfian (scripts/figures/ideal.py){worst}; none for YCSB-D (latest)."]  # fmt: skip
     return _finish(fig, key, points, out_dir, _handles(axes, points), notes)
+
+
+def _evictions_note(points: Sequence[Point], group_of: Callable[[Run], object], group_label) -> str | None:
+    """Scalio's cache evictions in each measured run (server counter table_evictions): few or
+    none mean the cache had not filled, so its hit ratio was bound by the warm-up, not its size."""
+    found = []
+    for p in points:
+        n = R.dig(p.result, "run", "server_counters", "table_evictions") if p.result else None
+        if p.run.label == "scalio-stage3" and isinstance(n, int):
+            found.append((p.run.workload, group_of(p.run), n))
+    if not found:
+        return None
+    parts = [f"{w.upper()} {' '.join(str(group_label(g)).split())}: {n:,}" for w, g, n in sorted(found, key=lambda t: (t[0], t[1]))]
+    text = "Scalio cache evictions in the measured run: " + "; ".join(parts) + "."
+    if any(n < 1000 for _, _, n in found):
+        text += " Few or none: that cache had not filled, so its hit ratio is bound by the warm-up, not by its size."
+    return text
 
 
 def _slots(points: Sequence[Point]) -> str:
