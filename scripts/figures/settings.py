@@ -160,7 +160,7 @@ PAPER = Scale(
         "fig15": f"Reduced against the paper: YCSB C only (paper A, B, C, F), θ 0.5/0.9/0.99 (paper also 1.01), "
         f"200k operations after a 1M warm-up "
         f"(paper 8M per client; the hit ratio is still rising after it) ({_PAPER_WHY}).",
-        "fig16": f"Reduced against the paper: x1 and x2 (paper x1-x4: an 80M-record store takes ~25 minutes to "
+        "fig16": f"Reduced against the paper: x1 and x2 (paper x1-x4: an 80M-record store takes ~20 minutes to "
         f"load here), YCSB C only (paper A and C), 200k operations after a 1M warm-up ({_PAPER_WHY}).",
         "fig17": f"Reduced against the paper: YCSB C only (paper A and C), DPU cores 4 and 16 (paper 4/8/16), "
         f"200k operations after a 1M warm-up ({_PAPER_WHY}).",
