@@ -95,7 +95,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     r.add_argument("--warmup-ops", type=int, help="operations before measuring (default: the scale's)")
     r.add_argument("--store-dir", type=Path,
                    help="keep loaded stores here and reuse them (default with --paper: RESULTS/stores)")  # fmt: skip
-    r.add_argument("--store-budget-gb", type=float, default=40.0,
+    r.add_argument("--store-budget-gb", type=float, default=16.0,
                    help="delete the least recently used stores past this many GB on disk")  # fmt: skip
     r.add_argument("--timeout", type=float, help="seconds per run (default: the scale's)")
     p.add_argument("--no-venv", action="store_true", help="use this interpreter (needs matplotlib)")
@@ -192,7 +192,8 @@ def main(argv: list[str]) -> int:
         try:
             from figures.draw import DRAW
 
-            paths = DRAW[key](points, args.results / "figures")
+            caption = [s.scale.reductions[key]] if key in s.scale.reductions else []
+            paths = DRAW[key](points, args.results / "figures", caption)
             drawn += paths
             log(f"{key}: drew {', '.join(str(p) for p in paths)}")
         except Exception as exc:  # keep drawing the other figures; reported below

@@ -98,14 +98,15 @@ def _finish(fig, key: str, points: Sequence[Point], out_dir: Path, handles: list
     text = "\n".join(textwrap.fill(line, int(width_in * 14)) for line in foot)
     # Grow the figure (the panels keep their height) by the room of title, legend and footnote.
     title_h = 0.2 * (title.count("\n") + 1) + 0.1
-    legend_h = 0.3 if handles else 0.0
+    ncol = _legend_columns([h.get_label() for h in handles], width_in)
+    legend_h = 0.3 * math.ceil(len(handles) / ncol) if handles else 0.0
     foot_h = 0.13 * (text.count("\n") + 1) + 0.1
     h = fig.get_figheight() + title_h + legend_h + foot_h
     fig.set_figheight(h)
     fig.suptitle(title, y=1 - 0.05 / h, va="top", fontsize=11)
     if handles:
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - title_h / h),
-                   ncol=min(len(handles), 6), fontsize=8, frameon=False)  # fmt: skip
+                   ncol=ncol, fontsize=8, frameon=False)  # fmt: skip
     fig.text(0.01, 0.05 / h, text, fontsize=7.5, va="bottom", ha="left", color="#333333")
     # (tight_layout makes room for the suptitle itself.)
     fig.tight_layout(rect=(0, foot_h / h, 1, 1 - legend_h / h))
@@ -115,6 +116,17 @@ def _finish(fig, key: str, points: Sequence[Point], out_dir: Path, handles: list
         fig.savefig(path, dpi=150)
     plt.close(fig)
     return paths
+
+
+def _legend_columns(labels: Sequence[str], width_in: float) -> int:
+    """Legend columns (at most 6) for entries to fit the figure's width: a one-panel figure's
+    legend wraps into rows instead of running off its sides."""
+    if not labels:
+        return 1
+    # At fontsize 8: about 0.055 in per character, 0.45 in for the marker and the gaps.
+    needed = sum(0.055 * len(label) + 0.45 for label in labels)
+    rows = max(1, math.ceil(needed / (0.95 * width_in)), math.ceil(len(labels) / 6))
+    return math.ceil(len(labels) / rows)
 
 
 def _twin(ax):
@@ -194,7 +206,7 @@ def _value_at(points: Sequence[Point], metric, **match) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
-def draw_fig5(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig5(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     fig, (ax,) = _subplots(1, width=5.2, height=3.4)
     ssds = sorted({p.run.ssds for p in points})
     thr = [_kilo(_value_at(points, R.throughput, ssds=n)) for n in ssds]
@@ -210,7 +222,7 @@ def draw_fig5(points: Sequence[Point], out_dir: Path) -> list[Path]:
     ax2.set_ylim(0, top * 1.15)
     ax2.set_ylabel("CPU usage for SSD I/O (cores)")
     note = "CPU usage = (worker CPU time + emulated worker time) / run time (JSON run.worker_cores)."
-    return _finish(fig, "fig5", points, out_dir, _handles([ax], points), [note])
+    return _finish(fig, "fig5", points, out_dir, _handles([ax], points), [note, *caption])
 
 
 def _per_ssd_figure(key: str, points: Sequence[Point], out_dir: Path, metric, ylabel: str, notes=()) -> list[Path]:
@@ -228,13 +240,13 @@ def _per_ssd_figure(key: str, points: Sequence[Point], out_dir: Path, metric, yl
     return _finish(fig, key, points, out_dir, _handles(axes, points), notes)
 
 
-def draw_fig11(points: Sequence[Point], out_dir: Path) -> list[Path]:
-    return _per_ssd_figure("fig11", points, out_dir, R.throughput, "throughput (Kops/s)")
+def draw_fig11(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
+    return _per_ssd_figure("fig11", points, out_dir, R.throughput, "throughput (Kops/s)", caption)
 
 
-def draw_fig12(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig12(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     note = "SSD IOPS measured: all SSD reads and writes during the run / run time (JSON run.ssd_iops), not the artifact's estimate."
-    return _per_ssd_figure("fig12", points, out_dir, R.ssd_iops, "SSD IOPS (K)", [note])
+    return _per_ssd_figure("fig12", points, out_dir, R.ssd_iops, "SSD IOPS (K)", [note, *caption])
 
 
 def _log_minor_label(v: float, _pos=None) -> str:
@@ -245,7 +257,7 @@ def _log_minor_label(v: float, _pos=None) -> str:
     return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in (2, 5)) else ""
 
 
-def draw_fig13(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig13(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     fig, (ax,) = _subplots(1, width=7.5, height=3.6)
     workloads = _workloads(points)
     stages = sorted({p.run.stage for p in points})
@@ -263,10 +275,11 @@ def draw_fig13(points: Sequence[Point], out_dir: Path) -> list[Path]:
     ax.set_ylabel("throughput (Kops/s, log)")
     ax.grid(axis="y", alpha=0.3, which="both")
     ssds = R.values_of([p.result for p in points if p.result], "config", "ssds")
-    return _finish(fig, "fig13", points, out_dir, _handles([ax], points), [f"Scalio with {'/'.join(map(str, ssds)) or '?'} SSDs."])
+    notes = [f"Scalio with {'/'.join(map(str, ssds)) or '?'} SSDs.", *caption]
+    return _finish(fig, "fig13", points, out_dir, _handles([ax], points), notes)
 
 
-def draw_fig14(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig14(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     workloads = _workloads(points)
     fig, axes = _subplots(len(workloads), height=3.1)
     variants = [  # (legend, color, marker, match)
@@ -304,7 +317,7 @@ def draw_fig14(points: Sequence[Point], out_dir: Path) -> list[Path]:
     notes = [f"Point labels: operations in flight in total (io). Batch with batching = min(io/16, 8) ({batches}); without = 1."]
     if lost_notes:
         notes.append("Missing points: " + "; ".join(lost_notes) + ".")
-    return _finish(fig, "fig14", points, out_dir, _handles(axes, points), notes)
+    return _finish(fig, "fig14", points, out_dir, _handles(axes, points), [*notes, *caption])
 
 
 def _slots_of(p: Point) -> int | None:
@@ -368,6 +381,8 @@ def _pair_with_hits(key, points, out_dir, group_of: Callable[[Run], object], gro
             bounds += [b for v in ideal if v is not None for b in (v[1],)]
             _hit_markers(_twin(ax), centres, hit, ideal)
     axes[0].set_ylabel("throughput (Kops/s, bars)" if hits else "throughput (Kops/s)")
+    if hits and (filled := _evictions_note(points, group_of, group_label)):
+        notes = [*notes, filled]
     if hits:
         worst = f" (error bound ≤ {max(bounds):.3f}, the star's bar)" if bounds else ""
         notes = [*notes, "Ideal: the hit ratio of a perfect cache of the same slots holding the most likely keys of "
@@ -375,41 +390,58 @@ def _pair_with_hits(key, points, out_dir, group_of: Callable[[Run], object], gro
     return _finish(fig, key, points, out_dir, _handles(axes, points), notes)
 
 
+def _evictions_note(points: Sequence[Point], group_of: Callable[[Run], object], group_label) -> str | None:
+    """Scalio's cache evictions in each measured run (server counter table_evictions): few or
+    none mean the cache had not filled, so its hit ratio was bound by the warm-up, not its size."""
+    found = []
+    for p in points:
+        n = R.dig(p.result, "run", "server_counters", "table_evictions") if p.result else None
+        if p.run.label == "scalio-stage3" and isinstance(n, int):
+            found.append((p.run.workload, group_of(p.run), n))
+    if not found:
+        return None
+    parts = [f"{w.upper()} {' '.join(str(group_label(g)).split())}: {n:,}" for w, g, n in sorted(found, key=lambda t: (t[0], t[1]))]
+    text = "Scalio cache evictions in the measured run: " + "; ".join(parts) + "."
+    if any(n < 1000 for _, _, n in found):
+        text += " Few or none: that cache had not filled, so its hit ratio is bound by the warm-up, not by its size."
+    return text
+
+
 def _slots(points: Sequence[Point]) -> str:
     values = R.values_of([p.result for p in points if p.result], "config", "cache_slots")
     return "/".join(f"{v:,}" for v in values) or "?"
 
 
-def draw_fig15(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig15(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     reused = any(p.result is not None and R.dig(p.result, "load", "reused") for p in points)
     how = ("Each θ starts on the same loaded store, recovered, with an empty cache warmed by --warmup-ops"
            if reused else "Each θ runs on a freshly loaded server")  # fmt: skip
-    notes = [HIT_NOTE, f"{how} (the artifact loads once at θ=0.5 and carries the warm cache)."]
+    notes = [HIT_NOTE, f"{how} (the artifact loads once at θ=0.5 and carries the warm cache).", *caption]
     return _pair_with_hits("fig15", points, out_dir, lambda r: r.zipf, lambda g: f"{g:g}", "Zipf θ",
                            ("scalio-stage3", "ditto"), notes)  # fmt: skip
 
 
-def draw_fig16(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig16(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     base = min((p.run.records for p in points), default=1)
     slots = _slots(points)
     notes = [HIT_NOTE, f"The cache stays at {slots} slots (the ×1 size) for every dataset size, as in the paper, "
-             "so the hit ratio falls."]  # fmt: skip
+             "so the hit ratio falls.", *caption]  # fmt: skip
     return _pair_with_hits("fig16", points, out_dir, lambda r: r.records,
                            lambda g: f"×{g / base:g}\n({g // 1000:,}K)", "records",
                            ("scalio-stage3", "ditto"), notes)  # fmt: skip
 
 
-def draw_fig17(points: Sequence[Point], out_dir: Path) -> list[Path]:
-    notes = ["Paper cores = 2 x workers (the rest are RPC threads); operations in flight = 64 x paper cores."]
+def draw_fig17(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
+    notes = ["Paper cores = 2 x workers (the rest are RPC threads); operations in flight = 64 x paper cores.", *caption]
     return _pair_with_hits("fig17", points, out_dir, lambda r: 2 * r.workers,
                            lambda g: f"{g}\n({workers_of_paper_cores(g)} wk)", "DPU cores (workers)",
                            ("scalio-stage3", "ditto"), notes, hits=False)  # fmt: skip
 
 
-def draw_fig18(points: Sequence[Point], out_dir: Path) -> list[Path]:
+def draw_fig18(points: Sequence[Point], out_dir: Path, caption: Sequence[str] = ()) -> list[Path]:
     buckets = R.values_of([p.result for p in points if p.result], "config", "cache_buckets")
     notes = [HIT_NOTE, f"The bucket count stays fixed ({'/'.join(f'{b:,}' for b in buckets) or '?'} buckets: "
-             "8 slots per bucket at --cache-ratio), so the cache capacity scales with the slots per bucket."]  # fmt: skip
+             "8 slots per bucket at --cache-ratio), so the cache capacity scales with the slots per bucket.", *caption]  # fmt: skip
     return _pair_with_hits("fig18", points, out_dir, lambda r: r.assoc, str, "slots per bucket",
                            ("scalio-stage3",), notes)  # fmt: skip
 

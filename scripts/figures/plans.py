@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .runs import WORKLOADS, Run
+from .runs import Run
 from .settings import PAPER_ASSOC, Settings
 
 # Legend order of the systems in figs 11/12 and the sensitivity figures.
@@ -23,10 +23,10 @@ def plan_fig5(s: Settings) -> list[Run]:
 
 
 def plan_fig11(s: Settings) -> list[Run]:
-    """Scalio stage 3, LEED+Ditto and LEED; A B C D F; #SSD swept."""
+    """Scalio stage 3, LEED+Ditto and LEED; A B C D F (the paper scale: A C); #SSD swept."""
     return [
         s.run(system, w, ssds=n)
-        for w in s.workloads(WORKLOADS)
+        for w in s.workloads(s.scale.main_workloads)
         for system in FIG11_SYSTEMS
         for n in s.scale.ssd_counts
     ]
@@ -34,7 +34,7 @@ def plan_fig11(s: Settings) -> list[Run]:
 
 def plan_fig13(s: Settings) -> list[Run]:
     """Scalio stages 0-3 (baseline, +offloaded read, +inline cache, +batched write), 7 SSDs."""
-    return [s.run("scalio", w, stage=stage) for w in s.workloads(WORKLOADS) for stage in (0, 1, 2, 3)]
+    return [s.run("scalio", w, stage=stage) for w in s.workloads(s.scale.main_workloads) for stage in (0, 1, 2, 3)]
 
 
 def fig14_batch(io: int) -> int:
@@ -45,7 +45,7 @@ def fig14_batch(io: int) -> int:
 def plan_fig14(s: Settings) -> list[Run]:
     """Latency vs throughput over total outstanding operations; 7 SSDs."""
     runs = []
-    for w in s.workloads(s.scale.sensitivity_workloads):
+    for w in s.throughput_workloads():
         for io in s.scale.io_points:
             runs.append(s.run("scalio", w, stage=3, io=io, batch=fig14_batch(io)))
             runs.append(s.run("scalio", w, stage=2, io=io, batch=1))
@@ -84,7 +84,7 @@ def plan_fig17(s: Settings) -> list[Run]:
     """DPU cores 4/8/16 = 2/4/8 workers, io = 64 x cores; Scalio vs LEED+Ditto."""
     return [
         s.run(system, w, workers=workers_of_paper_cores(c), io=64 * c)
-        for w in s.workloads(s.scale.sensitivity_workloads)
+        for w in s.throughput_workloads()
         for c in s.scale.paper_cores
         for system in PAIR_SYSTEMS
     ]
@@ -123,5 +123,6 @@ FIGURES: dict[str, Figure] = {
     )
 }
 
-# `all` runs the figures in this order (fig11 first: fig12 draws from its runs).
-ALL = ("fig11", "fig12", "fig5", "fig13", "fig14", "fig15", "fig16", "fig17", "fig18")
+# `all` runs the figures in this order: those about the cache first (at the paper scale they are
+# its point, and a run cut short should have them), fig11 before fig12 (which draws from its runs).
+ALL = ("fig15", "fig18", "fig16", "fig11", "fig12", "fig5", "fig13", "fig14", "fig17")

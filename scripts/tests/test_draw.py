@@ -59,6 +59,38 @@ class DrawEveryFigure(unittest.TestCase):
             with self.subTest(key):
                 self.draw(key, Settings(scale=FULL, records=1000, operations=1000))
 
+    def test_the_caption_says_what_the_paper_scale_leaves_out(self):
+        from figures.settings import PAPER
+
+        d = Path(tempfile.mkdtemp())
+        runs = FIGURES["fig11"].plan(Settings(scale=PAPER))
+        write_results(runs, d / "json")
+        points = R.collect(runs, d / "json")
+        plain = DRAW["fig11"](points, d / "plain")[0].read_bytes()
+        captioned = DRAW["fig11"](points, d / "captioned", [PAPER.reductions["fig11"]])[0]
+        check_png(self, captioned)
+        self.assertNotEqual(plain, captioned.read_bytes())
+
+    def test_the_evictions_note_tells_a_cache_that_had_not_filled(self):
+        from figures.draw import _evictions_note
+
+        runs = FIGURES["fig18"].plan(Settings(scale=QUICK))
+        points = [R.Point(r, {"run": {"server_counters": {"table_evictions": n}}}) for r, n in zip(runs, (5000, 200, 0))]
+        note = _evictions_note(points, lambda r: r.assoc, str)
+        self.assertIn("A 4: 5,000; A 8: 200; A 16: 0", note)  # quick fig18 starts with YCSB-A
+        self.assertIn("had not filled", note)
+        full = [R.Point(r, {"run": {"server_counters": {"table_evictions": 5000}}}) for r in runs]
+        self.assertNotIn("had not filled", _evictions_note(full, lambda r: r.assoc, str))
+        self.assertIsNone(_evictions_note([R.Point(r, None) for r in runs], lambda r: r.assoc, str))
+
+    def test_a_one_panel_legend_wraps_instead_of_running_off_the_figure(self):
+        from figures.draw import _legend_columns
+
+        labels = ["Scalio", "LEED+Ditto", "Scalio hit ratio", "LEED+Ditto hit ratio", "ideal hit ratio (perfect cache)"]
+        self.assertEqual(_legend_columns(labels, 7.6), 5)  # two panels: one row, as before
+        self.assertLess(_legend_columns(labels, 6.0), 5)  # one panel: two rows
+        self.assertEqual(_legend_columns(["a"] * 8, 30.0), 4)  # at most 6 a row, rows balanced
+
     def test_figures_with_missing_runs_still_draw(self):
         for key in FIGURES:
             with self.subTest(key):
