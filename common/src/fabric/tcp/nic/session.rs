@@ -5,7 +5,7 @@
 use super::super::wire::{self, ChainStatus, ClientFrame, WireError, WrFlags};
 use super::NicConfig;
 use crate::fabric::CloseReason;
-use crate::fabric::{Access, IncomingRpc, RegionTable, RemoteAccessError, ReplySink, Responder, RpcService};
+use crate::fabric::{Access, IncomingRpc, PeerId, RegionTable, RemoteAccessError, ReplySink, Responder, RpcService};
 use crate::fabric::{RemoteAddr, MAX_TRANSFER};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -73,6 +73,8 @@ pub struct Env<'a> {
     pub service: &'a dyn RpcService,
     /// Where this connection's RPC responses go.
     pub sink: &'a Arc<dyn ReplySink>,
+    /// This connection, as the RPC service knows it.
+    pub peer: PeerId,
     pub tally: &'a mut Tally,
 }
 
@@ -244,7 +246,8 @@ impl Session {
                     return Err(Violation::RpcInsideChain(c.id));
                 }
                 env.tally.rpcs += 1;
-                let rpc = IncomingRpc { payload: payload.to_vec(), responder: Responder::new(env.sink.clone(), id) };
+                let responder = Responder::new(env.sink.clone(), id);
+                let rpc = IncomingRpc { payload: payload.to_vec(), peer: env.peer, responder };
                 // A panicking service must not take the NIC thread (and its other connections)
                 // down; the dropped responder answers the client with an empty response.
                 let service = env.service;
@@ -389,6 +392,7 @@ mod tests {
                 config: &self.config,
                 service: &service,
                 sink: &sink,
+                peer: PeerId(1),
                 tally: &mut self.tally,
             };
             self.session.process(input, &mut self.out, usize::MAX, &mut env)
@@ -516,7 +520,14 @@ mod tests {
         let sink: Arc<dyn ReplySink> = f.sink.clone();
         let service = |rpc: IncomingRpc| drop(rpc);
         let mut env =
-            Env { regions: &f.regions, config: &f.config, service: &service, sink: &sink, tally: &mut f.tally };
+            Env {
+                regions: &f.regions,
+                config: &f.config,
+                service: &service,
+                sink: &sink,
+                peer: PeerId(1),
+                tally: &mut f.tally,
+            };
         // Room for about three completions: the rest stays unconsumed.
         let limit = wire::HELLO_LEN + 3 * (wire::CHAIN_DONE_HEADER_LEN + 64);
         let n = f.session.process(&input, &mut f.out, limit, &mut env).unwrap();
@@ -544,7 +555,14 @@ mod tests {
         let sink: Arc<dyn ReplySink> = f.sink.clone();
         let service = |rpc: IncomingRpc| drop(rpc);
         let mut env =
-            Env { regions: &f.regions, config: &f.config, service: &service, sink: &sink, tally: &mut f.tally };
+            Env {
+                regions: &f.regions,
+                config: &f.config,
+                service: &service,
+                sink: &sink,
+                peer: PeerId(1),
+                tally: &mut f.tally,
+            };
         // Its own READ data does not count: the chain runs to its end, then processing stops.
         let n = f.session.process(&input, &mut f.out, 1, &mut env).unwrap();
         assert_eq!(n, 3 * wire::WR_HEADER_LEN);
