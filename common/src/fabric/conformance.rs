@@ -212,12 +212,12 @@ pub fn strided_registration_refuses_writes_outside_its_windows(make: MakeServer<
     }
     assert_eq!(read(&*qp, &read_view, 0, 128), expected);
     let refused = [
-        (write_view, 0u64, 8usize),  // a whole header
-        (write_view, 7, 2),          // one byte of a header, one of a window
-        (write_view, 30, 4),         // across the end of a window into the next header
-        (write_view, 8, 56),         // two windows and the header between them
-        (write_view, 96, 8),         // the last slot's header
-        (write_view, 120, 16),       // past the region's end
+        (write_view, 0u64, 8usize), // a whole header
+        (write_view, 7, 2),         // one byte of a header, one of a window
+        (write_view, 30, 4),        // across the end of a window into the next header
+        (write_view, 8, 56),        // two windows and the header between them
+        (write_view, 96, 8),        // the last slot's header
+        (write_view, 120, 16),      // past the region's end
     ];
     for (view, at, len) in refused {
         let qp = s.connect();

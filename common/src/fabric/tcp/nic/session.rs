@@ -519,15 +519,14 @@ mod tests {
         }
         let sink: Arc<dyn ReplySink> = f.sink.clone();
         let service = |rpc: IncomingRpc| drop(rpc);
-        let mut env =
-            Env {
-                regions: &f.regions,
-                config: &f.config,
-                service: &service,
-                sink: &sink,
-                peer: PeerId(1),
-                tally: &mut f.tally,
-            };
+        let mut env = Env {
+            regions: &f.regions,
+            config: &f.config,
+            service: &service,
+            sink: &sink,
+            peer: PeerId(1),
+            tally: &mut f.tally,
+        };
         // Room for about three completions: the rest stays unconsumed.
         let limit = wire::HELLO_LEN + 3 * (wire::CHAIN_DONE_HEADER_LEN + 64);
         let n = f.session.process(&input, &mut f.out, limit, &mut env).unwrap();
@@ -554,15 +553,14 @@ mod tests {
         wire::encode_read(&mut input, 2, WrFlags::new(true, false), d.at(0), 64);
         let sink: Arc<dyn ReplySink> = f.sink.clone();
         let service = |rpc: IncomingRpc| drop(rpc);
-        let mut env =
-            Env {
-                regions: &f.regions,
-                config: &f.config,
-                service: &service,
-                sink: &sink,
-                peer: PeerId(1),
-                tally: &mut f.tally,
-            };
+        let mut env = Env {
+            regions: &f.regions,
+            config: &f.config,
+            service: &service,
+            sink: &sink,
+            peer: PeerId(1),
+            tally: &mut f.tally,
+        };
         // Its own READ data does not count: the chain runs to its end, then processing stops.
         let n = f.session.process(&input, &mut f.out, 1, &mut env).unwrap();
         assert_eq!(n, 3 * wire::WR_HEADER_LEN);
