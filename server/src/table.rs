@@ -62,6 +62,9 @@ pub struct TableCounters {
     pub server_fills_stale: AtomicU64,
 }
 
+/// One stripe of the quota's records: each client's reservations that may still be unfilled.
+type Holders = HashMap<PeerId, Vec<Held>>;
+
 /// A reservation handed to a client, as the quota remembers it.
 #[derive(Debug, Clone, Copy)]
 struct Held {
@@ -84,7 +87,7 @@ pub struct CacheTable {
     /// Unfilled reservations one client may hold.
     quota: usize,
     /// The reservations each client took and may not have filled yet, striped by peer.
-    holders: Box<[Mutex<HashMap<PeerId, Vec<Held>>>]>,
+    holders: Box<[Mutex<Holders>]>,
     /// Test-only seeded bug (see `SeededBug::FillWithoutGenerationCheck`).
     #[cfg(feature = "seeded-bugs")]
     keep_generation: bool,
