@@ -524,6 +524,7 @@ mod tests {
             path = "/dev/nvme0n1"
             [cache]
             assoc = 16
+            client_fills = false
             [ditto]
             enabled = true
             buckets = 100
@@ -543,6 +544,9 @@ mod tests {
         assert_eq!(c.ssds[1].size, None);
         assert_eq!(c.cache.assoc, 16);
         assert_eq!(c.cache.buckets, 65_536, "unset fields keep defaults");
+        assert!(!c.cache.client_fills);
+        assert_eq!(c.cache.reservations_per_client, 64);
+        assert!(ServerConfig::default().cache.client_fills, "clients fill by default");
         assert_eq!(c.write.batch, 1);
         assert_eq!((c.limits.inbox_bytes, c.limits.server_gets), (8 << 20, 16));
         assert_eq!(c.limits.pending_writes, LimitsConfig::default().pending_writes);
@@ -561,6 +565,9 @@ mod tests {
         let mut c = base.clone();
         c.cache.assoc = 0;
         assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.cache.reservations_per_client = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("reservations_per_client"));
         let mut c = base.clone();
         c.ditto.assoc = 65;
         assert!(c.validate().unwrap_err().to_string().contains("ditto.assoc"));
