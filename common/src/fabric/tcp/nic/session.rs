@@ -410,6 +410,36 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends after its HELLO, cut into whatever pieces, the session consumes
+        /// it or ends with a violation, and never panics. Frames start with a client opcode
+        /// (READ 1, WRITE 2, RPC 3) followed by arbitrary bytes; the fuzz target
+        /// `softnic_session` (`fuzz/`) runs the same harness on unstructured input.
+        #[test]
+        fn arbitrary_frames_after_hello_never_panic(
+            frames in proptest::collection::vec((1u8..=3, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48)), 0..10),
+            cut in 1usize..32,
+        ) {
+            let mut f = Fixture::new();
+            let mut input = Vec::new();
+            wire::encode_hello(&mut input, wire::VERSION, &[]);
+            let mut stream = Vec::new();
+            for (op, rest) in frames {
+                stream.push(op);
+                stream.extend(rest);
+            }
+            let mut consumed = 0;
+            for piece in stream.chunks(cut) {
+                input.extend_from_slice(piece);
+                match f.feed(&input[consumed..]) {
+                    Ok(n) => consumed += n,
+                    Err(_) => break,
+                }
+                proptest::prop_assert!(consumed <= input.len());
+            }
+        }
+    }
+
     fn hello() -> Vec<u8> {
         let mut b = Vec::new();
         wire::encode_hello(&mut b, wire::VERSION, &[]);
