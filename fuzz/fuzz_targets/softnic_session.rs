@@ -39,6 +39,10 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => return,
         }
         assert!(consumed <= input.len());
-        out.clear();
+        // What the event loop does once it has sent everything it may: drop it, and tell the
+        // session (an open signaled chain keeps its reserved completion header in `out`).
+        let sent = session.flush_limit(out.len());
+        out.drain(..sent);
+        session.shift_output(sent);
     }
 });
