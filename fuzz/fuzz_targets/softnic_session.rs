@@ -8,12 +8,17 @@ use scalio_common::fabric::tcp::nic::session::{Env, Session, Tally};
 use scalio_common::fabric::tcp::wire;
 use scalio_common::fabric::tcp::NicConfig;
 use scalio_common::fabric::{Access, IncomingRpc, MemoryRegion, PeerId, RegionTable, ReplySink};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-struct Discard;
+/// Drops replies, counting them (the session's RPC credits come back with replies).
+#[derive(Default)]
+struct Counting(AtomicU64);
 
-impl ReplySink for Discard {
-    fn reply(&self, _id: u64, _payload: &[u8]) {}
+impl ReplySink for Counting {
+    fn reply(&self, _id: u64, _payload: &[u8]) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +26,8 @@ fuzz_target!(|data: &[u8]| {
     let region = Arc::new(MemoryRegion::new(256));
     regions.register(region.clone(), Access::READ_WRITE);
     let config = NicConfig { max_chain_read: 4096, ..NicConfig::default() };
-    let sink: Arc<dyn ReplySink> = Arc::new(Discard);
+    let replies = Arc::new(Counting::default());
+    let sink: Arc<dyn ReplySink> = replies.clone();
     let service = |rpc: IncomingRpc| rpc.responder.reply(&rpc.payload);
     let mut tally = Tally::default();
     let mut session = Session::new();
@@ -32,8 +38,15 @@ fuzz_target!(|data: &[u8]| {
     let mut consumed = 0;
     for piece in data.get(1..).unwrap_or_default().chunks(split) {
         input.extend_from_slice(piece);
-        let mut env =
-            Env { regions: &regions, config: &config, service: &service, sink: &sink, peer: PeerId(1), tally: &mut tally };
+        let mut env = Env {
+            regions: &regions,
+            config: &config,
+            service: &service,
+            sink: &sink,
+            peer: PeerId(1),
+            answered: replies.0.load(Ordering::Relaxed),
+            tally: &mut tally,
+        };
         match session.process(&input[consumed..], &mut out, usize::MAX, &mut env) {
             Ok(n) => consumed += n,
             Err(_) => return,

@@ -331,6 +331,7 @@ impl Conn {
                 service: &*shared.service,
                 sink: &self.sink,
                 peer: self.peer,
+                answered: self.replies.answered(),
                 tally: &mut *tally,
             };
             let out_limit = self.sent + high_water;
