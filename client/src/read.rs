@@ -110,15 +110,18 @@ impl Inner {
         Ok(match probe_bucket(&bytes, tk) {
             Probe::Hit { slot, value } => {
                 Counters::add(&self.counters.hits, 1);
-                let ts = now_us().to_le_bytes();
-                let at = RemoteAddr {
-                    addr: base + (usize::from(slot) * scalio_common::table::SLOT_SIZE + off::ACCESS_TS) as u64,
-                    rkey: t.rkey,
-                };
-                // A lost timestamp update only makes eviction less precise; failures are counted
-                // by the queue pair.
-                if let Err(e) = qp.post_unsignaled(&[WorkRequest::Write { remote: at, data: &ts }]) {
-                    self.recover(&qp, &e);
+                // Without a fill key (the server fills) clients write nothing, not even this.
+                if let Some(fill_rkey) = t.fill_rkey {
+                    let ts = now_us().to_le_bytes();
+                    let at = RemoteAddr {
+                        addr: base + (usize::from(slot) * scalio_common::table::SLOT_SIZE + off::ACCESS_TS) as u64,
+                        rkey: fill_rkey,
+                    };
+                    // A lost timestamp update only makes eviction less precise; failures are
+                    // counted by the queue pair.
+                    if let Err(e) = qp.post_unsignaled(&[WorkRequest::Write { remote: at, data: &ts }]) {
+                        self.recover(&qp, &e);
+                    }
                 }
                 Probed::Hit(value.to_vec())
             }
@@ -203,14 +206,17 @@ impl Inner {
     /// Fills a reserved slot with one chain of WRITEs on one queue pair: the value (with its
     /// checksum), the access timestamp, then `integrity = 1`. Posted without waiting.
     fn fill(&self, t: &TableInfo, tk: &TableKey, r: Reservation, value: Option<&[u8]>) {
-        let Some(value) = value.filter(|v| v.len() <= INLINE_VALUE_MAX) else {
-            // Absent, or too large for a slot: the reservation simply expires.
+        let (Some(value), Some(fill_rkey)) = (value.filter(|v| v.len() <= INLINE_VALUE_MAX), t.fill_rkey) else {
+            // Absent, or too large for a slot (or a server that fills itself and so reserves
+            // nothing for clients): the reservation simply expires.
             Counters::add(&self.counters.fills_skipped, 1);
             return;
         };
         let g = &t.geometry;
         let slot = t.addr + g.slot_offset(tk.bucket(g.buckets), r.slot) as u64;
-        let at = |o: usize| RemoteAddr { addr: slot + o as u64, rkey: t.rkey };
+        // Every byte of the chain is in the slot's client range, the only part the fill key
+        // may write.
+        let at = |o: usize| RemoteAddr { addr: slot + o as u64, rkey: fill_rkey };
         let fill = encode_fill(r.generation, tk, value);
         let ts = now_us().to_le_bytes();
         let chain = [

@@ -13,7 +13,7 @@ use crate::ssd::{Extent, SsdGeometry, MAX_VALUE_LEN};
 use crate::table::TableGeometry;
 
 /// Version of this message set; a client refuses a server that speaks another.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 const HEADER: usize = 8;
 
 /// What a request asks for.
@@ -316,7 +316,12 @@ impl MetaGetReply {
 pub struct TableInfo {
     /// Remote address of bucket 0.
     pub addr: u64,
+    /// The key for READs of the table (for the Ditto region: READs and WRITEs).
     pub rkey: u32,
+    /// The key for WRITEs into the slots' client ranges (access timestamp, integrity, fill), at
+    /// the same addresses; the server header of a slot is not writable with it. None when the
+    /// server fills the table itself (`cache.client_fills = false`): clients then write nothing.
+    pub fill_rkey: Option<u32>,
     pub geometry: TableGeometry,
 }
 
@@ -365,17 +370,26 @@ mod tag {
     pub const DITTO: u16 = 6;
 }
 
+/// `addr u64, rkey u32, buckets u32, assoc u8`, then `fill_rkey u32` if there is one.
 fn encode_table(t: &TableInfo) -> Vec<u8> {
-    let mut b = Vec::with_capacity(17);
+    let mut b = Vec::with_capacity(21);
     b.extend_from_slice(&t.addr.to_le_bytes());
     b.extend_from_slice(&t.rkey.to_le_bytes());
     b.extend_from_slice(&t.geometry.buckets.to_le_bytes());
     b.push(t.geometry.assoc);
+    if let Some(k) = t.fill_rkey {
+        b.extend_from_slice(&k.to_le_bytes());
+    }
     b
 }
 
 fn decode_table(v: &[u8], what: &'static str) -> Result<TableInfo, CodecError> {
-    let v = exact(v, 17, what)?;
+    let fill_rkey = match v.len() {
+        17 => None,
+        21 => Some(u32::from_le_bytes(v[17..21].try_into().unwrap())),
+        _ => return Err(CodecError::Malformed(what)),
+    };
+    let v = &v[..17];
     let geometry = TableGeometry { buckets: u32::from_le_bytes(v[12..16].try_into().unwrap()), assoc: v[16] };
     if geometry.buckets == 0 || geometry.assoc == 0 {
         return Err(CodecError::Malformed("empty table geometry"));
@@ -383,6 +397,7 @@ fn decode_table(v: &[u8], what: &'static str) -> Result<TableInfo, CodecError> {
     Ok(TableInfo {
         addr: u64::from_le_bytes(v[0..8].try_into().unwrap()),
         rkey: u32::from_le_bytes(v[8..12].try_into().unwrap()),
+        fill_rkey,
         geometry,
     })
 }
@@ -628,8 +643,18 @@ mod tests {
     fn server_info_round_trip() {
         let info = ServerInfo {
             protocol: PROTOCOL_VERSION,
-            table: Some(TableInfo { addr: 0x1000_0000, rkey: 77, geometry: TableGeometry { buckets: 1024, assoc: 8 } }),
-            ditto: Some(TableInfo { addr: 0x2000_0000, rkey: 78, geometry: TableGeometry { buckets: 333, assoc: 5 } }),
+            table: Some(TableInfo {
+                addr: 0x1000_0000,
+                rkey: 77,
+                fill_rkey: Some(79),
+                geometry: TableGeometry { buckets: 1024, assoc: 8 },
+            }),
+            ditto: Some(TableInfo {
+                addr: 0x2000_0000,
+                rkey: 78,
+                fill_rkey: None,
+                geometry: TableGeometry { buckets: 333, assoc: 5 },
+            }),
             store_id: [9; 16],
             ssds: vec![SsdInfo { geometry: SsdGeometry::plan(65_536, None).unwrap(), path: "/tmp/ssd0.img".into() }],
             targets: vec![BlockTarget {

@@ -1,24 +1,32 @@
 //! Cache-table layout: what a client reads with one READ of a bucket, and what it writes to fill.
 //!
 //! The table is an array of `buckets` buckets of `assoc` slots. A slot is 112 bytes, all
-//! integers little-endian:
+//! integers little-endian. It has two parts: a **server header** (bytes 0..24) that only the
+//! server writes, and a **client range** (bytes 24..112) holding everything a client writes,
+//! for a fill or on a hit:
 //!
 //! | off | size | field        | written by | meaning |
 //! |-----|------|--------------|------------|---------|
 //! | 0   | 1    | `visibility` | server     | 1: the slot is bound to `key` and may be served |
-//! | 1   | 1    | `integrity`  | server: 0 at reservation; filler: 1, last | the fill completed |
-//! | 2   | 1    | `key_len`    | server     | real length of the key (1..=20) |
-//! | 3   | 1    | reserved     |            | 0 |
+//! | 1   | 1    | `key_len`    | server     | real length of the key (1..=20) |
+//! | 2   | 2    | reserved     | server     | 0 |
 //! | 4   | 4    | `generation` | server     | bumped at every reservation of this slot |
 //! | 8   | 16   | `key`        | server     | the [`TableKey`] bytes |
 //! | 24  | 8    | `access_ts`  | clients    | last access, microseconds (LRU eviction) |
-//! | 32  | 1    | `value_len`  | filler     | 0..=64 |
-//! | 33  | 7    | zero         | filler     | |
+//! | 32  | 1    | `integrity`  | server: 0 at reservation; filler: 1, last | the fill completed |
+//! | 33  | 1    | `value_len`  | filler     | 0..=64 |
+//! | 34  | 6    | zero         | filler     | |
 //! | 40  | 64   | `value`      | filler     | the value, zero padded |
 //! | 104 | 8    | `checksum`   | filler     | [`fill_checksum`] |
 //!
-//! Bytes 32..112 are the *fill region*, written by the filling client in one WRITE, followed by
+//! Bytes 33..112 are the *fill region*, written by the filling client in one WRITE, followed by
 //! a WRITE of `access_ts` and a WRITE of `integrity = 1` on the same queue pair.
+//!
+//! **Who may write what.** The server registers the table for clients READ-only, and the client
+//! ranges of all slots (`CLIENT_RANGE_LEN` bytes at `off::CLIENT_RANGE`, every `SLOT_SIZE`
+//! bytes; [`TableGeometry::client_ranges`]) as a separate WRITE-only strided registration, so
+//! the fabric refuses any client WRITE that touches a server header (README, "Threat model").
+//! With `cache.client_fills = false` there is no WRITE registration at all and the server fills.
 //!
 //! A slot is a **hit** for key K only if `visibility == 1`, `integrity == 1`, the key and length
 //! match K, and the checksum matches. The checksum covers the generation, the key and the value,
@@ -28,6 +36,7 @@
 //! * a late fill by a client whose reservation has since expired or been invalidated: its
 //!   checksum was computed with an older generation, so it never becomes visible.
 
+use crate::fabric::Strided;
 use crate::key::{TableKey, TABLE_KEY_LEN};
 use xxhash_rust::xxh64::xxh64;
 
@@ -41,19 +50,23 @@ pub const DEFAULT_ASSOC: u8 = 8;
 /// Field offsets within a slot.
 pub mod off {
     pub const VISIBILITY: usize = 0;
-    pub const INTEGRITY: usize = 1;
-    pub const KEY_LEN: usize = 2;
+    pub const KEY_LEN: usize = 1;
     pub const GENERATION: usize = 4;
     pub const KEY: usize = 8;
+    /// Start of the client range: every byte a client writes lies in `CLIENT_RANGE..SLOT_SIZE`.
+    pub const CLIENT_RANGE: usize = 24;
     pub const ACCESS_TS: usize = 24;
-    pub const FILL: usize = 32;
-    pub const VALUE_LEN: usize = 32;
+    pub const INTEGRITY: usize = 32;
+    pub const FILL: usize = 33;
+    pub const VALUE_LEN: usize = 33;
     pub const VALUE: usize = 40;
     pub const CHECKSUM: usize = 104;
 }
 
 /// Length of the fill region (value length, value, checksum).
 pub const FILL_LEN: usize = SLOT_SIZE - off::FILL;
+/// Length of a slot's client range (access timestamp, integrity, fill region).
+pub const CLIENT_RANGE_LEN: usize = SLOT_SIZE - off::CLIENT_RANGE;
 
 // The layout facts the consistency protocol depends on (README, "The fabric: its contracts, and
 // what the protocol assumes of hardware"). A READ is not assumed atomic at any width, so what
@@ -63,11 +76,19 @@ const _: () = {
     // aligned), so the server's own word stores never straddle two slots.
     assert!(SLOT_SIZE.is_multiple_of(8));
     // The one-byte flags and the key length are single bytes: they cannot tear.
-    assert!(off::VISIBILITY < off::INTEGRITY && off::INTEGRITY < off::KEY_LEN && off::KEY_LEN < off::GENERATION);
-    // The generation and key precede the fill region and are what the checksum binds the value to.
-    assert!(off::GENERATION + 4 <= off::KEY && off::KEY + TABLE_KEY_LEN <= off::ACCESS_TS);
+    assert!(off::VISIBILITY < off::KEY_LEN && off::KEY_LEN < off::GENERATION);
+    // The server header: visibility, key length, generation and key, all before the client
+    // range, so a WRITE registration of the client ranges never reaches them. The generation
+    // and key are what the checksum binds the value to.
+    assert!(off::GENERATION + 4 <= off::KEY && off::KEY + TABLE_KEY_LEN == off::CLIENT_RANGE);
+    // The client range is one contiguous range at the slot's end, 8-byte aligned, holding
+    // everything a client writes: the access timestamp, `integrity`, and the fill region.
+    assert!(off::CLIENT_RANGE.is_multiple_of(8) && off::CLIENT_RANGE + CLIENT_RANGE_LEN == SLOT_SIZE);
+    assert!(off::CLIENT_RANGE <= off::ACCESS_TS && off::CLIENT_RANGE <= off::INTEGRITY);
     // The access timestamp is one aligned word outside the fill region (clients write it on hits).
-    assert!(off::ACCESS_TS.is_multiple_of(8) && off::ACCESS_TS + 8 <= off::FILL);
+    assert!(off::ACCESS_TS.is_multiple_of(8) && off::ACCESS_TS + 8 <= off::INTEGRITY);
+    // `integrity` is written after the fill region, in its own WRITE, so it is outside it.
+    assert!(off::INTEGRITY < off::FILL);
     // The fill region is one contiguous range at the slot's end: value length, value, checksum.
     assert!(off::FILL == off::VALUE_LEN && off::VALUE_LEN < off::VALUE);
     assert!(off::VALUE + INLINE_VALUE_MAX <= off::CHECKSUM);
@@ -105,6 +126,13 @@ impl TableGeometry {
 
     pub fn slots(&self) -> u64 {
         u64::from(self.buckets) * u64::from(self.assoc)
+    }
+
+    /// The bytes clients may write: the client range of every slot, as a strided pattern over
+    /// the table (slots are contiguous across buckets, so one stride covers them all).
+    pub fn client_ranges(&self) -> Strided {
+        Strided::new(off::CLIENT_RANGE as u64, CLIENT_RANGE_LEN as u64, SLOT_SIZE as u64)
+            .expect("the client range fits in a slot")
     }
 }
 
@@ -233,9 +261,30 @@ mod tests {
 
     #[test]
     fn layout_is_consistent() {
-        assert_eq!(FILL_LEN, 80);
+        assert_eq!(FILL_LEN, 79);
+        assert_eq!(CLIENT_RANGE_LEN, 88);
         assert_eq!(off::CHECKSUM + 8, SLOT_SIZE);
         assert_eq!(off::VALUE + INLINE_VALUE_MAX, off::CHECKSUM);
+    }
+
+    /// The client ranges are exactly the bytes clients write (timestamp, integrity, fill) in every
+    /// slot, and never a byte of a server header.
+    #[test]
+    fn client_ranges_cover_what_clients_write_and_no_header() {
+        let g = TableGeometry { buckets: 3, assoc: 5 };
+        let w = g.client_ranges();
+        for b in 0..g.buckets {
+            for s in 0..g.assoc {
+                let at = |o: usize| (g.slot_offset(b, s) + o) as u64;
+                assert!(w.covers(at(off::FILL), FILL_LEN as u64));
+                assert!(w.covers(at(off::ACCESS_TS), 8));
+                assert!(w.covers(at(off::INTEGRITY), 1));
+                assert!(w.covers(at(off::CLIENT_RANGE), CLIENT_RANGE_LEN as u64));
+                for o in 0..off::CLIENT_RANGE {
+                    assert!(!w.covers(at(o), 1), "server header byte {o} of slot {b}/{s}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! buckets = 65536
 //! assoc = 8
 //! lease_ms = 100
+//! client_fills = true            # false: the server fills slots; clients cannot write the table
+//! reservations_per_client = 64   # unfilled reservations one connection may hold at once
 //!
 //! [ditto]                        # the LEED+Ditto baseline's cache region (benchmarks only)
 //! enabled = false
@@ -136,11 +138,27 @@ pub struct CacheConfig {
     pub assoc: u8,
     /// How long a reservation waits for its fill before the slot can be reserved again.
     pub lease_ms: u64,
+    /// Clients fill the slots reserved for them (the design's one-sided fill). With false the
+    /// server reads the value of a miss and fills the slot itself, and the table is registered
+    /// for clients READ-only: no client can write it at all (README, "Threat model").
+    pub client_fills: bool,
+    /// Reservations one client connection may hold unfilled (lease not expired) at once; a
+    /// META_GET beyond it gets no reservation (`reservations_refused_quota`), so one client cannot
+    /// keep the cache empty for everyone. Holders of many reservations at a time are clients with
+    /// many misses in flight: the default leaves room for 64.
+    pub reservations_per_client: u32,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { enabled: true, buckets: 65_536, assoc: scalio_common::table::DEFAULT_ASSOC, lease_ms: 100 }
+        CacheConfig {
+            enabled: true,
+            buckets: 65_536,
+            assoc: scalio_common::table::DEFAULT_ASSOC,
+            lease_ms: 100,
+            client_fills: true,
+            reservations_per_client: 64,
+        }
     }
 }
 
@@ -377,6 +395,9 @@ impl ServerConfig {
         if self.io_threads == 0 || self.io_threads > 1024 {
             return bad(format!("io_threads must be between 1 and 1024, not {}", self.io_threads));
         }
+        if self.cache.reservations_per_client == 0 {
+            return bad("cache.reservations_per_client must be at least 1 (nothing could ever be cached)".into());
+        }
         if self.cache.buckets == 0 {
             return bad("cache.buckets must be at least 1".into());
         }
@@ -512,6 +533,7 @@ mod tests {
             path = "/dev/nvme0n1"
             [cache]
             assoc = 16
+            client_fills = false
             [ditto]
             enabled = true
             buckets = 100
@@ -531,6 +553,9 @@ mod tests {
         assert_eq!(c.ssds[1].size, None);
         assert_eq!(c.cache.assoc, 16);
         assert_eq!(c.cache.buckets, 65_536, "unset fields keep defaults");
+        assert!(!c.cache.client_fills);
+        assert_eq!(c.cache.reservations_per_client, 64);
+        assert!(ServerConfig::default().cache.client_fills, "clients fill by default");
         assert_eq!(c.write.batch, 1);
         assert_eq!((c.limits.inbox_bytes, c.limits.server_gets), (8 << 20, 16));
         assert_eq!(c.limits.pending_writes, LimitsConfig::default().pending_writes);
@@ -549,6 +574,9 @@ mod tests {
         let mut c = base.clone();
         c.cache.assoc = 0;
         assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.cache.reservations_per_client = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("reservations_per_client"));
         let mut c = base.clone();
         c.ditto.assoc = 65;
         assert!(c.validate().unwrap_err().to_string().contains("ditto.assoc"));

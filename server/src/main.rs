@@ -57,6 +57,10 @@ struct Args {
     /// Turn the cache table off.
     #[arg(long)]
     no_cache: bool,
+    /// The server fills the cache table itself; clients get no WRITE access to it
+    /// (`cache.client_fills = false`, for clients whose code is not trusted).
+    #[arg(long)]
+    server_fills: bool,
     /// Writes per batch (1: no batching).
     #[arg(long)]
     batch: Option<usize>,
@@ -133,6 +137,9 @@ fn build_config(args: &Args) -> anyhow::Result<ServerConfig> {
     }
     if args.no_cache {
         c.cache.enabled = false;
+    }
+    if args.server_fills {
+        c.cache.client_fills = false;
     }
     if let Some(b) = args.batch {
         c.write.batch = b;

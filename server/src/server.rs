@@ -130,7 +130,8 @@ impl Server {
         let table = config.cache.enabled.then(|| {
             let geometry = TableGeometry { buckets: config.cache.buckets, assoc: config.cache.assoc };
             #[allow(unused_mut)] // mutated only by a seeded bug
-            let mut table = CacheTable::new(geometry, Duration::from_millis(config.cache.lease_ms));
+            let mut table = CacheTable::new(geometry, Duration::from_millis(config.cache.lease_ms))
+                .with_reservation_quota(config.cache.reservations_per_client);
             #[cfg(feature = "seeded-bugs")]
             if config.seeded_bug == Some(crate::config::SeededBug::FillWithoutGenerationCheck) {
                 table.seed_bug_keep_generation();
@@ -149,11 +150,20 @@ impl Server {
         // The software backends' protection domain: both serve the regions registered here.
         let regions = Arc::new(RegionTable::new());
         let registrar: &dyn Registrar = &*regions;
+        // Clients read the whole table, and write (when they fill) only the slots' client ranges:
+        // a WRITE that touches a server header is refused by the fabric (README, "Threat model").
         let table_info = table
             .as_ref()
             .map(|t| {
-                let desc = registrar.register(t.region().clone(), Access::READ_WRITE)?;
-                Ok::<_, FabricError>(TableInfo { addr: desc.addr, rkey: desc.rkey, geometry: t.geometry() })
+                let read = registrar.register(t.region().clone(), Access::READ)?;
+                let fill_rkey = match config.cache.client_fills {
+                    true => {
+                        let ranges = t.geometry().client_ranges();
+                        Some(registrar.register_strided(t.region().clone(), Access::WRITE, ranges)?.rkey)
+                    }
+                    false => None,
+                };
+                Ok::<_, FabricError>(TableInfo { addr: read.addr, rkey: read.rkey, fill_rkey, geometry: t.geometry() })
             })
             .transpose()
             .map_err(ServerError::Register)?;
@@ -168,6 +178,7 @@ impl Server {
                 Ok::<_, FabricError>(TableInfo {
                     addr: desc.addr,
                     rkey: desc.rkey,
+                    fill_rkey: None,
                     geometry: TableGeometry { buckets: d.buckets, assoc: d.assoc },
                 })
             })
@@ -227,6 +238,7 @@ impl Server {
                 stores,
                 ssds: ssds.clone(),
                 table: table.clone(),
+                server_fills: !config.cache.client_fills,
                 shared: shared.clone(),
                 io_cost: Duration::from_micros(config.emulation.worker_io_cost_us),
             };

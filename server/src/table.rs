@@ -16,17 +16,29 @@
 //!   been rebound to another key since;
 //! * stores are release-ordered (see `MemoryRegion`), and readers verify the checksum, so a READ
 //!   racing a reservation or an eviction is detected instead of returning mixed bytes.
+//!
+//! Against clients that misbehave (README, "Threat model"):
+//! * a client may hold at most `quota` reservations that are still unfilled under a live lease
+//!   ([`reserve_for`](CacheTable::reserve_for)); beyond that its META_GETs get no reservation, so
+//!   one client cannot keep the cache empty for everyone by reserving and never filling;
+//! * with `cache.client_fills = false`, the server fills slots itself
+//!   ([`fill`](CacheTable::fill)) and clients get no WRITE access to the table at all.
 
 use parking_lot::Mutex;
-use scalio_common::fabric::MemoryRegion;
+use scalio_common::fabric::{MemoryRegion, PeerId};
 use scalio_common::key::TableKey;
 use scalio_common::rpc::Reservation;
-use scalio_common::table::{off, SlotView, TableGeometry, SLOT_SIZE};
+use scalio_common::table::{encode_fill, off, SlotView, TableGeometry, INLINE_VALUE_MAX, SLOT_SIZE};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LOCK_STRIPES: usize = 4096;
+/// Stripes of the per-client reservation records (by peer id).
+const HOLDER_STRIPES: usize = 64;
+/// A stripe with more holders than this drops those whose every lease has run out.
+const HOLDERS_BEFORE_SWEEP: usize = 16;
 
 /// Counters of the table's server-side protocol.
 #[derive(Debug, Default)]
@@ -42,6 +54,24 @@ pub struct TableCounters {
     /// Reservations reclaimed after their lease expired (or whose fill was stale).
     pub expired_reclaims: AtomicU64,
     pub invalidations: AtomicU64,
+    /// META_GETs refused a reservation because their client held its quota of unfilled ones.
+    pub quota_refusals: AtomicU64,
+    /// Slots the server filled itself (`cache.client_fills = false`).
+    pub server_fills: AtomicU64,
+    /// Server fills dropped: the reservation had been invalidated or taken over meanwhile.
+    pub server_fills_stale: AtomicU64,
+}
+
+/// One stripe of the quota's records: each client's reservations that may still be unfilled.
+type Holders = HashMap<PeerId, Vec<Held>>;
+
+/// A reservation handed to a client, as the quota remembers it.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    bucket: u32,
+    slot: u8,
+    generation: u32,
+    deadline: u64,
 }
 
 /// The cache table in server memory.
@@ -54,6 +84,10 @@ pub struct CacheTable {
     epoch: Instant,
     lease: Duration,
     counters: TableCounters,
+    /// Unfilled reservations one client may hold.
+    quota: usize,
+    /// The reservations each client took and may not have filled yet, striped by peer.
+    holders: Box<[Mutex<Holders>]>,
     /// Test-only seeded bug (see `SeededBug::FillWithoutGenerationCheck`).
     #[cfg(feature = "seeded-bugs")]
     keep_generation: bool,
@@ -78,9 +112,17 @@ impl CacheTable {
             epoch: Instant::now(),
             lease,
             counters: TableCounters::default(),
+            quota: usize::MAX,
+            holders: (0..HOLDER_STRIPES).map(|_| Mutex::default()).collect(),
             #[cfg(feature = "seeded-bugs")]
             keep_generation: false,
         }
+    }
+
+    /// Limits each client to `quota` unfilled reservations at a time ([`reserve_for`](Self::reserve_for)).
+    pub fn with_reservation_quota(mut self, quota: u32) -> CacheTable {
+        self.quota = quota as usize;
+        self
     }
 
     /// Test-only seeded bug: reservations keep the slot's generation.
@@ -179,7 +221,75 @@ impl CacheTable {
         Reservation { slot, generation }
     }
 
+    /// META_GET's part for client `holder`: like [`reserve`](Self::reserve), but none if `holder`
+    /// already holds its quota of reservations that are unfilled under a live lease.
+    pub fn reserve_for(&self, holder: PeerId, key: &TableKey) -> Option<Reservation> {
+        let mut holders = self.holders[holder.0 as usize % self.holders.len()].lock();
+        let now = self.now_ns();
+        if holders.len() > HOLDERS_BEFORE_SWEEP {
+            // Clients that went away: their reservations have all expired by now.
+            holders.retain(|_, held| held.iter().any(|h| h.deadline > now));
+        }
+        let held = holders.entry(holder).or_default();
+        held.retain(|h| self.outstanding(h, now));
+        let reservation = if held.len() >= self.quota {
+            self.counters.quota_refusals.fetch_add(1, Ordering::Relaxed);
+            None
+        } else {
+            self.reserve(key).inspect(|r| {
+                let bucket = key.bucket(self.geometry.buckets);
+                let deadline = now + self.lease.as_nanos() as u64;
+                held.push(Held { bucket, slot: r.slot, generation: r.generation, deadline });
+            })
+        };
+        if held.is_empty() {
+            holders.remove(&holder);
+        }
+        reservation
+    }
+
+    /// Whether a reservation still counts against its holder: its lease runs and the slot is
+    /// still bound under it, unfilled.
+    fn outstanding(&self, h: &Held, now: u64) -> bool {
+        if h.deadline <= now {
+            return false;
+        }
+        let bytes = self.slot_bytes(h.bucket, h.slot);
+        let v = SlotView::new(&bytes);
+        v.visible() && v.generation() == h.generation && !v.filled()
+    }
+
+    /// The server's own fill (`cache.client_fills = false`): writes `value` into the slot reserved
+    /// for `key` as `r` if that reservation is still current (visible, same key and generation,
+    /// not yet filled). Under the bucket's lock, so an invalidation of `key` comes either before
+    /// (the fill is dropped) or after (it hides the fill). Returns whether it filled.
+    pub fn fill(&self, key: &TableKey, r: Reservation, value: &[u8]) -> bool {
+        if value.len() > INLINE_VALUE_MAX {
+            return false;
+        }
+        let bucket = key.bucket(self.geometry.buckets);
+        let _guard = self.locks[bucket as usize % self.locks.len()].lock();
+        let bytes = self.slot_bytes(bucket, r.slot);
+        let v = SlotView::new(&bytes);
+        if !(v.visible() && v.holds(key) && v.generation() == r.generation && !v.integrity()) {
+            self.counters.server_fills_stale.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let base = self.geometry.slot_offset(bucket, r.slot);
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        // The order of a client's fill chain: value and checksum, timestamp, then integrity.
+        self.region.write(base + off::FILL, &encode_fill(r.generation, key, value)).expect("slot in table");
+        self.region.write(base + off::ACCESS_TS, &ts.to_le_bytes()).expect("slot in table");
+        self.region.store_u8(base + off::INTEGRITY, 1);
+        self.counters.server_fills.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     /// META_GET's part: reserves a slot for `key` unless it is already cached or being filled.
+    /// No quota applies (see [`reserve_for`](Self::reserve_for)).
     pub fn reserve(&self, key: &TableKey) -> Option<Reservation> {
         let bucket = key.bucket(self.geometry.buckets);
         let _guard = self.locks[bucket as usize % self.locks.len()].lock();
@@ -313,6 +423,55 @@ mod tests {
         assert!(t.invalidate(&k));
         assert_eq!(probe(&t, &k), None);
         assert!(!t.invalidate(&k));
+    }
+
+    #[test]
+    fn a_client_at_its_quota_gets_no_reservation_until_it_fills_or_its_leases_expire() {
+        let t = table(64, 8, Duration::from_millis(50)).with_reservation_quota(2);
+        let (hog, other) = (PeerId(1), PeerId(2));
+        let k = |i: u32| TableKey::new(format!("key{i}").as_bytes());
+        let r0 = t.reserve_for(hog, &k(0)).expect("free slot");
+        t.reserve_for(hog, &k(1)).expect("free slot");
+        assert!(t.reserve_for(hog, &k(2)).is_none(), "two unfilled reservations are the quota");
+        assert_eq!(t.counters().quota_refusals.load(Ordering::Relaxed), 1);
+        assert!(t.reserve_for(other, &k(3)).is_some(), "another client is not affected");
+        fill(&t, &k(0), r0, b"v", 1);
+        assert!(t.reserve_for(hog, &k(2)).is_some(), "a fill gives its place back");
+        assert!(t.reserve_for(hog, &k(4)).is_none());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(t.reserve_for(hog, &k(4)).is_some(), "expired leases give their places back");
+        assert_eq!(t.counters().quota_refusals.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn an_invalidated_reservation_no_longer_counts_against_the_quota() {
+        let t = table(64, 8, Duration::from_secs(60)).with_reservation_quota(1);
+        let (a, b) = (TableKey::new(b"a"), TableKey::new(b"b"));
+        t.reserve_for(PeerId(7), &a).unwrap();
+        assert!(t.reserve_for(PeerId(7), &b).is_none());
+        t.invalidate(&a); // a write to a: the reservation can never be filled
+        assert!(t.reserve_for(PeerId(7), &b).is_some());
+    }
+
+    #[test]
+    fn server_fill_lands_only_under_a_current_reservation() {
+        let t = table(16, 4, Duration::from_secs(60));
+        let k = TableKey::new(b"alpha");
+        let r1 = t.reserve(&k).unwrap();
+        assert!(t.fill(&k, r1, b"one"));
+        assert_eq!(probe(&t, &k), Some(b"one".to_vec()));
+        assert!(!t.fill(&k, r1, b"two"), "filled already");
+        assert!(t.invalidate(&k));
+        assert!(!t.fill(&k, r1, b"two"), "invalidated");
+        let r2 = t.reserve(&k).unwrap();
+        assert!(!t.fill(&k, r1, b"stale"), "an older generation");
+        assert!(!t.fill(&TableKey::new(b"beta"), r2, b"x"), "another key");
+        assert!(!t.fill(&k, r2, &[0; 65]), "too large to inline");
+        assert_eq!(probe(&t, &k), None);
+        assert!(t.fill(&k, r2, b"three"));
+        assert_eq!(probe(&t, &k), Some(b"three".to_vec()));
+        assert_eq!(t.counters().server_fills.load(Ordering::Relaxed), 2);
+        assert_eq!(t.counters().server_fills_stale.load(Ordering::Relaxed), 4);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::table::CacheTable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use scalio_common::fabric::{IncomingRpc, Responder, RpcService};
 use scalio_common::key::{self, TableKey};
-use scalio_common::rpc::{flags, CodecError, MetaGetReply, Op, Request, Response, Status};
+use scalio_common::rpc::{flags, CodecError, MetaGetReply, Op, Request, Reservation, Response, Status};
 use scalio_common::ssd::MAX_VALUE_LEN;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,10 +34,12 @@ pub(crate) enum WorkerEvent {
     Stop,
 }
 
-/// How to answer a request once its store has finished it.
-pub(crate) struct Reply {
-    responder: Responder,
-    op: Op,
+/// What to do with the outcome of a request once its store has finished it.
+pub(crate) enum Reply {
+    /// Answer a client's RPC.
+    Rpc { responder: Responder, op: Op },
+    /// Fill the slot reserved for the key with the value read (`cache.client_fills = false`).
+    Fill { key: TableKey, reservation: Reservation },
 }
 
 /// Routes RPCs from the NIC threads to the workers.
@@ -163,6 +165,9 @@ pub(crate) struct Worker {
     pub(crate) stores: Vec<DataStore<Reply>>,
     pub(crate) ssds: Vec<Arc<Ssd>>,
     pub(crate) table: Option<Arc<CacheTable>>,
+    /// The server fills the slots it reserves (`cache.client_fills = false`); clients get no
+    /// reservation.
+    pub(crate) server_fills: bool,
     pub(crate) shared: Arc<ServerShared>,
     /// Emulated worker time per SSD I/O it issues.
     pub(crate) io_cost: Duration,
@@ -230,7 +235,7 @@ impl Worker {
                     self.submit(self.stores[i].ssd(), req);
                 }
                 for c in self.stores[i].take_completed() {
-                    finish(c);
+                    finish(c, self.table.as_deref());
                 }
             }
             if issued > 0 && !self.io_cost.is_zero() {
@@ -254,12 +259,20 @@ impl Worker {
         let op = req.op;
         match op {
             Op::MetaGet => {
-                let store = self.store_of(ssd);
-                let loc = store.locate(req.key);
-                let reservation = match (&self.table, loc) {
-                    (Some(t), Some(_)) if req.flags & flags::NO_RESERVE == 0 => t.reserve(&TableKey::new(req.key)),
+                let loc = self.store_of(ssd).locate(req.key);
+                let key = TableKey::new(req.key);
+                let mut reservation = match (&self.table, loc) {
+                    (Some(t), Some(_)) if req.flags & flags::NO_RESERVE == 0 => t.reserve_for(rpc.peer, &key),
                     _ => None,
                 };
+                if self.server_fills {
+                    // The server reads the value (from the location just found, so no write to
+                    // the key can come between: it would have invalidated the reservation first)
+                    // and fills the slot; the client reads the SSD itself meanwhile.
+                    if let Some(reservation) = reservation.take() {
+                        self.store_of(ssd).submit_get(req.key.to_vec(), Reply::Fill { key, reservation });
+                    }
+                }
                 let reply = MetaGetReply {
                     ssd,
                     chain_len: loc.map_or(0, |l| l.len),
@@ -270,7 +283,7 @@ impl Worker {
             }
             Op::Get => {
                 let key = req.key.to_vec();
-                self.store_of(ssd).submit_get(key, Reply { responder: rpc.responder, op });
+                self.store_of(ssd).submit_get(key, Reply::Rpc { responder: rpc.responder, op });
             }
             Op::Put | Op::Update | Op::Delete => {
                 if req.value.len() > MAX_VALUE_LEN {
@@ -287,7 +300,7 @@ impl Worker {
                     key: req.key.to_vec(),
                     value: if op == Op::Delete { Vec::new() } else { req.value.to_vec() },
                     unbatched: req.flags & flags::UNBATCHED != 0,
-                    reply: Reply { responder: rpc.responder, op },
+                    reply: Reply::Rpc { responder: rpc.responder, op },
                 };
                 self.store_of(ssd).submit_write(w, now);
             }
@@ -318,8 +331,18 @@ impl Worker {
     }
 }
 
-fn finish(c: Completed<Reply>) {
-    let Reply { responder, op } = c.reply;
+fn finish(c: Completed<Reply>, table: Option<&CacheTable>) {
+    let (responder, op) = match c.reply {
+        Reply::Rpc { responder, op } => (responder, op),
+        Reply::Fill { key, reservation } => {
+            // Anything but a value (absent, an error, refused for load): no fill; the
+            // reservation's lease runs out and a later miss reserves again.
+            if let (Outcome::Value(v), Some(t)) = (&c.outcome, table) {
+                t.fill(&key, reservation, v);
+            }
+            return;
+        }
+    };
     match c.outcome {
         Outcome::Ok => respond(responder, Status::Ok, op, &[]),
         Outcome::Value(v) => respond(responder, Status::Ok, op, &v),

@@ -188,6 +188,77 @@ pub fn access_errors_are_reported(make: MakeServer<'_>) {
     assert_eq!(read(&*other, &d, 120, 8), vec![0; 8], "another queue pair is unaffected");
 }
 
+/// A strided registration grants its windows and nothing else: a WRITE inside one window lands;
+/// a WRITE that touches a byte outside the windows (before, after, or across two of them) is
+/// refused as out of bounds, writes nothing (not even its in-window part), and puts the queue
+/// pair into the error state. The region registered READ-only beside it stays unwritable.
+pub fn strided_registration_refuses_writes_outside_its_windows(make: MakeServer<'_>) {
+    // Like the cache table: 4 "slots" of 32 bytes, a read-only view of everything and a
+    // write-only view of bytes 8..32 of each.
+    let s = make(reversing_service());
+    let region = Arc::new(MemoryRegion::new(128));
+    let read_view = s.registrar.register(region.clone(), Access::READ).expect("register");
+    let pattern = super::Strided::new(8, 24, 32).expect("pattern");
+    let write_view = s.registrar.register_strided(region.clone(), Access::WRITE, pattern).expect("register");
+    let qp = s.connect();
+    for slot in 0..4u64 {
+        write(&*qp, &write_view, slot * 32 + 8, &[0xAA; 24]);
+        write(&*qp, &write_view, slot * 32 + 20, &[0xBB; 4]);
+    }
+    let mut expected = vec![0u8; 128];
+    for slot in 0..4 {
+        expected[slot * 32 + 8..slot * 32 + 32].fill(0xAA);
+        expected[slot * 32 + 20..slot * 32 + 24].fill(0xBB);
+    }
+    assert_eq!(read(&*qp, &read_view, 0, 128), expected);
+    let refused = [
+        (write_view, 0u64, 8usize), // a whole header
+        (write_view, 7, 2),         // one byte of a header, one of a window
+        (write_view, 30, 4),        // across the end of a window into the next header
+        (write_view, 8, 56),        // two windows and the header between them
+        (write_view, 96, 8),        // the last slot's header
+        (write_view, 120, 16),      // past the region's end
+    ];
+    for (view, at, len) in refused {
+        let qp = s.connect();
+        let chain = [
+            WorkRequest::Write { remote: view.at(8), data: &[0x11; 4] },
+            WorkRequest::Write { remote: view.at(at), data: &vec![0xCC; len] },
+            WorkRequest::Write { remote: view.at(40), data: &[0x22; 4] },
+        ];
+        assert_eq!(
+            qp.post(&chain).wait_timeout(T),
+            Err(FabricError::Remote { index: 1, error: RemoteAccessError::OutOfBounds }),
+            "{len} bytes at {at}"
+        );
+        assert_eq!(
+            qp.post(&[WorkRequest::Write { remote: view.at(8), data: &[0x33] }]).wait_timeout(T),
+            Err(FabricError::Flushed),
+            "the queue pair is in the error state"
+        );
+        expected[8..12].fill(0x11); // the request before the refused one executed
+        assert_eq!(region_bytes(&region), expected, "{len} bytes at {at} wrote nothing");
+    }
+    let qp = s.connect();
+    assert_eq!(
+        qp.post(&[WorkRequest::Write { remote: read_view.at(8), data: &[1] }]).wait_timeout(T),
+        Err(FabricError::Remote { index: 0, error: RemoteAccessError::AccessDenied }),
+        "the read-only view grants no WRITE"
+    );
+    let qp = s.connect();
+    assert_eq!(
+        qp.post(&[WorkRequest::Read { remote: write_view.at(8), len: 8 }]).wait_timeout(T),
+        Err(FabricError::Remote { index: 0, error: RemoteAccessError::AccessDenied }),
+        "the write-only view grants no READ"
+    );
+}
+
+fn region_bytes(region: &MemoryRegion) -> Vec<u8> {
+    let mut b = vec![0; region.len()];
+    region.read(0, &mut b).expect("whole region");
+    b
+}
+
 /// The RC error state: after a failed work request, nothing posted later on the queue pair
 /// executes. Requests already posted behind it, RPCs waiting for a response, and everything
 /// posted afterwards complete as flushed; a new queue pair works.
@@ -382,6 +453,7 @@ macro_rules! fabric_conformance {
         $crate::fabric_conformance!(@tests $make;
             read_write_round_trip, chain_executes_in_order, posts_execute_in_order,
             later_write_never_visible_before_earlier, access_errors_are_reported,
+            strided_registration_refuses_writes_outside_its_windows,
             error_state_flushes_what_follows, failed_request_stops_its_chain, unsignaled_failures_are_counted,
             unsignaled_stream_beyond_the_send_queue_depth, rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
             deregistered_key_is_refused, many_queue_pairs_at_once);

@@ -37,7 +37,7 @@ pub mod tcp;
 
 pub use completion::{completion, Completer, Completion};
 pub use error::{CloseReason, Disconnect, FabricError, ProtocolError, RemoteAccessError};
-pub use region::{MemoryRegion, RegionDesc, RegionTable};
+pub use region::{MemoryRegion, RegionDesc, RegionTable, Strided};
 
 /// Where a server registers memory for remote access: a backend's protection domain. The backend
 /// mints the remote keys and enforces key, bounds and rights on every access (on hardware, the
@@ -45,6 +45,17 @@ pub use region::{MemoryRegion, RegionDesc, RegionTable};
 pub trait Registrar: Send + Sync {
     /// Registers `region` with `access` rights; the descriptor tells peers how to address it.
     fn register(&self, region: Arc<MemoryRegion>, access: Access) -> Result<RegionDesc, FabricError>;
+    /// Registers only the windows `pattern` of `region` with `access` rights: the descriptor
+    /// addresses the whole region, but an access not inside one window fails with
+    /// [`RemoteAccessError::OutOfBounds`] (and puts the queue pair into the error state). The
+    /// cache table's client ranges are registered this way, WRITE-only, so that no client can
+    /// write a slot's server header.
+    fn register_strided(
+        &self,
+        region: Arc<MemoryRegion>,
+        access: Access,
+        pattern: Strided,
+    ) -> Result<RegionDesc, FabricError>;
     /// Revokes a remote key: later accesses with it fail with [`RemoteAccessError::BadKey`].
     /// Returns whether it was registered.
     fn deregister(&self, rkey: u32) -> bool;
@@ -147,7 +158,23 @@ pub trait QueuePair: Send + Sync {
 /// An RPC received by the server.
 pub struct IncomingRpc {
     pub payload: Vec<u8>,
+    /// The queue pair (connection) it came on.
+    pub peer: PeerId,
     pub responder: Responder,
+}
+
+/// A client queue pair as the server sees it: the identity the server's per-client limits count
+/// by (an admitted client is known by nothing else; the shared secret is the same for all).
+/// Unique among all backends' queue pairs for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerId(pub u64);
+
+impl PeerId {
+    /// A new identity, never handed out before.
+    pub fn fresh() -> PeerId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        PeerId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// Where an RPC's response goes: implemented by each backend's server side.

@@ -147,9 +147,38 @@ impl MemoryRegion {
     }
 }
 
+/// A registration that grants only some bytes of a region: `len` bytes at offsets `first`,
+/// `first + stride`, `first + 2 × stride`, ... (each window clipped to the region's end). An
+/// access must lie inside one window; anything else is refused as out of bounds. The cache table
+/// uses it to let clients write the client range of every slot and nothing else (on RDMA
+/// hardware: one memory window per range, or a strided memory key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strided {
+    first: u64,
+    len: u64,
+    stride: u64,
+}
+
+impl Strided {
+    /// A pattern of windows of `len` bytes every `stride` bytes from `first`. None unless
+    /// `0 < len <= stride` (windows that overlap or are empty describe nothing useful).
+    pub fn new(first: u64, len: u64, stride: u64) -> Option<Strided> {
+        (len > 0 && len <= stride).then_some(Strided { first, len, stride })
+    }
+
+    /// Whether `len` bytes at `offset` lie inside one window.
+    pub fn covers(&self, offset: u64, len: u64) -> bool {
+        let Some(rel) = offset.checked_sub(self.first) else { return false };
+        let within = rel % self.stride;
+        within.checked_add(len).is_some_and(|end| end <= self.len)
+    }
+}
+
 struct Registered {
     region: Arc<MemoryRegion>,
     access: Access,
+    /// None: the whole region.
+    windows: Option<Strided>,
 }
 
 /// What a peer needs to address a registered region.
@@ -190,6 +219,17 @@ impl RegionTable {
 
     /// Registers `region` with `access` rights and returns its descriptor.
     pub fn register(&self, region: Arc<MemoryRegion>, access: Access) -> RegionDesc {
+        self.insert(Registered { region, access, windows: None })
+    }
+
+    /// Registers the windows `pattern` of `region` with `access` rights. The descriptor spans the
+    /// whole region (addresses are the region's own), but an access outside the windows is
+    /// refused as [`RemoteAccessError::OutOfBounds`].
+    pub fn register_strided(&self, region: Arc<MemoryRegion>, access: Access, pattern: Strided) -> RegionDesc {
+        self.insert(Registered { region, access, windows: Some(pattern) })
+    }
+
+    fn insert(&self, registered: Registered) -> RegionDesc {
         let mut map = self.regions.write();
         let rkey = loop {
             // A multiplicative step (odd constant) visits every u32 before repeating.
@@ -198,8 +238,9 @@ impl RegionTable {
                 break k;
             }
         };
+        let region = &registered.region;
         let desc = RegionDesc { addr: region.addr(), len: region.len() as u64, rkey };
-        map.insert(rkey, Registered { region, access });
+        map.insert(rkey, registered);
         desc
     }
 
@@ -224,7 +265,7 @@ impl RegionTable {
         let base = r.region.addr();
         let offset = remote.addr.checked_sub(base).ok_or(RemoteAccessError::OutOfBounds)?;
         let end = offset.checked_add(len as u64).ok_or(RemoteAccessError::OutOfBounds)?;
-        if end > r.region.len() as u64 {
+        if end > r.region.len() as u64 || r.windows.is_some_and(|w| !w.covers(offset, len as u64)) {
             return Err(RemoteAccessError::OutOfBounds);
         }
         Ok((r.region.clone(), offset as usize))
@@ -246,6 +287,15 @@ impl RegionTable {
 impl super::Registrar for RegionTable {
     fn register(&self, region: Arc<MemoryRegion>, access: Access) -> Result<RegionDesc, super::FabricError> {
         Ok(RegionTable::register(self, region, access))
+    }
+
+    fn register_strided(
+        &self,
+        region: Arc<MemoryRegion>,
+        access: Access,
+        pattern: Strided,
+    ) -> Result<RegionDesc, super::FabricError> {
+        Ok(RegionTable::register_strided(self, region, access, pattern))
     }
 
     fn deregister(&self, rkey: u32) -> bool {
@@ -271,6 +321,46 @@ mod tests {
             r.read(0, &mut all).unwrap();
             prop_assert!(all[..offset].iter().all(|b| *b == 0));
             prop_assert!(all[offset + data.len()..].iter().all(|b| *b == 0));
+        }
+    }
+
+    #[test]
+    fn strided_registration_grants_only_its_windows() {
+        let t = RegionTable::new();
+        let region = Arc::new(MemoryRegion::new(100));
+        // Windows 4..8, 14..18, ..., 94..98 (the last one ends before the region does).
+        let d = t.register_strided(region, Access::WRITE, Strided::new(4, 4, 10).unwrap());
+        for w in 0..10u64 {
+            assert!(t.resolve(d.at(w * 10 + 4), 4, Access::WRITE).is_ok(), "window {w}");
+            assert!(t.resolve(d.at(w * 10 + 5), 3, Access::WRITE).is_ok());
+            for (at, len) in [(w * 10 + 3, 1), (w * 10 + 8, 1), (w * 10 + 4, 5), (w * 10 + 7, 8)] {
+                assert_eq!(
+                    t.resolve(d.at(at), len as usize, Access::WRITE).unwrap_err(),
+                    RemoteAccessError::OutOfBounds,
+                    "{len} bytes at {at}"
+                );
+            }
+        }
+        assert_eq!(t.resolve(d.at(4), 4, Access::READ).unwrap_err(), RemoteAccessError::AccessDenied);
+        assert_eq!(t.resolve(d.at(104), 4, Access::WRITE).unwrap_err(), RemoteAccessError::OutOfBounds);
+        assert!(Strided::new(0, 0, 8).is_none() && Strided::new(0, 9, 8).is_none());
+    }
+
+    proptest! {
+        /// `covers` agrees with a byte-by-byte model of the windows.
+        #[test]
+        fn strided_covers_matches_its_windows(first in 0u64..64, len in 1u64..32, extra in 0u64..32,
+                                              offset in 0u64..512, n in 0u64..64) {
+            let stride = len + extra;
+            let p = Strided::new(first, len, stride).unwrap();
+            let in_window = |b: u64| b >= first && (b - first) % stride < len;
+            let window = |b: u64| (b - first) / stride;
+            let model = if n == 0 {
+                offset >= first && (offset - first) % stride <= len
+            } else {
+                (offset..offset + n).all(in_window) && window(offset) == window(offset + n - 1)
+            };
+            prop_assert_eq!(p.covers(offset, n), model);
         }
     }
 

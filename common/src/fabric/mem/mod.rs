@@ -10,8 +10,8 @@ mod faults;
 pub use faults::{Faults, TearHook};
 
 use super::{
-    completion, validate_chain, Completer, Completion, FabricError, IncomingRpc, ProtocolError, QueuePair, RegionTable,
-    ReplySink, Responder, RpcService, WorkRequest,
+    completion, validate_chain, Completer, Completion, FabricError, IncomingRpc, PeerId, ProtocolError, QueuePair,
+    RegionTable, ReplySink, Responder, RpcService, WorkRequest,
 };
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -47,6 +47,7 @@ impl MemFabric {
         MemQueuePair {
             fabric: self.clone(),
             sink: Arc::new(MemReplySink::default()),
+            peer: PeerId::fresh(),
             next_id: AtomicU64::new(1),
             async_errors: AtomicU64::new(0),
             errored: AtomicBool::new(false),
@@ -75,6 +76,7 @@ impl ReplySink for MemReplySink {
 pub struct MemQueuePair {
     fabric: Arc<MemFabric>,
     sink: Arc<MemReplySink>,
+    peer: PeerId,
     next_id: AtomicU64,
     async_errors: AtomicU64,
     /// A work request failed: the queue pair is in the error state and executes nothing more.
@@ -171,7 +173,8 @@ impl QueuePair for MemQueuePair {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (c, f) = completion();
         self.sink.pending.lock().insert(id, c);
-        service.handle(IncomingRpc { payload: request.to_vec(), responder: Responder::new(self.sink.clone(), id) });
+        let responder = Responder::new(self.sink.clone(), id);
+        service.handle(IncomingRpc { payload: request.to_vec(), peer: self.peer, responder });
         f
     }
 

@@ -12,7 +12,7 @@ use super::{Counters, NicConfig};
 use crate::cputime::CpuGroup;
 use crate::fabric::tcp::buf::InBuf;
 use crate::fabric::tcp::wire;
-use crate::fabric::{CloseReason, RegionTable, ReplySink, RpcService};
+use crate::fabric::{CloseReason, PeerId, RegionTable, ReplySink, RpcService};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -75,6 +75,8 @@ struct Conn {
     sent: usize,
     replies: Arc<ConnReplies>,
     sink: Arc<dyn ReplySink>,
+    /// Who this connection is to the RPC service.
+    peer: PeerId,
     /// The peer closed its side (or the socket failed): read on until EOF or the error, which
     /// no further readiness event would announce.
     peer_closed: bool,
@@ -252,6 +254,7 @@ impl NicThread {
             sent: 0,
             replies,
             sink,
+            peer: PeerId::fresh(),
             peer_closed: false,
             backlogged: false,
         };
@@ -327,6 +330,7 @@ impl Conn {
                 config: &shared.config,
                 service: &*shared.service,
                 sink: &self.sink,
+                peer: self.peer,
                 answered: self.replies.answered(),
                 tally: &mut *tally,
             };

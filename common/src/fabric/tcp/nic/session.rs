@@ -5,7 +5,7 @@
 use super::super::wire::{self, ChainStatus, ClientFrame, WireError, WrFlags};
 use super::NicConfig;
 use crate::fabric::CloseReason;
-use crate::fabric::{Access, IncomingRpc, RegionTable, RemoteAccessError, ReplySink, Responder, RpcService};
+use crate::fabric::{Access, IncomingRpc, PeerId, RegionTable, RemoteAccessError, ReplySink, Responder, RpcService};
 use crate::fabric::{RemoteAddr, MAX_TRANSFER};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -79,6 +79,8 @@ pub struct Env<'a> {
     pub service: &'a dyn RpcService,
     /// Where this connection's RPC responses go.
     pub sink: &'a Arc<dyn ReplySink>,
+    /// This connection, as the RPC service knows it.
+    pub peer: PeerId,
     /// RPCs of this connection answered so far (read before `process`: a client can only have
     /// seen fewer replies, so credits are never counted short).
     pub answered: u64,
@@ -263,7 +265,8 @@ impl Session {
                 }
                 self.rpcs_received += 1;
                 env.tally.rpcs += 1;
-                let rpc = IncomingRpc { payload: payload.to_vec(), responder: Responder::new(env.sink.clone(), id) };
+                let responder = Responder::new(env.sink.clone(), id);
+                let rpc = IncomingRpc { payload: payload.to_vec(), peer: env.peer, responder };
                 // A panicking service must not take the NIC thread (and its other connections)
                 // down; the dropped responder answers the client with an empty response.
                 let service = env.service;
@@ -408,6 +411,7 @@ mod tests {
                 config: &self.config,
                 service: &service,
                 sink: &sink,
+                peer: PeerId(1),
                 answered: self.sink.replies.lock().len() as u64,
                 tally: &mut self.tally,
             };
@@ -423,6 +427,36 @@ mod tests {
             }
             assert_eq!(at, self.out.len());
             frames
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends after its HELLO, cut into whatever pieces, the session consumes
+        /// it or ends with a violation, and never panics. Frames start with a client opcode
+        /// (READ 1, WRITE 2, RPC 3) followed by arbitrary bytes; the fuzz target
+        /// `softnic_session` (`fuzz/`) runs the same harness on unstructured input.
+        #[test]
+        fn arbitrary_frames_after_hello_never_panic(
+            frames in proptest::collection::vec((1u8..=3, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48)), 0..10),
+            cut in 1usize..32,
+        ) {
+            let mut f = Fixture::new();
+            let mut input = Vec::new();
+            wire::encode_hello(&mut input, wire::VERSION, &[]);
+            let mut stream = Vec::new();
+            for (op, rest) in frames {
+                stream.push(op);
+                stream.extend(rest);
+            }
+            let mut consumed = 0;
+            for piece in stream.chunks(cut) {
+                input.extend_from_slice(piece);
+                match f.feed(&input[consumed..]) {
+                    Ok(n) => consumed += n,
+                    Err(_) => break,
+                }
+                proptest::prop_assert!(consumed <= input.len());
+            }
         }
     }
 
@@ -546,6 +580,7 @@ mod tests {
             config: &f.config,
             service: &service,
             sink: &sink,
+            peer: PeerId(1),
             answered: 0,
             tally: &mut f.tally,
         };
@@ -580,6 +615,7 @@ mod tests {
             config: &f.config,
             service: &service,
             sink: &sink,
+            peer: PeerId(1),
             answered: 0,
             tally: &mut f.tally,
         };
