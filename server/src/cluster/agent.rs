@@ -54,8 +54,6 @@ pub enum AgentError {
     Etcd(#[from] EtcdError),
     #[error("cluster map parameters: {0}")]
     Params(#[from] MapError),
-    #[error("replication factor {0} is not implemented yet (chain replication is future work); use 1")]
-    Replication(u8),
     #[error("the lease TTL must be at least 2 s")]
     LeaseTtl,
     #[error("cannot start a thread: {0}")]
@@ -82,9 +80,6 @@ impl Agent {
     /// record is written; [`Agent::wait_for_map`] waits for a map that includes it.
     pub fn start(cfg: AgentConfig, ownership: Arc<Ownership>) -> Result<Agent, AgentError> {
         cfg.params.check()?;
-        if cfg.params.replication != 1 {
-            return Err(AgentError::Replication(cfg.params.replication));
-        }
         if cfg.lease_ttl < Duration::from_secs(2) {
             return Err(AgentError::LeaseTtl);
         }

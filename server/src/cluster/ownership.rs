@@ -17,7 +17,7 @@
 
 use crate::table::CacheTable;
 use parking_lot::RwLock;
-use scalio_common::cluster::{partition_of_table_key, ClusterMap, NodeId, Role};
+use scalio_common::cluster::{partition_of_table_key, ClusterMap, Member, NodeId, Role};
 use scalio_common::rpc::{Op, WrongOwner};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,18 @@ pub fn role_of(op: Op) -> Role {
     } else {
         Role::Tail
     }
+}
+
+/// Where a write this server has made durable goes next (chain replication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// This server is the key's tail: the write is complete, acknowledge it.
+    Done,
+    /// Forward it to `to`, stamped with `epoch` (the map `to` was chosen by).
+    Forward { to: Member, epoch: u64 },
+    /// This server is no longer in the key's chain (or cannot vouch for any map): the write
+    /// must not be acknowledged; the sender is told the epoch to route by.
+    Refuse(WrongOwner),
 }
 
 #[derive(Default)]
@@ -158,6 +170,48 @@ impl Ownership {
             self.wrong_owner.fetch_add(1, Ordering::Relaxed);
         }
         verdict
+    }
+
+    /// Whether this server accepts a write forwarded down `key`'s chain, stamped with `epoch`:
+    /// only at exactly its own epoch (the sender chose this server by the same map) and only
+    /// as a member after the head. A stale or newer stamp, or a missing one, is refused.
+    pub fn check_forwarded(&self, key: &[u8], epoch: Option<u64>, now: Instant) -> Result<(), WrongOwner> {
+        let v = self.view.read();
+        let verdict = match (&v.map, v.lease_until) {
+            (Some(map), Some(until)) if now < until => {
+                let chain = map.chain(map.partition_of(key));
+                let at = map.node_index(&self.me).and_then(|i| chain.iter().position(|c| *c == i));
+                if epoch == Some(map.epoch) && at.is_some_and(|a| a > 0) {
+                    Ok(())
+                } else {
+                    Err(WrongOwner { epoch: map.epoch })
+                }
+            }
+            _ => Err(WrongOwner { epoch: 0 }),
+        };
+        if verdict.is_err() {
+            self.wrong_owner.fetch_add(1, Ordering::Relaxed);
+        }
+        verdict
+    }
+
+    /// Where a write to `key` that this server has made durable goes next, by the map it holds
+    /// now (which may be newer than the one the write was accepted by).
+    pub fn next_in_chain(&self, key: &[u8], now: Instant) -> Next {
+        let v = self.view.read();
+        let map = match (&v.map, v.lease_until) {
+            (Some(map), Some(until)) if now < until => map,
+            _ => return Next::Refuse(WrongOwner { epoch: 0 }),
+        };
+        let chain = map.chain(map.partition_of(key));
+        let at = map.node_index(&self.me).and_then(|i| chain.iter().position(|c| *c == i));
+        match at {
+            None => Next::Refuse(WrongOwner { epoch: map.epoch }),
+            Some(a) => match chain.get(a + 1) {
+                None => Next::Done,
+                Some(n) => Next::Forward { to: map.nodes[usize::from(*n)].clone(), epoch: map.epoch },
+            },
+        }
     }
 }
 
