@@ -88,9 +88,14 @@ struct Args {
     #[arg(long, default_value_t = 5, requires = "cluster")]
     lease_ttl: u64,
     /// Replication factor (1 to 3: servers per chain) of the cluster, used when this server
-    /// creates the cluster map; a cluster keeps the factor its map was created with.
-    #[arg(long, default_value_t = 1, requires = "cluster", value_parser = clap::value_parser!(u8).range(1..=3))]
+    /// creates the cluster map; a cluster keeps the factor its map was created with. Chains
+    /// are capped by the number of servers (one server: chains of one).
+    #[arg(long, default_value_t = 2, requires = "cluster", value_parser = clap::value_parser!(u8).range(1..=3))]
     replication: u8,
+    /// A new cluster's first map is written once this many servers have joined (so that its
+    /// chains start in ring order); later joiners enter the chains at the head.
+    #[arg(long, default_value_t = 1, requires = "cluster")]
+    initial_members: usize,
 }
 
 fn build_config(args: &Args) -> anyhow::Result<ServerConfig> {
@@ -196,6 +201,7 @@ fn join_cluster(args: &Args, url: &ClusterUrl, own: &Arc<Ownership>, server: &Se
     let mut cfg = AgentConfig::new(url.clone(), me);
     cfg.lease_ttl = Duration::from_secs(args.lease_ttl);
     cfg.params.replication = args.replication;
+    cfg.initial_members = args.initial_members;
     let agent = Agent::start(cfg, own.clone())?;
     let map = Agent::wait_for_map(own, Duration::from_secs(30))?;
     let (partitions, _) = map.partitions_of(own.me());
