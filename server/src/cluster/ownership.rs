@@ -300,6 +300,48 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_writes_follow_the_chain_at_exactly_one_epoch() {
+        let now = Instant::now();
+        let m = map(3, 3, None);
+        let chain_of = |k: &[u8]| -> Vec<String> {
+            m.chain(m.partition_of(k)).iter().map(|i| m.nodes[usize::from(*i)].id.0.clone()).collect()
+        };
+        let k = b"some key".to_vec();
+        let chain = chain_of(&k);
+        let own: Vec<Ownership> = chain.iter().map(|id| Ownership::new(NodeId(id.clone()))).collect();
+        for o in &own {
+            o.install(m.clone());
+            o.lease_renewed(now + Duration::from_secs(5));
+        }
+        // Head → middle → tail, each stamped with the map's epoch; the tail is the end.
+        for (at, o) in own.iter().enumerate() {
+            let want = match chain.get(at + 1) {
+                Some(next) => Next::Forward { to: m.member(&NodeId(next.clone())).unwrap().clone(), epoch: 1 },
+                None => Next::Done,
+            };
+            assert_eq!(o.next_in_chain(&k, now), want);
+            // Only the members after the head take a forwarded write, and only at epoch 1.
+            assert_eq!(o.check_forwarded(&k, Some(1), now).is_ok(), at > 0);
+            for wrong in [None, Some(0), Some(2)] {
+                assert_eq!(o.check_forwarded(&k, wrong, now), Err(WrongOwner { epoch: 1 }));
+            }
+        }
+        // Without a live lease nothing is forwarded or taken.
+        assert_eq!(own[0].next_in_chain(&k, now + Duration::from_secs(6)), Next::Refuse(WrongOwner { epoch: 0 }));
+        assert_eq!(own[1].check_forwarded(&k, Some(1), now + Duration::from_secs(6)), Err(WrongOwner { epoch: 0 }));
+        // A server that is not in the chain refuses to pass a write on (RF 2 of 3 servers).
+        let m2 = map(3, 2, None);
+        let outsider = (0..3)
+            .map(|i| format!("s{i}"))
+            .find(|id| !m2.chain(m2.partition_of(&k)).contains(&m2.node_index(&NodeId(id.clone())).unwrap()))
+            .unwrap();
+        let o = Ownership::new(NodeId(outsider));
+        o.install(m2);
+        o.lease_renewed(now + Duration::from_secs(5));
+        assert_eq!(o.next_in_chain(&k, now), Next::Refuse(WrongOwner { epoch: 1 }));
+    }
+
+    #[test]
     fn keeps_the_newest_map() {
         let own = Ownership::new(NodeId("s0".into()));
         let m1 = map(2, 1, None);
