@@ -36,7 +36,7 @@ pub use stats::ClientStats;
 
 use parking_lot::RwLock;
 use scalio_common::block::BlockReader;
-use scalio_common::fabric::tcp::{ConnectOptions, TcpQueuePair};
+use scalio_common::fabric::tcp::{AsyncTcpQueuePair, ConnectOptions};
 use scalio_common::fabric::{FabricError, QueuePair, Secret};
 use scalio_common::rpc::{Op, Request, Response, ServerInfo, Stats, Status, WrongOwner, PROTOCOL_VERSION};
 use scalio_common::ssd::store_seed;
@@ -127,20 +127,21 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the server's fabric address over the software NIC (TCP).
+    /// Connects to the server's fabric address over the software NIC (TCP), with queue pairs
+    /// driven on the current tokio runtime ([`AsyncTcpQueuePair`]).
     pub async fn connect(addr: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
         let mut qps: Vec<Arc<dyn QueuePair>> = Vec::new();
         let mut peer = None;
         let opts = ConnectOptions { secret: cfg.secret.clone(), ..ConnectOptions::default() };
         for _ in 0..cfg.queue_pairs.max(1) {
-            let qp = TcpQueuePair::connect_with(addr, &opts)?;
+            let qp = AsyncTcpQueuePair::connect_with(addr, &opts)?;
             peer = Some(qp.peer_addr());
             qps.push(Arc::new(qp));
         }
         let peer = peer.expect("at least one queue pair");
         let reconnect = ConnectOptions { timeout: RECONNECT_TIMEOUT, ..opts };
         let connector: Connector =
-            Arc::new(move || Ok(Arc::new(TcpQueuePair::connect_with(peer, &reconnect)?) as Arc<dyn QueuePair>));
+            Arc::new(move || Ok(Arc::new(AsyncTcpQueuePair::connect_with(peer, &reconnect)?) as Arc<dyn QueuePair>));
         Client::build(qps, Some(connector), cfg, Some(peer.ip())).await
     }
 
@@ -244,24 +245,18 @@ impl Client {
 }
 
 /// Waits for `op` at most `limit` (forever if `None`): a server that stops answering gives
-/// [`FabricError::Timeout`], not a hang. Executor-agnostic (the timer is `futures-timer`'s).
+/// [`FabricError::Timeout`], not a hang. The timer is the caller's tokio runtime's (the client
+/// runs on tokio with time enabled, as its NVMe/TCP miss path already does): arming it is an
+/// insertion into that runtime's timer wheel, where a timer thread of its own would cost a
+/// cross-thread wake-up on every operation.
 pub(crate) async fn within<T>(
     limit: Option<std::time::Duration>,
     op: impl std::future::Future<Output = Result<T, FabricError>>,
 ) -> Result<T, FabricError> {
-    let Some(limit) = limit else { return op.await };
-    let mut op = std::pin::pin!(op);
-    let mut timer = futures_timer::Delay::new(limit);
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(r) = op.as_mut().poll(cx) {
-            return std::task::Poll::Ready(r);
-        }
-        match std::future::Future::poll(std::pin::Pin::new(&mut timer), cx) {
-            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(FabricError::Timeout)),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
-    })
-    .await
+    match limit {
+        None => op.await,
+        Some(limit) => tokio::time::timeout(limit, op).await.unwrap_or(Err(FabricError::Timeout)),
+    }
 }
 
 /// One RPC: sends `req`, checks the reply's op, returns its status and body.

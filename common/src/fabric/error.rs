@@ -140,6 +140,9 @@ pub enum FabricError {
     NoService,
     #[error("timed out")]
     Timeout,
+    /// A backend that runs on the caller's async runtime was used outside one.
+    #[error("not inside a tokio runtime (this queue pair's driver runs on the caller's runtime)")]
+    NoRuntime,
 }
 
 impl From<io::Error> for FabricError {

@@ -1,5 +1,4 @@
-//! Buffers shared by the NIC and the client: a receive buffer that frames are decoded from in
-//! place, and a slab that hands out small reusable integer keys.
+//! The receive buffer shared by the NIC and the client: frames are decoded from it in place.
 
 use std::io::{self, Read};
 
@@ -44,6 +43,22 @@ impl InBuf {
     /// what `read` returned, and whether the read filled all of the space it was given (so that
     /// more bytes may be waiting).
     pub fn read_from(&mut self, src: &mut impl Read) -> io::Result<(usize, bool)> {
+        let space = self.make_room();
+        let n = self.read_with(|buf| src.read(buf))?;
+        Ok((n, n == space))
+    }
+
+    /// Like [`read_from`](Self::read_from), for sources that are not [`Read`] (a non-blocking
+    /// socket's `try_read`): `read` is given the free space and returns how much it filled.
+    pub fn read_with(&mut self, read: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> io::Result<usize> {
+        self.make_room();
+        let n = read(&mut self.buf[self.end..])?;
+        self.end += n.min(self.buf.len() - self.end);
+        Ok(n)
+    }
+
+    /// Makes at least [`READ_CHUNK`] bytes free after the data; returns the free space.
+    fn make_room(&mut self) -> usize {
         if self.buf.len() - self.end < READ_CHUNK {
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
@@ -55,63 +70,7 @@ impl InBuf {
                 self.buf.resize(grown, 0);
             }
         }
-        let space = self.buf.len() - self.end;
-        let n = src.read(&mut self.buf[self.end..])?;
-        self.end += n;
-        Ok((n, n == space))
-    }
-}
-
-/// A slab: values stored under small integer keys, freed keys reused first.
-pub(crate) struct Slab<T> {
-    entries: Vec<Option<T>>,
-    free: Vec<usize>,
-}
-
-impl<T> Default for Slab<T> {
-    fn default() -> Self {
-        Slab { entries: Vec::new(), free: Vec::new() }
-    }
-}
-
-impl<T> Slab<T> {
-    pub fn insert(&mut self, value: T) -> usize {
-        match self.free.pop() {
-            Some(key) => {
-                self.entries[key] = Some(value);
-                key
-            }
-            None => {
-                self.entries.push(Some(value));
-                self.entries.len() - 1
-            }
-        }
-    }
-
-    /// The key the next [`insert`](Self::insert) will return.
-    pub fn vacant_key(&self) -> usize {
-        self.free.last().copied().unwrap_or(self.entries.len())
-    }
-
-    pub fn get_mut(&mut self, key: usize) -> Option<&mut T> {
-        self.entries.get_mut(key).and_then(Option::as_mut)
-    }
-
-    pub fn remove(&mut self, key: usize) -> Option<T> {
-        let value = self.entries.get_mut(key)?.take()?;
-        self.free.push(key);
-        Some(value)
-    }
-
-    /// Removes and returns every value.
-    pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
-        self.free.clear();
-        self.entries.drain(..).flatten()
-    }
-
-    /// The keys in use.
-    pub fn keys(&self) -> impl Iterator<Item = usize> + '_ {
-        self.entries.iter().enumerate().filter(|(_, e)| e.is_some()).map(|(k, _)| k)
+        self.buf.len() - self.end
     }
 }
 
@@ -136,20 +95,5 @@ mod tests {
         assert_eq!(&b.data()[..4], &[3, 4, 5, 9]);
         b.consume(b.data().len());
         assert!(b.data().is_empty());
-    }
-
-    #[test]
-    fn slab_reuses_keys() {
-        let mut s = Slab::default();
-        let a = s.insert("a");
-        let b = s.insert("b");
-        assert_eq!(s.remove(a), Some("a"));
-        assert_eq!(s.remove(a), None);
-        assert_eq!(s.insert("c"), a);
-        assert_eq!(s.get_mut(b), Some(&mut "b"));
-        assert_eq!(s.keys().collect::<Vec<_>>(), vec![a, b]);
-        assert_eq!(s.drain().count(), 2);
-        assert_eq!(s.keys().count(), 0);
-        assert_eq!(s.insert("d"), 0);
     }
 }

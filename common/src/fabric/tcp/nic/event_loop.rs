@@ -10,11 +10,12 @@ use super::reply::{ConnReplies, Mailbox};
 use super::session::{Env, Session, Tally, Violation};
 use super::{Counters, NicConfig};
 use crate::cputime::CpuGroup;
-use crate::fabric::tcp::buf::{InBuf, Slab};
+use crate::fabric::tcp::buf::InBuf;
 use crate::fabric::tcp::wire;
 use crate::fabric::{CloseReason, RegionTable, ReplySink, RpcService};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -177,7 +178,7 @@ impl NicThread {
             }
         }
         // Shutting down: tell every client why, best effort.
-        for k in conns.keys().collect::<Vec<_>>() {
+        for k in conns.iter().map(|(k, _)| k).collect::<Vec<_>>() {
             if let Some(conn) = conns.get_mut(k) {
                 conn.session.shutdown(&mut conn.out);
                 let _ = conn.flush();
@@ -259,7 +260,7 @@ impl NicThread {
     }
 
     fn close(&self, conns: &mut Slab<Conn>, k: usize, why: Close) {
-        let Some(mut conn) = conns.remove(k) else { return };
+        let Some(mut conn) = conns.try_remove(k) else { return };
         conn.replies.close();
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let counters = &self.shared.counters;

@@ -1,0 +1,214 @@
+//! [`TcpQueuePair`]: the [`QpCore`] driven by plain threads, for callers without an async
+//! runtime.
+//!
+//! * Posting encodes the frames into the core under a lock. Writer combining: if no other poster
+//!   is writing, this one writes the output out (lock released during the `write`) and keeps
+//!   writing until the output stays empty; otherwise it only appends and returns, and the
+//!   writing poster carries its frames in its next `write`. A whole chain is encoded at once, so
+//!   it goes out in one `write`.
+//! * One reader thread per queue pair feeds received bytes to the core and resolves the
+//!   completions it reaps (outside the lock).
+//! * When the core reports the queue pair dead (the error state, or a lost connection), the
+//!   socket is shut down; every pending completion has been resolved with the reason, and later
+//!   posts fail at once with it.
+
+use super::core::{QpCore, Reaped};
+use super::{connect_and_handshake, ConnectOptions, KEEP_TX_CAPACITY, TX_HIGH_WATER};
+use crate::fabric::tcp::buf::InBuf;
+use crate::fabric::{completion, Completer, Completion, Disconnect, FabricError, QueuePair, WorkRequest};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+type Waiter = Completer<Vec<u8>>;
+
+struct State {
+    core: QpCore<Waiter>,
+    /// A poster is writing: others only append.
+    writing: bool,
+    /// The other output buffer, handed to the core while one is being written.
+    spare: Vec<u8>,
+}
+
+struct Inner {
+    stream: TcpStream,
+    state: Mutex<State>,
+    tx_space: Condvar,
+    /// Mirrors `core.dead().is_some()`, for the checks that need no lock.
+    dead: AtomicBool,
+}
+
+/// A queue pair to a software NIC, driven by a reader thread of its own.
+pub struct TcpQueuePair {
+    inner: Arc<Inner>,
+    reader: Option<JoinHandle<()>>,
+    peer: SocketAddr,
+}
+
+/// Resolves reaped completions (never under the state lock: a completion wakes its waiter).
+fn resolve(reaped: &mut Vec<Reaped<Waiter>>) {
+    for (completer, result) in reaped.drain(..) {
+        completer.complete(result);
+    }
+}
+
+impl TcpQueuePair {
+    /// Connects to a NIC at `addr` (waiting up to [`DEFAULT_CONNECT_TIMEOUT`](super::DEFAULT_CONNECT_TIMEOUT)).
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<TcpQueuePair, FabricError> {
+        Self::connect_with(addr, &ConnectOptions::default())
+    }
+
+    /// Connects to a NIC at `addr`, giving up on the connection and on the handshake after
+    /// `timeout` each.
+    pub fn connect_timeout(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpQueuePair, FabricError> {
+        Self::connect_with(addr, &ConnectOptions { timeout, ..ConnectOptions::default() })
+    }
+
+    /// Connects to a NIC at `addr` with `opts`.
+    pub fn connect_with(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpQueuePair, FabricError> {
+        let (stream, input) = connect_and_handshake(addr, opts)?;
+        let peer = stream.peer_addr()?;
+        let read_half = stream.try_clone()?;
+        let inner = Arc::new(Inner {
+            stream,
+            state: Mutex::new(State { core: QpCore::new(opts.send_queue_depth), writing: false, spare: Vec::new() }),
+            tx_space: Condvar::new(),
+            dead: AtomicBool::new(false),
+        });
+        let reader_inner = inner.clone();
+        let reader = std::thread::Builder::new()
+            .name("softnic-qp".into())
+            .spawn(move || reader_inner.read_loop(read_half, input))?;
+        Ok(TcpQueuePair { inner, reader: Some(reader), peer })
+    }
+
+    /// The NIC's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+impl Inner {
+    /// Ends the queue pair with `why` (unless it already ended): resolves every pending
+    /// completion and closes the socket (which also stops the reader thread).
+    fn fail(&self, why: FabricError) {
+        let mut reaped = Vec::new();
+        {
+            let mut st = self.state.lock();
+            st.core.fail(why, &mut reaped);
+            self.dead.store(true, Ordering::Release);
+            // Under the lock, so that a poster cannot miss the wake between its check and its wait.
+            self.tx_space.notify_all();
+        }
+        resolve(&mut reaped);
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Lets `post` encode into the core, then sees the output written (by this poster or by the
+    /// one writing). A refusal comes back as the post's error, and nothing was sent. `Ok(Some)`:
+    /// this poster's write failed, which ended the queue pair for that reason.
+    fn send<E>(&self, post: impl FnOnce(&mut QpCore<Waiter>) -> Result<(), E>) -> Result<Option<FabricError>, E> {
+        let mut st = self.state.lock();
+        while st.writing && st.core.pending_output() >= TX_HIGH_WATER && !self.dead.load(Ordering::Acquire) {
+            self.tx_space.wait(&mut st);
+        }
+        post(&mut st.core)?;
+        if st.writing {
+            return Ok(None);
+        }
+        st.writing = true;
+        let written = self.write_out(&mut st);
+        st.writing = false;
+        drop(st);
+        Ok(written.err().map(|e| {
+            // Every pending completion (this post's too) resolves with the reason.
+            let why = FabricError::Disconnected(Disconnect::Send(e.kind()));
+            self.fail(why.clone());
+            why
+        }))
+    }
+
+    /// Writes the core's output until it stays empty, with the lock released during each write.
+    fn write_out(&self, st: &mut MutexGuard<'_, State>) -> io::Result<()> {
+        while st.core.pending_output() > 0 {
+            let spare = std::mem::take(&mut st.spare);
+            let mut batch = st.core.take_output(spare);
+            let r = MutexGuard::unlocked(st, || (&self.stream).write_all(&batch));
+            batch.clear();
+            if batch.capacity() <= KEEP_TX_CAPACITY {
+                st.spare = batch;
+            }
+            self.tx_space.notify_all();
+            r?;
+        }
+        Ok(())
+    }
+
+    fn read_loop(&self, mut stream: TcpStream, mut input: InBuf) {
+        let mut reaped = Vec::new();
+        let why = loop {
+            let dead = {
+                let mut st = self.state.lock();
+                let consumed = st.core.receive(input.data(), &mut reaped);
+                input.consume(consumed);
+                st.core.dead().cloned()
+            };
+            resolve(&mut reaped);
+            if let Some(why) = dead {
+                break why;
+            }
+            match input.read_from(&mut stream) {
+                Ok((0, _)) => break FabricError::Disconnected(Disconnect::PeerClosed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break FabricError::Disconnected(Disconnect::Receive(e.kind())),
+            }
+        };
+        self.fail(why);
+    }
+}
+
+impl QueuePair for TcpQueuePair {
+    fn post(&self, chain: &[WorkRequest<'_>]) -> Completion<Vec<u8>> {
+        let (completer, done) = completion();
+        if let Err((completer, e)) = self.inner.send(|core| core.post_chain(chain, completer)) {
+            completer.complete(Err(e));
+        }
+        done
+    }
+
+    fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
+        match self.inner.send(|core| core.post_unsignaled(chain))? {
+            // The write failed: say so now, as a signaled post's completion would.
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    fn call(&self, request: &[u8]) -> Completion<Vec<u8>> {
+        let (completer, done) = completion();
+        if let Err((completer, e)) = self.inner.send(|core| core.post_call(request, completer)) {
+            completer.complete(Err(e));
+        }
+        done
+    }
+
+    fn async_errors(&self) -> u64 {
+        self.inner.state.lock().core.async_errors()
+    }
+}
+
+impl Drop for TcpQueuePair {
+    fn drop(&mut self) {
+        self.inner.fail(FabricError::Disconnected(Disconnect::Closed));
+        if let Some(reader) = self.reader.take() {
+            if reader.thread().id() != std::thread::current().id() {
+                let _ = reader.join();
+            }
+        }
+    }
+}
