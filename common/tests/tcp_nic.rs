@@ -91,6 +91,13 @@ fn hello() -> Vec<u8> {
     b
 }
 
+/// The HELLO of a NIC with the default configuration (its body is the grant).
+fn server_hello() -> Vec<u8> {
+    let mut b = Vec::new();
+    wire::encode_hello(&mut b, wire::VERSION, &NicConfig::default().grant().encode());
+    b
+}
+
 /// Reads until the server closes the connection (EOF or reset); fails if it stays open.
 fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     let mut all = Vec::new();
@@ -125,8 +132,8 @@ fn violation_closes_only_that_connection(bytes: &[u8], handshaken: bool, code: C
     raw.write_all(bytes).unwrap();
     let got = read_until_closed(&mut raw);
     let skip = if handshaken {
-        assert_eq!(&got[..wire::HELLO_LEN], &hello()[..], "the server answered the HELLO");
-        wire::HELLO_LEN
+        assert_eq!(&got[..wire::SERVER_HELLO_LEN], &server_hello()[..], "the server answered the HELLO");
+        wire::SERVER_HELLO_LEN
     } else {
         0
     };
@@ -183,7 +190,7 @@ fn a_truncated_connection_is_a_protocol_error() {
     raw.write_all(&b).unwrap();
     raw.shutdown(std::net::Shutdown::Write).unwrap();
     let got = read_until_closed(&mut raw);
-    assert_eq!(&got[..wire::HELLO_LEN], &hello()[..]);
+    assert_eq!(&got[..wire::SERVER_HELLO_LEN], &server_hello()[..]);
     let stats = wait_stats(&s.nic, "the protocol error", |st| st.protocol_errors == 1);
     assert_eq!(stats.reads, 0, "half a READ is not a READ");
     assert_serves(&s);
@@ -376,7 +383,7 @@ fn a_full_send_queue_refuses_posts_until_completions_free_it() {
         let (mut stream, _) = listener.accept().unwrap();
         let mut theirs = [0u8; wire::HELLO_LEN];
         stream.read_exact(&mut theirs).unwrap();
-        stream.write_all(&hello()).unwrap();
+        stream.write_all(&server_hello()).unwrap();
         let mut sink = Vec::new();
         let _ = stream.read_to_end(&mut sink); // until the client closes
     });
@@ -396,4 +403,52 @@ fn a_full_send_queue_refuses_posts_until_completions_free_it() {
         assert!(matches!(c.wait_timeout(T), Err(FabricError::Disconnected(_))));
     }
     silent.join().unwrap();
+}
+
+/// A client that sends more RPCs than the credits its HELLO granted is closed (and nobody else):
+/// the NIC never holds more than the credits' worth of requests of one connection.
+#[test]
+fn rpcs_beyond_the_granted_credits_close_the_connection() {
+    let s = server_with(NicConfig { rpc_credits: 4, ..NicConfig::default() });
+    s.service.hold.store(true, Ordering::SeqCst);
+    let mut raw = raw_connect(&s);
+    let mut b = hello();
+    for id in 0..5 {
+        wire::encode_rpc(&mut b, id, b"x");
+    }
+    raw.write_all(&b).unwrap();
+    let got = read_until_closed(&mut raw);
+    let grant = wire::decode_hello(&got).unwrap().unwrap().0.body;
+    assert_eq!(wire::Grant::decode(grant).map(|g| g.rpc_credits), Some(4));
+    assert_eq!(error_code(&got, wire::SERVER_HELLO_LEN), Some(CloseReason::ProtocolViolation));
+    assert_eq!(s.service.calls.load(Ordering::SeqCst), 4, "the fifth RPC never reached the service");
+    s.service.hold.store(false, Ordering::SeqCst);
+    s.service.held.lock().clear();
+    assert_serves(&s);
+}
+
+/// A queue pair never has more RPCs at the NIC than its credits: the rest wait in the client
+/// and go out as replies return credits; every call is answered.
+#[test]
+fn calls_beyond_the_credits_wait_in_the_client() {
+    let s = server_with(NicConfig { rpc_credits: 4, ..NicConfig::default() });
+    s.service.hold.store(true, Ordering::SeqCst);
+    let qp = TcpQueuePair::connect(s.nic.local_addr()).unwrap();
+    let calls: Vec<_> = (0..12u8).map(|i| qp.call(&[i])).collect();
+    let deadline = Instant::now() + T;
+    let mut answered = 0;
+    while answered < 12 {
+        assert!(Instant::now() < deadline, "only {answered} of 12 calls answered");
+        let held: Vec<Responder> = std::mem::take(&mut *s.service.held.lock());
+        assert!(held.len() <= 4, "{} RPCs at the NIC with 4 credits", held.len());
+        answered += held.len();
+        for r in held {
+            r.reply(b"done");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for c in calls {
+        assert_eq!(c.wait_timeout(T).unwrap(), b"done");
+    }
+    assert_eq!(s.service.calls.load(Ordering::SeqCst), 12);
 }

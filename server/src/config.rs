@@ -5,6 +5,7 @@
 //! workers = 2                    # worker threads, the "DPU cores"
 //! nic_threads = 1
 //! max_connections = 256          # fabric connections at most; more are refused
+//! rpc_credits = 256              # RPCs one connection may have unanswered (granted in the handshake)
 //! # secret_file = "/etc/scalio/secret"  # clients must present this shared secret (1-64 bytes)
 //! io_threads = 4                 # per SSD
 //! direct_io = true               # O_DIRECT where the filesystem allows it
@@ -49,6 +50,7 @@
 //! worker_io_cost_us = 0
 //! ```
 
+use scalio_common::fabric::tcp::nic::MAX_RPC_CREDITS;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -76,6 +78,9 @@ pub struct ServerConfig {
     pub nic_threads: usize,
     /// Fabric connections at most; more are refused with a reason.
     pub max_connections: usize,
+    /// RPCs one fabric connection may have without a reply, granted in its handshake (the
+    /// message channel's credits); a client that sends more is disconnected.
+    pub rpc_credits: u32,
     /// A file holding the shared secret clients must present (1 to 64 bytes, a trailing newline
     /// ignored). `None`: no secret is asked for.
     pub secret_file: Option<PathBuf>,
@@ -287,6 +292,7 @@ impl Default for ServerConfig {
             workers: 2,
             nic_threads: 1,
             max_connections: 256,
+            rpc_credits: 256,
             secret_file: None,
             io_threads: 4,
             direct_io: true,
@@ -363,6 +369,9 @@ impl ServerConfig {
         }
         if self.max_connections == 0 || self.max_connections > 65536 {
             return bad(format!("max_connections must be between 1 and 65536, not {}", self.max_connections));
+        }
+        if self.rpc_credits == 0 || self.rpc_credits > MAX_RPC_CREDITS {
+            return bad(format!("rpc_credits must be between 1 and {MAX_RPC_CREDITS}, not {}", self.rpc_credits));
         }
         self.secret()?;
         if self.io_threads == 0 || self.io_threads > 1024 {

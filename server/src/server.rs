@@ -273,6 +273,7 @@ impl Server {
             let nic_cfg = NicConfig {
                 threads: config.nic_threads,
                 max_connections: config.max_connections,
+                rpc_credits: config.rpc_credits,
                 secret: config.secret().map_err(ServerError::Config)?,
                 ..NicConfig::default()
             };

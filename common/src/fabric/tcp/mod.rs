@@ -16,7 +16,7 @@ pub mod nic;
 pub mod qp;
 pub mod wire;
 
-pub use nic::{NicConfig, NicStats, TcpNic};
+pub use nic::{NicConfig, NicConfigError, NicStats, TcpNic};
 #[cfg(feature = "tokio")]
 pub use qp::AsyncTcpQueuePair;
 pub use qp::{ConnectOptions, TcpQueuePair};

@@ -7,14 +7,21 @@
 //! their payload from the input, so neither side copies WRITE data or READ data on the way
 //! through the codec.
 //!
-//! All integers are little-endian. A connection starts with a HELLO from the client, carrying the
-//! server's shared secret when it has one (up to [`MAX_SECRET`] bytes; empty otherwise); the
-//! server answers with its own HELLO (no secret), or with an ERROR frame and closes. A server
-//! at its connection limit sends the ERROR frame without waiting for the HELLO.
+//! All integers are little-endian. A connection starts with a HELLO from the client, whose body is
+//! the server's shared secret when it has one (up to [`MAX_SECRET`] bytes; empty otherwise); the
+//! server answers with its own HELLO, whose body is the connection's [`Grant`] (RPC credits and
+//! the largest RPC message), or with an ERROR frame and closes. A server at its connection limit
+//! sends the ERROR frame without waiting for the HELLO.
+//!
+//! Credits are the message channel's flow control, as receive buffers pre-posted on a verbs
+//! queue pair would be: a client has at most `rpc_credits` RPCs without a reply at any time (each
+//! RPC_REPLY gives one back), and one more is a protocol violation that closes the connection. So
+//! the NIC never holds more than `rpc_credits` requests of `max_message` bytes per connection.
 //!
 //! | frame (direction)     | bytes    | layout                                                                                     |
 //! |-----------------------|----------|--------------------------------------------------------------------------------------------|
-//! | HELLO (both)          | 8 + len  | magic `"SNIC"` · version u16 · secret len u16 · secret                                     |
+//! | HELLO (both)          | 8 + len  | magic `"SNIC"` · version u16 · body len u16 · body (client: secret; server: grant)          |
+//! | grant (HELLO body)    | 8        | RPC credits u32 · largest RPC message u32                                                  |
 //! | READ (client)         | 24       | op `0x01` · flags u8 · reserved u16 · chain id u32 · rkey u32 · len u32 · addr u64         |
 //! | WRITE (client)        | 24 + len | op `0x02` · flags u8 · reserved u16 · chain id u32 · rkey u32 · len u32 · addr u64 · data  |
 //! | RPC (client)          | 16 + len | op `0x03` · reserved u8 · reserved u16 · len u32 · request id u64 · payload                |
@@ -43,8 +50,13 @@ use crate::fabric::{CloseReason, RemoteAccessError, RemoteAddr, MAX_TRANSFER};
 /// Handshake magic.
 pub const MAGIC: [u8; 4] = *b"SNIC";
 /// Version of this protocol; both sides must speak the same one. Version 2: the HELLO carries a
-/// secret, and a failed work request ends the connection (the queue pair's error state).
-pub const VERSION: u16 = 2;
+/// secret, and a failed work request ends the connection (the queue pair's error state). Version
+/// 3: the server's HELLO grants RPC credits and a largest message.
+pub const VERSION: u16 = 3;
+/// Size of the server's HELLO body, the [`Grant`].
+pub const GRANT_LEN: usize = 8;
+/// Size of the server's HELLO.
+pub const SERVER_HELLO_LEN: usize = HELLO_LEN + GRANT_LEN;
 /// Size of a HELLO frame without a secret (the server's HELLO, always).
 pub const HELLO_LEN: usize = 8;
 /// Largest shared secret a HELLO carries.
@@ -126,7 +138,34 @@ impl WrFlags {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello<'a> {
     pub version: u16,
-    pub secret: &'a [u8],
+    /// The client's: the shared secret (or nothing); the server's: the encoded [`Grant`].
+    pub body: &'a [u8],
+}
+
+/// What the NIC grants one connection, in its HELLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// RPCs the client may have without a reply at once.
+    pub rpc_credits: u32,
+    /// Largest RPC request payload, in bytes (at most [`MAX_TRANSFER`]).
+    pub max_message: u32,
+}
+
+impl Grant {
+    pub fn encode(&self) -> [u8; GRANT_LEN] {
+        let mut b = [0; GRANT_LEN];
+        b[..4].copy_from_slice(&self.rpc_credits.to_le_bytes());
+        b[4..].copy_from_slice(&self.max_message.to_le_bytes());
+        b
+    }
+
+    /// A grant from a server HELLO's body; `None` if it is not one (wrong length, no credits, or
+    /// a largest message the wire cannot carry).
+    pub fn decode(body: &[u8]) -> Option<Grant> {
+        let b: &[u8; GRANT_LEN] = body.try_into().ok()?;
+        let g = Grant { rpc_credits: u32_at(b, 0), max_message: u32_at(b, 4) };
+        (g.rpc_credits > 0 && g.max_message > 0 && g.max_message as usize <= MAX_TRANSFER).then_some(g)
+    }
 }
 
 /// A frame sent by a client.
@@ -158,13 +197,13 @@ pub enum ServerFrame<'a> {
 
 // ---- encoders -------------------------------------------------------------------------------
 
-/// Appends a HELLO; `secret` must be at most [`MAX_SECRET`] bytes.
-pub fn encode_hello(out: &mut Vec<u8>, version: u16, secret: &[u8]) {
-    assert!(secret.len() <= MAX_SECRET, "a secret of {} bytes is over the limit", secret.len());
+/// Appends a HELLO; `body` (a secret, or an encoded grant) must be at most [`MAX_SECRET`] bytes.
+pub fn encode_hello(out: &mut Vec<u8>, version: u16, body: &[u8]) {
+    assert!(body.len() <= MAX_SECRET, "a HELLO body of {} bytes is over the limit", body.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&version.to_le_bytes());
-    out.extend_from_slice(&(secret.len() as u16).to_le_bytes());
-    out.extend_from_slice(secret);
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(body);
 }
 
 fn wr_header(out: &mut Vec<u8>, op: u8, chain: u32, flags: WrFlags, remote: RemoteAddr, len: u32) {
@@ -280,7 +319,7 @@ pub fn decode_hello(buf: &[u8]) -> Result<Option<(Hello<'_>, usize)>, WireError>
         return Err(WireError::TooLong { what: "HELLO secret", len: secret_len as u64, max: MAX_SECRET as u64 });
     }
     let version = u16_at(buf, 4);
-    Ok(complete(buf, HELLO_LEN, secret_len, |secret| Hello { version, secret }))
+    Ok(complete(buf, HELLO_LEN, secret_len, |body| Hello { version, body }))
 }
 
 /// Decodes one client frame from the start of `buf`.
@@ -520,6 +559,15 @@ mod tests {
         out
     }
 
+    #[test]
+    fn grants_round_trip_and_nonsense_is_refused() {
+        let g = Grant { rpc_credits: 256, max_message: MAX_TRANSFER as u32 };
+        assert_eq!(Grant::decode(&g.encode()), Some(g));
+        assert_eq!(Grant::decode(&[]), None, "a version-2 server HELLO has no grant");
+        assert_eq!(Grant::decode(&Grant { rpc_credits: 0, ..g }.encode()), None);
+        assert_eq!(Grant::decode(&Grant { max_message: MAX_TRANSFER as u32 + 1, ..g }.encode()), None);
+    }
+
     proptest! {
         #[test]
         fn client_frames_round_trip(frames in prop::collection::vec(client_frame(), 1..8)) {
@@ -558,7 +606,7 @@ mod tests {
         fn hello_round_trips(version in any::<u16>(), secret in prop::collection::vec(any::<u8>(), 0..=MAX_SECRET)) {
             let mut b = Vec::new();
             encode_hello(&mut b, version, &secret);
-            prop_assert_eq!(decode_hello(&b), Ok(Some((Hello { version, secret: &secret }, HELLO_LEN + secret.len()))));
+            prop_assert_eq!(decode_hello(&b), Ok(Some((Hello { version, body: &secret }, HELLO_LEN + secret.len()))));
             for n in 0..b.len() {
                 prop_assert_eq!(decode_hello(&b[..n]), Ok(None));
             }

@@ -327,6 +327,7 @@ impl Conn {
                 config: &shared.config,
                 service: &*shared.service,
                 sink: &self.sink,
+                answered: self.replies.answered(),
                 tally: &mut *tally,
             };
             let out_limit = self.sent + high_water;

@@ -41,7 +41,28 @@ pub struct NicConfig {
     /// READ data of one chain at most (it is held until the chain completes); a chain that reads
     /// more fails with [`RemoteAccessError::TooLarge`](crate::fabric::RemoteAccessError).
     pub max_chain_read: usize,
+    /// RPCs a connection may have without a reply at once (granted in the HELLO); one more is a
+    /// protocol violation.
+    pub rpc_credits: u32,
+    /// Largest RPC request payload (granted in the HELLO); a larger one is a protocol violation.
+    pub max_message: usize,
 }
+
+/// A [`NicConfig`] setting out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NicConfigError {
+    #[error("max_connections must be at least 1")]
+    NoConnections,
+    #[error("max_chain_read must be 1 to {max} bytes, not {got}")]
+    ChainRead { got: usize, max: usize },
+    #[error("rpc_credits must be 1 to {max}, not {got}")]
+    Credits { got: u32, max: u32 },
+    #[error("max_message must be 1 to {max} bytes, not {got}")]
+    Message { got: usize, max: usize },
+}
+
+/// Most RPC credits a connection can be granted.
+pub const MAX_RPC_CREDITS: u32 = 65_536;
 
 impl Default for NicConfig {
     /// With these limits a connection holds at most about `max_chain_read + out_high_water`
@@ -53,20 +74,33 @@ impl Default for NicConfig {
             secret: None,
             max_connections: 256,
             max_chain_read: crate::fabric::MAX_TRANSFER,
+            rpc_credits: 256,
+            max_message: crate::fabric::MAX_TRANSFER,
         }
     }
 }
 
 impl NicConfig {
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), NicConfigError> {
         if self.max_connections == 0 {
-            return Err("max_connections must be at least 1".into());
+            return Err(NicConfigError::NoConnections);
         }
         if self.max_chain_read == 0 || self.max_chain_read > wire::MAX_CHAIN_READ {
-            return Err(format!("max_chain_read must be 1 to {} bytes", wire::MAX_CHAIN_READ));
+            return Err(NicConfigError::ChainRead { got: self.max_chain_read, max: wire::MAX_CHAIN_READ });
+        }
+        if self.rpc_credits == 0 || self.rpc_credits > MAX_RPC_CREDITS {
+            return Err(NicConfigError::Credits { got: self.rpc_credits, max: MAX_RPC_CREDITS });
+        }
+        if self.max_message == 0 || self.max_message > crate::fabric::MAX_TRANSFER {
+            return Err(NicConfigError::Message { got: self.max_message, max: crate::fabric::MAX_TRANSFER });
         }
         Ok(())
+    }
+
+    /// What a connection is granted in the NIC's HELLO.
+    pub fn grant(&self) -> wire::Grant {
+        wire::Grant { rpc_credits: self.rpc_credits, max_message: self.max_message as u32 }
     }
 }
 

@@ -8,7 +8,7 @@
 use super::super::wire;
 use crate::fabric::{ReplySink, MAX_TRANSFER};
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What other threads hand to one NIC thread: wake-ups, replies ready, new connections, stop.
@@ -67,6 +67,8 @@ pub(super) struct ConnReplies {
     token: usize,
     mailbox: Arc<Mailbox>,
     queue: Mutex<ReplyQueue>,
+    /// Replies given so far: each returns an RPC credit.
+    answered: AtomicU64,
 }
 
 impl ConnReplies {
@@ -75,7 +77,13 @@ impl ConnReplies {
             token,
             mailbox,
             queue: Mutex::new(ReplyQueue { bytes: Vec::new(), listed: false, closed: false }),
+            answered: AtomicU64::new(0),
         }
+    }
+
+    /// Replies given so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Acquire)
     }
 
     /// Moves the queued replies to the end of `out`.
@@ -111,6 +119,8 @@ impl ReplySink for ConnReplies {
             payload
         };
         let mut q = self.queue.lock();
+        // Before the reply can reach the client: its next RPC finds the credit returned.
+        self.answered.fetch_add(1, Ordering::Release);
         if q.closed {
             return;
         }

@@ -25,6 +25,12 @@ pub enum Violation {
     UnsignaledRead,
     #[error("RPC inside chain {0}")]
     RpcInsideChain(u32),
+    /// An RPC beyond the credits granted in the HELLO.
+    #[error("an RPC beyond the {credits} credits granted")]
+    NoCredit { credits: u32 },
+    /// An RPC larger than the largest message granted in the HELLO.
+    #[error("an RPC of {len} bytes, over the {max} granted")]
+    MessageTooLarge { len: usize, max: usize },
     #[error("connection closed in the middle of a frame")]
     Truncated,
     /// The HELLO did not carry the NIC's shared secret.
@@ -73,6 +79,9 @@ pub struct Env<'a> {
     pub service: &'a dyn RpcService,
     /// Where this connection's RPC responses go.
     pub sink: &'a Arc<dyn ReplySink>,
+    /// RPCs of this connection answered so far (read before `process`: a client can only have
+    /// seen fewer replies, so credits are never counted short).
+    pub answered: u64,
     pub tally: &'a mut Tally,
 }
 
@@ -95,6 +104,8 @@ pub struct Session {
     chain: Option<OpenChain>,
     /// A chain failed: the queue pair is in the error state.
     errored: Option<Violation>,
+    /// RPCs received so far (with `Env::answered`: the RPCs holding credits).
+    rpcs_received: u64,
 }
 
 impl Session {
@@ -134,11 +145,11 @@ impl Session {
                 None => return Ok(0),
                 Some((hello, n)) if hello.version == wire::VERSION => {
                     if let Some(secret) = &env.config.secret {
-                        if !secret.matches(hello.secret) {
+                        if !secret.matches(hello.body) {
                             return Err(Violation::Unauthenticated);
                         }
                     }
-                    wire::encode_hello(out, wire::VERSION, &[]);
+                    wire::encode_hello(out, wire::VERSION, &env.config.grant().encode());
                     self.handshaken = true;
                     at = n;
                 }
@@ -243,6 +254,14 @@ impl Session {
                 if let Some(c) = &self.chain {
                     return Err(Violation::RpcInsideChain(c.id));
                 }
+                if payload.len() > env.config.max_message {
+                    return Err(Violation::MessageTooLarge { len: payload.len(), max: env.config.max_message });
+                }
+                let credits = env.config.rpc_credits;
+                if self.rpcs_received.saturating_sub(env.answered) >= u64::from(credits) {
+                    return Err(Violation::NoCredit { credits });
+                }
+                self.rpcs_received += 1;
                 env.tally.rpcs += 1;
                 let rpc = IncomingRpc { payload: payload.to_vec(), responder: Responder::new(env.sink.clone(), id) };
                 // A panicking service must not take the NIC thread (and its other connections)
@@ -389,13 +408,14 @@ mod tests {
                 config: &self.config,
                 service: &service,
                 sink: &sink,
+                answered: self.sink.replies.lock().len() as u64,
                 tally: &mut self.tally,
             };
             self.session.process(input, &mut self.out, usize::MAX, &mut env)
         }
 
         fn output_frames(&self) -> Vec<String> {
-            let mut at = wire::HELLO_LEN;
+            let mut at = wire::SERVER_HELLO_LEN;
             let mut frames = Vec::new();
             while let Some((f, n)) = wire::decode_server_frame(&self.out[at..]).unwrap() {
                 frames.push(format!("{f:?}"));
@@ -412,6 +432,12 @@ mod tests {
         b
     }
 
+    fn server_hello(config: &NicConfig) -> Vec<u8> {
+        let mut b = Vec::new();
+        wire::encode_hello(&mut b, wire::VERSION, &config.grant().encode());
+        b
+    }
+
     #[test]
     fn chain_reads_follow_writes_and_complete_once() {
         let mut f = Fixture::new();
@@ -423,7 +449,7 @@ mod tests {
         // An unsignaled chain that succeeds says nothing.
         wire::encode_write(&mut input, 0, WrFlags::new(true, true), d.at(8), b"z");
         assert_eq!(f.feed(&input), Ok(input.len()));
-        assert_eq!(&f.out[..wire::HELLO_LEN], &hello()[..]);
+        assert_eq!(&f.out[..wire::SERVER_HELLO_LEN], &server_hello(&f.config)[..]);
         let want = ServerFrame::ChainDone { chain: 7, unsignaled: false, status: ChainStatus::Ok, data: b"bca" };
         assert_eq!(f.output_frames(), vec![format!("{want:?}")]);
         assert_eq!(f.region.load_u8(8), b'z');
@@ -515,10 +541,16 @@ mod tests {
         }
         let sink: Arc<dyn ReplySink> = f.sink.clone();
         let service = |rpc: IncomingRpc| drop(rpc);
-        let mut env =
-            Env { regions: &f.regions, config: &f.config, service: &service, sink: &sink, tally: &mut f.tally };
+        let mut env = Env {
+            regions: &f.regions,
+            config: &f.config,
+            service: &service,
+            sink: &sink,
+            answered: 0,
+            tally: &mut f.tally,
+        };
         // Room for about three completions: the rest stays unconsumed.
-        let limit = wire::HELLO_LEN + 3 * (wire::CHAIN_DONE_HEADER_LEN + 64);
+        let limit = wire::SERVER_HELLO_LEN + 3 * (wire::CHAIN_DONE_HEADER_LEN + 64);
         let n = f.session.process(&input, &mut f.out, limit, &mut env).unwrap();
         assert_eq!(n, wire::HELLO_LEN + 3 * wire::WR_HEADER_LEN);
         assert_eq!(env.tally.reads, 3);
@@ -543,8 +575,14 @@ mod tests {
         wire::encode_read(&mut input, 2, WrFlags::new(true, false), d.at(0), 64);
         let sink: Arc<dyn ReplySink> = f.sink.clone();
         let service = |rpc: IncomingRpc| drop(rpc);
-        let mut env =
-            Env { regions: &f.regions, config: &f.config, service: &service, sink: &sink, tally: &mut f.tally };
+        let mut env = Env {
+            regions: &f.regions,
+            config: &f.config,
+            service: &service,
+            sink: &sink,
+            answered: 0,
+            tally: &mut f.tally,
+        };
         // Its own READ data does not count: the chain runs to its end, then processing stops.
         let n = f.session.process(&input, &mut f.out, 1, &mut env).unwrap();
         assert_eq!(n, 3 * wire::WR_HEADER_LEN);
@@ -568,7 +606,7 @@ mod tests {
         for (input, code) in cases {
             let mut f = Fixture::new();
             assert!(f.feed(&input).is_err());
-            let at = if code == CloseReason::ProtocolViolation { wire::HELLO_LEN } else { 0 };
+            let at = if code == CloseReason::ProtocolViolation { wire::SERVER_HELLO_LEN } else { 0 };
             let (frame, _) = wire::decode_server_frame(&f.out[at..]).unwrap().unwrap();
             assert!(matches!(frame, ServerFrame::Error { code: c, .. } if c == code), "{frame:?}");
         }
@@ -583,9 +621,9 @@ mod tests {
         wire::encode_rpc(&mut input, 9, b"hi");
         assert_eq!(f.feed(&input), Err(Violation::RpcInsideChain(1)));
         // The open chain's reserved header and data were dropped before the ERROR frame.
-        let (frame, n) = wire::decode_server_frame(&f.out[wire::HELLO_LEN..]).unwrap().unwrap();
+        let (frame, n) = wire::decode_server_frame(&f.out[wire::SERVER_HELLO_LEN..]).unwrap().unwrap();
         assert!(matches!(frame, ServerFrame::Error { code: CloseReason::ProtocolViolation, .. }));
-        assert_eq!(wire::HELLO_LEN + n, f.out.len());
+        assert_eq!(wire::SERVER_HELLO_LEN + n, f.out.len());
         assert!(f.sink.replies.lock().is_empty(), "the RPC never reached the service");
     }
     #[test]
@@ -634,11 +672,22 @@ mod tests {
         }
         assert_eq!(f.feed(&input), Ok(input.len()));
         assert!(f.session.in_chain());
-        assert!(f.out.len() <= wire::HELLO_LEN + wire::CHAIN_DONE_HEADER_LEN, "the failed chain holds no data");
+        assert!(f.out.len() <= wire::SERVER_HELLO_LEN + wire::CHAIN_DONE_HEADER_LEN, "the failed chain holds no data");
         let mut end = Vec::new();
         wire::encode_read(&mut end, 9, WrFlags::new(true, false), d.at(0), 64);
         let v = Violation::QueuePairError { chain: 9, index: 4, error: RemoteAccessError::TooLarge };
         assert_eq!(f.feed(&end), Err(v));
         assert_eq!(f.tally.reads, 4);
+    }
+
+    #[test]
+    fn an_rpc_over_the_granted_message_size_is_a_violation() {
+        let mut f = Fixture::new();
+        f.config.max_message = 4;
+        let mut input = hello();
+        wire::encode_rpc(&mut input, 1, b"four");
+        wire::encode_rpc(&mut input, 2, b"five!");
+        assert_eq!(f.feed(&input), Err(Violation::MessageTooLarge { len: 5, max: 4 }));
+        assert_eq!(f.sink.replies.lock().len(), 1, "the RPC within the limit was served");
     }
 }

@@ -12,10 +12,14 @@
 //! The error state lives here too: a failed work request (or anything that ends the connection)
 //! reaps every pending token with an error, and every later post fails at once.
 
-use crate::fabric::tcp::wire::{self, ChainStatus, ServerFrame, WrFlags};
-use crate::fabric::{validate_chain, Disconnect, FabricError, ProtocolError, SendQueue, WorkRequest, MAX_TRANSFER};
+use crate::fabric::tcp::wire::{self, ChainStatus, Grant, ServerFrame, WrFlags};
+use crate::fabric::{validate_chain, Disconnect, FabricError, ProtocolError, SendQueue, WorkRequest};
 use slab::Slab;
 use std::collections::VecDeque;
+
+/// RPCs held back for credit at most, per granted credit: beyond, posts are refused with
+/// [`FabricError::QueueFull`] (what waits here is the caller's own memory, but still bounded).
+const HELD_PER_CREDIT: usize = 4;
 
 /// The chain id of unsignaled chains that selective signaling posted signaled: their completion
 /// only frees send-queue slots (no waiter has this id).
@@ -45,6 +49,12 @@ pub(crate) struct QpCore<T> {
     /// Why the queue pair can no longer be used, once it cannot.
     dead: Option<FabricError>,
     async_errors: u64,
+    /// What the server granted in its HELLO.
+    grant: Grant,
+    /// RPCs sent and not yet answered: at most `grant.rpc_credits`.
+    rpcs_in_flight: u32,
+    /// RPCs waiting for a credit (id and request), sent in order as replies return credits.
+    held: VecDeque<(usize, Vec<u8>)>,
 }
 
 /// What a server frame means to the client.
@@ -108,7 +118,7 @@ fn encode_chain(buf: &mut Vec<u8>, id: u32, unsignaled: bool, chain: &[WorkReque
 }
 
 impl<T> QpCore<T> {
-    pub fn new(send_queue_depth: u32) -> QpCore<T> {
+    pub fn new(send_queue_depth: u32, grant: Grant) -> QpCore<T> {
         QpCore {
             sq: SendQueue::new(send_queue_depth),
             signaled_ends: VecDeque::new(),
@@ -116,6 +126,9 @@ impl<T> QpCore<T> {
             out: Vec::new(),
             dead: None,
             async_errors: 0,
+            grant,
+            rpcs_in_flight: 0,
+            held: VecDeque::new(),
         }
     }
 
@@ -188,17 +201,41 @@ impl<T> QpCore<T> {
         Ok(())
     }
 
-    /// Sends an RPC request; `token` comes back with the response.
+    /// Sends an RPC request; `token` comes back with the response. With every credit in use the
+    /// request waits here (a copy of it) and goes out, in order, when a reply returns one.
     pub fn post_call(&mut self, request: &[u8], token: T) -> Result<(), (T, FabricError)> {
-        if request.len() > MAX_TRANSFER {
+        if request.len() > self.grant.max_message as usize {
             return Err((token, FabricError::TooLarge(request.len())));
         }
         if let Err(e) = self.check_alive() {
             return Err((token, e));
         }
-        let id = self.waiters.insert((Kind::Rpc, token));
-        wire::encode_rpc(&mut self.out, id as u64, request);
+        if self.rpcs_in_flight < self.grant.rpc_credits && self.held.is_empty() {
+            let id = self.waiters.insert((Kind::Rpc, token));
+            self.rpcs_in_flight += 1;
+            wire::encode_rpc(&mut self.out, id as u64, request);
+        } else if self.held.len() < self.grant.rpc_credits as usize * HELD_PER_CREDIT {
+            let id = self.waiters.insert((Kind::Rpc, token));
+            self.held.push_back((id, request.to_vec()));
+        } else {
+            return Err((token, FabricError::QueueFull));
+        }
         Ok(())
+    }
+
+    /// RPCs sent and not yet answered, and RPCs waiting for a credit.
+    #[cfg(test)]
+    pub fn rpcs_pending(&self) -> (u32, usize) {
+        (self.rpcs_in_flight, self.held.len())
+    }
+
+    /// A reply returned a credit: the oldest held request goes out.
+    fn return_credit(&mut self) {
+        self.rpcs_in_flight = self.rpcs_in_flight.saturating_sub(1);
+        if let Some((id, request)) = self.held.pop_front() {
+            self.rpcs_in_flight += 1;
+            wire::encode_rpc(&mut self.out, id as u64, &request);
+        }
     }
 
     /// Takes in received bytes: decodes every whole frame, pushes the requests they finish onto
@@ -233,6 +270,7 @@ impl<T> QpCore<T> {
     /// request is reaped with that reason.
     pub fn fail(&mut self, why: FabricError, reaped: &mut Vec<Reaped<T>>) {
         let why = self.dead.get_or_insert(why).clone();
+        self.held.clear();
         reaped.extend(self.waiters.drain().map(|(_, token)| (token, Err(why.clone()))));
     }
 
@@ -251,6 +289,9 @@ impl<T> QpCore<T> {
                 let Some((_, token)) = found.and_then(|k| self.waiters.try_remove(k)) else {
                     return Err(FabricError::Protocol(ProtocolError::UnknownRequest(key)));
                 };
+                if kind == Kind::Rpc {
+                    self.return_credit();
+                }
                 let failed = matches!(result, Err(FabricError::Remote { .. }));
                 reaped.push((token, result));
                 if failed {
@@ -273,7 +314,9 @@ impl<T> QpCore<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fabric::{CloseReason, RemoteAccessError, RemoteAddr};
+    use crate::fabric::{CloseReason, RemoteAccessError, RemoteAddr, MAX_TRANSFER};
+
+    const GRANT: Grant = Grant { rpc_credits: 16, max_message: MAX_TRANSFER as u32 };
 
     #[test]
     fn frames_become_events() {
@@ -338,7 +381,7 @@ mod tests {
     #[test]
     fn a_completion_reaps_its_token_and_frees_the_slots() {
         let remote = RemoteAddr { addr: 0, rkey: 1 };
-        let mut core = QpCore::new(4);
+        let mut core = QpCore::new(4, GRANT);
         core.post_chain(&[WorkRequest::Read { remote, len: 2 }, WorkRequest::Read { remote, len: 1 }], "a").unwrap();
         core.post_chain(&[WorkRequest::Read { remote, len: 1 }], "b").unwrap();
         // Three of four slots are taken: a chain of two does not fit.
@@ -362,7 +405,7 @@ mod tests {
     #[test]
     fn a_failed_request_reaps_everything_and_refuses_later_posts() {
         let remote = RemoteAddr { addr: 0, rkey: 1 };
-        let mut core = QpCore::new(16);
+        let mut core = QpCore::new(16, GRANT);
         core.post_chain(&[WorkRequest::Read { remote, len: 2 }], 1).unwrap();
         core.post_call(b"req", 2).unwrap();
         core.post_chain(&[WorkRequest::Read { remote, len: 2 }], 3).unwrap();
@@ -388,12 +431,59 @@ mod tests {
 
     #[test]
     fn a_completion_for_nobody_is_a_protocol_error() {
-        let mut core: QpCore<u8> = QpCore::new(16);
+        let mut core: QpCore<u8> = QpCore::new(16, GRANT);
         core.post_call(b"req", 7).unwrap();
         let mut input = Vec::new();
         wire::encode_rpc_reply(&mut input, 42, b"who?");
         let mut reaped = Vec::new();
         core.receive(&input, &mut reaped);
         assert_eq!(reaped, vec![(7, Err(FabricError::Protocol(ProtocolError::UnknownRequest(42))))]);
+    }
+
+    /// The ids of the RPC frames in `out`, in order.
+    fn rpc_ids(out: &[u8]) -> Vec<u64> {
+        let mut ids = Vec::new();
+        let mut at = 0;
+        while let Some((frame, n)) = wire::decode_client_frame(&out[at..]).unwrap() {
+            if let wire::ClientFrame::Rpc { id, .. } = frame {
+                ids.push(id);
+            }
+            at += n;
+        }
+        ids
+    }
+
+    #[test]
+    fn rpcs_beyond_the_credits_wait_for_replies_and_then_go_in_order() {
+        let grant = Grant { rpc_credits: 2, max_message: 8 };
+        let mut core = QpCore::new(16, grant);
+        assert_eq!(core.post_call(&[0; 9], 0), Err((0, FabricError::TooLarge(9))), "over the largest message");
+        for token in 1..=5 {
+            core.post_call(&[token], token).unwrap();
+        }
+        assert_eq!(core.rpcs_pending(), (2, 3));
+        let sent = rpc_ids(&core.take_output(Vec::new()));
+        assert_eq!(sent.len(), 2, "only as many as the credits go out");
+        // Held requests are bounded too (HELD_PER_CREDIT per credit).
+        for token in 6..=10 {
+            core.post_call(&[token], token).unwrap();
+        }
+        assert_eq!(core.post_call(&[11], 11), Err((11, FabricError::QueueFull)));
+
+        let mut input = Vec::new();
+        wire::encode_rpc_reply(&mut input, sent[0], b"r1");
+        let mut reaped = Vec::new();
+        core.receive(&input, &mut reaped);
+        assert_eq!(reaped, vec![(1, Ok(b"r1".to_vec()))]);
+        // The reply returned a credit: the oldest held request (token 3) went out.
+        let next = core.take_output(Vec::new());
+        let (frame, _) = wire::decode_client_frame(&next).unwrap().unwrap();
+        assert!(matches!(frame, wire::ClientFrame::Rpc { payload: [3], .. }), "{frame:?}");
+        assert_eq!(core.rpcs_pending(), (2, 7));
+
+        // A lost connection reaps the held requests too.
+        core.fail(FabricError::Disconnected(Disconnect::PeerClosed), &mut reaped);
+        assert_eq!(reaped.len(), 1 + 2 + 7);
+        assert_eq!(core.rpcs_pending(), (2, 0));
     }
 }

@@ -60,16 +60,19 @@ fn timeout_or_io(e: io::Error) -> FabricError {
 }
 
 /// Opens a TCP connection to `addr` (each address in turn) and exchanges HELLOs. Returns the
-/// connected stream, in blocking mode with no timeouts, and the bytes received after the server's
-/// HELLO.
-fn connect_and_handshake(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<(TcpStream, InBuf), FabricError> {
+/// connected stream, in blocking mode with no timeouts, the bytes received after the server's
+/// HELLO, and what the server granted.
+fn connect_and_handshake(
+    addr: impl ToSocketAddrs,
+    opts: &ConnectOptions,
+) -> Result<(TcpStream, InBuf, wire::Grant), FabricError> {
     let mut last = FabricError::NoAddress;
     for a in addr.to_socket_addrs()? {
         match TcpStream::connect_timeout(&a, opts.timeout) {
             Ok(mut stream) => {
                 stream.set_nodelay(true)?;
-                let input = handshake(&mut stream, opts)?;
-                return Ok((stream, input));
+                let (input, grant) = handshake(&mut stream, opts)?;
+                return Ok((stream, input, grant));
             }
             Err(e) => last = timeout_or_io(e),
         }
@@ -77,8 +80,8 @@ fn connect_and_handshake(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Res
     Err(last)
 }
 
-/// Exchanges HELLOs. Returns the bytes received after the server's HELLO.
-fn handshake(stream: &mut TcpStream, opts: &ConnectOptions) -> Result<InBuf, FabricError> {
+/// Exchanges HELLOs. Returns the bytes received after the server's HELLO, and its grant.
+fn handshake(stream: &mut TcpStream, opts: &ConnectOptions) -> Result<(InBuf, wire::Grant), FabricError> {
     stream.set_read_timeout(Some(opts.timeout))?;
     let mut hello = Vec::with_capacity(wire::HELLO_LEN + wire::MAX_SECRET);
     wire::encode_hello(&mut hello, wire::VERSION, opts.secret.as_ref().map_or(&[], Secret::as_bytes));
@@ -87,8 +90,13 @@ fn handshake(stream: &mut TcpStream, opts: &ConnectOptions) -> Result<InBuf, Fab
     loop {
         match wire::decode_hello(input.data()) {
             Ok(Some((h, n))) if h.version == wire::VERSION => {
+                let Some(grant) = wire::Grant::decode(h.body) else {
+                    tracing::debug!(len = h.body.len(), "the server's HELLO carries no valid grant");
+                    return Err(FabricError::Protocol(ProtocolError::BadHandshake));
+                };
                 input.consume(n);
-                break;
+                stream.set_read_timeout(None)?;
+                return Ok((input, grant));
             }
             Ok(Some((h, _))) => {
                 return Err(FabricError::Protocol(ProtocolError::Version { server: h.version, client: wire::VERSION }))
@@ -114,6 +122,4 @@ fn handshake(stream: &mut TcpStream, opts: &ConnectOptions) -> Result<InBuf, Fab
             Err(e) => return Err(timeout_or_io(e)),
         }
     }
-    stream.set_read_timeout(None)?;
-    Ok(input)
 }

@@ -70,12 +70,16 @@ impl TcpQueuePair {
 
     /// Connects to a NIC at `addr` with `opts`.
     pub fn connect_with(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<TcpQueuePair, FabricError> {
-        let (stream, input) = connect_and_handshake(addr, opts)?;
+        let (stream, input, grant) = connect_and_handshake(addr, opts)?;
         let peer = stream.peer_addr()?;
         let read_half = stream.try_clone()?;
         let inner = Arc::new(Inner {
             stream,
-            state: Mutex::new(State { core: QpCore::new(opts.send_queue_depth), writing: false, spare: Vec::new() }),
+            state: Mutex::new(State {
+                core: QpCore::new(opts.send_queue_depth, grant),
+                writing: false,
+                spare: Vec::new(),
+            }),
             tx_space: Condvar::new(),
             dead: AtomicBool::new(false),
         });
@@ -151,15 +155,28 @@ impl Inner {
     fn read_loop(&self, mut stream: TcpStream, mut input: InBuf) {
         let mut reaped = Vec::new();
         let why = loop {
-            let dead = {
+            let (dead, written) = {
                 let mut st = self.state.lock();
                 let consumed = st.core.receive(input.data(), &mut reaped);
                 input.consume(consumed);
-                st.core.dead().cloned()
+                // Replies returned credits, and RPCs held for them are now in the output: with
+                // no poster writing, they go out from here.
+                let written = if st.core.pending_output() > 0 && !st.writing && st.core.dead().is_none() {
+                    st.writing = true;
+                    let r = self.write_out(&mut st);
+                    st.writing = false;
+                    r
+                } else {
+                    Ok(())
+                };
+                (st.core.dead().cloned(), written)
             };
             resolve(&mut reaped);
             if let Some(why) = dead {
                 break why;
+            }
+            if let Err(e) = written {
+                break FabricError::Disconnected(Disconnect::Send(e.kind()));
             }
             match input.read_from(&mut stream) {
                 Ok((0, _)) => break FabricError::Disconnected(Disconnect::PeerClosed),

@@ -67,7 +67,7 @@ impl AsyncTcpQueuePair {
     /// calling thread, up to `opts.timeout` each. Outside a runtime: [`FabricError::NoRuntime`].
     pub fn connect_with(addr: impl ToSocketAddrs, opts: &ConnectOptions) -> Result<AsyncTcpQueuePair, FabricError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| FabricError::NoRuntime)?;
-        let (stream, input) = connect_and_handshake(addr, opts)?;
+        let (stream, input, grant) = connect_and_handshake(addr, opts)?;
         let peer = stream.peer_addr()?;
         stream.set_nonblocking(true)?;
         let stream = {
@@ -77,7 +77,7 @@ impl AsyncTcpQueuePair {
         let shared = Arc::new(Shared {
             stream,
             state: Mutex::new(State {
-                core: QpCore::new(opts.send_queue_depth),
+                core: QpCore::new(opts.send_queue_depth, grant),
                 driver: None,
                 doorbell_rung: false,
                 closed: false,
