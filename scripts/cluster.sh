@@ -18,6 +18,7 @@
 #   --port B           server i (1..N) listens on B+i for the fabric, B+100+i for NVMe/TCP and
 #                      B+200+i for its Prometheus metrics (default 7500)
 #   --ssd-size S       size of each server's SSD file (default 256MiB)
+#   --replication R    servers per replica chain, 1 to 3 (default: scalio-server's, 2)
 #   --bin DIR          where scalio-server is (default target/release; built if missing)
 #   --server-arg ARG   one more scalio-server argument, for every server (repeatable)
 #
@@ -66,7 +67,7 @@ start() {
   local url="etcd://127.0.0.1:$ETCD_PORT$PREFIX"
   for i in $(seq 1 "$SERVERS"); do
     "$BIN/scalio-server" --listen "127.0.0.1:$((PORT + i))" --target "127.0.0.1:$((PORT + 100 + i))" \
-      --ssd-dir "$DIR/s$i" --ssd-size "$SSD_SIZE" --cluster "$url" --node-id "s$i" \
+      --ssd-dir "$DIR/s$i" --ssd-size "$SSD_SIZE" --cluster "$url" --node-id "s$i" --initial-members "$SERVERS" \
       --metrics "127.0.0.1:$((PORT + 200 + i))" "${SERVER_ARGS[@]}" \
       >"$DIR/s$i.out" 2>"$DIR/s$i.log" </dev/null &
     echo $! >"$DIR/s$i.pid"
@@ -106,6 +107,7 @@ while [ $# -gt 0 ]; do
     --etcd-port) ETCD_PORT=${2:?}; shift 2 ;;
     --port) PORT=${2:?}; shift 2 ;;
     --ssd-size) SSD_SIZE=${2:?}; shift 2 ;;
+    --replication) SERVER_ARGS+=(--replication "${2:?}"); shift 2 ;;
     --bin) BIN=${2:?}; shift 2 ;;
     --server-arg) SERVER_ARGS+=("${2:?}"); shift 2 ;;
     --) shift; CMD=("$@"); break ;;

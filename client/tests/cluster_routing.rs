@@ -1,6 +1,7 @@
 //! Routing across a cluster with the map held in memory (no etcd): three in-process servers,
 //! each checking requests against its own copy of the map, and a cluster client fed maps by
-//! hand, so that client and servers can be made to disagree on purpose.
+//! hand, so that client and servers can be made to disagree on purpose. The servers forward
+//! writes down their replica chains to each other over the mem fabric.
 
 mod common;
 
@@ -8,13 +9,15 @@ use common::{key, TestServer};
 use scalio_client::routing::{ClusterClient, Connector, MapFeed, RoutingConfig};
 use scalio_client::{Client, ClientConfig, ClientError};
 use scalio_common::cluster::{compute, ClusterMap, MapParams, Member, NodeId, Role};
-use scalio_common::fabric::QueuePair;
-use scalio_server::cluster::Ownership;
+use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
+use scalio_common::fabric::{Completion, Disconnect, FabricError, QueuePair, WorkRequest};
+use scalio_common::rpc::{flags, Op, Request, Response, Status, WrongOwner};
+use scalio_server::cluster::{Ownership, PeerConnector};
 use scalio_server::Server;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Node {
@@ -32,16 +35,84 @@ fn member(i: usize) -> Member {
     }
 }
 
-/// Three servers with their ownership views (lease alive for the test's duration).
-fn cluster() -> Vec<Node> {
+/// Lets the in-process servers reach each other over the mem fabric (chain forwarding). A
+/// server marked dead is unreachable to its peers, as a killed one would be: its connections
+/// fail, and new ones cannot be opened.
+#[derive(Default)]
+struct MemPeers {
+    fabrics: Mutex<HashMap<NodeId, Arc<MemFabric>>>,
+    dead: Arc<Mutex<HashSet<NodeId>>>,
+}
+
+impl MemPeers {
+    fn kill(&self, id: &NodeId) {
+        self.dead.lock().unwrap().insert(id.clone());
+    }
+}
+
+impl PeerConnector for MemPeers {
+    fn connect(&self, m: &Member) -> Result<Arc<dyn QueuePair>, FabricError> {
+        if self.dead.lock().unwrap().contains(&m.id) {
+            return Err(FabricError::Disconnected(Disconnect::PeerClosed));
+        }
+        let fabric = self.fabrics.lock().unwrap().get(&m.id).cloned().ok_or(FabricError::NoAddress)?;
+        Ok(Arc::new(Severable { qp: fabric.connect(), to: m.id.clone(), dead: self.dead.clone() }))
+    }
+}
+
+/// A peer connection that fails once its server is marked dead.
+struct Severable {
+    qp: MemQueuePair,
+    to: NodeId,
+    dead: Arc<Mutex<HashSet<NodeId>>>,
+}
+
+impl Severable {
+    fn alive(&self) -> Result<(), FabricError> {
+        match self.dead.lock().unwrap().contains(&self.to) {
+            true => Err(FabricError::Disconnected(Disconnect::PeerClosed)),
+            false => Ok(()),
+        }
+    }
+}
+
+impl QueuePair for Severable {
+    fn post(&self, chain: &[WorkRequest<'_>]) -> Completion<Vec<u8>> {
+        match self.alive() {
+            Ok(()) => self.qp.post(chain),
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
+        self.alive()?;
+        self.qp.post_unsignaled(chain)
+    }
+
+    fn call(&self, request: &[u8]) -> Completion<Vec<u8>> {
+        match self.alive() {
+            Ok(()) => self.qp.call(request),
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    fn async_errors(&self) -> u64 {
+        self.qp.async_errors()
+    }
+}
+
+/// Three servers with their ownership views (lease alive for the test's duration), reaching
+/// each other through `peers`.
+fn cluster(peers: &Arc<MemPeers>) -> Vec<Node> {
     (0..3)
         .map(|i| {
             let own = Arc::new(Ownership::new(member(i).id));
             own.lease_renewed(Instant::now() + Duration::from_secs(3600));
             let dir = tempfile::tempdir().unwrap();
             let c = common::config(dir.path(), 2, false);
-            let server = TestServer { server: Server::start_in_cluster(&c, own.clone()).unwrap(), dir };
-            Node { server, own }
+            let server = Server::start_in_cluster_with(&c, own.clone(), peers.clone()).unwrap();
+            peers.fabrics.lock().unwrap().insert(member(i).id, server.mem_fabric().clone());
+            Node { server: TestServer { server, dir }, own }
         })
         .collect()
 }
@@ -64,17 +135,28 @@ impl Connector for MemConnector {
 }
 
 fn map(members: impl IntoIterator<Item = usize>, prev: Option<&ClusterMap>) -> Arc<ClusterMap> {
+    map_rf(members, prev, 1)
+}
+
+fn map_rf(members: impl IntoIterator<Item = usize>, prev: Option<&ClusterMap>, rf: u8) -> Arc<ClusterMap> {
     let ms: Vec<Member> = members.into_iter().map(member).collect();
-    Arc::new(compute(prev, &ms, MapParams::default()).unwrap().unwrap())
+    let params = MapParams { replication: rf, ..MapParams::default() };
+    Arc::new(compute(prev, &ms, params).unwrap().unwrap())
 }
 
 fn setup() -> (Vec<Arc<Node>>, MapFeed, ClusterClient) {
-    let nodes: Vec<Arc<Node>> = cluster().into_iter().map(Arc::new).collect();
+    setup_with_peers().1
+}
+
+#[allow(clippy::type_complexity)]
+fn setup_with_peers() -> (Arc<MemPeers>, (Vec<Arc<Node>>, MapFeed, ClusterClient)) {
+    let peers = Arc::new(MemPeers::default());
+    let nodes: Vec<Arc<Node>> = cluster(&peers).into_iter().map(Arc::new).collect();
     let connector = MemConnector(nodes.iter().map(|n| (n.own.me().clone(), n.clone())).collect());
     let (feed, rx) = MapFeed::new();
     let routing = RoutingConfig { max_attempts: 12, map_wait: Duration::from_secs(5) };
     let client = ClusterClient::with_maps(rx, Arc::new(connector), ClientConfig::default(), routing);
-    (nodes, feed, client)
+    (peers, (nodes, feed, client))
 }
 
 fn install(nodes: &[Arc<Node>], m: &Arc<ClusterMap>) {
@@ -193,4 +275,163 @@ async fn routing_gives_up_with_a_typed_error() {
         RoutingConfig { max_attempts: 2, map_wait: Duration::from_millis(50) },
     );
     assert!(matches!(lonely.get(b"k").await, Err(ClientError::NoClusterMap { epoch: 1, .. })));
+}
+
+fn stat(n: &Node, name: &str) -> u64 {
+    n.server.server.stats().value(name)
+}
+
+/// The same chains with `tail` moved to the end of each (a map made by hand, at `epoch`).
+fn with_tail(m: &ClusterMap, tail: usize, epoch: u64) -> Arc<ClusterMap> {
+    let t = m.node_index(&member(tail).id).unwrap();
+    let chains = m
+        .chains
+        .iter()
+        .map(|c| {
+            let mut c: Vec<u16> = c.iter().copied().filter(|i| *i != t).collect();
+            c.push(t);
+            c
+        })
+        .collect();
+    Arc::new(ClusterMap { epoch, chains, ..m.clone() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rf3_writes_reach_every_member_and_reads_come_from_the_tail() {
+    let (nodes, feed, client) = setup();
+    let m1 = map_rf([0, 1, 2], None, 3);
+    install(&nodes, &m1);
+    feed.publish(m1.clone());
+    let n = 240u64;
+    for i in 0..n {
+        client.put(&key(i), format!("v{i}").as_bytes()).await.unwrap();
+    }
+    // Updates, and deletes of every fifth key (the tail's answer is the client's).
+    for i in 0..n {
+        assert!(client.update(&key(i), format!("u{i}").as_bytes()).await.unwrap());
+    }
+    for i in (0..n).step_by(5) {
+        assert!(client.delete(&key(i)).await.unwrap());
+        assert!(!client.delete(&key(i)).await.unwrap());
+    }
+    let want = |i: u64| (!i.is_multiple_of(5)).then(|| format!("u{i}").into_bytes());
+    // Every write went through every member of its chain: each server ran every put.
+    for node in &nodes {
+        assert_eq!(stat(node, "rpc_put"), n, "{}", node.own.me());
+        assert_eq!(stat(node, "rpc_update"), n);
+    }
+    // The heads and middles forwarded; only the tails answered without forwarding.
+    let forwarded: u64 = nodes.iter().map(|x| stat(x, "chain_forwarded")).sum();
+    let writes = 2 * n + 2 * (n / 5);
+    assert_eq!(forwarded, 2 * writes, "two hops per write in a chain of three");
+    assert_eq!(nodes.iter().map(|x| stat(x, "chain_forward_broken")).sum::<u64>(), 0);
+    // Reads come from the tail: the META_GETs of a key land on its tail only, and only tails
+    // reserve cache slots.
+    for i in 0..n {
+        assert_eq!(client.get(&key(i)).await.unwrap(), want(i), "key {i}");
+    }
+    for node in &nodes {
+        let tail_keys = (0..n).filter(|i| m1.serves(node.own.me(), &key(*i), Role::Tail)).count() as u64;
+        assert_eq!(stat(node, "rpc_meta_get") + stat(node, "rpc_get"), tail_keys, "{}", node.own.me());
+        assert!(stat(node, "table_reservations") <= tail_keys);
+    }
+    // The data is in every member's store: make each server in turn the tail of every chain,
+    // and read everything back from it.
+    for (turn, tail) in (0..3).enumerate() {
+        let m = with_tail(&m1, tail, 2 + turn as u64);
+        install(&nodes, &m);
+        feed.publish(m.clone());
+        let before = stat(&nodes[tail], "rpc_meta_get") + stat(&nodes[tail], "rpc_get");
+        for i in 0..n {
+            assert_eq!(client.get(&key(i)).await.unwrap(), want(i), "key {i} with s{tail} as the tail");
+        }
+        // (The client's own cache slots at the old tails were hidden by the new map.)
+        assert!(stat(&nodes[tail], "rpc_meta_get") + stat(&nodes[tail], "rpc_get") > before);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_at_a_wrong_epoch_is_refused() {
+    let (nodes, _feed, _client) = setup();
+    let m1 = map_rf([0, 1, 2], None, 2);
+    install(&nodes, &m1);
+    let k = (0..400)
+        .map(key)
+        .find(|k| m1.owner(k, Role::Head).unwrap().id.0 == "s0" && m1.owner(k, Role::Tail).unwrap().id.0 == "s1")
+        .unwrap();
+    let send = |node: usize, op: Op, epoch: Option<u64>| {
+        let req = Request::new(op, &k, b"forwarded").with_flags(flags::FORWARDED).with_epoch(epoch).to_vec();
+        let bytes = nodes[node].server.server.connect_mem().call(&req).wait().unwrap();
+        let r = Response::decode(&bytes).unwrap();
+        (r.status, if r.status == Status::WrongOwner { WrongOwner::decode(r.body).ok() } else { None })
+    };
+    let refused = (Status::WrongOwner, Some(WrongOwner { epoch: 1 }));
+    // The tail refuses a stale, a newer, or a missing epoch.
+    assert_eq!(send(1, Op::Put, Some(0)), refused);
+    assert_eq!(send(1, Op::Put, Some(2)), refused);
+    assert_eq!(send(1, Op::Put, None), refused);
+    // The head is not a successor of anyone in the chain; s2 is not in it.
+    assert_eq!(send(0, Op::Put, Some(1)), refused);
+    assert_eq!(send(2, Op::Put, Some(1)), refused);
+    // Only writes are forwarded.
+    assert_eq!(send(1, Op::Get, Some(1)).0, Status::BadRequest);
+    assert_eq!(stat(&nodes[1], "rpc_put"), 3, "the refused puts were counted");
+    assert_eq!(stat(&nodes[1], "cluster_wrong_owner"), 3);
+    // At the right epoch the tail takes it (and, being the tail, answers at once).
+    assert_eq!(send(1, Op::Put, Some(1)), (Status::Ok, None));
+    assert_eq!(stat(&nodes[1], "chain_forwarded"), 0);
+    let direct = nodes[1].server.mem_client(ClientConfig::default()).await;
+    direct.set_cluster_epoch(1);
+    assert_eq!(direct.get(&k).await.unwrap(), Some(b"forwarded".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_member_dies_its_chains_are_served_by_the_survivor() {
+    let (peers, (nodes, feed, client)) = setup_with_peers();
+    let m1 = map_rf([0, 1, 2], None, 2);
+    install(&nodes, &m1);
+    feed.publish(m1.clone());
+    let n = 300u64;
+    for i in 0..n {
+        client.put(&key(i), format!("v{i}").as_bytes()).await.unwrap();
+    }
+    // s2 dies: its peers can no longer reach it. A write whose chain goes through it is not
+    // acknowledged; the head sends the client to the next epoch.
+    peers.kill(&member(2).id);
+    let through_s2 = (0..n)
+        .find(|i| m1.serves(&member(0).id, &key(*i), Role::Head) && m1.serves(&member(2).id, &key(*i), Role::Tail))
+        .unwrap();
+    let direct = nodes[0].server.mem_client(ClientConfig::default()).await;
+    direct.set_cluster_epoch(1);
+    assert_eq!(direct.put(&key(through_s2), b"lost").await, Err(scalio_client::ClientError::WrongOwner { epoch: 2 }));
+    assert!(stat(&nodes[0], "chain_forward_broken") >= 1);
+    // Its lease expires and the map is recomputed without it: in each of its chains the
+    // survivor keeps (or takes) the tail, and every acknowledged write is read back from it.
+    let m2 = map_rf([0, 1], Some(&m1), 2);
+    for i in 0..n {
+        let chain = m1.chain(m1.partition_of(&key(i)));
+        let survivor = chain.iter().map(|x| &m1.nodes[usize::from(*x)].id).rfind(|id| id.0 != "s2").unwrap();
+        assert!(m2.serves(survivor, &key(i), Role::Tail), "key {i}: chain {chain:?}");
+    }
+    install(&nodes[..2], &m2);
+    feed.publish(m2.clone());
+    let s2_requests = stat(&nodes[2], "rpc_meta_get") + stat(&nodes[2], "rpc_put");
+    for i in 0..n {
+        // The write that was refused is durable on s0, now the tail: an unacknowledged write
+        // may take effect (whole), as after a timeout.
+        let want = if i == through_s2 { b"lost".to_vec() } else { format!("v{i}").into_bytes() };
+        assert_eq!(client.get(&key(i)).await.unwrap(), Some(want), "key {i}");
+    }
+    // New writes go through the new chains (two members each) and read back.
+    for i in 0..n {
+        client.put(&key(i), format!("w{i}").as_bytes()).await.unwrap();
+        assert_eq!(client.get(&key(i)).await.unwrap(), Some(format!("w{i}").into_bytes()));
+    }
+    let before: u64 = (0..n)
+        .map(|i| {
+            m1.chain(m1.partition_of(&key(i))).iter().filter(|x| m1.nodes[usize::from(**x)].id.0 != "s2").count() as u64
+        })
+        .sum();
+    assert_eq!(stat(&nodes[0], "rpc_put") + stat(&nodes[1], "rpc_put"), before + 1 + 2 * n);
+    assert_eq!(stat(&nodes[2], "rpc_meta_get") + stat(&nodes[2], "rpc_put"), s2_requests, "nothing reached s2");
 }

@@ -69,6 +69,10 @@ pub mod flags {
     /// The request ends with the cluster-map epoch its sender routed it with (set by
     /// [`super::Request::encode`] from [`super::Request::epoch`]; never in `Request::flags`).
     pub const EPOCH: u8 = 4;
+    /// A write passed down a replica chain by the member before this one (chain replication):
+    /// it is checked against the receiver's place in the chain at exactly the carried epoch,
+    /// not against the head role.
+    pub const FORWARDED: u8 = 8;
 }
 
 /// Result of a request.

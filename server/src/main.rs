@@ -91,6 +91,15 @@ struct Args {
     /// Seconds the cluster lease lives without renewal (a stopped server leaves after this).
     #[arg(long, default_value_t = 5, requires = "cluster")]
     lease_ttl: u64,
+    /// Replication factor (1 to 3: servers per chain) of the cluster, used when this server
+    /// creates the cluster map; a cluster keeps the factor its map was created with. Chains
+    /// are capped by the number of servers (one server: chains of one).
+    #[arg(long, default_value_t = 2, requires = "cluster", value_parser = clap::value_parser!(u8).range(1..=3))]
+    replication: u8,
+    /// A new cluster's first map is written once this many servers have joined (so that its
+    /// chains start in ring order); later joiners enter the chains at the head.
+    #[arg(long, default_value_t = 1, requires = "cluster")]
+    initial_members: usize,
 }
 
 fn build_config(args: &Args) -> anyhow::Result<ServerConfig> {
@@ -187,7 +196,7 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 }
 
 /// Registers the server in the cluster and waits for a map that includes it.
-fn join_cluster(url: &ClusterUrl, own: &Arc<Ownership>, server: &Server, lease_ttl: Duration) -> anyhow::Result<Agent> {
+fn join_cluster(args: &Args, url: &ClusterUrl, own: &Arc<Ownership>, server: &Server) -> anyhow::Result<Agent> {
     let info = server.info();
     let me = Member {
         id: own.me().clone(),
@@ -196,7 +205,10 @@ fn join_cluster(url: &ClusterUrl, own: &Arc<Ownership>, server: &Server, lease_t
         subsystems: info.targets.iter().map(|t| t.nqn.clone()).collect(),
         capacity_bytes: info.ssds.iter().map(|s| s.geometry.total_blocks * BLOCK_SIZE as u64).sum(),
     };
-    let cfg = AgentConfig { lease_ttl, ..AgentConfig::new(url.clone(), me) };
+    let mut cfg = AgentConfig::new(url.clone(), me);
+    cfg.lease_ttl = Duration::from_secs(args.lease_ttl);
+    cfg.params.replication = args.replication;
+    cfg.initial_members = args.initial_members;
     let agent = Agent::start(cfg, own.clone())?;
     let map = Agent::wait_for_map(own, Duration::from_secs(30))?;
     let (partitions, _) = map.partitions_of(own.me());
@@ -264,7 +276,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let agent = match (&args.cluster, &ownership) {
-        (Some(url), Some(own)) => Some(join_cluster(url, own, &server, Duration::from_secs(args.lease_ttl))?),
+        (Some(url), Some(own)) => Some(join_cluster(&args, url, own, &server)?),
         _ => None,
     };
     let sig = wait_for_signal(&signals);

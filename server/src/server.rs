@@ -1,7 +1,7 @@
 //! Putting the server together: SSDs, store recovery, the cache table and its registration,
 //! worker threads, and the fabric endpoints.
 
-use crate::cluster::Ownership;
+use crate::cluster::{Forwarder, Ownership, PeerConnector, TcpPeers};
 use crate::config::{ConfigError, ServerConfig};
 use crate::device::{DeviceError, DeviceModel, DeviceOptions, Ssd};
 use crate::stats::{ServerShared, StatsSource};
@@ -12,7 +12,7 @@ use crate::target::{NvmeTarget, SubsystemConfig, TargetConfig as NvmeConfig, Tar
 use crate::worker::{Dispatch, InboxLoad, Worker, WorkerEvent};
 use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
-use scalio_common::fabric::tcp::{NicConfig, TcpNic};
+use scalio_common::fabric::tcp::{ConnectOptions, NicConfig, TcpNic};
 use scalio_common::fabric::{Access, FabricError, MemoryRegion, RegionTable, Registrar};
 use scalio_common::rpc::{ServerInfo, SsdInfo, Stats, TableInfo, PROTOCOL_VERSION};
 use scalio_common::table::TableGeometry;
@@ -100,12 +100,27 @@ impl Server {
     }
 
     /// Starts a cluster member: every request about a key is first checked against `ownership`
-    /// (answered "wrong owner" if this server does not serve the key at its map's epoch).
+    /// (answered "wrong owner" if this server does not serve the key at its map's epoch), and
+    /// writes are forwarded down their replica chains over the software NIC.
     pub fn start_in_cluster(config: &ServerConfig, ownership: Arc<Ownership>) -> Result<Server, ServerError> {
-        Server::start_with(config, Some(ownership))
+        let opts = ConnectOptions { secret: config.secret()?, ..ConnectOptions::default() };
+        Server::start_in_cluster_with(config, ownership, Arc::new(TcpPeers(opts)))
     }
 
-    fn start_with(config: &ServerConfig, cluster: Option<Arc<Ownership>>) -> Result<Server, ServerError> {
+    /// [`Server::start_in_cluster`], reaching the other members through `peers`.
+    pub fn start_in_cluster_with(
+        config: &ServerConfig,
+        ownership: Arc<Ownership>,
+        peers: Arc<dyn PeerConnector>,
+    ) -> Result<Server, ServerError> {
+        let chain = Forwarder::new(ownership.clone(), peers);
+        Server::start_with(config, Some((ownership, chain)))
+    }
+
+    fn start_with(
+        config: &ServerConfig,
+        cluster: Option<(Arc<Ownership>, Arc<Forwarder>)>,
+    ) -> Result<Server, ServerError> {
         config.validate()?;
         let io_cpu = CpuGroup::new();
         let e = &config.emulation;
@@ -241,6 +256,7 @@ impl Server {
                 server_fills: !config.cache.client_fills,
                 shared: shared.clone(),
                 io_cost: Duration::from_micros(config.emulation.worker_io_cost_us),
+                chain: cluster.as_ref().map(|(_, chain)| chain.clone()),
             };
             let h = std::thread::Builder::new()
                 .name(format!("worker-{id}"))
@@ -249,13 +265,15 @@ impl Server {
             senders.push((tx.clone(), load));
             workers.push((tx, Some(h)));
         }
-        if let Some(own) = &cluster {
+        if let Some((own, chain)) = &cluster {
             shared.extra.lock().push(Arc::new(crate::cluster::ClusterStats(own.clone())));
+            shared.extra.lock().push(chain.stats_source());
             if let Some(t) = &table {
                 own.attach_cache(t.clone());
             }
         }
-        let dispatch = Arc::new(Dispatch { workers: senders, shared: shared.clone(), cluster });
+        let dispatch =
+            Arc::new(Dispatch { workers: senders, shared: shared.clone(), cluster: cluster.map(|(o, _)| o) });
         let mem = MemFabric::new(regions.clone());
         mem.set_service(dispatch.clone());
         if let Some(t) = &target {

@@ -8,7 +8,7 @@
 //! through the store, and submits the stores' I/O to the SSDs' I/O threads, whose completions
 //! come back through its inbox.
 
-use crate::cluster::Ownership;
+use crate::cluster::{Forwarder, Ownership};
 use crate::device::{Issuer, Ssd};
 use crate::stats::ServerShared;
 use crate::store::{Completed, DataStore, IoRequest, IoResult, Outcome, Refusal, WriteOp, WriteRequest};
@@ -36,8 +36,9 @@ pub(crate) enum WorkerEvent {
 
 /// What to do with the outcome of a request once its store has finished it.
 pub(crate) enum Reply {
-    /// Answer a client's RPC.
-    Rpc { responder: Responder, op: Op },
+    /// Answer a client's RPC. `request`: in a cluster, a write's request as received (the chain
+    /// may need it forwarded before the answer).
+    Rpc { responder: Responder, op: Op, request: Option<Vec<u8>> },
     /// Fill the slot reserved for the key with the value read (`cache.client_fills = false`).
     Fill { key: TableKey, reservation: Reservation },
 }
@@ -122,8 +123,16 @@ impl RpcService for Dispatch {
                     };
                     return respond(rpc.responder, status, op, e.to_string().as_bytes());
                 }
+                if req.flags & flags::FORWARDED != 0 && !op.is_write() {
+                    return respond(rpc.responder, Status::BadRequest, op, b"only writes are forwarded");
+                }
                 if let Some(own) = &self.cluster {
-                    if let Err(w) = own.check(req.key, op, req.epoch, Instant::now()) {
+                    let verdict = if req.flags & flags::FORWARDED != 0 {
+                        own.check_forwarded(req.key, req.epoch, Instant::now())
+                    } else {
+                        own.check(req.key, op, req.epoch, Instant::now())
+                    };
+                    if let Err(w) = verdict {
                         return respond(rpc.responder, Status::WrongOwner, op, &w.encode());
                     }
                 }
@@ -171,6 +180,8 @@ pub(crate) struct Worker {
     pub(crate) shared: Arc<ServerShared>,
     /// Emulated worker time per SSD I/O it issues.
     pub(crate) io_cost: Duration,
+    /// In a cluster: passes durable writes down their replica chains.
+    pub(crate) chain: Option<Arc<Forwarder>>,
 }
 
 impl Worker {
@@ -235,7 +246,7 @@ impl Worker {
                     self.submit(self.stores[i].ssd(), req);
                 }
                 for c in self.stores[i].take_completed() {
-                    finish(c, self.table.as_deref());
+                    finish(c, self.table.as_deref(), self.chain.as_deref());
                 }
             }
             if issued > 0 && !self.io_cost.is_zero() {
@@ -283,7 +294,7 @@ impl Worker {
             }
             Op::Get => {
                 let key = req.key.to_vec();
-                self.store_of(ssd).submit_get(key, Reply::Rpc { responder: rpc.responder, op });
+                self.store_of(ssd).submit_get(key, Reply::Rpc { responder: rpc.responder, op, request: None });
             }
             Op::Put | Op::Update | Op::Delete => {
                 if req.value.len() > MAX_VALUE_LEN {
@@ -295,12 +306,15 @@ impl Worker {
                     Op::Update => WriteOp::Update,
                     _ => WriteOp::Delete,
                 };
+                let (key, value) = (req.key.to_vec(), if op == Op::Delete { Vec::new() } else { req.value.to_vec() });
+                let unbatched = req.flags & flags::UNBATCHED != 0;
+                let request = self.chain.is_some().then_some(rpc.payload);
                 let w = WriteRequest {
                     op: write_op,
-                    key: req.key.to_vec(),
-                    value: if op == Op::Delete { Vec::new() } else { req.value.to_vec() },
-                    unbatched: req.flags & flags::UNBATCHED != 0,
-                    reply: Reply::Rpc { responder: rpc.responder, op },
+                    key,
+                    value,
+                    unbatched,
+                    reply: Reply::Rpc { responder: rpc.responder, op, request },
                 };
                 self.store_of(ssd).submit_write(w, now);
             }
@@ -331,9 +345,9 @@ impl Worker {
     }
 }
 
-fn finish(c: Completed<Reply>, table: Option<&CacheTable>) {
-    let (responder, op) = match c.reply {
-        Reply::Rpc { responder, op } => (responder, op),
+fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwarder>) {
+    let (responder, op, request) = match c.reply {
+        Reply::Rpc { responder, op, request } => (responder, op, request),
         Reply::Fill { key, reservation } => {
             // Anything but a value (absent, an error, refused for load): no fill; the
             // reservation's lease runs out and a later miss reserves again.
@@ -343,6 +357,18 @@ fn finish(c: Completed<Reply>, table: Option<&CacheTable>) {
             return;
         }
     };
+    // A write done here (or an update or delete that found nothing here) goes on down its
+    // chain, whose answer is the client's; a local failure is answered at once.
+    if let (Some(chain), Some(request)) = (chain, request) {
+        let local = match c.outcome {
+            Outcome::Ok => Some(Status::Ok),
+            Outcome::NotFound => Some(Status::NotFound),
+            _ => None,
+        };
+        if let Some(status) = local {
+            return chain.after_durable(&request, Response::to_vec(status, op, &[]), op, responder);
+        }
+    }
     match c.outcome {
         Outcome::Ok => respond(responder, Status::Ok, op, &[]),
         Outcome::Value(v) => respond(responder, Status::Ok, op, &v),

@@ -8,8 +8,9 @@
 //! * N not newer (the server is behind us, or is not vouching for any map while its etcd lease
 //!   is in doubt): we back off briefly and retry, up to [`RoutingConfig::max_attempts`].
 //!
-//! A server that cannot be reached is retried once the map has moved past the epoch we routed
-//! by (its lease expired and the map was recomputed without it), within
+//! A server that cannot be reached (fabric, or the block path to its SSDs) is retried once the
+//! map has moved past the epoch we routed by (its lease expired and the map was recomputed
+//! without it), within
 //! [`RoutingConfig::map_wait`]; otherwise the fabric error is returned.
 //!
 //! Not covered by the epoch check: a cache *hit* is a one-sided READ the server never sees. A
@@ -23,6 +24,7 @@ pub use feed::{EtcdMapWatcher, MapFeed, MapReceiver};
 
 use crate::{Client, ClientConfig, ClientError, ClientStats};
 use parking_lot::Mutex;
+use scalio_common::block::BlockError;
 use scalio_common::cluster::{ClusterMap, ClusterUrl, Member, NodeId, Role};
 use scalio_common::rpc::Stats;
 use std::collections::HashMap;
@@ -264,14 +266,14 @@ impl ClusterClient {
                         tokio::time::sleep(backoff(attempt)).await;
                     }
                 }
-                Err(ClientError::Fabric(e)) => {
+                Err(e) if unreachable(&e) => {
                     // The server may be gone: wait for a map that no longer routes to it.
                     self.forget(&member.id);
                     counters.unreachable_retries.fetch_add(1, Ordering::Relaxed);
                     counters.map_waits.fetch_add(1, Ordering::Relaxed);
                     match self.map_at_least(map.epoch + 1).await {
                         Ok(_) => min_epoch = map.epoch + 1,
-                        Err(_) => return Err(ClientError::Fabric(e)),
+                        Err(_) => return Err(e),
                     }
                 }
                 other => return other,
@@ -279,6 +281,15 @@ impl ClusterClient {
         }
         Err(ClientError::Misrouted { attempts: self.inner.routing.max_attempts, epoch: last_epoch })
     }
+}
+
+/// Whether `e` says the server could not be reached (over the fabric, or on the block path
+/// to its SSDs): it may be dead, and a newer map may route elsewhere.
+fn unreachable(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Fabric(_) | ClientError::Block(BlockError::Disconnected | BlockError::Timeout | BlockError::Io(_))
+    )
 }
 
 fn backoff(attempt: u32) -> Duration {

@@ -33,6 +33,11 @@ pub struct AgentConfig {
     pub lease_ttl: Duration,
     /// Timeout of each etcd call.
     pub etcd_timeout: Duration,
+    /// The first map is written only once this many servers have registered, so that a new
+    /// cluster starts with chains in ring order. (Servers joining a map later enter their
+    /// chains at the head, since they hold none of the chains' data: see
+    /// `scalio_common::cluster::compute`.)
+    pub initial_members: usize,
 }
 
 impl AgentConfig {
@@ -43,6 +48,7 @@ impl AgentConfig {
             params: MapParams::default(),
             lease_ttl: Duration::from_secs(5),
             etcd_timeout: Duration::from_secs(2),
+            initial_members: 1,
         }
     }
 }
@@ -54,8 +60,6 @@ pub enum AgentError {
     Etcd(#[from] EtcdError),
     #[error("cluster map parameters: {0}")]
     Params(#[from] MapError),
-    #[error("replication factor {0} is not implemented yet (chain replication is future work); use 1")]
-    Replication(u8),
     #[error("the lease TTL must be at least 2 s")]
     LeaseTtl,
     #[error("cannot start a thread: {0}")]
@@ -82,9 +86,6 @@ impl Agent {
     /// record is written; [`Agent::wait_for_map`] waits for a map that includes it.
     pub fn start(cfg: AgentConfig, ownership: Arc<Ownership>) -> Result<Agent, AgentError> {
         cfg.params.check()?;
-        if cfg.params.replication != 1 {
-            return Err(AgentError::Replication(cfg.params.replication));
-        }
         if cfg.lease_ttl < Duration::from_secs(2) {
             return Err(AgentError::LeaseTtl);
         }
@@ -228,6 +229,10 @@ fn reconcile(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership) -> Result<i64, Etc
                 }
             },
         };
+        if prev.is_none() && members.len() < cfg.initial_members {
+            // A new cluster: wait for the others (the watch wakes us when one registers).
+            return Ok(members_kv.revision);
+        }
         let params = prev.as_ref().map_or(cfg.params, |m| m.params);
         let next = match compute(prev.as_ref(), &members, params) {
             Ok(n) => n,

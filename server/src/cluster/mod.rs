@@ -2,14 +2,17 @@
 //!
 //! * [`ownership`]: the map this server judges requests by, and the "wrong owner, epoch N"
 //!   verdict;
+//! * [`chain`]: chain replication, forwarding durable writes to the next member of the chain;
 //! * [`agent`]: registration under a kept-alive etcd lease, and keeping the map up to date:
 //!   every member reconciles it with compare-and-swap, so no election is needed.
 
 pub mod agent;
+pub mod chain;
 pub mod ownership;
 
 pub use agent::{Agent, AgentConfig, AgentError};
-pub use ownership::Ownership;
+pub use chain::{Forwarder, PeerConnector, TcpPeers};
+pub use ownership::{Next, Ownership};
 
 use crate::stats::StatsSource;
 use std::sync::Arc;

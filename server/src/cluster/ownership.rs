@@ -17,7 +17,7 @@
 
 use crate::table::CacheTable;
 use parking_lot::RwLock;
-use scalio_common::cluster::{partition_of_table_key, ClusterMap, NodeId, Role};
+use scalio_common::cluster::{partition_of_table_key, ClusterMap, Member, NodeId, Role};
 use scalio_common::rpc::{Op, WrongOwner};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,18 @@ pub fn role_of(op: Op) -> Role {
     } else {
         Role::Tail
     }
+}
+
+/// Where a write this server has made durable goes next (chain replication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// This server is the key's tail: the write is complete, acknowledge it.
+    Done,
+    /// Forward it to `to`, stamped with `epoch` (the map `to` was chosen by).
+    Forward { to: Member, epoch: u64 },
+    /// This server is no longer in the key's chain (or cannot vouch for any map): the write
+    /// must not be acknowledged; the sender is told the epoch to route by.
+    Refuse(WrongOwner),
 }
 
 #[derive(Default)]
@@ -159,6 +171,48 @@ impl Ownership {
         }
         verdict
     }
+
+    /// Whether this server accepts a write forwarded down `key`'s chain, stamped with `epoch`:
+    /// only at exactly its own epoch (the sender chose this server by the same map) and only
+    /// as a member after the head. A stale or newer stamp, or a missing one, is refused.
+    pub fn check_forwarded(&self, key: &[u8], epoch: Option<u64>, now: Instant) -> Result<(), WrongOwner> {
+        let v = self.view.read();
+        let verdict = match (&v.map, v.lease_until) {
+            (Some(map), Some(until)) if now < until => {
+                let chain = map.chain(map.partition_of(key));
+                let at = map.node_index(&self.me).and_then(|i| chain.iter().position(|c| *c == i));
+                if epoch == Some(map.epoch) && at.is_some_and(|a| a > 0) {
+                    Ok(())
+                } else {
+                    Err(WrongOwner { epoch: map.epoch })
+                }
+            }
+            _ => Err(WrongOwner { epoch: 0 }),
+        };
+        if verdict.is_err() {
+            self.wrong_owner.fetch_add(1, Ordering::Relaxed);
+        }
+        verdict
+    }
+
+    /// Where a write to `key` that this server has made durable goes next, by the map it holds
+    /// now (which may be newer than the one the write was accepted by).
+    pub fn next_in_chain(&self, key: &[u8], now: Instant) -> Next {
+        let v = self.view.read();
+        let map = match (&v.map, v.lease_until) {
+            (Some(map), Some(until)) if now < until => map,
+            _ => return Next::Refuse(WrongOwner { epoch: 0 }),
+        };
+        let chain = map.chain(map.partition_of(key));
+        let at = map.node_index(&self.me).and_then(|i| chain.iter().position(|c| *c == i));
+        match at {
+            None => Next::Refuse(WrongOwner { epoch: map.epoch }),
+            Some(a) => match chain.get(a + 1) {
+                None => Next::Done,
+                Some(n) => Next::Forward { to: map.nodes[usize::from(*n)].clone(), epoch: map.epoch },
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -243,6 +297,48 @@ mod tests {
         for k in &kept {
             assert!(table.reserve(&TableKey::new(k)).is_none());
         }
+    }
+
+    #[test]
+    fn forwarded_writes_follow_the_chain_at_exactly_one_epoch() {
+        let now = Instant::now();
+        let m = map(3, 3, None);
+        let chain_of = |k: &[u8]| -> Vec<String> {
+            m.chain(m.partition_of(k)).iter().map(|i| m.nodes[usize::from(*i)].id.0.clone()).collect()
+        };
+        let k = b"some key".to_vec();
+        let chain = chain_of(&k);
+        let own: Vec<Ownership> = chain.iter().map(|id| Ownership::new(NodeId(id.clone()))).collect();
+        for o in &own {
+            o.install(m.clone());
+            o.lease_renewed(now + Duration::from_secs(5));
+        }
+        // Head → middle → tail, each stamped with the map's epoch; the tail is the end.
+        for (at, o) in own.iter().enumerate() {
+            let want = match chain.get(at + 1) {
+                Some(next) => Next::Forward { to: m.member(&NodeId(next.clone())).unwrap().clone(), epoch: 1 },
+                None => Next::Done,
+            };
+            assert_eq!(o.next_in_chain(&k, now), want);
+            // Only the members after the head take a forwarded write, and only at epoch 1.
+            assert_eq!(o.check_forwarded(&k, Some(1), now).is_ok(), at > 0);
+            for wrong in [None, Some(0), Some(2)] {
+                assert_eq!(o.check_forwarded(&k, wrong, now), Err(WrongOwner { epoch: 1 }));
+            }
+        }
+        // Without a live lease nothing is forwarded or taken.
+        assert_eq!(own[0].next_in_chain(&k, now + Duration::from_secs(6)), Next::Refuse(WrongOwner { epoch: 0 }));
+        assert_eq!(own[1].check_forwarded(&k, Some(1), now + Duration::from_secs(6)), Err(WrongOwner { epoch: 0 }));
+        // A server that is not in the chain refuses to pass a write on (RF 2 of 3 servers).
+        let m2 = map(3, 2, None);
+        let outsider = (0..3)
+            .map(|i| format!("s{i}"))
+            .find(|id| !m2.chain(m2.partition_of(&k)).contains(&m2.node_index(&NodeId(id.clone())).unwrap()))
+            .unwrap();
+        let o = Ownership::new(NodeId(outsider));
+        o.install(m2);
+        o.lease_renewed(now + Duration::from_secs(5));
+        assert_eq!(o.next_in_chain(&k, now), Next::Refuse(WrongOwner { epoch: 1 }));
     }
 
     #[test]

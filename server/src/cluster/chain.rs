@@ -1,0 +1,220 @@
+//! Chain replication: passing a write this server has made durable to the next member of the
+//! key's chain, and answering its sender only with the rest of the chain's answer.
+//!
+//! A write enters the chain at its head. Every member makes it durable in its store first (the
+//! store invalidates the key's cache slots before it completes a write, which only matters at
+//! the tail: the other members never reserve slots, since META_GET goes to the tail), then
+//! forwards it — the same request, with [`flags::FORWARDED`] and the epoch of the map the
+//! successor was chosen by — and relays the successor's response as its own. So the head
+//! answers the client only after the tail has made the write durable and invalidated its cache,
+//! and a write acknowledged to a client is on every member of the chain.
+//!
+//! **Order.** Each successor gets one connection, fed by one thread in the order writes
+//! complete here. A store completes writes to one key in arrival order, and the writes to one
+//! key come from one worker, so every member applies a key's writes in the head's order.
+//!
+//! **Failures.** A successor that cannot be reached (or does not answer within
+//! [`FORWARD_TIMEOUT`]) may be dead: the write is refused with "wrong owner, epoch E+1" (E the
+//! stamp), which sends the client to wait for the map that drops the dead member, and retry.
+//! The write stays durable on the members before the break; it was not acknowledged, and a
+//! later write to the key overwrites it on every member.
+
+use super::ownership::Next;
+use super::Ownership;
+use crate::stats::StatsSource;
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use scalio_common::cluster::{Member, NodeId};
+use scalio_common::fabric::tcp::{ConnectOptions, TcpQueuePair};
+use scalio_common::fabric::{Completion, FabricError, QueuePair, Responder};
+use scalio_common::rpc::{flags, Op, Request, Response, Status, WrongOwner};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest wait for a successor's answer before the chain is taken as broken.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a connection to another member of the cluster.
+pub trait PeerConnector: Send + Sync {
+    fn connect(&self, member: &Member) -> Result<Arc<dyn QueuePair>, FabricError>;
+}
+
+/// Connects over the software NIC to the member's fabric address (with this server's NIC
+/// secret: the members of a cluster share one).
+pub struct TcpPeers(pub ConnectOptions);
+
+impl PeerConnector for TcpPeers {
+    fn connect(&self, member: &Member) -> Result<Arc<dyn QueuePair>, FabricError> {
+        Ok(Arc::new(TcpQueuePair::connect_with(member.fabric.as_str(), &self.0)?))
+    }
+}
+
+/// A write waiting for the rest of its chain.
+struct Job {
+    /// The request as forwarded (FORWARDED flag, successor's epoch).
+    request: Vec<u8>,
+    epoch: u64,
+    op: Op,
+    responder: Responder,
+}
+
+/// The connection to one successor: a thread sends jobs in order, another waits for their
+/// answers in the same order and relays them.
+struct Link {
+    fabric: String,
+    jobs: Sender<Job>,
+}
+
+#[derive(Default)]
+struct Counters {
+    forwarded: AtomicU64,
+    acknowledged: AtomicU64,
+    broken: AtomicU64,
+}
+
+/// Forwards durable writes down their chains.
+pub struct Forwarder {
+    own: Arc<Ownership>,
+    peers: Arc<dyn PeerConnector>,
+    links: Mutex<HashMap<NodeId, Link>>,
+    counters: Arc<Counters>,
+}
+
+fn respond(responder: Responder, status: Status, op: Op, body: &[u8]) {
+    responder.reply(&Response::to_vec(status, op, body));
+}
+
+impl Forwarder {
+    pub fn new(own: Arc<Ownership>, peers: Arc<dyn PeerConnector>) -> Arc<Forwarder> {
+        Arc::new(Forwarder { own, peers, links: Mutex::new(HashMap::new()), counters: Arc::default() })
+    }
+
+    /// A write (`request`, as received) is durable here with the local answer `local`: answer
+    /// it now if this server is the key's tail, or pass it on and answer with the successor's
+    /// answer.
+    pub fn after_durable(&self, request: &[u8], local: Vec<u8>, op: Op, responder: Responder) {
+        let Ok(req) = Request::decode(request) else {
+            return respond(responder, Status::BadRequest, op, b"malformed request");
+        };
+        match self.own.next_in_chain(req.key, Instant::now()) {
+            Next::Done => responder.reply(&local),
+            Next::Refuse(w) => respond(responder, Status::WrongOwner, op, &w.encode()),
+            Next::Forward { to, epoch } => {
+                let forwarded = Request { flags: req.flags | flags::FORWARDED, epoch: Some(epoch), ..req }.to_vec();
+                self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                let job = Job { request: forwarded, epoch, op, responder };
+                if let Err(crossbeam_channel::SendError(job)) = self.link(&to).send(job) {
+                    self.broken(job);
+                }
+            }
+        }
+    }
+
+    /// The channel to `to`'s sending thread, started (or restarted for a new address) if needed.
+    fn link(&self, to: &Member) -> Sender<Job> {
+        let mut links = self.links.lock();
+        if let Some(l) = links.get(&to.id).filter(|l| l.fabric == to.fabric) {
+            return l.jobs.clone();
+        }
+        let (jobs, rx) = crossbeam_channel::unbounded();
+        let (member, peers, counters) = (to.clone(), self.peers.clone(), self.counters.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("chain-{}", to.id))
+            .spawn(move || send_loop(&member, &*peers, rx, &counters));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a chain forwarding thread");
+        }
+        // (If the thread did not start, sends fail and each job is answered as broken.)
+        links.insert(to.id.clone(), Link { fabric: to.fabric.clone(), jobs: jobs.clone() });
+        jobs
+    }
+
+    fn broken(&self, job: Job) {
+        answer_broken(&self.counters, job, None);
+    }
+
+    /// Counters for STATS.
+    pub fn stats_source(self: &Arc<Self>) -> Arc<dyn StatsSource> {
+        Arc::new(ChainStats(self.counters.clone()))
+    }
+}
+
+/// The chain is broken after this member (or its successor is behind): the write is not
+/// acknowledged, and the sender is sent to the next map.
+fn answer_broken(counters: &Counters, job: Job, error: Option<&FabricError>) {
+    counters.broken.fetch_add(1, Ordering::Relaxed);
+    match error {
+        Some(FabricError::QueueFull) => {
+            respond(job.responder, Status::Unavailable, job.op, b"the replica chain's successor is saturated")
+        }
+        _ => respond(job.responder, Status::WrongOwner, job.op, &WrongOwner { epoch: job.epoch + 1 }.encode()),
+    }
+}
+
+fn send_loop(to: &Member, peers: &dyn PeerConnector, jobs: Receiver<Job>, counters: &Arc<Counters>) {
+    let (waits, waiting) = crossbeam_channel::unbounded::<(Job, Completion<Vec<u8>>)>();
+    // Set by the waiter when a call failed: the connection is replaced before the next job.
+    let failed = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (counters, failed) = (counters.clone(), failed.clone());
+        std::thread::Builder::new()
+            .name(format!("chain-ack-{}", to.id))
+            .spawn(move || wait_loop(waiting, &counters, &failed))
+    };
+    let mut qp: Option<Arc<dyn QueuePair>> = None;
+    for job in jobs {
+        if failed.swap(false, Ordering::AcqRel) {
+            qp = None;
+        }
+        if qp.is_none() {
+            match peers.connect(to) {
+                Ok(q) => qp = Some(q),
+                Err(e) => {
+                    tracing::debug!(to = %to.id, error = %e, "cannot reach the chain successor");
+                    answer_broken(counters, job, Some(&e));
+                    continue;
+                }
+            }
+        }
+        let q = qp.as_ref().expect("connected above");
+        let done = q.call(&job.request);
+        if waits.send((job, done)).is_err() {
+            break;
+        }
+    }
+    drop(waits);
+    if let Ok(w) = waiter {
+        let _ = w.join();
+    }
+}
+
+fn wait_loop(waiting: Receiver<(Job, Completion<Vec<u8>>)>, counters: &Counters, failed: &AtomicBool) {
+    for (job, done) in waiting {
+        match done.wait_timeout(FORWARD_TIMEOUT) {
+            Ok(bytes) if Response::decode(&bytes).is_ok() => {
+                counters.acknowledged.fetch_add(1, Ordering::Relaxed);
+                job.responder.reply(&bytes);
+            }
+            Ok(_) => answer_broken(counters, job, None),
+            Err(e) => {
+                if !matches!(e, FabricError::QueueFull) {
+                    failed.store(true, Ordering::Release);
+                }
+                answer_broken(counters, job, Some(&e))
+            }
+        }
+    }
+}
+
+struct ChainStats(Arc<Counters>);
+
+impl StatsSource for ChainStats {
+    fn append(&self, out: &mut Vec<(String, u64)>) {
+        let c = &self.0;
+        out.push(("chain_forwarded".into(), c.forwarded.load(Ordering::Relaxed)));
+        out.push(("chain_forward_acks".into(), c.acknowledged.load(Ordering::Relaxed)));
+        out.push(("chain_forward_broken".into(), c.broken.load(Ordering::Relaxed)));
+    }
+}
