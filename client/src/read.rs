@@ -14,7 +14,7 @@
 use crate::error::ClientError;
 use crate::stats::Counters;
 use crate::{Inner, ReadPath};
-use scalio_common::fabric::{RemoteAddr, WorkRequest};
+use scalio_common::fabric::{FabricError, RemoteAddr, WorkRequest};
 use scalio_common::key::{self, route, TableKey};
 use scalio_common::rpc::{flags, MetaGetReply, Op, Request, Reservation, Status, TableInfo};
 use scalio_common::ssd::{decode_expected_record, Bucket, LayoutError};
@@ -101,11 +101,9 @@ impl Inner {
         let base = t.addr + g.bucket_offset(bucket) as u64;
         Counters::add(&self.counters.probes, 1);
         let qp = self.qp();
-        let read = qp.post(&[WorkRequest::Read {
-            remote: RemoteAddr { addr: base, rkey: t.rkey },
-            len: g.bucket_bytes() as u32,
-        }]);
-        let posted = crate::within(self.cfg.op_timeout, read).await;
+        let chain =
+            [WorkRequest::Read { remote: RemoteAddr { addr: base, rkey: t.rkey }, len: g.bucket_bytes() as u32 }];
+        let posted = crate::within(self.cfg.op_timeout, post_when_room(&*qp, &chain)).await;
         let bytes = posted.inspect_err(|e| self.recover(&qp, e))?;
         Ok(match probe_bucket(&bytes, tk) {
             Probe::Hit { slot, value } => {
@@ -229,6 +227,29 @@ impl Inner {
             Ok(()) => Counters::add(&self.counters.fills, 1),
             // The reservation expires unfilled; the next GET misses again.
             Err(e) => self.recover(&qp, &e),
+        }
+    }
+}
+
+/// Posts `chain`, waiting while the queue pair's send queue is full (backpressure from many
+/// operations in flight on one queue pair: they complete and give their slots back) instead of
+/// failing the operation; the caller's operation timeout bounds the wait.
+async fn post_when_room(
+    qp: &dyn scalio_common::fabric::QueuePair,
+    chain: &[WorkRequest<'_>],
+) -> Result<Vec<u8>, FabricError> {
+    let mut attempt = 0u32;
+    loop {
+        match qp.post(chain).await {
+            Err(FabricError::QueueFull) => {
+                attempt += 1;
+                if attempt < 64 {
+                    yield_now().await;
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+            done => return done,
         }
     }
 }

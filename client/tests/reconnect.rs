@@ -118,3 +118,31 @@ async fn a_server_with_a_secret_admits_only_clients_that_present_it() {
     assert_eq!(c.get(&key(1)).await.unwrap(), Some(b"v".to_vec()));
     assert_eq!(t.stat("nic_connections_refused"), 1);
 }
+
+/// More GETs in flight on one queue pair than its send queue has slots: they wait for slots
+/// (backpressure) instead of failing with `QueueFull`.
+#[tokio::test]
+async fn gets_beyond_the_send_queue_depth_wait_for_room() {
+    use scalio_common::fabric::tcp::{AsyncTcpQueuePair, ConnectOptions};
+    let t = start(1, true, |_| {});
+    let addr = t.server.local_addr().expect("listening");
+    let connector: Connector = Arc::new(move || {
+        let opts = ConnectOptions { send_queue_depth: 2, ..ConnectOptions::default() };
+        Ok(Arc::new(AsyncTcpQueuePair::connect_with(addr, &opts)?) as Arc<dyn QueuePair>)
+    });
+    let cfg = ClientConfig { queue_pairs: 1, ..ClientConfig::default() };
+    let c = Client::with_connector(connector, cfg).await.unwrap();
+    c.put(&key(1), b"hot").await.unwrap();
+    assert_eq!(c.get(&key(1)).await.unwrap(), Some(b"hot".to_vec()));
+    // Spawned, so that all 32 are in flight at once on the one queue pair.
+    let gets: Vec<_> = (0..32)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get(&key(1)).await })
+        })
+        .collect();
+    for g in gets {
+        assert_eq!(g.await.unwrap().unwrap(), Some(b"hot".to_vec()));
+    }
+    assert_eq!(c.stats().reconnects, 0);
+}
