@@ -152,12 +152,15 @@ impl QueuePair for AsyncTcpQueuePair {
 }
 
 impl Drop for AsyncTcpQueuePair {
+    /// Closes the connection at once (not when the driver next runs: the runtime may be blocked
+    /// by the very thread dropping this), then lets the driver resolve what is pending and end.
     fn drop(&mut self) {
         let waker = {
             let mut st = self.shared.state.lock();
             st.closed = true;
             st.driver.take()
         };
+        let _ = socket2::SockRef::from(&self.shared.stream).shutdown(Shutdown::Both);
         if let Some(w) = waker {
             w.wake();
         }
