@@ -20,9 +20,10 @@ pub mod tokio;
 pub use self::tokio::AsyncTcpQueuePair;
 pub use threaded::TcpQueuePair;
 
+use self::core::Reaped;
 use super::buf::InBuf;
 use super::wire::{self, ServerFrame};
-use crate::fabric::{Disconnect, FabricError, ProtocolError, Secret, DEFAULT_SEND_QUEUE_DEPTH};
+use crate::fabric::{Completer, Disconnect, FabricError, ProtocolError, Secret, DEFAULT_SEND_QUEUE_DEPTH};
 use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -34,6 +35,16 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const TX_HIGH_WATER: usize = 16 << 20;
 /// A spare output buffer that grew past this is given back.
 const KEEP_TX_CAPACITY: usize = 1 << 20;
+
+/// What both drivers keep in the core for each pending request: the completer its caller awaits.
+type Waiter = Completer<Vec<u8>>;
+
+/// Resolves reaped completions (never under a driver's lock: a completion wakes its waiter).
+fn resolve(reaped: &mut Vec<Reaped<Waiter>>) {
+    for (completer, result) in reaped.drain(..) {
+        completer.complete(result);
+    }
+}
 
 /// How a queue pair connects (`connect_with` of either driver).
 #[derive(Debug, Clone)]

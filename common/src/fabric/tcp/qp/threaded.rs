@@ -12,19 +12,16 @@
 //!   socket is shut down; every pending completion has been resolved with the reason, and later
 //!   posts fail at once with it.
 
-use super::core::{QpCore, Reaped};
-use super::{connect_and_handshake, ConnectOptions, KEEP_TX_CAPACITY, TX_HIGH_WATER};
+use super::core::QpCore;
+use super::{connect_and_handshake, resolve, ConnectOptions, Waiter, KEEP_TX_CAPACITY, TX_HIGH_WATER};
 use crate::fabric::tcp::buf::InBuf;
-use crate::fabric::{completion, Completer, Completion, Disconnect, FabricError, QueuePair, WorkRequest};
+use crate::fabric::{completion, Completion, Disconnect, FabricError, QueuePair, WorkRequest};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-type Waiter = Completer<Vec<u8>>;
 
 struct State {
     core: QpCore<Waiter>,
@@ -38,8 +35,6 @@ struct Inner {
     stream: TcpStream,
     state: Mutex<State>,
     tx_space: Condvar,
-    /// Mirrors `core.dead().is_some()`, for the checks that need no lock.
-    dead: AtomicBool,
 }
 
 /// A queue pair to a software NIC, driven by a reader thread of its own.
@@ -47,13 +42,6 @@ pub struct TcpQueuePair {
     inner: Arc<Inner>,
     reader: Option<JoinHandle<()>>,
     peer: SocketAddr,
-}
-
-/// Resolves reaped completions (never under the state lock: a completion wakes its waiter).
-fn resolve(reaped: &mut Vec<Reaped<Waiter>>) {
-    for (completer, result) in reaped.drain(..) {
-        completer.complete(result);
-    }
 }
 
 impl TcpQueuePair {
@@ -81,7 +69,6 @@ impl TcpQueuePair {
                 spare: Vec::new(),
             }),
             tx_space: Condvar::new(),
-            dead: AtomicBool::new(false),
         });
         let reader_inner = inner.clone();
         let reader = std::thread::Builder::new()
@@ -104,7 +91,6 @@ impl Inner {
         {
             let mut st = self.state.lock();
             st.core.fail(why, &mut reaped);
-            self.dead.store(true, Ordering::Release);
             // Under the lock, so that a poster cannot miss the wake between its check and its wait.
             self.tx_space.notify_all();
         }
@@ -117,7 +103,7 @@ impl Inner {
     /// this poster's write failed, which ended the queue pair for that reason.
     fn send<E>(&self, post: impl FnOnce(&mut QpCore<Waiter>) -> Result<(), E>) -> Result<Option<FabricError>, E> {
         let mut st = self.state.lock();
-        while st.writing && st.core.pending_output() >= TX_HIGH_WATER && !self.dead.load(Ordering::Acquire) {
+        while st.writing && st.core.pending_output() >= TX_HIGH_WATER && st.core.dead().is_none() {
             self.tx_space.wait(&mut st);
         }
         post(&mut st.core)?;

@@ -17,9 +17,9 @@
 //! completion ([`Disconnect::Abandoned`]) and later posts fail at once.
 
 use super::core::{QpCore, Reaped};
-use super::{connect_and_handshake, ConnectOptions, KEEP_TX_CAPACITY, TX_HIGH_WATER};
+use super::{connect_and_handshake, resolve, ConnectOptions, Waiter, KEEP_TX_CAPACITY, TX_HIGH_WATER};
 use crate::fabric::tcp::buf::InBuf;
-use crate::fabric::{completion, Completer, Completion, Disconnect, FabricError, QueuePair, WorkRequest};
+use crate::fabric::{completion, Completion, Disconnect, FabricError, QueuePair, WorkRequest};
 use parking_lot::Mutex;
 use std::future::Future;
 use std::io;
@@ -28,8 +28,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use tokio::net::TcpStream;
-
-type Waiter = Completer<Vec<u8>>;
 
 /// Work the driver does per turn before it yields to the runtime's other tasks.
 const TURNS_PER_POLL: usize = 32;
@@ -53,12 +51,6 @@ struct Shared {
 pub struct AsyncTcpQueuePair {
     shared: Arc<Shared>,
     peer: SocketAddr,
-}
-
-fn resolve(reaped: &mut Vec<Reaped<Waiter>>) {
-    for (completer, result) in reaped.drain(..) {
-        completer.complete(result);
-    }
 }
 
 impl AsyncTcpQueuePair {
