@@ -10,7 +10,9 @@ use scalio_client::routing::{ClusterClient, Connector, MapFeed, RoutingConfig};
 use scalio_client::{Client, ClientConfig, ClientError};
 use scalio_common::cluster::{compute, ClusterMap, MapParams, Member, NodeId, Role};
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
-use scalio_common::fabric::{Completion, Disconnect, FabricError, QueuePair, WorkRequest};
+use scalio_common::fabric::{
+    Completion, Disconnect, FabricError, LocalKey, MemoryRegion, QueuePair, WorkCompletion, WorkRequest,
+};
 use scalio_common::rpc::{flags, Op, Request, Response, Status, WrongOwner};
 use scalio_server::cluster::{Ownership, PeerConnector};
 use scalio_server::Server;
@@ -98,6 +100,23 @@ impl QueuePair for Severable {
 
     fn async_errors(&self) -> u64 {
         self.qp.async_errors()
+    }
+
+    fn register_local(&self, region: Arc<MemoryRegion>) -> Result<LocalKey, FabricError> {
+        self.qp.register_local(region)
+    }
+
+    fn post_signaled(&self, wr_id: u64, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
+        self.alive()?;
+        self.qp.post_signaled(wr_id, chain)
+    }
+
+    fn poll_cq(&self, out: &mut Vec<WorkCompletion>, max: usize) -> usize {
+        self.qp.poll_cq(out, max)
+    }
+
+    fn arm_cq(&self, waker: &std::task::Waker) {
+        self.qp.arm_cq(waker)
     }
 }
 

@@ -5,8 +5,8 @@
 //! expands to one `#[test]` per check below.
 
 use super::{
-    Access, FabricError, IncomingRpc, MemoryRegion, QueuePair, Registrar, RemoteAccessError, RpcService, WorkRequest,
-    MAX_TRANSFER,
+    Access, FabricError, IncomingRpc, LocalAccessError, LocalKey, LocalSlice, MemoryRegion, QueuePair, Registrar,
+    RemoteAccessError, RpcService, WorkCompletion, WorkRequest, MAX_TRANSFER,
 };
 use std::any::Any;
 use std::sync::Arc;
@@ -445,6 +445,152 @@ pub fn many_queue_pairs_at_once(make: MakeServer<'_>) {
     }
 }
 
+/// Polls `qp`'s completion queue until `n` completions have arrived (or the suite's timeout).
+fn poll_until(qp: &dyn QueuePair, n: usize) -> Vec<WorkCompletion> {
+    let deadline = std::time::Instant::now() + T;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let want = n - got.len();
+        if qp.poll_cq(&mut got, want) == 0 {
+            assert!(std::time::Instant::now() < deadline, "{} of {n} completions after {T:?}", got.len());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    got
+}
+
+fn local(lkey: LocalKey, offset: usize, len: u32) -> LocalSlice {
+    LocalSlice { lkey, offset, len }
+}
+
+/// READs land in the caller's registered memory and WRITEs take their data from it; chains posted
+/// with an id complete in the completion queue with that id, in posting order.
+pub fn registered_memory_and_completions_by_id(make: MakeServer<'_>) {
+    let (s, region, d) = setup(make, 4096, Access::READ_WRITE);
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    region.write(0, &pattern).unwrap();
+    let qp = s.connect();
+    let mine = Arc::new(MemoryRegion::new(256));
+    let k = qp.register_local(mine.clone()).unwrap();
+    qp.post_signaled(
+        7,
+        &[
+            WorkRequest::ReadInto { remote: d.at(100), local: local(k, 0, 50) },
+            WorkRequest::ReadInto { remote: d.at(3), local: local(k, 61, 13) },
+        ],
+    )
+    .unwrap();
+    mine.write(128, b"from registered memory").unwrap();
+    qp.post_signaled(8, &[WorkRequest::WriteFrom { remote: d.at(2000), local: local(k, 128, 22) }]).unwrap();
+    // Unsignaled WRITEs may take registered memory too; the READ after them sees them.
+    mine.write(160, &[0x5A; 9]).unwrap();
+    qp.post_unsignaled(&[WorkRequest::WriteFrom { remote: d.at(3000), local: local(k, 160, 9) }]).unwrap();
+    qp.post_signaled(9, &[WorkRequest::ReadInto { remote: d.at(3000), local: local(k, 200, 9) }]).unwrap();
+    let got = poll_until(&*qp, 3);
+    let ok = |wr_id| WorkCompletion { wr_id, result: Ok(()) };
+    assert_eq!(got, vec![ok(7), ok(8), ok(9)]);
+    let mut bytes = vec![0; 256];
+    mine.read(0, &mut bytes).unwrap();
+    assert_eq!(&bytes[..50], &pattern[100..150]);
+    assert_eq!(&bytes[61..74], &pattern[3..16]);
+    assert!(bytes[50..61].iter().all(|b| *b == 0), "nothing lands outside the slices");
+    assert_eq!(&bytes[200..209], &[0x5A; 9]);
+    assert_eq!(&region_bytes(&region)[2000..2022], b"from registered memory");
+    assert_eq!(qp.poll_cq(&mut Vec::new(), 8), 0, "one completion per chain");
+}
+
+/// Local memory is checked when posting: a bad key, a slice outside its registration, a READ with
+/// nowhere to land are refused at once, send nothing, and leave the queue pair usable.
+pub fn local_memory_is_checked_at_post(make: MakeServer<'_>) {
+    let (s, _r, d) = setup(make, 256, Access::READ_WRITE);
+    let qp = s.connect();
+    let k = qp.register_local(Arc::new(MemoryRegion::new(64))).unwrap();
+    let read_into = |l| [WorkRequest::ReadInto { remote: d.at(0), local: l }];
+    assert_eq!(
+        qp.post_signaled(1, &read_into(local(LocalKey(k.0 + 1), 0, 8))),
+        Err(FabricError::LocalAccess(LocalAccessError::BadKey))
+    );
+    assert_eq!(
+        qp.post_signaled(2, &read_into(local(k, 60, 8))),
+        Err(FabricError::LocalAccess(LocalAccessError::OutOfBounds))
+    );
+    assert_eq!(
+        qp.post_unsignaled(&[WorkRequest::WriteFrom { remote: d.at(0), local: local(k, 64, 1) }]),
+        Err(FabricError::LocalAccess(LocalAccessError::OutOfBounds))
+    );
+    assert_eq!(
+        qp.post(&[WorkRequest::ReadInto { remote: d.at(0), local: local(k, 0, 65) }]).wait_timeout(T),
+        Err(FabricError::LocalAccess(LocalAccessError::OutOfBounds))
+    );
+    assert_eq!(
+        qp.post_signaled(3, &[WorkRequest::Read { remote: d.at(0), len: 8 }]),
+        Err(FabricError::ReadWithoutBuffer)
+    );
+    qp.post_signaled(4, &read_into(local(k, 56, 8))).unwrap();
+    assert_eq!(poll_until(&*qp, 1), vec![WorkCompletion { wr_id: 4, result: Ok(()) }]);
+    assert_eq!(qp.poll_cq(&mut Vec::new(), 8), 0, "refused posts complete nothing");
+}
+
+/// The error state, seen through the completion queue: the failing chain completes with the
+/// remote error, every chain accepted after it with `Flushed`, and later posts are refused or
+/// complete flushed.
+pub fn error_state_through_the_completion_queue(make: MakeServer<'_>) {
+    let (s, _r, d) = setup(make, 256, Access::READ);
+    let qp = s.connect();
+    let k = qp.register_local(Arc::new(MemoryRegion::new(64))).unwrap();
+    let bad = super::RemoteAddr { addr: d.addr, rkey: d.rkey ^ 0x55 };
+    qp.post_signaled(1, &[WorkRequest::ReadInto { remote: d.at(0), local: local(k, 0, 8) }]).unwrap();
+    qp.post_signaled(2, &[WorkRequest::ReadInto { remote: bad, local: local(k, 8, 8) }]).unwrap();
+    let mut accepted = 2;
+    for id in 3..6 {
+        match qp.post_signaled(id, &[WorkRequest::ReadInto { remote: d.at(0), local: local(k, 16, 8) }]) {
+            Ok(()) => accepted += 1,
+            Err(e) => assert_eq!(e, FabricError::Flushed),
+        }
+    }
+    let got = poll_until(&*qp, accepted);
+    assert_eq!(got[0], WorkCompletion { wr_id: 1, result: Ok(()) });
+    assert_eq!(
+        got[1],
+        WorkCompletion { wr_id: 2, result: Err(FabricError::Remote { index: 0, error: RemoteAccessError::BadKey }) }
+    );
+    for (i, c) in got[2..].iter().enumerate() {
+        assert_eq!(c.wr_id, 3 + i as u64, "in posting order");
+        assert_eq!(c.result, Err(FabricError::Flushed));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(qp.poll_cq(&mut Vec::new(), 8), 0);
+}
+
+/// A waker armed on the completion queue is woken by the next completion, and at once if one is
+/// already there.
+pub fn armed_completion_queue_wakes(make: MakeServer<'_>) {
+    struct Flag(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let wakes = |f: &Flag| f.0.load(std::sync::atomic::Ordering::SeqCst);
+    let (s, _r, d) = setup(make, 64, Access::READ_WRITE);
+    let qp = s.connect();
+    let k = qp.register_local(Arc::new(MemoryRegion::new(8))).unwrap();
+    let flag = Arc::new(Flag(0.into()));
+    let waker = std::task::Waker::from(flag.clone());
+    qp.arm_cq(&waker);
+    assert_eq!(wakes(&flag), 0, "nothing to report yet");
+    qp.post_signaled(1, &[WorkRequest::ReadInto { remote: d.at(0), local: local(k, 0, 8) }]).unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while wakes(&flag) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the armed waker was not woken");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // Still unpolled: arming again wakes at once.
+    qp.arm_cq(&waker);
+    assert_eq!(wakes(&flag), 2);
+    assert_eq!(poll_until(&*qp, 1).len(), 1);
+}
+
 /// Expands to one `#[test]` per conformance check, for the backend built by `$make`
 /// (a `fn(Arc<dyn RpcService>) -> TestServer`).
 #[macro_export]
@@ -456,7 +602,9 @@ macro_rules! fabric_conformance {
             strided_registration_refuses_writes_outside_its_windows,
             error_state_flushes_what_follows, failed_request_stops_its_chain, unsignaled_failures_are_counted,
             unsignaled_stream_beyond_the_send_queue_depth, rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
-            deregistered_key_is_refused, many_queue_pairs_at_once);
+            deregistered_key_is_refused, many_queue_pairs_at_once, registered_memory_and_completions_by_id,
+            local_memory_is_checked_at_post, error_state_through_the_completion_queue,
+            armed_completion_queue_wakes);
     };
     (@tests $make:ident; $($check:ident),*) => {
         mod conformance {

@@ -118,6 +118,9 @@ pub enum FabricError {
     Flushed,
     #[error("an unsignaled chain cannot contain a READ")]
     UnsignaledRead,
+    /// A chain posted for the completion queue has a READ with no local memory to land in.
+    #[error("a READ posted with a work-request id needs a local buffer (ReadInto)")]
+    ReadWithoutBuffer,
     #[error("empty chain")]
     EmptyChain,
     #[error("work request or message of {0} bytes is too large")]
@@ -140,6 +143,9 @@ pub enum FabricError {
     NoService,
     #[error("timed out")]
     Timeout,
+    /// The post's local memory was refused (nothing was sent).
+    #[error("local memory: {0}")]
+    LocalAccess(super::LocalAccessError),
     /// A backend that runs on the caller's async runtime was used outside one.
     #[error("not inside a tokio runtime (this queue pair's driver runs on the caller's runtime)")]
     NoRuntime,

@@ -12,6 +12,13 @@
 //!   completes with [`FabricError::Flushed`]. The caller opens a new queue pair
 //!   ([`FabricError::ends_queue_pair`] says when). Posts refused locally (an empty chain, a READ
 //!   in an unsignaled chain, a request over [`MAX_TRANSFER`]) leave the state unchanged.
+//! * The allocation-free path, as on verbs: a client registers its own memory with the queue pair
+//!   ([`QueuePair::register_local`], a [`LocalKey`]), posts chains whose READs land in it and
+//!   whose WRITEs take their data from it ([`WorkRequest::ReadInto`], [`WorkRequest::WriteFrom`])
+//!   under a work-request id of its choosing ([`QueuePair::post_signaled`]), and polls the
+//!   completion queue for [`WorkCompletion`]s ([`QueuePair::poll_cq`], with
+//!   [`QueuePair::arm_cq`] to be woken). [`QueuePair::post`], which returns the READ data in a
+//!   `Vec` through a [`Completion`], is a convenience that allocates per operation.
 //! * A two-sided RPC ([`QueuePair::call`]) carries the KV messages to the server's
 //!   [`RpcService`], request and response matched by an id, many in flight.
 //!
@@ -20,7 +27,8 @@
 //!
 //! What is agreement and what is machinery:
 //! * the interface every backend implements, and its contracts: this module (the traits and work
-//!   requests), `error` (typed failures), [`region`] (registered memory and keys), [`send_queue`]
+//!   requests), `error` (typed failures), [`region`] (registered memory and keys), [`local`] (the
+//!   caller's registered memory and the completion queue's entries), [`send_queue`]
 //!   (slot accounting), `secret` (admission), [`completion`](mod@completion), and the [`conformance`] suite;
 //! * one module tree per backend, its runtime: [`mem`] (`mem/faults.rs`: fault injection) and
 //!   [`tcp`], whose `wire` module is the software NIC's protocol (a sans-IO codec) and whose `qp`
@@ -29,6 +37,7 @@
 pub mod completion;
 pub mod conformance;
 mod error;
+pub mod local;
 pub mod mem;
 pub mod region;
 mod secret;
@@ -37,6 +46,7 @@ pub mod tcp;
 
 pub use completion::{completion, Completer, Completion};
 pub use error::{CloseReason, Disconnect, FabricError, ProtocolError, RemoteAccessError};
+pub use local::{LocalAccessError, LocalKey, LocalRegions, LocalSlice, WorkCompletion, MAX_LOCAL_REGIONS};
 pub use region::{MemoryRegion, RegionDesc, RegionTable, Strided};
 
 /// Where a server registers memory for remote access: a backend's protection domain. The backend
@@ -64,6 +74,7 @@ pub use secret::{BadSecretLength, Secret, MAX_SECRET};
 pub use send_queue::{SendQueue, DEFAULT_SEND_QUEUE_DEPTH};
 
 use std::sync::Arc;
+use std::task::Waker;
 
 /// Access rights of a registered region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,17 +103,51 @@ pub const MAX_TRANSFER: usize = 4 << 20;
 /// One one-sided operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkRequest<'a> {
-    /// Read `len` bytes at `remote`.
+    /// Read `len` bytes at `remote` into the completion's `Vec` ([`QueuePair::post`] only: a
+    /// convenience that allocates).
     Read { remote: RemoteAddr, len: u32 },
-    /// Write `data` at `remote`.
+    /// Write `data` at `remote`: the bytes are taken at post time (like `IBV_SEND_INLINE`), so
+    /// `data` need not outlive the call.
     Write { remote: RemoteAddr, data: &'a [u8] },
+    /// Read `local.len` bytes at `remote` into the caller's registered memory.
+    ReadInto { remote: RemoteAddr, local: LocalSlice },
+    /// Write `local.len` bytes of the caller's registered memory at `remote`.
+    WriteFrom { remote: RemoteAddr, local: LocalSlice },
 }
 
 impl WorkRequest<'_> {
+    /// Bytes this request adds to the `Vec` of [`QueuePair::post`].
     pub fn read_len(&self) -> usize {
         match self {
             WorkRequest::Read { len, .. } => *len as usize,
-            WorkRequest::Write { .. } => 0,
+            _ => 0,
+        }
+    }
+
+    /// Bytes this request reads from the remote side, wherever they land.
+    pub fn remote_read_len(&self) -> usize {
+        match self {
+            WorkRequest::Read { len, .. } => *len as usize,
+            WorkRequest::ReadInto { local, .. } => local.len as usize,
+            _ => 0,
+        }
+    }
+
+    /// Bytes this request writes to the remote side.
+    pub fn write_len(&self) -> usize {
+        match self {
+            WorkRequest::Write { data, .. } => data.len(),
+            WorkRequest::WriteFrom { local, .. } => local.len as usize,
+            _ => 0,
+        }
+    }
+
+    pub fn remote(&self) -> RemoteAddr {
+        match *self {
+            WorkRequest::Read { remote, .. }
+            | WorkRequest::Write { remote, .. }
+            | WorkRequest::ReadInto { remote, .. }
+            | WorkRequest::WriteFrom { remote, .. } => remote,
         }
     }
 }
@@ -113,20 +158,13 @@ pub fn validate_chain(chain: &[WorkRequest<'_>], signaled: bool) -> Result<(), F
         return Err(FabricError::EmptyChain);
     }
     for wr in chain {
-        match wr {
-            WorkRequest::Read { len, .. } => {
-                if !signaled {
-                    return Err(FabricError::UnsignaledRead);
-                }
-                if *len as usize > MAX_TRANSFER {
-                    return Err(FabricError::TooLarge(*len as usize));
-                }
-            }
-            WorkRequest::Write { data, .. } => {
-                if data.len() > MAX_TRANSFER {
-                    return Err(FabricError::TooLarge(data.len()));
-                }
-            }
+        let is_read = matches!(wr, WorkRequest::Read { .. } | WorkRequest::ReadInto { .. });
+        if is_read && !signaled {
+            return Err(FabricError::UnsignaledRead);
+        }
+        let len = wr.remote_read_len().max(wr.write_len());
+        if len > MAX_TRANSFER {
+            return Err(FabricError::TooLarge(len));
         }
     }
     Ok(())
@@ -153,6 +191,27 @@ pub trait QueuePair: Send + Sync {
 
     /// Failures of unsignaled chains so far.
     fn async_errors(&self) -> u64;
+
+    /// Registers `region` as this queue pair's local memory, for [`WorkRequest::ReadInto`] and
+    /// [`WorkRequest::WriteFrom`]. At most [`MAX_LOCAL_REGIONS`] per queue pair.
+    fn register_local(&self, region: Arc<MemoryRegion>) -> Result<LocalKey, FabricError>;
+
+    /// Posts `chain` signaled, with no allocation: its completion goes to this queue pair's
+    /// completion queue as a [`WorkCompletion`] with `wr_id` (ids are the caller's; the backend
+    /// does not interpret them). Completions arrive in posting order. A refusal (returned here)
+    /// sent nothing and produces no completion; once accepted, the chain produces exactly one
+    /// completion, also when the queue pair fails (then with the reason, or
+    /// [`FabricError::Flushed`]). Slots of the send queue as for [`post`](Self::post).
+    fn post_signaled(&self, wr_id: u64, chain: &[WorkRequest<'_>]) -> Result<(), FabricError>;
+
+    /// Moves up to `max` completions from the completion queue to `out` (appended; reuse the
+    /// `Vec` and nothing is allocated). Returns how many. Never blocks.
+    fn poll_cq(&self, out: &mut Vec<WorkCompletion>, max: usize) -> usize;
+
+    /// Asks for `waker` to be woken once the completion queue holds a completion: at once if it
+    /// holds one already (so poll, arm, poll again loses no wake-up). One waker at a time: the
+    /// latest replaces the earlier one, as a completion queue has one notification channel.
+    fn arm_cq(&self, waker: &Waker);
 }
 
 /// An RPC received by the server.

@@ -10,13 +10,14 @@ mod faults;
 pub use faults::{Faults, TearHook};
 
 use super::{
-    completion, validate_chain, Completer, Completion, FabricError, IncomingRpc, PeerId, ProtocolError, QueuePair,
-    RegionTable, ReplySink, Responder, RpcService, WorkRequest,
+    completion, validate_chain, Completer, Completion, FabricError, IncomingRpc, LocalKey, LocalRegions, MemoryRegion,
+    PeerId, ProtocolError, QueuePair, RegionTable, ReplySink, Responder, RpcService, WorkCompletion, WorkRequest,
 };
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 
 /// An in-process "network": the server's regions and RPC service, and the faults to inject.
 pub struct MemFabric {
@@ -51,6 +52,8 @@ impl MemFabric {
             next_id: AtomicU64::new(1),
             async_errors: AtomicU64::new(0),
             errored: AtomicBool::new(false),
+            locals: RwLock::new(LocalRegions::default()),
+            cq: Mutex::new(CompletionQueue::default()),
         }
     }
 }
@@ -81,6 +84,16 @@ pub struct MemQueuePair {
     async_errors: AtomicU64,
     /// A work request failed: the queue pair is in the error state and executes nothing more.
     errored: AtomicBool,
+    /// The caller's registered memory.
+    locals: RwLock<LocalRegions>,
+    cq: Mutex<CompletionQueue>,
+}
+
+/// Completions of chains posted with an id, and the waker armed for them.
+#[derive(Default)]
+struct CompletionQueue {
+    done: VecDeque<WorkCompletion>,
+    armed: Option<Waker>,
 }
 
 impl MemQueuePair {
@@ -101,11 +114,25 @@ impl MemQueuePair {
         r
     }
 
+    /// Checks a chain's shape and local slices: a refusal here leaves the queue pair's state as
+    /// it is.
+    fn check(&self, chain: &[WorkRequest<'_>], signaled: bool) -> Result<(), FabricError> {
+        validate_chain(chain, signaled)?;
+        let locals = self.locals.read();
+        for wr in chain {
+            if let WorkRequest::ReadInto { local, .. } | WorkRequest::WriteFrom { local, .. } = wr {
+                locals.resolve(local)?;
+            }
+        }
+        Ok(())
+    }
+
     fn execute_chain(&self, chain: &[WorkRequest<'_>]) -> Result<Vec<u8>, FabricError> {
         let f = &self.fabric.faults;
         let total: usize = chain.iter().map(|w| w.read_len()).sum();
         let mut out = vec![0u8; total];
         let mut at = 0;
+        let locals = self.locals.read();
         for (index, wr) in chain.iter().enumerate() {
             let delay = *f.wr_delay.lock();
             if !delay.is_zero() {
@@ -133,6 +160,18 @@ impl MemQueuePair {
                 WorkRequest::Write { remote, data } => {
                     self.fabric.regions.write(remote, data).map_err(fail)?;
                 }
+                WorkRequest::ReadInto { remote, local } => {
+                    let mut data = vec![0; local.len as usize];
+                    self.fabric.regions.read(remote, &mut data).map_err(fail)?;
+                    let (region, offset) = locals.resolve(&local)?;
+                    region.write(offset, &data).expect("checked above");
+                }
+                WorkRequest::WriteFrom { remote, local } => {
+                    let (region, offset) = locals.resolve(&local)?;
+                    let mut data = vec![0; local.len as usize];
+                    region.read(offset, &mut data).expect("checked above");
+                    self.fabric.regions.write(remote, &data).map_err(fail)?;
+                }
             }
         }
         Ok(out)
@@ -141,11 +180,11 @@ impl MemQueuePair {
 
 impl QueuePair for MemQueuePair {
     fn post(&self, chain: &[WorkRequest<'_>]) -> Completion<Vec<u8>> {
-        Completion::ready(validate_chain(chain, true).and_then(|()| self.execute(chain)))
+        Completion::ready(self.check(chain, true).and_then(|()| self.execute(chain)))
     }
 
     fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
-        validate_chain(chain, false)?;
+        self.check(chain, false)?;
         match self.execute(chain) {
             Ok(_) => {}
             Err(FabricError::Flushed) => return Err(FabricError::Flushed),
@@ -180,6 +219,47 @@ impl QueuePair for MemQueuePair {
 
     fn async_errors(&self) -> u64 {
         self.async_errors.load(Ordering::Relaxed)
+    }
+
+    fn register_local(&self, region: Arc<MemoryRegion>) -> Result<LocalKey, FabricError> {
+        self.locals.write().register(region)
+    }
+
+    fn post_signaled(&self, wr_id: u64, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
+        if chain.iter().any(|wr| matches!(wr, WorkRequest::Read { .. })) {
+            return Err(FabricError::ReadWithoutBuffer);
+        }
+        self.check(chain, true)?;
+        if self.errored.load(Ordering::Acquire) {
+            return Err(FabricError::Flushed);
+        }
+        let result = self.execute(chain).map(drop);
+        let armed = {
+            let mut cq = self.cq.lock();
+            cq.done.push_back(WorkCompletion { wr_id, result });
+            cq.armed.take()
+        };
+        if let Some(w) = armed {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    fn poll_cq(&self, out: &mut Vec<WorkCompletion>, max: usize) -> usize {
+        let mut cq = self.cq.lock();
+        let n = max.min(cq.done.len());
+        out.extend(cq.done.drain(..n));
+        n
+    }
+
+    fn arm_cq(&self, waker: &Waker) {
+        let mut cq = self.cq.lock();
+        if cq.done.is_empty() {
+            cq.armed = Some(waker.clone());
+        } else {
+            drop(cq);
+            waker.wake_by_ref();
+        }
     }
 }
 

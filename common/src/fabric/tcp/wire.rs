@@ -225,6 +225,23 @@ pub fn encode_write(out: &mut Vec<u8>, chain: u32, flags: WrFlags, remote: Remot
     out.extend_from_slice(data);
 }
 
+/// Appends a WRITE of `len` bytes that `fill` writes into the frame (from the caller's
+/// registered memory, without a copy in between). `len` must be at most [`MAX_TRANSFER`].
+pub fn encode_write_with(
+    out: &mut Vec<u8>,
+    chain: u32,
+    flags: WrFlags,
+    remote: RemoteAddr,
+    len: u32,
+    fill: impl FnOnce(&mut [u8]),
+) {
+    debug_assert!(len as usize <= MAX_TRANSFER);
+    wr_header(out, OP_WRITE, chain, flags, remote, len);
+    let at = out.len();
+    out.resize(at + len as usize, 0);
+    fill(&mut out[at..]);
+}
+
 fn rpc_frame(out: &mut Vec<u8>, op: u8, id: u64, payload: &[u8]) {
     debug_assert!(payload.len() <= MAX_TRANSFER);
     out.extend_from_slice(&[op, 0, 0, 0]);

@@ -39,10 +39,14 @@ const KEEP_TX_CAPACITY: usize = 1 << 20;
 /// What both drivers keep in the core for each pending request: the completer its caller awaits.
 type Waiter = Completer<Vec<u8>>;
 
-/// Resolves reaped completions (never under a driver's lock: a completion wakes its waiter).
-fn resolve(reaped: &mut Vec<Reaped<Waiter>>) {
+/// Resolves reaped completions, and wakes the completion queue's armed waker if the core had one
+/// to wake (never under a driver's lock: a completion wakes its waiter).
+fn resolve(reaped: &mut Vec<Reaped<Waiter>>, cq_wake: Option<std::task::Waker>) {
     for (completer, result) in reaped.drain(..) {
         completer.complete(result);
+    }
+    if let Some(w) = cq_wake {
+        w.wake();
     }
 }
 

@@ -15,7 +15,9 @@
 use super::core::QpCore;
 use super::{connect_and_handshake, resolve, ConnectOptions, Waiter, KEEP_TX_CAPACITY, TX_HIGH_WATER};
 use crate::fabric::tcp::buf::InBuf;
-use crate::fabric::{completion, Completion, Disconnect, FabricError, QueuePair, WorkRequest};
+use crate::fabric::{
+    completion, Completion, Disconnect, FabricError, LocalKey, MemoryRegion, QueuePair, WorkCompletion, WorkRequest,
+};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -88,13 +90,14 @@ impl Inner {
     /// completion and closes the socket (which also stops the reader thread).
     fn fail(&self, why: FabricError) {
         let mut reaped = Vec::new();
-        {
+        let cq_wake = {
             let mut st = self.state.lock();
             st.core.fail(why, &mut reaped);
             // Under the lock, so that a poster cannot miss the wake between its check and its wait.
             self.tx_space.notify_all();
-        }
-        resolve(&mut reaped);
+            st.core.take_cq_wake()
+        };
+        resolve(&mut reaped, cq_wake);
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
@@ -141,7 +144,7 @@ impl Inner {
     fn read_loop(&self, mut stream: TcpStream, mut input: InBuf) {
         let mut reaped = Vec::new();
         let why = loop {
-            let (dead, written) = {
+            let (dead, written, cq_wake) = {
                 let mut st = self.state.lock();
                 let consumed = st.core.receive(input.data(), &mut reaped);
                 input.consume(consumed);
@@ -155,9 +158,9 @@ impl Inner {
                 } else {
                     Ok(())
                 };
-                (st.core.dead().cloned(), written)
+                (st.core.dead().cloned(), written, st.core.take_cq_wake())
             };
-            resolve(&mut reaped);
+            resolve(&mut reaped, cq_wake);
             if let Some(why) = dead {
                 break why;
             }
@@ -202,6 +205,26 @@ impl QueuePair for TcpQueuePair {
 
     fn async_errors(&self) -> u64 {
         self.inner.state.lock().core.async_errors()
+    }
+
+    fn register_local(&self, region: Arc<MemoryRegion>) -> Result<LocalKey, FabricError> {
+        self.inner.state.lock().core.register_local(region)
+    }
+
+    fn post_signaled(&self, wr_id: u64, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
+        // Accepted, it completes into the queue even if the write fails (with the reason).
+        self.inner.send(|core| core.post_signaled(wr_id, chain)).map(drop)
+    }
+
+    fn poll_cq(&self, out: &mut Vec<WorkCompletion>, max: usize) -> usize {
+        self.inner.state.lock().core.poll_cq(out, max)
+    }
+
+    fn arm_cq(&self, waker: &std::task::Waker) {
+        let ready = self.inner.state.lock().core.arm_cq(waker);
+        if let Some(w) = ready {
+            w.wake();
+        }
     }
 }
 

@@ -19,7 +19,9 @@
 use super::core::{QpCore, Reaped};
 use super::{connect_and_handshake, resolve, ConnectOptions, Waiter, KEEP_TX_CAPACITY, TX_HIGH_WATER};
 use crate::fabric::tcp::buf::InBuf;
-use crate::fabric::{completion, Completion, Disconnect, FabricError, QueuePair, WorkRequest};
+use crate::fabric::{
+    completion, Completion, Disconnect, FabricError, LocalKey, MemoryRegion, QueuePair, WorkCompletion, WorkRequest,
+};
 use parking_lot::Mutex;
 use std::future::Future;
 use std::io;
@@ -141,6 +143,25 @@ impl QueuePair for AsyncTcpQueuePair {
     fn async_errors(&self) -> u64 {
         self.shared.state.lock().core.async_errors()
     }
+
+    fn register_local(&self, region: Arc<MemoryRegion>) -> Result<LocalKey, FabricError> {
+        self.shared.state.lock().core.register_local(region)
+    }
+
+    fn post_signaled(&self, wr_id: u64, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
+        self.send((), |core, ()| core.post_signaled(wr_id, chain).map_err(|e| ((), e))).map_err(|((), e)| e)
+    }
+
+    fn poll_cq(&self, out: &mut Vec<WorkCompletion>, max: usize) -> usize {
+        self.shared.state.lock().core.poll_cq(out, max)
+    }
+
+    fn arm_cq(&self, waker: &Waker) {
+        let ready = self.shared.state.lock().core.arm_cq(waker);
+        if let Some(w) = ready {
+            w.wake();
+        }
+    }
 }
 
 impl Drop for AsyncTcpQueuePair {
@@ -181,8 +202,12 @@ impl Driver {
     /// Ends the queue pair with `why` (the core keeps the first reason), resolves everything
     /// pending and shuts the socket down.
     fn fail(&mut self, why: FabricError) {
-        self.shared.state.lock().core.fail(why, &mut self.reaped);
-        resolve(&mut self.reaped);
+        let cq_wake = {
+            let mut st = self.shared.state.lock();
+            st.core.fail(why, &mut self.reaped);
+            st.core.take_cq_wake()
+        };
+        resolve(&mut self.reaped, cq_wake);
         let _ = socket2::SockRef::from(&self.shared.stream).shutdown(Shutdown::Both);
     }
 
@@ -238,13 +263,13 @@ impl Driver {
                         Step::Done
                     }
                     Ok(_) => {
-                        let dead = {
+                        let (dead, cq_wake) = {
                             let mut st = self.shared.state.lock();
                             let consumed = st.core.receive(self.input.data(), &mut self.reaped);
                             self.input.consume(consumed);
-                            st.core.dead().is_some()
+                            (st.core.dead().is_some(), st.core.take_cq_wake())
                         };
-                        resolve(&mut self.reaped);
+                        resolve(&mut self.reaped, cq_wake);
                         if dead {
                             let _ = socket2::SockRef::from(&self.shared.stream).shutdown(Shutdown::Both);
                             return Step::Done;
@@ -299,7 +324,11 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // Ended normally, this finds nothing pending; dropped by a runtime shutting down, it
         // resolves what is pending and makes later posts fail instead of waiting forever.
-        self.shared.state.lock().core.fail(FabricError::Disconnected(Disconnect::Abandoned), &mut self.reaped);
-        resolve(&mut self.reaped);
+        let cq_wake = {
+            let mut st = self.shared.state.lock();
+            st.core.fail(FabricError::Disconnected(Disconnect::Abandoned), &mut self.reaped);
+            st.core.take_cq_wake()
+        };
+        resolve(&mut self.reaped, cq_wake);
     }
 }
