@@ -24,6 +24,7 @@
 pub mod block;
 pub mod blocking;
 mod error;
+mod lanes;
 pub mod nvme;
 mod read;
 pub mod routing;
@@ -76,6 +77,9 @@ pub struct ClientConfig {
     /// How long one fabric operation (an RPC, a cache probe) may take before it fails with
     /// [`FabricError::Timeout`]; `None` waits forever. A write that timed out may still happen.
     pub op_timeout: Option<std::time::Duration>,
+    /// Cache probes in flight per queue pair that READ into registered memory with no
+    /// allocation; beyond, probes take the allocating path. 0: always the allocating path.
+    pub registered_probes: usize,
 }
 
 impl Default for ClientConfig {
@@ -90,6 +94,7 @@ impl Default for ClientConfig {
             miss_attempts: 8,
             secret: None,
             op_timeout: Some(DEFAULT_OP_TIMEOUT),
+            registered_probes: DEFAULT_REGISTERED_PROBES,
         }
     }
 }
@@ -102,12 +107,35 @@ pub type Connector = Arc<dyn Fn() -> Result<Arc<dyn QueuePair>, FabricError> + S
 /// pipeline on a slow SSD, short enough that a server that stopped answering is noticed.
 pub const DEFAULT_OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Default of [`ClientConfig::registered_probes`]: more than a benchmark thread keeps in flight
+/// (32), for a few kilobytes of registered memory per queue pair (a bucket each).
+pub const DEFAULT_REGISTERED_PROBES: usize = 128;
+
 /// How long a reconnection waits for the server.
 const RECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// A queue pair in use, with its registered probe lanes (none when the client does not probe the
+/// cache, or registration failed).
+pub(crate) struct Conn {
+    qp: Arc<dyn QueuePair>,
+    lanes: Option<lanes::ProbeLanes>,
+}
+
+impl Conn {
+    fn new(qp: Arc<dyn QueuePair>, info: &ServerInfo, cfg: &ClientConfig) -> Conn {
+        let probes = info.table.filter(|_| cfg.read_path == ReadPath::Cached && cfg.registered_probes > 0);
+        let lanes = probes.and_then(|t| {
+            lanes::ProbeLanes::new(qp.clone(), cfg.registered_probes, t.geometry.bucket_bytes())
+                .inspect_err(|e| tracing::warn!(error = %e, "no registered probe lanes: probes allocate"))
+                .ok()
+        });
+        Conn { qp, lanes }
+    }
+}
+
 pub(crate) struct Inner {
     /// The queue pairs in use; one is replaced (through `connector`) when it fails.
-    qps: Vec<RwLock<Arc<dyn QueuePair>>>,
+    qps: Vec<RwLock<Arc<Conn>>>,
     connector: Option<Connector>,
     next_qp: AtomicUsize,
     info: ServerInfo,
@@ -177,7 +205,7 @@ impl Client {
         Counters::add(&counters.rpcs[Op::Hello as usize], 1);
         Ok(Client {
             inner: Arc::new(Inner {
-                qps: qps.into_iter().map(RwLock::new).collect(),
+                qps: qps.into_iter().map(|qp| RwLock::new(Arc::new(Conn::new(qp, &info, &cfg)))).collect(),
                 connector,
                 next_qp: AtomicUsize::new(0),
                 seed: store_seed(&info.store_id),
@@ -212,6 +240,14 @@ impl Client {
     /// The value of `key`, or `None` if it has none.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         self.inner.get(key).await
+    }
+
+    /// Like [`get`](Self::get), but leaves the value in `out` (replacing its contents) and says
+    /// whether the key has one. A cache hit then allocates nothing once `out` has room for the
+    /// value: the bucket is READ into memory the client registered with its queue pair, and the
+    /// READ's completion is found by work-request id.
+    pub async fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, ClientError> {
+        self.inner.get_into(key, out).await
     }
 
     /// Stores `value` under `key` (insert or replace). Returns once it is durable.
@@ -287,13 +323,20 @@ async fn call(
 /// One of the client's queue pairs, and which slot it came from (to replace it if it fails).
 pub(crate) struct QpRef {
     slot: usize,
-    qp: Arc<dyn QueuePair>,
+    conn: Arc<Conn>,
+}
+
+impl QpRef {
+    /// Its registered probe lanes, if it has them.
+    pub(crate) fn lanes(&self) -> Option<&lanes::ProbeLanes> {
+        self.conn.lanes.as_ref()
+    }
 }
 
 impl std::ops::Deref for QpRef {
     type Target = dyn QueuePair;
     fn deref(&self) -> &Self::Target {
-        &*self.qp
+        &*self.conn.qp
     }
 }
 
@@ -301,7 +344,7 @@ impl Inner {
     /// The next queue pair (round robin).
     fn qp(&self) -> QpRef {
         let slot = if self.qps.len() == 1 { 0 } else { self.next_qp.fetch_add(1, Ordering::Relaxed) % self.qps.len() };
-        QpRef { slot, qp: self.qps[slot].read().clone() }
+        QpRef { slot, conn: self.qps[slot].read().clone() }
     }
 
     /// After `qp` returned `e`: if the error ended the queue pair (the RC error state, or a lost
@@ -312,12 +355,12 @@ impl Inner {
             return;
         }
         let mut current = self.qps[qp.slot].write();
-        if !std::ptr::addr_eq(Arc::as_ptr(&*current), Arc::as_ptr(&qp.qp)) {
+        if !Arc::ptr_eq(&current, &qp.conn) {
             return; // already replaced
         }
         match connect() {
             Ok(new) => {
-                *current = new;
+                *current = Arc::new(Conn::new(new, &self.info, &self.cfg));
                 Counters::add(&self.counters.reconnects, 1);
                 tracing::debug!(error = %e, "replaced a failed queue pair");
             }

@@ -20,9 +20,9 @@ use scalio_common::rpc::{flags, MetaGetReply, Op, Request, Reservation, Status, 
 use scalio_common::ssd::{decode_expected_record, Bucket, LayoutError};
 use scalio_common::table::{encode_fill, off, probe_bucket, Probe, INLINE_VALUE_MAX};
 
-/// What one probe found.
+/// What one probe found (a hit's value is in the caller's buffer).
 enum Probed {
-    Hit(Vec<u8>),
+    Hit,
     Pending,
     Miss,
 }
@@ -43,29 +43,36 @@ fn now_us() -> u64 {
 
 impl Inner {
     pub(crate) async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let mut value = Vec::new();
+        Ok(self.get_into(key, &mut value).await?.then_some(value))
+    }
+
+    /// A GET that leaves the value in `out` (replacing its contents) and says whether there is
+    /// one. A hit copies the value into `out` and allocates nothing once `out` has the capacity.
+    pub(crate) async fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, ClientError> {
         key::validate(key)?;
         Counters::add(&self.counters.gets, 1);
-        match self.get_once(key).await {
+        match self.get_once(key, out).await {
             // A GET changes nothing, so one whose queue pair failed under it is simply tried
             // again on the replacement.
-            Err(e) if self.can_retry(&e) => self.get_once(key).await,
+            Err(e) if self.can_retry(&e) => self.get_once(key, out).await,
             r => r,
         }
     }
 
-    async fn get_once(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+    async fn get_once(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, ClientError> {
         let table = self.info.table.filter(|_| self.cfg.read_path == ReadPath::Cached);
-        match (self.cfg.read_path, table) {
-            (ReadPath::Server, _) => self.get_via_server(key).await,
+        let found = match (self.cfg.read_path, table) {
+            (ReadPath::Server, _) => self.get_via_server(key).await?,
             (_, None) => {
                 Counters::add(&self.counters.misses, 1);
-                self.miss(key, None).await
+                self.miss(key, None, out).await?
             }
             (_, Some(t)) => {
                 let tk = TableKey::new(key);
                 for attempt in 0..=self.cfg.probe_retries {
-                    match self.probe(&t, &tk).await? {
-                        Probed::Hit(v) => return Ok(Some(v)),
+                    match self.probe(&t, &tk, out).await? {
+                        Probed::Hit => return Ok(true),
                         Probed::Miss => break,
                         Probed::Pending if attempt < self.cfg.probe_retries => {
                             Counters::add(&self.counters.pending_retries, 1);
@@ -75,8 +82,15 @@ impl Inner {
                     }
                 }
                 Counters::add(&self.counters.misses, 1);
-                self.miss(key, Some((&t, &tk))).await
+                self.miss(key, Some((&t, &tk)), out).await?
             }
+        };
+        match found {
+            Some(value) => {
+                *out = value;
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 
@@ -93,19 +107,43 @@ impl Inner {
         }
     }
 
-    /// One READ of the key's cache bucket. On a hit, the access timestamp is updated with an
-    /// unsignaled WRITE (the GET does not wait for it).
-    async fn probe(&self, t: &TableInfo, tk: &TableKey) -> Result<Probed, ClientError> {
+    /// One READ of the key's cache bucket: into one of the queue pair's registered lanes if one
+    /// is free (no allocation), else into a new buffer. On a hit the value is copied to `out`, and
+    /// the access timestamp is updated with an unsignaled WRITE (the GET does not wait for it).
+    async fn probe(&self, t: &TableInfo, tk: &TableKey, out: &mut Vec<u8>) -> Result<Probed, ClientError> {
         let g = &t.geometry;
         let bucket = tk.bucket(g.buckets);
         let base = t.addr + g.bucket_offset(bucket) as u64;
+        let remote = RemoteAddr { addr: base, rkey: t.rkey };
+        let len = g.bucket_bytes();
         Counters::add(&self.counters.probes, 1);
         let qp = self.qp();
-        let chain =
-            [WorkRequest::Read { remote: RemoteAddr { addr: base, rkey: t.rkey }, len: g.bucket_bytes() as u32 }];
+        if let Some(lanes) = qp.lanes() {
+            let read = lanes.read(remote, len, |bytes| self.inspect_bucket(t, &qp, base, bytes, tk, out));
+            let read = crate::within(self.cfg.op_timeout, async { read.await.transpose() }).await;
+            // None: every lane is in use, and this probe allocates instead.
+            if let Some(probed) = read.inspect_err(|e| self.recover(&qp, e))? {
+                Counters::add(&self.counters.registered_probes, 1);
+                return Ok(probed);
+            }
+        }
+        let chain = [WorkRequest::Read { remote, len: len as u32 }];
         let posted = crate::within(self.cfg.op_timeout, post_when_room(&*qp, &chain)).await;
         let bytes = posted.inspect_err(|e| self.recover(&qp, e))?;
-        Ok(match probe_bucket(&bytes, tk) {
+        Ok(self.inspect_bucket(t, &qp, base, &bytes, tk, out))
+    }
+
+    /// Looks for `tk` in the bucket READ at `base`; see [`probe`](Self::probe).
+    fn inspect_bucket(
+        &self,
+        t: &TableInfo,
+        qp: &crate::QpRef,
+        base: u64,
+        bytes: &[u8],
+        tk: &TableKey,
+        out: &mut Vec<u8>,
+    ) -> Probed {
+        match probe_bucket(bytes, tk) {
             Probe::Hit { slot, value } => {
                 Counters::add(&self.counters.hits, 1);
                 // Without a fill key (the server fills) clients write nothing, not even this.
@@ -118,19 +156,26 @@ impl Inner {
                     // A lost timestamp update only makes eviction less precise; failures are
                     // counted by the queue pair.
                     if let Err(e) = qp.post_unsignaled(&[WorkRequest::Write { remote: at, data: &ts }]) {
-                        self.recover(&qp, &e);
+                        self.recover(qp, &e);
                     }
                 }
-                Probed::Hit(value.to_vec())
+                out.clear();
+                out.extend_from_slice(value);
+                Probed::Hit
             }
             Probe::Pending { .. } => Probed::Pending,
             Probe::Miss => Probed::Miss,
-        })
+        }
     }
 
     /// The miss path: META_GET, then the SSD reads, then the fill. `cache` is None when the
     /// client does not use the cache (stage 1).
-    async fn miss(&self, key: &[u8], cache: Option<(&TableInfo, &TableKey)>) -> Result<Option<Vec<u8>>, ClientError> {
+    async fn miss(
+        &self,
+        key: &[u8],
+        cache: Option<(&TableInfo, &TableKey)>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
         let meta_flags = if cache.is_some() { 0 } else { flags::NO_RESERVE };
         let mut last = None;
         for _ in 0..self.cfg.miss_attempts.max(1) {
@@ -143,8 +188,8 @@ impl Inner {
             if let (Some((t, tk)), None) = (cache, meta.reservation) {
                 Counters::add(&self.counters.no_reservation, 1);
                 // Someone else holds the key's slot: it may be filled by now.
-                if let Probed::Hit(v) = self.probe(t, tk).await? {
-                    return Ok(Some(v));
+                if let Probed::Hit = self.probe(t, tk, out).await? {
+                    return Ok(Some(std::mem::take(out)));
                 }
             }
             match self.read_ssd(key, &meta).await {
@@ -241,16 +286,20 @@ async fn post_when_room(
     let mut attempt = 0u32;
     loop {
         match qp.post(chain).await {
-            Err(FabricError::QueueFull) => {
-                attempt += 1;
-                if attempt < 64 {
-                    yield_now().await;
-                } else {
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                }
-            }
+            Err(FabricError::QueueFull) => wait_for_room(&mut attempt).await,
             done => return done,
         }
+    }
+}
+
+/// Waits before posting again to a full send queue: yields (completions on the way free slots
+/// within microseconds), then after many attempts sleeps a millisecond at a time.
+pub(crate) async fn wait_for_room(attempt: &mut u32) {
+    *attempt += 1;
+    if *attempt < 64 {
+        yield_now().await;
+    } else {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 

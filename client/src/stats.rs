@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Counters {
     pub gets: AtomicU64,
     pub probes: AtomicU64,
+    pub registered_probes: AtomicU64,
     pub hits: AtomicU64,
     pub pending_retries: AtomicU64,
     pub misses: AtomicU64,
@@ -29,6 +30,9 @@ pub struct ClientStats {
     pub gets: u64,
     /// One-sided READs of a cache bucket.
     pub probes: u64,
+    /// Of those, READs into registered memory, completed through the completion queue with no
+    /// allocation (the rest took the allocating path: every registered lane was in use).
+    pub registered_probes: u64,
     /// GETs served by the cache.
     pub hits: u64,
     /// Re-probes because the key's slot was being filled (or read torn).
@@ -74,6 +78,7 @@ impl ClientStats {
         ClientStats {
             gets: self.gets + other.gets,
             probes: self.probes + other.probes,
+            registered_probes: self.registered_probes + other.registered_probes,
             hits: self.hits + other.hits,
             pending_retries: self.pending_retries + other.pending_retries,
             misses: self.misses + other.misses,
@@ -99,6 +104,7 @@ impl ClientStats {
         ClientStats {
             gets: self.gets - earlier.gets,
             probes: self.probes - earlier.probes,
+            registered_probes: self.registered_probes - earlier.registered_probes,
             hits: self.hits - earlier.hits,
             pending_retries: self.pending_retries - earlier.pending_retries,
             misses: self.misses - earlier.misses,
@@ -126,6 +132,7 @@ impl Counters {
         ClientStats {
             gets: g(&self.gets),
             probes: g(&self.probes),
+            registered_probes: g(&self.registered_probes),
             hits: g(&self.hits),
             pending_retries: g(&self.pending_retries),
             misses: g(&self.misses),

@@ -127,6 +127,24 @@ impl MemQueuePair {
         Ok(())
     }
 
+    /// Serves one READ, with the injected faults: a pause, or the tear hook, half-way through.
+    fn read_remote(&self, remote: super::RemoteAddr, out: &mut [u8]) -> Result<(), super::RemoteAccessError> {
+        let f = &self.fabric.faults;
+        let (region, offset) = self.fabric.regions.resolve(remote, out.len(), super::Access::READ)?;
+        let pause = *f.read_pause.lock();
+        let hook = f.tear_hook.lock().clone();
+        let mut mid = || {
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+            if let Some(h) = &hook {
+                h();
+            }
+        };
+        let half = out.len() / 2;
+        region.read_with(offset, out, half, &mut mid)
+    }
+
     fn execute_chain(&self, chain: &[WorkRequest<'_>]) -> Result<Vec<u8>, FabricError> {
         let f = &self.fabric.faults;
         let total: usize = chain.iter().map(|w| w.read_len()).sum();
@@ -142,19 +160,7 @@ impl MemQueuePair {
             match *wr {
                 WorkRequest::Read { remote, len } => {
                     let len = len as usize;
-                    let (region, offset) =
-                        self.fabric.regions.resolve(remote, len, super::Access::READ).map_err(fail)?;
-                    let pause = *f.read_pause.lock();
-                    let hook = f.tear_hook.lock().clone();
-                    let mut mid = || {
-                        if !pause.is_zero() {
-                            std::thread::sleep(pause);
-                        }
-                        if let Some(h) = &hook {
-                            h();
-                        }
-                    };
-                    region.read_with(offset, &mut out[at..at + len], len / 2, &mut mid).map_err(fail)?;
+                    self.read_remote(remote, &mut out[at..at + len]).map_err(fail)?;
                     at += len;
                 }
                 WorkRequest::Write { remote, data } => {
@@ -162,7 +168,7 @@ impl MemQueuePair {
                 }
                 WorkRequest::ReadInto { remote, local } => {
                     let mut data = vec![0; local.len as usize];
-                    self.fabric.regions.read(remote, &mut data).map_err(fail)?;
+                    self.read_remote(remote, &mut data).map_err(fail)?;
                     let (region, offset) = locals.resolve(&local)?;
                     region.write(offset, &data).expect("checked above");
                 }
