@@ -275,6 +275,7 @@ impl Server {
         let dispatch =
             Arc::new(Dispatch { workers: senders, shared: shared.clone(), cluster: cluster.map(|(o, _)| o) });
         let mem = MemFabric::new(regions.clone());
+        mem.set_rpc_credits(config.rpc_credits);
         mem.set_service(dispatch.clone());
         if let Some(t) = &target {
             shared.extra.lock().push(Arc::new(TargetStatsSource(t.clone())));

@@ -19,6 +19,8 @@ pub struct TestServer {
     /// The backend's registration of server memory: the suite registers and deregisters only
     /// through it, so its checks hold for any backend.
     pub registrar: Arc<dyn Registrar>,
+    /// The RPC credits the backend grants each queue pair.
+    pub rpc_credits: u32,
     connect: Box<dyn Fn() -> Arc<dyn QueuePair> + Send + Sync>,
     _guard: Box<dyn Any + Send>,
 }
@@ -27,10 +29,11 @@ impl TestServer {
     /// `guard` is kept alive as long as the server (e.g. the NIC threads' handle).
     pub fn new(
         registrar: Arc<dyn Registrar>,
+        rpc_credits: u32,
         connect: impl Fn() -> Arc<dyn QueuePair> + Send + Sync + 'static,
         guard: impl Any + Send,
     ) -> TestServer {
-        TestServer { registrar, connect: Box::new(connect), _guard: Box::new(guard) }
+        TestServer { registrar, rpc_credits, connect: Box::new(connect), _guard: Box::new(guard) }
     }
 
     pub fn connect(&self) -> Arc<dyn QueuePair> {
@@ -360,7 +363,9 @@ pub fn unsignaled_stream_beyond_the_send_queue_depth(make: MakeServer<'_>) {
 pub fn rpc_responses_match_requests(make: MakeServer<'_>) {
     let s = make(reversing_service());
     let qp = s.connect();
-    let calls: Vec<_> = (0..200u32)
+    // No more than the queue pair may hold back while its credits are in use.
+    let n = (s.rpc_credits as usize * (1 + super::HELD_PER_CREDIT)).min(200) as u32;
+    let calls: Vec<_> = (0..n)
         .map(|i| {
             let req: Vec<u8> = [(i % 7) as u8].into_iter().chain(i.to_le_bytes()).collect();
             (req.clone(), qp.call(&req))
@@ -378,6 +383,42 @@ pub fn rpc_responses_match_requests(make: MakeServer<'_>) {
     want.reverse();
     want.push(0xEE);
     assert_eq!(qp.call(&big).wait_timeout(T).unwrap(), want);
+}
+
+/// The message channel's credits: a queue pair never has more RPCs at the service without a
+/// response than the credits its server granted; calls beyond wait in the queue pair and go out
+/// in order as responses return credits, and each gets its own response.
+pub fn rpc_credits_bound_requests_in_flight(make: MakeServer<'_>) {
+    let held: Arc<parking_lot::Mutex<Vec<IncomingRpc>>> = Arc::default();
+    let at_service = held.clone();
+    let s = make(Arc::new(move |rpc: IncomingRpc| at_service.lock().push(rpc)));
+    let credits = s.rpc_credits as usize;
+    let qp = s.connect();
+    let n = 2 * credits + 3;
+    let calls: Vec<_> = (0..n as u32).map(|i| qp.call(&i.to_le_bytes())).collect();
+    let deadline = std::time::Instant::now() + T;
+    // The first `credits` calls reach the service, and no more.
+    while held.lock().len() < credits {
+        assert!(std::time::Instant::now() < deadline, "{} of {credits} calls reached the service", held.lock().len());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut order = Vec::new();
+    while order.len() < n {
+        std::thread::sleep(Duration::from_millis(10));
+        let batch = std::mem::take(&mut *held.lock());
+        assert!(batch.len() <= credits, "{} calls at the service with {credits} credits", batch.len());
+        assert!(!batch.is_empty() || std::time::Instant::now() < deadline, "stalled after {} calls", order.len());
+        for rpc in batch {
+            order.push(u32::from_le_bytes(rpc.payload[..4].try_into().unwrap()));
+            let mut response = rpc.payload.clone();
+            response.push(0xEE);
+            rpc.responder.reply(&response);
+        }
+    }
+    assert_eq!(order, (0..n as u32).collect::<Vec<_>>(), "calls reach the service in order");
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.wait_timeout(T).unwrap(), [&(i as u32).to_le_bytes()[..], &[0xEE]].concat());
+    }
 }
 
 /// A request the service drops unanswered is an error, not a hang.
@@ -604,7 +645,7 @@ macro_rules! fabric_conformance {
             unsignaled_stream_beyond_the_send_queue_depth, rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
             deregistered_key_is_refused, many_queue_pairs_at_once, registered_memory_and_completions_by_id,
             local_memory_is_checked_at_post, error_state_through_the_completion_queue,
-            armed_completion_queue_wakes);
+            armed_completion_queue_wakes, rpc_credits_bound_requests_in_flight);
     };
     (@tests $make:ident; $($check:ident),*) => {
         mod conformance {

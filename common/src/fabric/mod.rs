@@ -100,6 +100,11 @@ pub struct RemoteAddr {
 /// Largest READ or WRITE in one work request, and largest RPC message.
 pub const MAX_TRANSFER: usize = 4 << 20;
 
+/// RPCs a queue pair holds back while its credits are in use, at most, per credit granted: they
+/// go out in order as responses return credits; beyond, calls fail with
+/// [`FabricError::QueueFull`]. What waits is the caller's own memory, but bounded all the same.
+pub const HELD_PER_CREDIT: usize = 4;
+
 /// One one-sided operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkRequest<'a> {

@@ -5,17 +5,19 @@
 //! by word like a NIC, so a concurrent WRITE can tear it; [`Faults`] widens or forces that window
 //! (a pause or a callback in the middle of every READ) and delays operations.
 
+mod channel;
 mod faults;
 
 pub use faults::{Faults, TearHook};
 
 use super::{
-    completion, validate_chain, Completer, Completion, FabricError, IncomingRpc, LocalKey, LocalRegions, MemoryRegion,
-    PeerId, ProtocolError, QueuePair, RegionTable, ReplySink, Responder, RpcService, WorkCompletion, WorkRequest,
+    completion, validate_chain, Completion, FabricError, LocalKey, LocalRegions, MemoryRegion, PeerId, QueuePair,
+    RegionTable, RpcService, WorkCompletion, WorkRequest,
 };
+use channel::Channel;
 use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -24,11 +26,30 @@ pub struct MemFabric {
     regions: Arc<RegionTable>,
     service: RwLock<Option<Arc<dyn RpcService>>>,
     faults: Faults,
+    /// RPCs each queue pair opened from now on may have at the service without a response.
+    rpc_credits: AtomicU32,
 }
+
+/// Default of [`MemFabric::set_rpc_credits`], as the software NIC's default grant.
+pub const DEFAULT_RPC_CREDITS: u32 = 256;
 
 impl MemFabric {
     pub fn new(regions: Arc<RegionTable>) -> Arc<MemFabric> {
-        Arc::new(MemFabric { regions, service: RwLock::new(None), faults: Faults::default() })
+        Arc::new(MemFabric {
+            regions,
+            service: RwLock::new(None),
+            faults: Faults::default(),
+            rpc_credits: AtomicU32::new(DEFAULT_RPC_CREDITS),
+        })
+    }
+
+    /// The credits of queue pairs opened from now on (at least 1).
+    pub fn set_rpc_credits(&self, credits: u32) {
+        self.rpc_credits.store(credits.max(1), Ordering::Relaxed);
+    }
+
+    pub fn rpc_credits(&self) -> u32 {
+        self.rpc_credits.load(Ordering::Relaxed)
     }
 
     pub fn regions(&self) -> &Arc<RegionTable> {
@@ -47,8 +68,7 @@ impl MemFabric {
     pub fn connect(self: &Arc<Self>) -> MemQueuePair {
         MemQueuePair {
             fabric: self.clone(),
-            sink: Arc::new(MemReplySink::default()),
-            peer: PeerId::fresh(),
+            channel: Channel::new(self.rpc_credits(), PeerId::fresh()),
             next_id: AtomicU64::new(1),
             async_errors: AtomicU64::new(0),
             errored: AtomicBool::new(false),
@@ -58,28 +78,10 @@ impl MemFabric {
     }
 }
 
-#[derive(Default)]
-struct MemReplySink {
-    pending: Mutex<HashMap<u64, Completer<Vec<u8>>>>,
-}
-
-impl ReplySink for MemReplySink {
-    fn reply(&self, id: u64, payload: &[u8]) {
-        if let Some(c) = self.pending.lock().remove(&id) {
-            if payload.is_empty() {
-                c.complete(Err(FabricError::Protocol(ProtocolError::Dropped)));
-            } else {
-                c.complete(Ok(payload.to_vec()));
-            }
-        }
-    }
-}
-
 /// A queue pair of the in-process backend.
 pub struct MemQueuePair {
     fabric: Arc<MemFabric>,
-    sink: Arc<MemReplySink>,
-    peer: PeerId,
+    channel: Arc<Channel>,
     next_id: AtomicU64,
     async_errors: AtomicU64,
     /// A work request failed: the queue pair is in the error state and executes nothing more.
@@ -106,10 +108,7 @@ impl MemQueuePair {
         let r = self.execute_chain(chain);
         if r.is_err() {
             self.errored.store(true, Ordering::Release);
-            let flushed: Vec<_> = self.sink.pending.lock().drain().map(|(_, c)| c).collect();
-            for c in flushed {
-                c.complete(Err(FabricError::Flushed));
-            }
+            self.channel.flush(FabricError::Flushed);
         }
         r
     }
@@ -217,9 +216,9 @@ impl QueuePair for MemQueuePair {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (c, f) = completion();
-        self.sink.pending.lock().insert(id, c);
-        let responder = Responder::new(self.sink.clone(), id);
-        service.handle(IncomingRpc { payload: request.to_vec(), peer: self.peer, responder });
+        if let Err((c, e)) = self.channel.call(id, request, service, c) {
+            c.complete(Err(e));
+        }
         f
     }
 
@@ -278,7 +277,8 @@ mod tests {
         let fabric = MemFabric::new(Arc::new(RegionTable::new()));
         fabric.set_service(service);
         let registrar = fabric.regions().clone();
-        TestServer::new(registrar, move || Arc::new(fabric.connect()) as Arc<dyn QueuePair>, ())
+        fabric.set_rpc_credits(8);
+        TestServer::new(registrar, 8, move || Arc::new(fabric.connect()) as Arc<dyn QueuePair>, ())
     }
 
     crate::fabric_conformance!(make);

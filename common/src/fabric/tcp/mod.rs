@@ -30,10 +30,11 @@ mod tests {
 
     fn start(service: Arc<dyn RpcService>, config: NicConfig) -> TestServer {
         let regions = Arc::new(RegionTable::new());
+        let credits = config.rpc_credits;
         let nic = TcpNic::bind("127.0.0.1:0", regions.clone(), service, config).expect("bind");
         let addr = nic.local_addr();
         let connect = move || Arc::new(TcpQueuePair::connect(addr).expect("connect")) as Arc<dyn QueuePair>;
-        TestServer::new(regions, connect, nic)
+        TestServer::new(regions, credits, connect, nic)
     }
 
     mod one_thread {
@@ -46,7 +47,7 @@ mod tests {
     /// Connections spread over several NIC threads.
     mod three_threads {
         fn make(service: std::sync::Arc<dyn crate::fabric::RpcService>) -> crate::fabric::conformance::TestServer {
-            super::start(service, super::NicConfig { threads: 3, ..Default::default() })
+            super::start(service, super::NicConfig { threads: 3, rpc_credits: 5, ..Default::default() })
         }
         crate::fabric_conformance!(make);
     }
@@ -62,7 +63,9 @@ mod tests {
 
         fn make(service: Arc<dyn RpcService>) -> TestServer {
             let regions = Arc::new(RegionTable::new());
-            let nic = TcpNic::bind("127.0.0.1:0", regions.clone(), service, NicConfig::default()).expect("bind");
+            let config = NicConfig { rpc_credits: 16, ..NicConfig::default() };
+            let credits = config.rpc_credits;
+            let nic = TcpNic::bind("127.0.0.1:0", regions.clone(), service, config).expect("bind");
             let addr = nic.local_addr();
             let rt = Arc::new(
                 tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_io().build().expect("runtime"),
@@ -71,7 +74,7 @@ mod tests {
                 let _entered = rt.enter();
                 Arc::new(AsyncTcpQueuePair::connect(addr).expect("connect")) as Arc<dyn QueuePair>
             };
-            TestServer::new(regions, connect, nic)
+            TestServer::new(regions, credits, connect, nic)
         }
         crate::fabric_conformance!(make);
 

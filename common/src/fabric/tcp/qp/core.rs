@@ -19,16 +19,12 @@
 use crate::fabric::tcp::wire::{self, ChainStatus, Grant, ServerFrame, WrFlags};
 use crate::fabric::{
     validate_chain, Disconnect, FabricError, LocalKey, LocalRegions, LocalSlice, MemoryRegion, ProtocolError,
-    SendQueue, WorkCompletion, WorkRequest,
+    SendQueue, WorkCompletion, WorkRequest, HELD_PER_CREDIT,
 };
 use slab::Slab;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
-
-/// RPCs held back for credit at most, per granted credit: beyond, posts are refused with
-/// [`FabricError::QueueFull`] (what waits here is the caller's own memory, but still bounded).
-const HELD_PER_CREDIT: usize = 4;
 
 /// The chain id of unsignaled chains that selective signaling posted signaled: their completion
 /// only frees send-queue slots (no waiter has this id).

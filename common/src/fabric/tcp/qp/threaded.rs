@@ -11,6 +11,10 @@
 //! * When the core reports the queue pair dead (the error state, or a lost connection), the
 //!   socket is shut down; every pending completion has been resolved with the reason, and later
 //!   posts fail at once with it.
+//! * A failed `write` does not end the queue pair by itself: the server usually closed the
+//!   connection after saying why (a failed work request's completion), and that is still to be
+//!   read. Sending stops (output is discarded, the write side shut down), and the reader ends the
+//!   queue pair when it has read everything, with the server's reason if it gave one.
 
 use super::core::QpCore;
 use super::{connect_and_handshake, resolve, ConnectOptions, Waiter, KEEP_TX_CAPACITY, TX_HIGH_WATER};
@@ -31,6 +35,8 @@ struct State {
     writing: bool,
     /// The other output buffer, handed to the core while one is being written.
     spare: Vec<u8>,
+    /// A `write` failed: nothing more is sent.
+    send_failed: Option<io::ErrorKind>,
 }
 
 struct Inner {
@@ -69,6 +75,7 @@ impl TcpQueuePair {
                 core: QpCore::new(opts.send_queue_depth, grant),
                 writing: false,
                 spare: Vec::new(),
+                send_failed: None,
             }),
             tx_space: Condvar::new(),
         });
@@ -102,27 +109,40 @@ impl Inner {
     }
 
     /// Lets `post` encode into the core, then sees the output written (by this poster or by the
-    /// one writing). A refusal comes back as the post's error, and nothing was sent. `Ok(Some)`:
-    /// this poster's write failed, which ended the queue pair for that reason.
-    fn send<E>(&self, post: impl FnOnce(&mut QpCore<Waiter>) -> Result<(), E>) -> Result<Option<FabricError>, E> {
+    /// one writing). A refusal comes back as the post's error, and nothing was sent. Once
+    /// accepted, a post's fate is its completion's (as on verbs, where a post into a queue pair
+    /// that is about to fail succeeds): a failed `write` shows there, not here.
+    fn send<E>(&self, post: impl FnOnce(&mut QpCore<Waiter>) -> Result<(), E>) -> Result<(), E> {
         let mut st = self.state.lock();
         while st.writing && st.core.pending_output() >= TX_HIGH_WATER && st.core.dead().is_none() {
             self.tx_space.wait(&mut st);
         }
         post(&mut st.core)?;
         if st.writing {
-            return Ok(None);
+            return Ok(());
+        }
+        if st.send_failed.is_some() {
+            st.core.take_output(Vec::new());
+            return Ok(());
         }
         st.writing = true;
         let written = self.write_out(&mut st);
         st.writing = false;
-        drop(st);
-        Ok(written.err().map(|e| {
-            // Every pending completion (this post's too) resolves with the reason.
-            let why = FabricError::Disconnected(Disconnect::Send(e.kind()));
-            self.fail(why.clone());
-            why
-        }))
+        if let Err(e) = written {
+            // This post, and everything pending, completes when the reader has read what the
+            // server sent before the connection failed.
+            self.stop_sending(&mut st, e.kind());
+        }
+        Ok(())
+    }
+
+    /// A `write` failed: discards the output, sends nothing more, and shuts the write side down
+    /// (a server that is still there then closes too, so the reader always ends).
+    fn stop_sending(&self, st: &mut State, kind: io::ErrorKind) {
+        st.send_failed = Some(kind);
+        st.core.take_output(Vec::new());
+        self.tx_space.notify_all();
+        let _ = self.stream.shutdown(Shutdown::Write);
     }
 
     /// Writes the core's output until it stays empty, with the lock released during each write.
@@ -144,28 +164,27 @@ impl Inner {
     fn read_loop(&self, mut stream: TcpStream, mut input: InBuf) {
         let mut reaped = Vec::new();
         let why = loop {
-            let (dead, written, cq_wake) = {
+            let (dead, cq_wake) = {
                 let mut st = self.state.lock();
                 let consumed = st.core.receive(input.data(), &mut reaped);
                 input.consume(consumed);
                 // Replies returned credits, and RPCs held for them are now in the output: with
                 // no poster writing, they go out from here.
-                let written = if st.core.pending_output() > 0 && !st.writing && st.core.dead().is_none() {
+                if st.send_failed.is_some() {
+                    st.core.take_output(Vec::new());
+                } else if st.core.pending_output() > 0 && !st.writing && st.core.dead().is_none() {
                     st.writing = true;
                     let r = self.write_out(&mut st);
                     st.writing = false;
-                    r
-                } else {
-                    Ok(())
-                };
-                (st.core.dead().cloned(), written, st.core.take_cq_wake())
+                    if let Err(e) = r {
+                        self.stop_sending(&mut st, e.kind());
+                    }
+                }
+                (st.core.dead().cloned(), st.core.take_cq_wake())
             };
             resolve(&mut reaped, cq_wake);
             if let Some(why) = dead {
                 break why;
-            }
-            if let Err(e) = written {
-                break FabricError::Disconnected(Disconnect::Send(e.kind()));
             }
             match input.read_from(&mut stream) {
                 Ok((0, _)) => break FabricError::Disconnected(Disconnect::PeerClosed),
@@ -188,11 +207,7 @@ impl QueuePair for TcpQueuePair {
     }
 
     fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
-        match self.inner.send(|core| core.post_unsignaled(chain))? {
-            // The write failed: say so now, as a signaled post's completion would.
-            Some(why) => Err(why),
-            None => Ok(()),
-        }
+        self.inner.send(|core| core.post_unsignaled(chain))
     }
 
     fn call(&self, request: &[u8]) -> Completion<Vec<u8>> {
@@ -212,8 +227,7 @@ impl QueuePair for TcpQueuePair {
     }
 
     fn post_signaled(&self, wr_id: u64, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
-        // Accepted, it completes into the queue even if the write fails (with the reason).
-        self.inner.send(|core| core.post_signaled(wr_id, chain)).map(drop)
+        self.inner.send(|core| core.post_signaled(wr_id, chain))
     }
 
     fn poll_cq(&self, out: &mut Vec<WorkCompletion>, max: usize) -> usize {

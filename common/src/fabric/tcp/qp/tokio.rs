@@ -15,6 +15,10 @@
 //!
 //! If the runtime shuts down while the queue pair lives, the driver's drop resolves every pending
 //! completion ([`Disconnect::Abandoned`]) and later posts fail at once.
+//!
+//! A failed `write` stops sending but not reading: the server usually closed the connection after
+//! saying why (a failed work request's completion), and the queue pair ends when the driver has
+//! read that, with the server's reason.
 
 use super::core::{QpCore, Reaped};
 use super::{connect_and_handshake, resolve, ConnectOptions, Waiter, KEEP_TX_CAPACITY, TX_HIGH_WATER};
@@ -77,7 +81,14 @@ impl AsyncTcpQueuePair {
                 closed: false,
             }),
         });
-        let driver = Driver { shared: shared.clone(), input, out: Vec::new(), written: 0, reaped: Vec::new() };
+        let driver = Driver {
+            shared: shared.clone(),
+            input,
+            out: Vec::new(),
+            written: 0,
+            reaped: Vec::new(),
+            send_failed: false,
+        };
         runtime.spawn(driver);
         Ok(AsyncTcpQueuePair { shared, peer })
     }
@@ -188,6 +199,8 @@ struct Driver {
     out: Vec<u8>,
     written: usize,
     reaped: Vec<Reaped<Waiter>>,
+    /// A `write` failed: output is discarded from now on.
+    send_failed: bool,
 }
 
 /// What one step of the driver did.
@@ -211,11 +224,24 @@ impl Driver {
         let _ = socket2::SockRef::from(&self.shared.stream).shutdown(Shutdown::Both);
     }
 
+    /// A `write` failed: nothing more is sent, and the write side is shut down (a server that is
+    /// still there then closes too, so reading always ends).
+    fn stop_sending(&mut self) {
+        self.send_failed = true;
+        self.out.clear();
+        self.written = 0;
+        let _ = socket2::SockRef::from(&self.shared.stream).shutdown(Shutdown::Write);
+    }
+
     /// Writes what the core has for the socket, as far as the socket takes it.
     fn write_step(&mut self, cx: &mut Context<'_>) -> Step {
         if self.written == self.out.len() {
             let mut st = self.shared.state.lock();
             st.doorbell_rung = false;
+            if self.send_failed {
+                st.core.take_output(Vec::new());
+                return Step::Idle;
+            }
             if st.core.pending_output() == 0 {
                 return Step::Idle;
             }
@@ -228,9 +254,9 @@ impl Driver {
         }
         match self.shared.stream.poll_write_ready(cx) {
             Poll::Pending => Step::Idle,
-            Poll::Ready(Err(e)) => {
-                self.fail(FabricError::Disconnected(Disconnect::Send(e.kind())));
-                Step::Done
+            Poll::Ready(Err(_)) => {
+                self.stop_sending();
+                Step::Progress
             }
             Poll::Ready(Ok(())) => match self.shared.stream.try_write(&self.out[self.written..]) {
                 Ok(n) => {
@@ -239,9 +265,9 @@ impl Driver {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Progress,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
-                Err(e) => {
-                    self.fail(FabricError::Disconnected(Disconnect::Send(e.kind())));
-                    Step::Done
+                Err(_) => {
+                    self.stop_sending();
+                    Step::Progress
                 }
             },
         }
