@@ -11,7 +11,7 @@ use crate::ycsb::{builtin_workload, Properties, Workload};
 use driver::{run_phase, Connector, Phase, Progress};
 use options::Options;
 use report::{LoadReport, Report, ServerSnapshot};
-use scalio_client::BlockPath;
+use scalio_client::{BlockPath, ClientConfig};
 use scalio_common::cluster::ClusterUrl;
 use scalio_server::config::parse_size;
 use scalio_server::device::LocalBlockReader;
@@ -174,12 +174,14 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         (_, _) => BlockPath::NvmeTcp,
     };
     let block = if remote.is_some() && opts.block == "local" { BlockPath::Auto } else { block };
+    let measured_config =
+        ClientConfig { registered_probes: opts.registered_probes, ..kind.client_config(block.clone()) };
     let connector = match (kind, &cluster) {
-        (_, Some(url)) => Connector::Cluster { url: url.clone(), config: kind.client_config(block.clone()) },
+        (_, Some(url)) => Connector::Cluster { url: url.clone(), config: measured_config },
         _ => match kind {
             SystemKind::Ditto => Connector::Ditto { addr: addr.clone() },
             SystemKind::Memcached => Connector::Memcached { addr: addr.clone() },
-            _ => Connector::Scalio { addr: addr.clone(), config: kind.client_config(block.clone()) },
+            _ => Connector::Scalio { addr: addr.clone(), config: measured_config },
         },
     };
     // The load phase writes batched, whatever the system (as the artifact loads with stage 3).

@@ -56,6 +56,10 @@ pub struct Options {
     /// Embedded server: cache buckets (overrides --cache-ratio).
     #[arg(long)]
     pub cache_buckets: Option<u32>,
+    /// Scalio clients: cache probes in flight per queue pair that READ into registered memory
+    /// with no allocation (0: every probe allocates its buffer, the path before registered lanes).
+    #[arg(long, default_value_t = scalio_client::DEFAULT_REGISTERED_PROBES)]
+    pub registered_probes: usize,
     /// Embedded server: writes per batch (stage 3).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
