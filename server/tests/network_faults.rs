@@ -309,3 +309,96 @@ async fn a_slow_reader_is_held_to_its_bounds_and_others_go_on() {
     drop(stream);
     wait_for_stats(&setup, "the slow reader's connection closes", |s| stat(s, "nic_connections") == 1).await;
 }
+
+/// A client that reserves and never fills holds the keys only for the lease: meanwhile the
+/// others read the value from the SSD (correct, uncached), then the first META_GET after the
+/// lease takes the slot over, fills it and hits. (The per-client quota that bounds how many
+/// such reservations one client can hold: `client/tests/trust.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_never_filled_expire_by_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = spawn_server(dir.path(), "[cache]\nlease_ms = 300\n");
+    let other = Client::connect(&addr, ClientConfig::default()).await.expect("connect");
+    const KEYS: u64 = 16;
+    for i in 0..KEYS {
+        other.put(&key(i), &value(i)).await.unwrap();
+    }
+    let hog = TcpQueuePair::connect(addr.as_str()).expect("connect");
+    let reserved_at = Instant::now();
+    for i in 0..KEYS {
+        assert!(meta_get_reserves(&hog, &key(i)));
+    }
+    for i in 0..KEYS {
+        assert_eq!(other.get(&key(i)).await.unwrap(), Some(value(i)));
+    }
+    let during = other.stats();
+    assert!(reserved_at.elapsed() < Duration::from_millis(300), "the lease ran out during the test's first reads");
+    assert_eq!((during.fills, during.hits, during.no_reservation), (0, 0, KEYS), "{during:?}");
+    tokio::time::sleep(Duration::from_millis(350).saturating_sub(reserved_at.elapsed())).await;
+    for i in 0..KEYS {
+        assert_eq!(other.get(&key(i)).await.unwrap(), Some(value(i)));
+        assert_eq!(other.get(&key(i)).await.unwrap(), Some(value(i)));
+    }
+    let after = other.stats().since(&during);
+    assert_eq!((after.fills, after.hits), (KEYS, KEYS), "{after:?}");
+    let st = other.server_stats().await.unwrap();
+    assert_eq!(stat(&st, "table_expired_reclaims"), KEYS);
+    assert_eq!(stat(&st, "table_released_on_close"), 0, "the hog is still connected");
+    drop(hog);
+}
+
+/// A server that stops answering in the middle of a session (the process stopped with SIGSTOP,
+/// its sockets open): every operation fails with a timeout, none hangs; once the server runs
+/// again, the same client works again. (A server that never answers after its handshake:
+/// `client/tests/timeouts.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_gives_timeouts_then_recovers() {
+    use scalio_client::ClientError;
+    use scalio_common::fabric::FabricError;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr) = spawn_server(dir.path(), "");
+    let timeout = Duration::from_millis(300);
+    let c = Client::connect(&addr, ClientConfig { op_timeout: Some(timeout), ..ClientConfig::default() })
+        .await
+        .expect("connect");
+    c.put(b"cached", b"v1").await.unwrap();
+    assert_eq!(c.get(b"cached").await.unwrap(), Some(b"v1".to_vec()));
+    let pid = server.pid() as libc::pid_t;
+    // SAFETY: sends a signal to the server process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // The signal is delivered asynchronously: wait until every thread is stopped.
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().all(|t| {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+            stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T'))
+        })
+    };
+    while !stopped() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let timed = |started: Instant, what: &str, r: Result<(), ClientError>| {
+        assert_eq!(r, Err(ClientError::Fabric(FabricError::Timeout)), "{what} on a stopped server");
+        let waited = started.elapsed();
+        assert!(waited >= timeout && waited < Duration::from_secs(10), "{what} waited {waited:?}");
+    };
+    let started = Instant::now();
+    timed(started, "GET", c.get(b"cached").await.map(drop));
+    let started = Instant::now();
+    timed(started, "PUT", c.put(b"cached", b"v2").await);
+    let started = Instant::now();
+    timed(started, "DELETE", c.delete(b"other").await.map(drop));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    // The PUT that timed out may or may not have taken effect; either way the key reads back
+    // one of the two values, and new writes succeed.
+    let deadline = Instant::now() + T;
+    loop {
+        match c.put(b"after", b"x").await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "the client does not recover: {e}"),
+        }
+    }
+    let v = c.get(b"cached").await.unwrap();
+    assert!(v == Some(b"v1".to_vec()) || v == Some(b"v2".to_vec()), "{v:?}");
+    assert_eq!(c.get(b"after").await.unwrap(), Some(b"x".to_vec()));
+}
