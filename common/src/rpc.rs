@@ -15,6 +15,10 @@ use crate::table::TableGeometry;
 /// Version of this message set; a client refuses a server that speaks another.
 pub const PROTOCOL_VERSION: u32 = 3;
 const HEADER: usize = 8;
+/// The largest request the server accepts: a write of the longest key and the largest value,
+/// with an epoch. Requests over the channel's largest message move by rendezvous
+/// ([`crate::fabric::rendezvous`]), whose staging slots are this size.
+pub const MAX_REQUEST_LEN: usize = HEADER + MAX_KEY_LEN + crate::ssd::MAX_VALUE_LEN + 8;
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -146,6 +146,9 @@ pub enum FabricError {
     /// The post's local memory was refused (nothing was sent).
     #[error("local memory: {0}")]
     LocalAccess(super::LocalAccessError),
+    /// The server refused a staged (rendezvous) transfer; the queue pair is still usable.
+    #[error("staging a large message: {0}")]
+    Staging(super::rendezvous::StagingRefusal),
     /// A backend that runs on the caller's async runtime was used outside one.
     #[error("not inside a tokio runtime (this queue pair's driver runs on the caller's runtime)")]
     NoRuntime,
