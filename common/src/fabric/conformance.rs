@@ -21,6 +21,10 @@ pub struct TestServer {
     pub registrar: Arc<dyn Registrar>,
     /// The RPC credits the backend grants each queue pair.
     pub rpc_credits: u32,
+    /// Whether the backend says which check refused a remote access (key, bounds, rights), as
+    /// the software NICs do, or only that it was refused ([`RemoteAccessError::Refused`], as
+    /// verbs hardware does).
+    pub exact_remote_errors: bool,
     connect: Box<dyn Fn() -> Arc<dyn QueuePair> + Send + Sync>,
     _guard: Box<dyn Any + Send>,
 }
@@ -33,7 +37,25 @@ impl TestServer {
         connect: impl Fn() -> Arc<dyn QueuePair> + Send + Sync + 'static,
         guard: impl Any + Send,
     ) -> TestServer {
-        TestServer { registrar, rpc_credits, connect: Box::new(connect), _guard: Box::new(guard) }
+        TestServer {
+            registrar,
+            rpc_credits,
+            exact_remote_errors: true,
+            connect: Box::new(connect),
+            _guard: Box::new(guard),
+        }
+    }
+
+    /// A backend whose remote refusals are all [`RemoteAccessError::Refused`].
+    pub fn with_coarse_remote_errors(mut self) -> TestServer {
+        self.exact_remote_errors = false;
+        self
+    }
+
+    /// The error this backend reports when request `index` is refused for `error`.
+    pub fn remote(&self, index: u16, error: RemoteAccessError) -> FabricError {
+        let error = if self.exact_remote_errors { error } else { RemoteAccessError::Refused };
+        FabricError::Remote { index, error }
     }
 
     pub fn connect(&self) -> Arc<dyn QueuePair> {
@@ -168,7 +190,7 @@ pub fn later_write_never_visible_before_earlier(make: MakeServer<'_>) {
 pub fn access_errors_are_reported(make: MakeServer<'_>) {
     let (s, _r, d) = setup(make, 128, Access::READ);
     let other = s.connect();
-    let remote = |error| FabricError::Remote { index: 0, error };
+    let remote = |error| s.remote(0, error);
     let bad_key = super::RemoteAddr { addr: d.addr, rkey: d.rkey.wrapping_add(12345) };
     let below = super::RemoteAddr { addr: d.addr - 8, rkey: d.rkey };
     let far = super::RemoteAddr { addr: u64::MAX - 2, rkey: d.rkey };
@@ -231,7 +253,7 @@ pub fn strided_registration_refuses_writes_outside_its_windows(make: MakeServer<
         ];
         assert_eq!(
             qp.post(&chain).wait_timeout(T),
-            Err(FabricError::Remote { index: 1, error: RemoteAccessError::OutOfBounds }),
+            Err(s.remote(1, RemoteAccessError::OutOfBounds)),
             "{len} bytes at {at}"
         );
         assert_eq!(
@@ -245,13 +267,13 @@ pub fn strided_registration_refuses_writes_outside_its_windows(make: MakeServer<
     let qp = s.connect();
     assert_eq!(
         qp.post(&[WorkRequest::Write { remote: read_view.at(8), data: &[1] }]).wait_timeout(T),
-        Err(FabricError::Remote { index: 0, error: RemoteAccessError::AccessDenied }),
+        Err(s.remote(0, RemoteAccessError::AccessDenied)),
         "the read-only view grants no WRITE"
     );
     let qp = s.connect();
     assert_eq!(
         qp.post(&[WorkRequest::Read { remote: write_view.at(8), len: 8 }]).wait_timeout(T),
-        Err(FabricError::Remote { index: 0, error: RemoteAccessError::AccessDenied }),
+        Err(s.remote(0, RemoteAccessError::AccessDenied)),
         "the write-only view grants no READ"
     );
 }
@@ -276,7 +298,7 @@ pub fn error_state_flushes_what_follows(make: MakeServer<'_>) {
     ]);
     let behind = qp.post(&[WorkRequest::Write { remote: d.at(16), data: &[2] }]);
     let unsignaled_behind = qp.post_unsignaled(&[WorkRequest::Write { remote: d.at(24), data: &[3] }]);
-    assert_eq!(failing.wait_timeout(T), Err(FabricError::Remote { index: 1, error: RemoteAccessError::OutOfBounds }));
+    assert_eq!(failing.wait_timeout(T), Err(s.remote(1, RemoteAccessError::OutOfBounds)));
     assert_eq!(behind.wait_timeout(T), Err(FabricError::Flushed));
     assert!(matches!(unsignaled_behind, Ok(()) | Err(FabricError::Flushed)), "{unsignaled_behind:?}");
     assert_eq!(slow_rpc.wait_timeout(T), Err(FabricError::Flushed), "a response to an errored queue pair is lost");
@@ -304,7 +326,7 @@ pub fn failed_request_stops_its_chain(make: MakeServer<'_>) {
         ])
         .wait_timeout(T)
         .unwrap_err();
-    assert_eq!(e, FabricError::Remote { index: 1, error: RemoteAccessError::OutOfBounds });
+    assert_eq!(e, s.remote(1, RemoteAccessError::OutOfBounds));
     assert_eq!(region.load_u8(0), 1, "the request before the failure executed");
     assert_eq!(region.load_u8(8), 0, "the request after the failure did not");
 }
@@ -516,7 +538,7 @@ pub fn deregistered_key_is_refused(make: MakeServer<'_>) {
     assert!(!s.registrar.deregister(d.rkey), "a key is revoked once");
     assert_eq!(
         qp.post(&[WorkRequest::Read { remote: d.at(0), len: 8 }]).wait_timeout(T),
-        Err(FabricError::Remote { index: 0, error: RemoteAccessError::BadKey })
+        Err(s.remote(0, RemoteAccessError::BadKey))
     );
 }
 
@@ -660,10 +682,7 @@ pub fn error_state_through_the_completion_queue(make: MakeServer<'_>) {
     }
     let got = poll_until(&*qp, accepted);
     assert_eq!(got[0], WorkCompletion { wr_id: 1, result: Ok(()) });
-    assert_eq!(
-        got[1],
-        WorkCompletion { wr_id: 2, result: Err(FabricError::Remote { index: 0, error: RemoteAccessError::BadKey }) }
-    );
+    assert_eq!(got[1], WorkCompletion { wr_id: 2, result: Err(s.remote(0, RemoteAccessError::BadKey)) });
     for (i, c) in got[2..].iter().enumerate() {
         assert_eq!(c.wr_id, 3 + i as u64, "in posting order");
         assert_eq!(c.result, Err(FabricError::Flushed));

@@ -46,9 +46,11 @@ pub mod rendezvous;
 mod secret;
 pub mod send_queue;
 pub mod tcp;
+#[cfg(feature = "rdma")]
+pub mod verbs;
 
 pub use completion::{completion, Completer, Completion};
-pub use error::{CloseReason, Disconnect, FabricError, ProtocolError, RemoteAccessError};
+pub use error::{CloseReason, DeviceError, Disconnect, FabricError, ProtocolError, RemoteAccessError, Unsupported};
 pub use local::{LocalAccessError, LocalKey, LocalRegions, LocalSlice, WorkCompletion, MAX_LOCAL_REGIONS};
 pub use region::{MemoryRegion, RegionDesc, RegionTable, Strided};
 
@@ -84,6 +86,8 @@ use std::task::Waker;
 pub struct Access(u8);
 
 impl Access {
+    /// No remote access (memory only the local side uses, e.g. receive buffers).
+    pub const NONE: Access = Access(0);
     pub const READ: Access = Access(1);
     pub const WRITE: Access = Access(2);
     pub const READ_WRITE: Access = Access(3);
