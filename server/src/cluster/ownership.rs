@@ -279,7 +279,14 @@ mod tests {
         own.attach_cache(table.clone());
         let m1 = map(2, 1, None);
         own.install(m1.clone());
-        let m2 = map(3, 1, Some(&m1));
+        // s2 joins; once its copies are done the partitions it took leave s0.
+        let moving = map(3, 1, Some(&m1));
+        let ready = moving.moves.iter().map(|m| ((m.partition, moving.nodes[usize::from(m.to)].id.clone()), m.since));
+        let progress = scalio_common::cluster::Progress { ready: ready.collect(), ..Default::default() };
+        let members: Vec<_> = (0..3).map(member).collect();
+        let m2 = Arc::new(
+            scalio_common::cluster::compute_with(Some(&moving), &members, moving.params, &progress).unwrap().unwrap(),
+        );
         let mine = |m: &ClusterMap, k: &[u8]| m.serves(&NodeId("s0".into()), k, Role::Tail);
         let keys: Vec<Vec<u8>> = (0..100u32).map(|i| format!("key{i}").into_bytes()).filter(|k| mine(&m1, k)).collect();
         let (moved, kept): (Vec<_>, Vec<_>) = keys.into_iter().partition(|k| !mine(&m2, k));
