@@ -1,7 +1,8 @@
 //! Putting the server together: SSDs, store recovery, the cache table and its registration,
 //! worker threads, and the fabric endpoints.
 
-use crate::cluster::{Forwarder, Ownership, PeerConnector, TcpPeers};
+use crate::cluster::mover::LocalWrites;
+use crate::cluster::{Forwarder, Mover, Ownership, PeerConnector, ReadySink, TcpPeers};
 use crate::config::{ConfigError, ServerConfig};
 use crate::device::{DeviceError, DeviceModel, DeviceOptions, Ssd};
 use crate::stats::{ServerShared, StatsSource};
@@ -14,7 +15,7 @@ use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
 use scalio_common::fabric::rendezvous::{Rendezvous, StagingConfig};
 use scalio_common::fabric::tcp::{ConnectOptions, NicConfig, TcpNic};
-use scalio_common::fabric::{Access, FabricError, MemoryRegion, RegionTable, Registrar, RpcService};
+use scalio_common::fabric::{Access, FabricError, MemoryRegion, QueuePair, RegionTable, Registrar, RpcService};
 use scalio_common::rpc::{ServerInfo, SsdInfo, Stats, TableInfo, PROTOCOL_VERSION};
 use scalio_common::table::TableGeometry;
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub enum ServerError {
     Target(#[from] TargetError),
     #[error("cannot register memory with the fabric: {0}")]
     Register(FabricError),
+    #[error("this server is not a cluster member")]
+    NotInCluster,
 }
 
 /// The NVMe/TCP target's counters in STATS.
@@ -110,6 +113,8 @@ pub struct Server {
     local_addr: Option<SocketAddr>,
     target: Option<Arc<NvmeTarget>>,
     config: ServerConfig,
+    /// In a cluster: its standing, and how it reaches the other members.
+    cluster: Option<(Arc<Ownership>, Arc<dyn PeerConnector>)>,
 }
 
 impl Server {
@@ -132,8 +137,25 @@ impl Server {
         ownership: Arc<Ownership>,
         peers: Arc<dyn PeerConnector>,
     ) -> Result<Server, ServerError> {
-        let chain = Forwarder::new(ownership.clone(), peers);
-        Server::start_with(config, Some((ownership, chain)))
+        let chain = Forwarder::new(ownership.clone(), peers.clone());
+        let mut server = Server::start_with(config, Some((ownership.clone(), chain)))?;
+        server.cluster = Some((ownership, peers));
+        Ok(server)
+    }
+
+    /// Starts copying into this cluster member the partitions its maps move to it, reporting
+    /// each one to `sink` when its copy is complete (see [`crate::cluster::mover`]). Its
+    /// counters join STATS.
+    pub fn start_mover(&self, sink: Arc<dyn ReadySink>) -> Result<Mover, ServerError> {
+        let (own, peers) = self.cluster.clone().ok_or(ServerError::NotInCluster)?;
+        let writes = LocalWrites {
+            workers: self.workers.iter().map(|(tx, _)| tx.clone()).collect(),
+            ssds: self.shared.ssds().len() as u16,
+        };
+        let local: Arc<dyn QueuePair> = Arc::new(self.mem.connect());
+        let mover = Mover::start(own, peers, local, writes, sink).map_err(|e| ServerError::Thread(e.to_string()))?;
+        self.shared.extra.lock().push(mover.stats_source());
+        Ok(mover)
     }
 
     fn start_with(
@@ -276,6 +298,7 @@ impl Server {
                 shared: shared.clone(),
                 io_cost: Duration::from_micros(config.emulation.worker_io_cost_us),
                 chain: cluster.as_ref().map(|(_, chain)| chain.clone()),
+                cluster: cluster.as_ref().map(|(own, _)| own.clone()),
             };
             let h = std::thread::Builder::new()
                 .name(format!("worker-{id}"))
@@ -310,8 +333,15 @@ impl Server {
         if let Some(t) = &target {
             shared.extra.lock().push(Arc::new(TargetStatsSource(t.clone())));
         }
-        let mut server =
-            Server { shared: shared.clone(), mem, workers, local_addr: None, target, config: config.clone() };
+        let mut server = Server {
+            shared: shared.clone(),
+            mem,
+            workers,
+            local_addr: None,
+            target,
+            config: config.clone(),
+            cluster: None,
+        };
         if let Some(addr) = &config.listen {
             let nic_cfg = NicConfig {
                 threads: config.nic_threads,
