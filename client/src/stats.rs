@@ -20,7 +20,7 @@ pub(crate) struct Counters {
     pub block_read_blocks: AtomicU64,
     pub writes: AtomicU64,
     pub reconnects: AtomicU64,
-    pub rpcs: [AtomicU64; 8],
+    pub rpcs: [AtomicU64; 9],
 }
 
 /// A snapshot of a client's counters.

@@ -338,6 +338,20 @@ impl Worker {
         let Ok(req) = Request::decode(&rpc.payload) else {
             return respond(rpc.responder, Status::BadRequest, Op::Hello, b"malformed request");
         };
+        if req.op == Op::Scan {
+            // Scans name an SSD, not a key.
+            return match ScanRequest::decode(req.value) {
+                Ok(scan)
+                    if usize::from(scan.ssd) < self.ssds.len() && usize::from(scan.ssd) % self.workers == self.id =>
+                {
+                    let ssds = self.ssds.len() as u16;
+                    let buckets = self.store_of(scan.ssd).buckets();
+                    let reply = Reply::Scan { responder: rpc.responder, ssds, buckets };
+                    self.store_of(scan.ssd).submit_scan(scan.bucket, scan.max_buckets, reply);
+                }
+                _ => respond(rpc.responder, Status::BadRequest, Op::Scan, b"malformed or misrouted scan"),
+            };
+        }
         let ssd = key::route(req.key, self.ssds.len() as u16, 1).ssd;
         if usize::from(ssd) % self.workers != self.id {
             return respond(rpc.responder, Status::BadRequest, req.op, b"misrouted request");
@@ -395,16 +409,7 @@ impl Worker {
                 };
                 self.store_of(ssd).submit_write(w, now);
             }
-            Op::Scan => match ScanRequest::decode(req.value) {
-                Ok(scan) if usize::from(scan.ssd) < self.ssds.len() => {
-                    let ssds = self.ssds.len() as u16;
-                    let buckets = self.store_of(scan.ssd).buckets();
-                    let reply = Reply::Scan { responder: rpc.responder, ssds, buckets };
-                    self.store_of(scan.ssd).submit_scan(scan.bucket, scan.max_buckets, reply);
-                }
-                _ => respond(rpc.responder, Status::BadRequest, op, b"malformed scan"),
-            },
-            Op::Hello | Op::Stats => respond(rpc.responder, Status::BadRequest, op, b"not a worker request"),
+            Op::Hello | Op::Stats | Op::Scan => respond(rpc.responder, Status::BadRequest, op, b"not a worker request"),
         }
     }
 

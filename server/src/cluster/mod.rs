@@ -14,7 +14,7 @@ pub mod mover;
 pub mod ownership;
 pub mod received;
 
-pub use agent::{Agent, AgentConfig, AgentError};
+pub use agent::{Agent, AgentConfig, AgentError, EtcdReady};
 pub use chain::{Forwarder, PeerConnector, TcpPeers};
 pub use mover::{MoveCounters, Mover, ReadySink};
 pub use ownership::{Next, Ownership};

@@ -83,6 +83,8 @@ pub struct MoveCounters {
     pub copy_ms: AtomicU64,
     /// Per partition received: (keys, bytes) copied.
     pub per_partition: Mutex<BTreeMap<u32, (u64, u64)>>,
+    /// Why the last abandoned pass stopped.
+    pub last_error: Mutex<Option<String>>,
 }
 
 /// Applies copy writes through the workers that own the keys' SSDs.
@@ -192,6 +194,7 @@ fn run(ctx: &Ctx, stop: &AtomicBool) {
                 }
                 Err(e) => {
                     ctx.counters.failed_passes.fetch_add(1, Ordering::Relaxed);
+                    *ctx.counters.last_error.lock() = Some(e.to_string());
                     tracing::info!(from = %source.id, error = %e, "partition copy pass abandoned; retrying");
                     std::thread::sleep(IDLE * 4);
                 }
