@@ -43,8 +43,18 @@ pub enum Op {
     Scan = 8,
 }
 
+const _: () = {
+    let mut i = 0;
+    while i < Op::ALL.len() {
+        assert!((Op::ALL[i] as usize) < Op::CODES, "Op::CODES must exceed every op code");
+        i += 1;
+    }
+};
+
 impl Op {
     pub const ALL: [Op; 8] = [Op::Hello, Op::MetaGet, Op::Get, Op::Put, Op::Update, Op::Delete, Op::Stats, Op::Scan];
+    /// One more than the largest op code: the length of arrays indexed by op (counters).
+    pub const CODES: usize = 9;
 
     pub fn from_u8(v: u8) -> Option<Op> {
         Op::ALL.into_iter().find(|o| *o as u8 == v)

@@ -47,7 +47,7 @@ pub struct ServerShared {
     pub(crate) ssds: Vec<Arc<Ssd>>,
     pub(crate) store_counters: Vec<Arc<StoreCounters>>,
     /// Indexed by op code (1 to 8).
-    rpcs: [AtomicU64; 9],
+    rpcs: [AtomicU64; Op::CODES],
     bad_requests: AtomicU64,
     inbox_refusals: AtomicU64,
     worker_cpu: Arc<CpuGroup>,
