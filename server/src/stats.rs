@@ -47,7 +47,8 @@ pub struct ServerShared {
     pub(crate) table: Option<Arc<CacheTable>>,
     pub(crate) ssds: Vec<Arc<Ssd>>,
     pub(crate) store_counters: Vec<Arc<StoreCounters>>,
-    rpcs: [AtomicU64; 8],
+    /// Indexed by op code (1 to 8).
+    rpcs: [AtomicU64; Op::CODES],
     bad_requests: AtomicU64,
     inbox_refusals: AtomicU64,
     worker_cpu: Arc<CpuGroup>,
