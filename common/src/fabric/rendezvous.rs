@@ -293,6 +293,20 @@ impl StagingSlots {
         }
     }
 
+    /// `peer` left: the slots granted to it and not yet redeemed are free again (a WRITE of it
+    /// still landing in one is caught by the checksum of whoever stages there next). Returns how
+    /// many.
+    pub fn release(&mut self, peer: PeerId) -> usize {
+        let mut n = 0;
+        for slot in &mut self.slots {
+            if matches!(*slot, Slot::Granted { peer: p, .. } if p == peer) {
+                *slot = Slot::Free;
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Slots granted or draining.
     pub fn in_use(&self) -> usize {
         self.slots.iter().filter(|s| !matches!(s, Slot::Free)).count()
@@ -406,6 +420,12 @@ impl RpcService for Rendezvous {
             _ => self.inner.handle(rpc),
         }
     }
+
+    /// The peer's unredeemed staging slots are freed, then the service behind is told.
+    fn peer_closed(&self, peer: PeerId) {
+        self.slots.lock().release(peer);
+        self.inner.peer_closed(peer);
+    }
 }
 
 #[cfg(test)]
@@ -428,6 +448,13 @@ mod tests {
         assert_eq!(s.redeem(a, ticket, 50), Err(StagingRefusal::UnknownTicket));
         s.free(slot);
         assert_eq!(s.in_use(), 0);
+        // A peer that leaves gives back what it was granted and did not redeem.
+        let (_, t1) = s.grant(a, 10, now).unwrap();
+        s.grant(a, 10, now).unwrap();
+        s.grant(b, 10, now).unwrap();
+        assert_eq!(s.release(a), 2);
+        assert_eq!(s.in_use(), 1);
+        assert_eq!(s.redeem(a, t1, 10), Err(StagingRefusal::UnknownTicket));
     }
 
     #[test]

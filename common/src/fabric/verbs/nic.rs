@@ -286,6 +286,8 @@ impl Conn {
         };
         queue::run_poller(&self.cq, stop, |batch| self.on_completions(batch));
         self.state.lock().dead = true;
+        // After `dead`, which responders report as the peer gone (see `RpcService::peer_closed`).
+        self.service.peer_closed(self.peer);
     }
 
     fn on_completions(self: &Arc<Self>, batch: &[Wc]) {
@@ -359,6 +361,10 @@ impl Conn {
 }
 
 impl ReplySink for Conn {
+    fn is_closed(&self) -> bool {
+        self.state.lock().dead
+    }
+
     fn reply(&self, id: u64, payload: &[u8]) {
         let mut st = self.state.lock();
         if st.dead {
