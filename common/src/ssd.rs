@@ -660,6 +660,9 @@ mod tests {
         fn bucket_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1100), len in 0u8..4) {
             let _ = Bucket::decode(&bytes, 1, 2, len, SEED);
             let _ = BlockHeader::decode(&bytes, SEED);
+            if let Some(h) = BlockHeader::claimed(&bytes) {
+                prop_assert!(h.chain_index < h.chain_len);
+            }
         }
 
         #[test]

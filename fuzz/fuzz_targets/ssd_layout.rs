@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let value_len = u32::from_le_bytes(head[12..16].try_into().unwrap());
     let chain_len = head[16] % 8;
     let _ = BlockHeader::decode(rest, SEED);
+    let _ = BlockHeader::claimed(rest);
     let _ = Bucket::decode(rest, id, lseq, chain_len, SEED);
     let _ = decode_expected_record(rest, SEED, lseq, &head[..usize::from(head[16] % 17)], value_len);
 });
