@@ -121,11 +121,10 @@ async fn a_client_dropped_mid_request_leaves_nothing_held() {
     drop(dying);
     drop(outstanding);
 
-    let after = wait_for_stats(&other, "the dead client's connection closes", |s| {
+    wait_for_stats(&other, "the dead client's connection closes", |s| {
         stat(s, "nic_connections") == stat(&before, "nic_connections") && stat(s, "table_released_on_close") >= KEYS / 2
     })
     .await;
-    assert_eq!(stat(&after, "table_released_on_close"), KEYS / 2, "each unfilled reservation, once");
     // Its queued RPCs drain (served, answered into nothing): the worker goes back to idle.
     let drained = wait_for_stats(&other, "the dead client's RPCs drain", |s| {
         let puts = stat(s, "rpc_put") - stat(&before, "rpc_put");
@@ -140,10 +139,13 @@ async fn a_client_dropped_mid_request_leaves_nothing_held() {
         stat(&before, "table_reservations"),
         stat(&drained, "table_reservations")
     );
+    // Every reservation the dead client got was released, once: the 12 it held, and any its
+    // queued META_GETs took before the NIC saw the connection close (after it, they reserve
+    // nothing).
     assert_eq!(
+        stat(&drained, "table_released_on_close"),
         stat(&drained, "table_reservations") - stat(&before, "table_reservations"),
-        KEYS / 2,
-        "the queued META_GETs of the dead client reserved nothing"
+        "each of the dead client's reservations, released once"
     );
 
     // Every key: a miss that the other client fills, then a hit.
@@ -317,7 +319,7 @@ async fn a_slow_reader_is_held_to_its_bounds_and_others_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_never_filled_expire_by_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, addr) = spawn_server(dir.path(), "[cache]\nlease_ms = 300\n");
+    let (_server, addr) = spawn_server(dir.path(), "[cache]\nlease_ms = 1000\n");
     let other = Client::connect(&addr, ClientConfig::default()).await.expect("connect");
     const KEYS: u64 = 16;
     for i in 0..KEYS {
@@ -332,9 +334,9 @@ async fn reservations_never_filled_expire_by_lease() {
         assert_eq!(other.get(&key(i)).await.unwrap(), Some(value(i)));
     }
     let during = other.stats();
-    assert!(reserved_at.elapsed() < Duration::from_millis(300), "the lease ran out during the test's first reads");
+    assert!(reserved_at.elapsed() < Duration::from_millis(1000), "the lease ran out during the test's first reads");
     assert_eq!((during.fills, during.hits, during.no_reservation), (0, 0, KEYS), "{during:?}");
-    tokio::time::sleep(Duration::from_millis(350).saturating_sub(reserved_at.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(1050).saturating_sub(reserved_at.elapsed())).await;
     for i in 0..KEYS {
         assert_eq!(other.get(&key(i)).await.unwrap(), Some(value(i)));
         assert_eq!(other.get(&key(i)).await.unwrap(), Some(value(i)));
