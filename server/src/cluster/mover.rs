@@ -305,7 +305,8 @@ fn copy_key(
 }
 
 fn call(qp: &dyn QueuePair, req: &[u8]) -> Result<Vec<u8>, MoveError> {
-    rendezvous::call_blocking(qp, req, CALL_TIMEOUT).map_err(|e| MoveError::Unreachable(NodeId("peer".into()), e.to_string()))
+    rendezvous::call_blocking(qp, req, CALL_TIMEOUT)
+        .map_err(|e| MoveError::Unreachable(NodeId("peer".into()), e.to_string()))
 }
 
 /// Lists every key of the server behind `qp`, SSD by SSD, in chunks of buckets.
