@@ -467,6 +467,25 @@ impl BlockHeader {
         }
         Ok(h)
     }
+
+    /// What a block that fails its checksum claims to be, read from its header unverified
+    /// (None if the header is not even well-formed). A write torn at a 512-byte boundary or a
+    /// bit flip elsewhere in the block leaves the header as written; recovery uses the claim to
+    /// tell which bucket's chain was damaged, never to serve anything.
+    pub fn claimed(block: &[u8]) -> Option<BlockHeader> {
+        if block.len() < BLOCK_SIZE {
+            return None;
+        }
+        let mut lseq = [0u8; 8];
+        lseq[..6].copy_from_slice(&block[4..10]);
+        let h = BlockHeader {
+            bucket: le32(block, 0),
+            lseq: u64::from_le_bytes(lseq),
+            chain_len: block[10],
+            chain_index: block[11],
+        };
+        (h.chain_len != 0 && h.chain_index < h.chain_len).then_some(h)
+    }
 }
 
 fn block_crc(block: &[u8], seed: u64) -> u32 {

@@ -263,6 +263,12 @@ impl PeerId {
 pub trait ReplySink: Send + Sync {
     /// Sends the response to request `id`.
     fn reply(&self, id: u64, payload: &[u8]);
+
+    /// Whether the connection is gone (its replies are dropped). Set before the service is told
+    /// [`peer_closed`](RpcService::peer_closed).
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
 /// The right (and duty) to answer one RPC. Dropping it unanswered sends an empty response, which
@@ -282,6 +288,13 @@ impl Responder {
         self.answered = true;
         self.sink.reply(self.id, payload);
     }
+
+    /// Whether the client that sent the RPC is gone: once this is true, the service has been or
+    /// is about to be told [`peer_closed`](RpcService::peer_closed), so nothing the service
+    /// hands this client from now on would be freed by that call.
+    pub fn peer_gone(&self) -> bool {
+        self.sink.is_closed()
+    }
 }
 
 impl Drop for Responder {
@@ -296,6 +309,13 @@ impl Drop for Responder {
 /// `mem`), so it must hand the work off quickly, e.g. to a worker's queue.
 pub trait RpcService: Send + Sync + 'static {
     fn handle(&self, rpc: IncomingRpc);
+
+    /// The connection of `peer` closed (the client left, failed, or was cut off): the service
+    /// frees what it held for that client. Called once per peer, after every RPC of the peer
+    /// was handed to [`handle`](Self::handle) and after its responders report
+    /// [`peer_gone`](Responder::peer_gone); RPCs still in the service may be answered later
+    /// (into nothing).
+    fn peer_closed(&self, _peer: PeerId) {}
 }
 
 impl<F: Fn(IncomingRpc) + Send + Sync + 'static> RpcService for F {

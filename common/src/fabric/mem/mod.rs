@@ -194,6 +194,17 @@ impl MemQueuePair {
     }
 }
 
+/// Closing a queue pair is dropping it: the service is told its peer left, as the NIC tells it
+/// when a connection closes.
+impl Drop for MemQueuePair {
+    fn drop(&mut self) {
+        self.channel.close();
+        if let Some(service) = self.fabric.service.read().clone() {
+            service.peer_closed(self.channel.peer());
+        }
+    }
+}
+
 impl QueuePair for MemQueuePair {
     fn post(&self, chain: &[WorkRequest<'_>]) -> Completion<Vec<u8>> {
         Completion::ready(self.check(chain, true).and_then(|()| self.execute(chain)))
