@@ -39,6 +39,9 @@ pub enum Op {
     Scan = 8,
 }
 
+/// Length of an array indexed by op code (codes are 1 to 8).
+pub const OP_SLOTS: usize = 9;
+
 impl Op {
     pub const ALL: [Op; 8] = [Op::Hello, Op::MetaGet, Op::Get, Op::Put, Op::Update, Op::Delete, Op::Stats, Op::Scan];
 

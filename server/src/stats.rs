@@ -31,7 +31,7 @@ use crate::table::CacheTable;
 use parking_lot::Mutex;
 use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::tcp::TcpNic;
-use scalio_common::rpc::{Op, ServerInfo, Stats};
+use scalio_common::rpc::{Op, ServerInfo, Stats, OP_SLOTS};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -46,8 +46,7 @@ pub struct ServerShared {
     pub(crate) table: Option<Arc<CacheTable>>,
     pub(crate) ssds: Vec<Arc<Ssd>>,
     pub(crate) store_counters: Vec<Arc<StoreCounters>>,
-    /// Indexed by op code (1 to 8).
-    rpcs: [AtomicU64; 9],
+    rpcs: [AtomicU64; OP_SLOTS],
     bad_requests: AtomicU64,
     inbox_refusals: AtomicU64,
     worker_cpu: Arc<CpuGroup>,
