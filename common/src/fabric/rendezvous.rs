@@ -293,6 +293,15 @@ impl StagingSlots {
         }
     }
 
+    /// Takes back every slot granted to `peer` and not yet redeemed (its connection closed).
+    pub fn release_peer(&mut self, peer: PeerId) {
+        for slot in &mut self.slots {
+            if matches!(slot, Slot::Granted { peer: p, .. } if *p == peer) {
+                *slot = Slot::Free;
+            }
+        }
+    }
+
     /// Slots granted or draining.
     pub fn in_use(&self) -> usize {
         self.slots.iter().filter(|s| !matches!(s, Slot::Free)).count()
@@ -406,6 +415,13 @@ impl RpcService for Rendezvous {
             _ => self.inner.handle(rpc),
         }
     }
+
+    /// A closed connection's slots come back at once (not after their lease), and the service
+    /// behind learns of the close too.
+    fn peer_closed(&self, peer: PeerId) {
+        self.slots.lock().release_peer(peer);
+        self.inner.peer_closed(peer);
+    }
 }
 
 #[cfg(test)]
@@ -448,6 +464,19 @@ mod tests {
         }
         assert_eq!(s.in_use(), 8);
         assert_eq!(s.grant(PeerId::fresh(), 10, now), Err(StagingRefusal::NoRoom));
+    }
+
+    #[test]
+    fn a_closed_connections_slots_come_back_at_once() {
+        let mut s = StagingSlots::new(config());
+        let now = Instant::now();
+        let (a, b) = (PeerId::fresh(), PeerId::fresh());
+        let (_, ta) = s.grant(a, 10, now).unwrap();
+        let (_, tb) = s.grant(b, 10, now).unwrap();
+        s.release_peer(a);
+        assert_eq!(s.in_use(), 1);
+        assert_eq!(s.redeem(a, ta, 10), Err(StagingRefusal::UnknownTicket));
+        assert!(s.redeem(b, tb, 10).is_ok(), "another connection's slot is untouched");
     }
 
     #[test]
