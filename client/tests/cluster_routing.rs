@@ -478,8 +478,10 @@ async fn after_a_member_dies_its_chains_are_served_by_the_survivor() {
 struct MemSink(Mutex<HashMap<(u32, NodeId), u64>>);
 
 impl ReadySink for MemSink {
-    fn ready(&self, partition: u32, to: &NodeId, since: u64) -> Result<(), String> {
-        self.0.lock().unwrap().insert((partition, to.clone()), since);
+    fn ready(&self, to: &NodeId, done: &std::collections::BTreeMap<u32, u64>) -> Result<(), String> {
+        let mut ready = self.0.lock().unwrap();
+        ready.retain(|(_, id), _| id != to);
+        ready.extend(done.iter().map(|(p, since)| ((*p, to.clone()), *since)));
         Ok(())
     }
 }

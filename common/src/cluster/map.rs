@@ -360,7 +360,7 @@ pub fn compute(
 /// * the *holders* are its live members that have the data: all but the receivers of moves
 ///   not yet reported ready;
 /// * the *ideal* chain is the ring's; the *needed* are its members that are not holders;
-/// * nothing needed: the chain is the ideal one, in the holders' order (nothing to copy);
+/// * nothing needed: the chain is the ideal one (nothing to copy);
 /// * otherwise the chain is the needed (new ones first) ahead of the holders (those the ring
 ///   keeps, the tail, and enough others to keep `replication` copies): a move `tail → each
 ///   needed`. Such a chain has at most twice `replication` members.
@@ -451,8 +451,9 @@ fn next_chain(
     };
     let needed: Vec<u16> = ideal.iter().copied().filter(|i| !holders.contains(i)).collect();
     if needed.is_empty() {
-        let chain = holders.into_iter().filter(|h| ideal.contains(h)).collect();
-        return (chain, Vec::new());
+        // Every member the ring names has the data: the ring's chain, in the ring's order (so
+        // that tails, which serve reads, spread over the servers as the ring spreads them).
+        return (ideal, Vec::new());
     }
     // Newcomers first, then receivers that continue copying (in the old order), then the
     // holders: those the ring keeps, the tail, and as many of the others (nearest the tail

@@ -80,9 +80,10 @@ impl ClusterUrl {
         format!("{}/ready/", self.prefix).into_bytes()
     }
 
-    /// Where `id` reports its copy of `partition` complete (the value: the move's `since`).
-    pub fn ready_key(&self, partition: u32, id: &super::NodeId) -> Vec<u8> {
-        format!("{}/ready/{partition}/{id}", self.prefix).into_bytes()
+    /// Where `id` reports the copies it completed (the value: a JSON object from partition
+    /// to the `since` of the move completed).
+    pub fn ready_key(&self, id: &super::NodeId) -> Vec<u8> {
+        format!("{}/ready/{id}", self.prefix).into_bytes()
     }
 
     pub fn leaving_prefix(&self) -> Vec<u8> {
@@ -104,7 +105,7 @@ mod tests {
         let u: ClusterUrl = "etcd://127.0.0.1:2379".parse().unwrap();
         assert_eq!(u, ClusterUrl { endpoint: "127.0.0.1:2379".into(), prefix: "/scalio".into() });
         assert_eq!(u.map_key(), b"/scalio/map");
-        assert_eq!(u.ready_key(12, &super::super::NodeId("s1".into())), b"/scalio/ready/12/s1");
+        assert_eq!(u.ready_key(&super::super::NodeId("s1".into())), b"/scalio/ready/s1");
         assert_eq!(u.leaving_key(&super::super::NodeId("s1".into())), b"/scalio/leaving/s1");
         let u: ClusterUrl = "etcd://localhost:2379/test/a/".parse().unwrap();
         assert_eq!(u.prefix, "/test/a");

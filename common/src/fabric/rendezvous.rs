@@ -478,6 +478,19 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_connections_slots_come_back_at_once() {
+        let mut s = StagingSlots::new(config());
+        let now = Instant::now();
+        let (a, b) = (PeerId::fresh(), PeerId::fresh());
+        let (_, ta) = s.grant(a, 10, now).unwrap();
+        let (_, tb) = s.grant(b, 10, now).unwrap();
+        s.release(a);
+        assert_eq!(s.in_use(), 1);
+        assert_eq!(s.redeem(a, ta, 10), Err(StagingRefusal::UnknownTicket));
+        assert!(s.redeem(b, tb, 10).is_ok(), "another connection's slot is untouched");
+    }
+
+    #[test]
     fn an_unredeemed_slot_is_taken_back_after_its_lease_and_its_ticket_dies() {
         let mut s = StagingSlots::new(StagingConfig { slots: 1, ..config() });
         let now = Instant::now();

@@ -10,7 +10,8 @@
 //! membership. No election, and no single server whose loss stalls reconfiguration.
 //!
 //! The map also follows the moves' progress: a receiver's copy reported complete
-//! (`PREFIX/ready/PARTITION/ID` = the move's `since`, written by [`EtcdReady`]) and the
+//! (`PREFIX/ready/ID` = `{partition: the move's since, ...}`, written by [`EtcdReady`], one
+//! record per receiver rewritten after each pass, so that a pass ends in one new map) and the
 //! servers being drained (`PREFIX/leaving/ID`, written by `scalio-admin drain`) are inputs of
 //! [`compute_with`] like the members, read in the same range (one revision).
 //!
@@ -244,15 +245,16 @@ pub fn parse_state(url: &ClusterUrl, range: Range) -> ClusterState {
                 }
             }
         } else if let Some(rest) = kv.key.strip_prefix(ready_p.as_slice()) {
-            // ready/PARTITION/ID = SINCE
-            let parsed = std::str::from_utf8(rest).ok().and_then(|r| {
-                let (p, id) = r.split_once('/')?;
-                let since = std::str::from_utf8(&kv.value).ok()?.parse::<u64>().ok()?;
-                Some((p.parse::<u32>().ok()?, NodeId(id.to_string()), since))
+            // ready/ID = {"PARTITION": SINCE, ...}
+            let parsed = std::str::from_utf8(rest).ok().and_then(|id| {
+                let m: std::collections::BTreeMap<u32, u64> = serde_json::from_slice(&kv.value).ok()?;
+                Some((NodeId(id.to_string()), m))
             });
             match parsed {
-                Some((p, id, since)) => {
-                    st.progress.ready.insert((p, id), since);
+                Some((id, m)) => {
+                    for (p, since) in m {
+                        st.progress.ready.insert((p, id.clone()), since);
+                    }
                 }
                 None => tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "ignoring a malformed ready record"),
             }
@@ -326,8 +328,9 @@ impl EtcdReady {
 }
 
 impl ReadySink for EtcdReady {
-    fn ready(&self, partition: u32, to: &NodeId, since: u64) -> Result<(), String> {
-        self.etcd.put(&self.url.ready_key(partition, to), since.to_string().as_bytes(), None).map_err(|e| e.to_string())
+    fn ready(&self, to: &NodeId, done: &std::collections::BTreeMap<u32, u64>) -> Result<(), String> {
+        let value = serde_json::to_vec(done).map_err(|e| e.to_string())?;
+        self.etcd.put(&self.url.ready_key(to), &value, None).map_err(|e| e.to_string())
     }
 }
 

@@ -11,8 +11,8 @@
 //!    partitions from S with a copy read ([`flags::COPY`]); each value is applied here unless
 //!    a newer write reached the key first ([`super::received`]);
 //! 3. **repair**: reads again from S the keys an UPDATE found missing here, until none is left;
-//! 4. reports each partition whose move is unchanged ready (`ReadySink`: a record in etcd),
-//!    and the reconciler's next map lets this server take any place in the chain.
+//! 4. reports the partitions whose moves are unchanged ready (`ReadySink`: one record in etcd
+//!    per receiver), and the reconciler's next map lets this server take any place in the chain.
 //!
 //! A pass that meets a changed map (the source refuses, a copy is cancelled) is abandoned and
 //! started again from the new map. Every step is idempotent: copies never overwrite newer
@@ -27,7 +27,7 @@ use scalio_common::cluster::{partition_of, ClusterMap, Member, Move, NodeId};
 use scalio_common::fabric::{rendezvous, QueuePair};
 use scalio_common::key::route;
 use scalio_common::rpc::{flags, Op, Request, Response, ScanReply, ScanRequest, Status};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,10 +42,12 @@ const IDLE: Duration = Duration::from_millis(50);
 /// Most repair rounds per pass (each re-reads the keys still dirty).
 const MAX_REPAIR_ROUNDS: usize = 64;
 
-/// Where a receiver says that its copy of a partition is complete.
+/// Where a receiver says which of its copies are complete.
 pub trait ReadySink: Send + Sync {
-    /// The move of `partition` to `to` that began at epoch `since` has its copy complete.
-    fn ready(&self, partition: u32, to: &NodeId, since: u64) -> Result<(), String>;
+    /// The moves to `to` of the partitions in `done` (partition → the move's `since`) have
+    /// their copies complete. `done` holds every such move of the current map (it replaces
+    /// what was reported before), so that one report ends one pass.
+    fn ready(&self, to: &NodeId, done: &BTreeMap<u32, u64>) -> Result<(), String>;
 }
 
 /// Why a pass stopped before the end.
@@ -158,8 +160,8 @@ impl Drop for Mover {
 }
 
 fn run(ctx: &Ctx, stop: &AtomicBool) {
-    // Moves reported ready: (partition, since).
-    let mut reported: HashSet<(u32, u64)> = HashSet::new();
+    // Moves reported ready: partition → since.
+    let mut reported: BTreeMap<u32, u64> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
         let Some(map) = ctx.own.map() else {
             std::thread::sleep(IDLE);
@@ -168,10 +170,10 @@ fn run(ctx: &Ctx, stop: &AtomicBool) {
         let me = ctx.own.me().clone();
         // Forget the records of moves that ended.
         ctx.own.received().lock().retain(|p, since| map.move_to(p, &me).is_some_and(|m| m.since == since));
-        reported.retain(|(p, since)| map.move_to(*p, &me).is_some_and(|m| m.since == *since));
+        reported.retain(|p, since| map.move_to(*p, &me).is_some_and(|m| m.since == *since));
         let mut by_source: BTreeMap<u16, Vec<Move>> = BTreeMap::new();
         for mv in map.moves.iter().filter(|m| map.nodes[usize::from(m.to)].id == me) {
-            if !reported.contains(&(mv.partition, mv.since)) {
+            if reported.get(&mv.partition) != Some(&mv.since) {
                 by_source.entry(mv.from).or_default().push(*mv);
             }
         }
@@ -186,11 +188,10 @@ fn run(ctx: &Ctx, stop: &AtomicBool) {
             let source = map.nodes[usize::from(from)].clone();
             let started = Instant::now();
             ctx.counters.passes.fetch_add(1, Ordering::Relaxed);
-            match pass(ctx, &map, &source, &moves, stop) {
+            match pass(ctx, &map, &source, &moves, &mut reported, stop) {
                 Ok(done) => {
                     ctx.counters.copy_ms.fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                     tracing::info!(from = %source.id, partitions = done.len(), ms = started.elapsed().as_millis() as u64, "partition copies ready");
-                    reported.extend(done);
                 }
                 Err(e) => {
                     ctx.counters.failed_passes.fetch_add(1, Ordering::Relaxed);
@@ -203,14 +204,16 @@ fn run(ctx: &Ctx, stop: &AtomicBool) {
     }
 }
 
-/// One pass over the moves from `source`. Returns the (partition, since) reported ready.
+/// One pass over the moves from `source`; the ones completed join `reported`, which is
+/// reported whole. Returns the partitions completed.
 fn pass(
     ctx: &Ctx,
     map: &ClusterMap,
     source: &Member,
     moves: &[Move],
+    reported: &mut BTreeMap<u32, u64>,
     stop: &AtomicBool,
-) -> Result<Vec<(u32, u64)>, MoveError> {
+) -> Result<Vec<u32>, MoveError> {
     let bits = map.params.partition_bits;
     let by_partition: HashMap<u32, Move> = moves.iter().map(|m| (m.partition, *m)).collect();
     let epoch = Some(map.epoch);
@@ -252,16 +255,20 @@ fn pass(
             }
         }
     }
-    // 4. Report the moves that are still as they were.
+    // 4. Report the moves that are still as they were (with those reported before).
     let now = ctx.own.map().ok_or(MoveError::MapChanged)?;
-    let mut done = Vec::new();
-    for mv in moves {
-        if now.move_to(mv.partition, ctx.own.me()).is_some_and(|m| m.since == mv.since) {
-            ctx.sink.ready(mv.partition, ctx.own.me(), mv.since).map_err(MoveError::Report)?;
-            ctx.counters.partitions_ready.fetch_add(1, Ordering::Relaxed);
-            done.push((mv.partition, mv.since));
-        }
+    let done: Vec<u32> = moves
+        .iter()
+        .filter(|mv| now.move_to(mv.partition, ctx.own.me()).is_some_and(|m| m.since == mv.since))
+        .map(|mv| mv.partition)
+        .collect();
+    let mut all = reported.clone();
+    for mv in moves.iter().filter(|mv| done.contains(&mv.partition)) {
+        all.insert(mv.partition, mv.since);
     }
+    ctx.sink.ready(ctx.own.me(), &all).map_err(MoveError::Report)?;
+    ctx.counters.partitions_ready.fetch_add(done.len() as u64, Ordering::Relaxed);
+    *reported = all;
     Ok(done)
 }
 
