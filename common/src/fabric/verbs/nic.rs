@@ -284,15 +284,21 @@ impl Conn {
             }
             false
         };
-        queue::run_poller(&self.cq, stop, |batch| self.on_completions(batch));
+        queue::run_poller(&self.cq, stop, || self.progress());
         self.state.lock().dead = true;
     }
 
-    fn on_completions(self: &Arc<Self>, batch: &[Wc]) {
+    /// Polls the completion queue and handles what it finds; requests go to the service after
+    /// the lock is released. Returns how many completions it found.
+    fn progress(self: &Arc<Self>) -> usize {
         let mut incoming = Vec::new();
+        let mut batch = Vec::new();
         {
             let mut st = self.state.lock();
-            for wc in batch {
+            if queue::poll(&self.cq, &mut batch) == 0 {
+                return 0;
+            }
+            for wc in &batch {
                 if st.dead {
                     break;
                 }
@@ -316,6 +322,7 @@ impl Conn {
             let responder = Responder::new(self.clone() as Arc<dyn ReplySink>, id);
             self.service.handle(IncomingRpc { payload, peer: self.peer, responder });
         }
+        batch.len()
     }
 
     fn on_receive(&self, st: &mut ConnState, wc: &Wc, incoming: &mut Vec<(u64, Vec<u8>)>) {
