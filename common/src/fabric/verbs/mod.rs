@@ -32,26 +32,8 @@ pub use device::{VerbsDevice, MAX_INLINE};
 pub use nic::{NicConfig, VerbsNic, VerbsRegistrar};
 pub use qp::VerbsQueuePair;
 
+pub use crate::fabric::verbs_config::VerbsConfig;
 use crate::fabric::DeviceError;
-
-/// Which device, port and GID to use.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VerbsConfig {
-    /// Device name (`ibv_devices`), e.g. `mlx5_0` or `rxe0`; None: the first device.
-    pub device: Option<String>,
-    /// Port number (from 1).
-    pub port: u8,
-    /// GID index (`show_gids`); None: the first IPv4-mapped GID (RoCE v2 over IPv4), else the
-    /// first non-zero one.
-    pub gid_index: Option<u32>,
-}
-
-impl Default for VerbsConfig {
-    fn default() -> Self {
-        VerbsConfig { device: None, port: 1, gid_index: None }
-    }
-}
 
 /// Why the verbs tests of this process cannot run, if they cannot: no device, as on a machine
 /// without RDMA (or without rdma-core).
