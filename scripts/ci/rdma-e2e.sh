@@ -75,9 +75,12 @@ done
 [ -b "${DEVS[0]:-/nonexistent}" ] && [ -b "${DEVS[1]:-/nonexistent}" ] || { echo "rdma-e2e: namespaces did not appear" >&2; exit 1; }
 echo "rdma-e2e: SSD 0 -> ${DEVS[0]}, SSD 1 -> ${DEVS[1]} (nvme-rdma to $IP:4421)"
 
-"$YCSB" --system scalio --server 127.0.0.1:7400 --fabric verbs --rdma-device "$DEV" \
+if ! "$YCSB" --system scalio --server 127.0.0.1:7400 --fabric verbs --rdma-device "$DEV" \
   --block-devices "${DEVS[0]},${DEVS[1]}" --block direct --threads 2 --outstanding 4 \
-  --workload a -p recordcount="$RECORDS" -p operationcount="$OPS" --json "$W/report.json"
+  --workload a -p recordcount="$RECORDS" -p operationcount="$OPS" --json "$W/report.json" 2>"$W/ycsb.err"; then
+  tr '\r' '\n' <"$W/ycsb.err" | grep -v '^\[' | tail -20; tail -20 "$W/server.log"; echo "rdma-e2e: scalio-ycsb failed" >&2; exit 1
+fi
+tr '\r' '\n' <"$W/ycsb.err" | grep -v '^\[' | grep . | tail -5 || true
 
 python3 - "$W/report.json" <<'PY'
 import json, sys

@@ -164,7 +164,14 @@ pub struct VerbsServerConfig {
 
 impl Default for VerbsServerConfig {
     fn default() -> Self {
-        VerbsServerConfig { device: None, port: 1, gid_index: None, credits: 64, buffer_bytes: 16 << 10, trusted_fills: false }
+        VerbsServerConfig {
+            device: None,
+            port: 1,
+            gid_index: None,
+            credits: 64,
+            buffer_bytes: 16 << 10,
+            trusted_fills: false,
+        }
     }
 }
 

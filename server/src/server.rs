@@ -91,8 +91,8 @@ pub struct Server {
     local_addr: Option<SocketAddr>,
     target: Option<Arc<NvmeTarget>>,
     config: ServerConfig,
-    /// The RDMA listener when the fabric is verbs (dropped with the server).
-    fabric_nic: parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// The RDMA listener when the fabric is verbs: held, never read (dropping the server closes it).
+    _verbs_nic: parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 /// The verbs device and its protection domain's registrar, when the fabric is verbs.
@@ -322,7 +322,7 @@ impl Server {
             local_addr: None,
             target,
             config: config.clone(),
-            fabric_nic: parking_lot::Mutex::new(None),
+            _verbs_nic: parking_lot::Mutex::new(None),
         };
         #[cfg(feature = "rdma")]
         if let (Some(v), Some(addr)) = (verbs, &config.listen) {
@@ -332,10 +332,12 @@ impl Server {
                 max_connections: config.max_connections,
                 secret: config.secret().map_err(ServerError::Config)?,
             };
-            let nic = scalio_common::fabric::verbs::VerbsNic::start(v.device, resolve(addr)?, nic_cfg, dispatch)
-                .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+            let nic =
+                scalio_common::fabric::verbs::VerbsNic::start(v.device.clone(), resolve(addr)?, nic_cfg, dispatch)
+                    .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
             server.local_addr = Some(nic.local_addr());
-            *server.fabric_nic.lock() = Some(Box::new(nic));
+            // The registrar holds the registrations: dropping it would revoke every key.
+            *server._verbs_nic.lock() = Some(Box::new((nic, v.registrar)));
             return Ok(server.started(&table, n, opened.formatted));
         }
         if let Some(addr) = &config.listen {

@@ -190,6 +190,7 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
     };
     let measured_config =
         on_fabric(ClientConfig { registered_probes: opts.registered_probes, ..kind.client_config(block.clone()) });
+    let snapshot_config = measured_config.clone();
     let connector = match (kind, &cluster) {
         (_, Some(url)) => Connector::Cluster { url: url.clone(), config: measured_config },
         _ => match kind {
@@ -205,7 +206,10 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
             url: cluster.clone().expect("checked"),
             config: on_fabric(SystemKind::Scalio { stage: 3 }.client_config(block)),
         },
-        _ => Connector::Scalio { addr: addr.clone(), config: on_fabric(SystemKind::Scalio { stage: 3 }.client_config(block)) },
+        _ => Connector::Scalio {
+            addr: addr.clone(),
+            config: on_fabric(SystemKind::Scalio { stage: 3 }.client_config(block)),
+        },
     };
     let spec = workload.spec().clone();
     // One phase, with its progress line; `seed_offset` gives each phase its own operation stream.
@@ -238,9 +242,9 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
             warmup.push(measure("warmup", Phase::Run { operations }, &connector, 1 + 10 * quarter)?);
         }
     }
-    let before = ServerSnapshot::take(server.as_ref(), &addr, kind);
+    let before = ServerSnapshot::take(server.as_ref(), &addr, kind, &snapshot_config);
     let result = measure("run", Phase::Run { operations: spec.operation_count }, &connector, 2)?;
-    let after = ServerSnapshot::take(server.as_ref(), &addr, kind);
+    let after = ServerSnapshot::take(server.as_ref(), &addr, kind, &snapshot_config);
     let report = Report::new(opts, kind, &spec, server_config.as_ref(), load, warmup, result, before, after);
     if let Some(s) = server {
         s.shutdown();

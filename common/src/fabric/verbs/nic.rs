@@ -284,7 +284,12 @@ impl Conn {
             }
             false
         };
-        queue::run_poller(&self.cq, stop, || self.progress());
+        queue::run_poller(&self.cq, stop, || {
+            let found = self.progress();
+            let st = self.state.lock();
+            // Requests at the service may be answered any moment: keep polling for a while.
+            (found, !st.pending.is_empty() || !st.request_fragments.is_empty())
+        });
         self.state.lock().dead = true;
     }
 

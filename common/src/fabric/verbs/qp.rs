@@ -183,7 +183,14 @@ impl VerbsQueuePair {
             .name("verbs-qp".into())
             .spawn(move || {
                 let s = &poller_shared;
-                queue::run_poller(&s.cq, || s.stop.load(Ordering::Acquire), || s.progress());
+                queue::run_poller(
+                    &s.cq,
+                    || s.stop.load(Ordering::Acquire),
+                    || {
+                        let found = s.progress();
+                        (found, s.outstanding())
+                    },
+                );
             })
             .map_err(FabricError::from)?;
         Ok(VerbsQueuePair { shared, poller: Some(poller) })
@@ -342,6 +349,12 @@ impl Shared {
             w.wake();
         }
         batch.len()
+    }
+
+    /// Whether anything waits for a completion (a chain, or an RPC's response).
+    fn outstanding(&self) -> bool {
+        let st = self.state.lock();
+        !st.pending.is_empty() || !st.rpc.waiting.is_empty()
     }
 
     fn finish(&self, p: Pending, result: Result<(), FabricError>, st: &mut State, d: &mut Deferred) {

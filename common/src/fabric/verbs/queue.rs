@@ -225,8 +225,10 @@ pub fn poll(cq: &Cq, out: &mut Vec<Wc>) -> usize {
 /// channel and sleep until it signals. `handle` gets each batch; the loop ends when `stop` says
 /// so (it is asked at least every 50 ms). `progress` polls the queue and handles what it finds,
 /// under the owner's lock (so that completions are handled in the order the queue gave them,
-/// whichever thread polls), and returns how many it found.
-pub fn run_poller(cq: &Cq, mut stop: impl FnMut() -> bool, mut progress: impl FnMut() -> usize) {
+/// whichever thread polls), and returns how many it found and whether requests are still
+/// outstanding: with none, the thread sleeps at once instead of polling (idle queue pairs must
+/// not take CPU from the ones at work, nor from a software device's kernel threads).
+pub fn run_poller(cq: &Cq, mut stop: impl FnMut() -> bool, mut progress: impl FnMut() -> (usize, bool)) {
     const SPIN_FOR: std::time::Duration = std::time::Duration::from_millis(2);
     let mut last_work = std::time::Instant::now();
     let mut polls = 0u32;
@@ -236,11 +238,12 @@ pub fn run_poller(cq: &Cq, mut stop: impl FnMut() -> bool, mut progress: impl Fn
         if polls.is_multiple_of(64) && stop() {
             return;
         }
-        if progress() > 0 {
+        let (found, outstanding) = progress();
+        if found > 0 {
             last_work = std::time::Instant::now();
             continue;
         }
-        if last_work.elapsed() < SPIN_FOR {
+        if outstanding && last_work.elapsed() < SPIN_FOR {
             // Yield, not spin: a software device (Soft-RoCE) does its work in kernel threads
             // that need this CPU.
             std::thread::yield_now();
@@ -249,7 +252,7 @@ pub fn run_poller(cq: &Cq, mut stop: impl FnMut() -> bool, mut progress: impl Fn
         if stop() {
             return;
         }
-        if cq.arm() && progress() > 0 {
+        if cq.arm() && progress().0 > 0 {
             last_work = std::time::Instant::now();
             continue;
         }
