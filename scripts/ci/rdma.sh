@@ -10,8 +10,11 @@
 #   build        cargo build -p scalio-common --features rdma
 #   clippy       cargo clippy -p scalio-common --features rdma --all-targets -- -D warnings
 #   host-skip    the verbs tests on this machine: with no RDMA device each says it skipped and why
+#   build-e2e    cargo build --features rdma of scalio-server and scalio-ycsb (debug, as the tests)
 #   guest        one guest boot: rxe0 on eth0, the verbs tests with SCALIO_REQUIRE_RDMA=1 (the whole
-#                fabric conformance suite on real verbs), then ib_read_lat (perftest) for reference
+#                fabric conformance suite on real verbs), ib_read_lat (perftest) for reference, then
+#                scripts/ci/rdma-e2e.sh (scalio-server and scalio-ycsb on verbs, misses over kernel
+#                NVMe-oF/RDMA)
 # Exit status 0 only if every step passed. Work files: target/vm/ (or $SCALIO_VM_DIR).
 set -uo pipefail
 exec </dev/null
@@ -19,7 +22,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$REPO" || exit 1
 
 if [ "${1:-}" = --guest ]; then
-  BIN=$2
+  BIN=$2 SERVER=$3 YCSB=$4
   echo "=== guest: the verbs tests on ${SCALIO_RDMA_DEVICE:-?}"
   "$BIN" fabric::verbs --test-threads=1 --nocapture
   rc=$?
@@ -29,7 +32,9 @@ if [ "${1:-}" = --guest ]; then
   sleep 1
   timeout 60 ib_read_lat -d "$SCALIO_RDMA_DEVICE" -x 1 -s 64 -n 2000 127.0.0.1 2>/dev/null | grep -A1 'bytes' || echo "(ib_read_lat failed)"
   kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null
-  exit "$rc"
+  [ "$rc" = 0 ] || exit "$rc"
+  echo "=== guest: end to end on verbs and kernel NVMe-oF/RDMA"
+  exec scripts/ci/rdma-e2e.sh "$SERVER" "$YCSB" 300 600
 fi
 
 SUMMARY=()
@@ -69,9 +74,12 @@ step build cargo build -p scalio-common --features rdma || finish
 step clippy cargo clippy -p scalio-common --features rdma --all-targets -- -D warnings
 step host-skip host_skip
 BIN=$(test_binary)
-if [ -x "$BIN" ]; then
-  step guest scripts/vm/run.sh --timeout 300 --modules "rdma_rxe ib_uverbs rdma_ucm" -- \
-    scripts/vm/rxe-up.sh -- scripts/ci/rdma.sh --guest "$BIN"
+step build-e2e cargo build -p scalio-server -p scalio-bench --features scalio-server/rdma,scalio-bench/rdma \
+  --bin scalio-server --bin scalio-ycsb
+TARGET=$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+if [ -x "$BIN" ] && [ -x "$TARGET/debug/scalio-server" ] && [ -x "$TARGET/debug/scalio-ycsb" ]; then
+  step guest scripts/vm/run.sh --timeout 480 --modules "rdma_rxe ib_uverbs rdma_ucm nvmet-rdma nvme-rdma loop" -- \
+    scripts/vm/rxe-up.sh -- scripts/ci/rdma.sh --guest "$BIN" "$TARGET/debug/scalio-server" "$TARGET/debug/scalio-ycsb"
 else
   SUMMARY+=("FAIL guest (no test binary)"); failed=$((failed + 1))
 fi
