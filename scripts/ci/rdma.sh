@@ -8,7 +8,7 @@
 # Host steps, each printed with PASS/FAIL and its time:
 #   setup        scripts/vm/setup.sh --rdma --no-tshark (rdma-core, perftest, cmake/libclang, guest kernel)
 #   build        cargo build -p scalio-common --features rdma
-#   clippy       cargo clippy -p scalio-common --features rdma --all-targets -- -D warnings
+#   clippy       cargo clippy on common, server, client, bench with the rdma features, -D warnings
 #   host-skip    the verbs tests on this machine: with no RDMA device each says it skipped and why
 #   build-e2e    cargo build --features rdma of scalio-server and scalio-ycsb (debug, as the tests)
 #   guest        one guest boot: rxe0 on eth0, the verbs tests with SCALIO_REQUIRE_RDMA=1 (the whole
@@ -71,7 +71,8 @@ test_binary() {
 
 step setup scripts/vm/setup.sh --rdma --no-tshark || finish
 step build cargo build -p scalio-common --features rdma || finish
-step clippy cargo clippy -p scalio-common --features rdma --all-targets -- -D warnings
+step clippy cargo clippy -p scalio-common -p scalio-server -p scalio-client -p scalio-bench \
+  --features scalio-server/rdma,scalio-client/rdma,scalio-bench/rdma --all-targets -- -D warnings
 step host-skip host_skip
 BIN=$(test_binary)
 step build-e2e cargo build -p scalio-server -p scalio-bench --features scalio-server/rdma,scalio-bench/rdma \

@@ -673,4 +673,40 @@ mod tests {
         c.ssds.clear();
         assert!(c.validate().unwrap_err().to_string().contains("no SSDs"));
     }
+
+    #[test]
+    fn verbs_fabric_settings_are_checked() {
+        use scalio_common::fabric::FabricKind;
+        let c = ServerConfig::from_toml(
+            "listen = \"127.0.0.1:7400\"\nfabric = \"verbs\"\n[verbs]\ndevice = \"rxe0\"\ngid_index = 1\ncredits = 32\n",
+        )
+        .unwrap();
+        assert_eq!(c.fabric, FabricKind::Verbs);
+        assert_eq!(c.verbs.device_config().device.as_deref(), Some("rxe0"));
+        assert_eq!((c.verbs.gid_index, c.verbs.credits, c.verbs.port), (Some(1), 32, 1));
+        assert!(ServerConfig::from_toml("fabric = \"infiniband\"").is_err());
+        assert!(ServerConfig::from_toml("[verbs]\ngid = 3").is_err());
+        let mut base = ServerConfig::default().with_ssd_files(std::path::Path::new("/tmp"), 1, 1 << 20);
+        base.fabric = FabricKind::Verbs;
+        base.listen = Some("127.0.0.1:7400".into());
+        let err = |c: &ServerConfig| c.validate().unwrap_err().to_string();
+        if !FabricKind::Verbs.available() {
+            assert!(err(&base).contains("RDMA support"), "{}", err(&base));
+            return;
+        }
+        // Client fills need strided keys, which verbs lacks: refused unless the clients are trusted.
+        assert!(err(&base).contains("client_fills"), "{}", err(&base));
+        let mut c = base.clone();
+        c.cache.client_fills = false;
+        c.validate().unwrap();
+        let mut c = base.clone();
+        c.verbs.trusted_fills = true;
+        c.validate().unwrap();
+        c.verbs.credits = 0;
+        assert!(err(&c).contains("verbs.credits"));
+        let mut c = base;
+        c.cache.client_fills = false;
+        c.listen = None;
+        assert!(err(&c).contains("listen"));
+    }
 }
