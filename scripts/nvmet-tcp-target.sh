@@ -26,6 +26,9 @@
 #         namespaces, removes the subsystem. Nothing to do is not an error.
 # status  Lists the subsystems (namespaces, backing, enabled) and ports (address, linked subsystems).
 #
+# The same script serves NVMe over RDMA: scripts/nvmet-rdma-target.sh runs it with NVMET_TRTYPE=rdma
+# (module nvmet-rdma, an RDMA-capable address; see that script).
+#
 # Needs root, configfs and the nvmet + nvmet-tcp modules (it runs modprobe and mounts configfs on
 # /sys/kernel/config when needed). Exit status 0 on success, 1 on failure (with the reason on stderr),
 # 2 on bad usage.
@@ -37,7 +40,9 @@ set -euo pipefail
 
 CFG=/sys/kernel/config
 NVMET=$CFG/nvmet
-NQN=nqn.2024-01.io.scalio:nvmet-tcp
+TRTYPE=${NVMET_TRTYPE:-tcp}
+case $TRTYPE in tcp|rdma) ;; *) echo "nvmet-$TRTYPE-target: NVMET_TRTYPE must be tcp or rdma" >&2; exit 2 ;; esac
+NQN=nqn.2024-01.io.scalio:nvmet-$TRTYPE
 ADDR=127.0.0.1
 PORT=4420
 NSID=1
@@ -45,10 +50,12 @@ FILE=
 DEVICE=
 CREATE_SIZE=
 BUFFERED=auto
+# rdma only: ask the NIC to serve the namespace (NVMe-oF target offload, e.g. ConnectX with MLNX_OFED).
+OFFLOAD=0
 
-die() { echo "nvmet-tcp-target: error: $*" >&2; exit 1; }
+die() { echo "nvmet-$TRTYPE-target: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
-bad_usage() { echo "nvmet-tcp-target: $*" >&2; echo "run with --help for usage" >&2; exit 2; }
+bad_usage() { echo "nvmet-$TRTYPE-target: $*" >&2; echo "run with --help for usage" >&2; exit 2; }
 
 # Writes VALUE to a configfs attribute; configfs reports a rejected value only as EINVAL and details
 # it in the kernel log, so point there.
@@ -62,7 +69,7 @@ cfg_write() {
 ensure_nvmet() {
   [ "$EUID" = 0 ] || die "must run as root (configfs writes)"
   if [ ! -d "$NVMET" ]; then
-    modprobe nvmet-tcp 2>/dev/null || modprobe nvmet 2>/dev/null || modprobe configfs 2>/dev/null || true
+    modprobe "nvmet-$TRTYPE" 2>/dev/null || modprobe nvmet 2>/dev/null || modprobe configfs 2>/dev/null || true
     if [ -d "$CFG" ] && [ ! -d "$NVMET" ]; then mount -t configfs none "$CFG" 2>/dev/null || true; fi
   fi
   if [ ! -d "$NVMET" ]; then
@@ -72,10 +79,10 @@ cannot host the NVMe target. Without it, use scripts/vm/run.sh"
     die "the kernel NVMe target is not available (modprobe nvmet failed: no CONFIG_NVME_TARGET, or no \
 modules for $(uname -r)). Without it, use scripts/vm/run.sh"
   fi
-  # The TCP transport is a separate module; nvmet would request it when a port is enabled, but a
+  # The transport is a separate module; nvmet would request it when a port is enabled, but a
   # missing one is clearer here.
-  if [ ! -d /sys/module/nvmet_tcp ] && ! modprobe nvmet-tcp 2>/dev/null; then
-    die "modprobe nvmet-tcp failed: this kernel lacks CONFIG_NVME_TARGET_TCP"
+  if [ ! -d "/sys/module/nvmet_$TRTYPE" ] && ! modprobe "nvmet-$TRTYPE" 2>/dev/null; then
+    die "modprobe nvmet-$TRTYPE failed: this kernel lacks CONFIG_NVME_TARGET_${TRTYPE^^}"
   fi
 }
 
@@ -89,13 +96,13 @@ attr() {
 
 adrfam_of() { case $1 in *:*) echo ipv6 ;; *) echo ipv4 ;; esac; }
 
-# The port dir already listening on tcp ADDR:PORT, if any.
+# The port dir already listening on $TRTYPE ADDR:PORT, if any.
 find_port() {
   local p trtype traddr trsvcid
   for p in "$NVMET"/ports/*; do
     [ -d "$p" ] || continue
     attr trtype "$p/addr_trtype"; attr traddr "$p/addr_traddr"; attr trsvcid "$p/addr_trsvcid"
-    if [ "$trtype" = tcp ] && [ "$traddr" = "$1" ] && [ "$trsvcid" = "$2" ]; then
+    if [ "$trtype" = "$TRTYPE" ] && [ "$traddr" = "$1" ] && [ "$trsvcid" = "$2" ]; then
       echo "$p"; return 0
     fi
   done
@@ -152,8 +159,13 @@ cmd_up() {
   fi
   mkdir "$subsys" || die "cannot create subsystem $NQN (a valid NQN looks like nqn.YYYY-MM.reverse.domain:name)"
   # From here on, undo what was made if a later step fails.
-  trap 'echo "nvmet-tcp-target: rolling back" >&2; NQN_ROLLBACK=1 cmd_down >/dev/null 2>&1 || true' EXIT
+  trap 'echo "nvmet-$TRTYPE-target: rolling back" >&2; NQN_ROLLBACK=1 cmd_down >/dev/null 2>&1 || true' EXIT
   cfg_write 1 "$subsys/attr_allow_any_host"
+  if [ "$OFFLOAD" = 1 ]; then
+    [ -e "$subsys/attr_offload" ] || die "this kernel's nvmet has no attr_offload (target offload needs a NIC \
+and driver that offer it, e.g. ConnectX-5 or later with MLNX_OFED)"
+    cfg_write 1 "$subsys/attr_offload"
+  fi
   ns=$subsys/namespaces/$NSID
   mkdir "$ns" || die "cannot create namespace $NSID"
   cfg_write "$backing" "$ns/device_path"
@@ -166,7 +178,7 @@ cmd_up() {
     port=$NVMET/ports/$(free_port_id)
     mkdir "$port" || die "cannot create port $port"
     created_port=1
-    cfg_write tcp "$port/addr_trtype"
+    cfg_write "$TRTYPE" "$port/addr_trtype"
     cfg_write "$(adrfam_of "$ADDR")" "$port/addr_adrfam"
     cfg_write "$ADDR" "$port/addr_traddr"
     cfg_write "$PORT" "$port/addr_trsvcid"
@@ -175,20 +187,20 @@ cmd_up() {
   # fails here.
   if ! ln -s "$subsys" "$port/subsystems/$NQN" 2>/dev/null; then
     [ "$created_port" = 1 ] && rmdir "$port" 2>/dev/null
-    die "cannot enable tcp port $ADDR:$PORT (address in use? see dmesg | tail)"
+    die "cannot enable $TRTYPE port $ADDR:$PORT (address in use, or for rdma no RDMA device on it? see dmesg | tail)"
   fi
   trap - EXIT
-  echo "nqn=$NQN addr=$ADDR port=$PORT trtype=tcp nsid=$NSID backing=$backing buffered_io=$buffered"
+  echo "nqn=$NQN addr=$ADDR port=$PORT trtype=$TRTYPE nsid=$NSID backing=$backing buffered_io=$buffered"
   local reach=$ADDR
   case $ADDR in 0.0.0.0) reach=127.0.0.1 ;; ::) reach=::1 ;; esac
-  echo "connect with: nvme connect -t tcp -a $reach -s $PORT -n $NQN" >&2
+  echo "connect with: nvme connect -t $TRTYPE -a $reach -s $PORT -n $NQN" >&2
 }
 
 cmd_down() {
   ensure_nvmet
   local subsys=$NVMET/subsystems/$NQN p ns h
   if [ ! -d "$subsys" ]; then
-    [ -n "${NQN_ROLLBACK:-}" ] || echo "nvmet-tcp-target: subsystem $NQN is not configured; nothing to do" >&2
+    [ -n "${NQN_ROLLBACK:-}" ] || echo "nvmet-$TRTYPE-target: subsystem $NQN is not configured; nothing to do" >&2
     return 0
   fi
   for p in "$NVMET"/ports/*; do
@@ -208,7 +220,7 @@ cmd_down() {
     [ -L "$h" ] && rm "$h"
   done
   rmdir "$subsys" || die "cannot remove subsystem $NQN (still in use?)"
-  [ -n "${NQN_ROLLBACK:-}" ] || echo "nvmet-tcp-target: removed $NQN" >&2
+  [ -n "${NQN_ROLLBACK:-}" ] || echo "nvmet-$TRTYPE-target: removed $NQN" >&2
 }
 
 cmd_status() {
@@ -252,6 +264,7 @@ while [ $# -gt 0 ]; do
     --create-size) CREATE_SIZE=${2:?}; shift 2 ;;
     --buffered-io) BUFFERED=on; shift ;;
     --direct-io) BUFFERED=off; shift ;;
+    --offload) [ "$TRTYPE" = rdma ] || bad_usage "--offload is for NVMe over RDMA"; OFFLOAD=1; shift ;;
     -h|--help) usage 0 ;;
     *) bad_usage "unknown option '$1'" ;;
   esac

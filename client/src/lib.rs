@@ -38,7 +38,7 @@ pub use stats::ClientStats;
 use parking_lot::RwLock;
 use scalio_common::block::BlockReader;
 use scalio_common::fabric::tcp::{AsyncTcpQueuePair, ConnectOptions};
-use scalio_common::fabric::{rendezvous, FabricError, QueuePair, Secret};
+use scalio_common::fabric::{rendezvous, FabricError, FabricKind, QueuePair, Secret, VerbsConfig};
 use scalio_common::rpc::{Op, Request, Response, ServerInfo, Stats, Status, WrongOwner, PROTOCOL_VERSION};
 use scalio_common::ssd::store_seed;
 use stats::Counters;
@@ -80,6 +80,11 @@ pub struct ClientConfig {
     /// Cache probes in flight per queue pair that READ into registered memory with no
     /// allocation; beyond, probes take the allocating path. 0: always the allocating path.
     pub registered_probes: usize,
+    /// The fabric to the server: the software NIC (`Tcp`) or RDMA verbs (`Verbs`, on the
+    /// device of [`verbs`](Self::verbs); cargo feature `rdma`).
+    pub fabric: FabricKind,
+    /// The RDMA device, port and GID when `fabric` is `Verbs`.
+    pub verbs: VerbsConfig,
 }
 
 impl Default for ClientConfig {
@@ -95,6 +100,8 @@ impl Default for ClientConfig {
             secret: None,
             op_timeout: Some(DEFAULT_OP_TIMEOUT),
             registered_probes: DEFAULT_REGISTERED_PROBES,
+            fabric: FabricKind::Tcp,
+            verbs: VerbsConfig::default(),
         }
     }
 }
@@ -158,6 +165,9 @@ impl Client {
     /// Connects to the server's fabric address over the software NIC (TCP), with queue pairs
     /// driven on the current tokio runtime ([`AsyncTcpQueuePair`]).
     pub async fn connect(addr: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
+        if cfg.fabric == FabricKind::Verbs {
+            return Client::connect_verbs(addr, cfg).await;
+        }
         let mut qps: Vec<Arc<dyn QueuePair>> = Vec::new();
         let mut peer = None;
         let opts = ConnectOptions { secret: cfg.secret.clone(), ..ConnectOptions::default() };
@@ -171,6 +181,30 @@ impl Client {
         let connector: Connector =
             Arc::new(move || Ok(Arc::new(AsyncTcpQueuePair::connect_with(peer, &reconnect)?) as Arc<dyn QueuePair>));
         Client::build(qps, Some(connector), cfg, Some(peer.ip())).await
+    }
+
+    /// Connects over RDMA verbs: `addr` is the server's verbs handshake address (its `listen`).
+    #[cfg(feature = "rdma")]
+    async fn connect_verbs(addr: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
+        use scalio_common::fabric::verbs::{VerbsDevice, VerbsQueuePair};
+        use std::net::ToSocketAddrs;
+        let peer = addr
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ClientError::Config(format!("{addr} is not a host:port address")))?;
+        let device = VerbsDevice::open(&cfg.verbs)?;
+        let secret = cfg.secret.clone();
+        let connector: Connector = Arc::new(move || {
+            Ok(Arc::new(VerbsQueuePair::connect(&device, peer, secret.as_ref())?) as Arc<dyn QueuePair>)
+        });
+        let qps = (0..cfg.queue_pairs.max(1)).map(|_| connector()).collect::<Result<Vec<_>, _>>()?;
+        Client::build(qps, Some(connector), cfg, Some(peer.ip())).await
+    }
+
+    #[cfg(not(feature = "rdma"))]
+    async fn connect_verbs(_: &str, _: ClientConfig) -> Result<Client, ClientError> {
+        Err(ClientError::Config("fabric = verbs needs a build with RDMA support (cargo feature rdma)".into()))
     }
 
     /// A client over queue pairs of any fabric backend. A queue pair that fails stays failed:

@@ -1,11 +1,16 @@
 #!/bin/bash
 # scripts/vm/setup.sh — prepare this machine to run a QEMU (TCG) guest with real Linux NVMe-oF.
 #
-# Usage: scripts/vm/setup.sh [--dir DIR] [--no-tshark] [--no-kernel]
+# Usage: scripts/vm/setup.sh [--dir DIR] [--no-tshark] [--no-kernel] [--rdma]
 #
 #   --dir DIR     cache directory for the guest kernel (default: $SCALIO_VM_DIR, else <repo>/target/vm)
 #   --no-tshark   do not install tshark (only the interop packet-capture check needs it)
 #   --no-kernel   install packages only, do not fetch the guest kernel
+#   --rdma        also what real verbs need: rdma-core's libraries and Soft-RoCE provider
+#                 (libibverbs1, librdmacm1, ibverbs-providers), their tools (ibverbs-utils,
+#                 rdmacm-utils, perftest: ibv_devices, rping, ib_read_lat) and what building
+#                 the `rdma` feature needs (cmake, libclang-dev, clang: sideway's bindgen step).
+#                 The guest runs this machine's files, so these serve both host and guest.
 #
 # What it does (idempotent; a second run only checks and takes well under a second):
 #   1. apt-get installs, without recommends, whatever is missing of: qemu-system-x86, busybox-static,
@@ -24,11 +29,13 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VM_DIR=${SCALIO_VM_DIR:-$REPO/target/vm}
 WANT_TSHARK=1
 WANT_KERNEL=1
+WANT_RDMA=0
 while [ $# -gt 0 ]; do
   case $1 in
     --dir) VM_DIR=$2; shift 2 ;;
     --no-tshark) WANT_TSHARK=0; shift ;;
     --no-kernel) WANT_KERNEL=0; shift ;;
+    --rdma) WANT_RDMA=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -50,6 +57,8 @@ apt_update_once() {
 # --- 1. packages ---------------------------------------------------------------------------------
 PKGS=(qemu-system-x86 busybox-static kmod cpio nvme-cli xz-utils)
 [ "$WANT_TSHARK" = 1 ] && PKGS+=(tshark)
+[ "$WANT_RDMA" = 1 ] && PKGS+=(libibverbs1 librdmacm1 ibverbs-providers ibverbs-utils rdmacm-utils perftest iproute2
+  cmake libclang-dev clang)
 missing=()
 for p in "${PKGS[@]}"; do
   if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != installed ]; then missing+=("$p"); fi

@@ -48,6 +48,15 @@
 //! nqn_prefix = "nqn.2026-11.io.scalio:ssd"
 //! allow_writes = false
 //!
+//! # fabric = "verbs"             # RDMA verbs instead of the software NIC (cargo feature rdma);
+//! # [verbs]                      # `listen` then is the TCP address of the verbs handshake
+//! # device = "mlx5_0"            # default: the first device
+//! # port = 1
+//! # gid_index = 3                # default: the first IPv4-mapped GID
+//! # credits = 64                 # receive buffers pre-posted per connection (the RPC credits)
+//! # buffer_bytes = 16384         # bytes per receive buffer
+//! # trusted_fills = false        # see README, "Real RDMA": client fills on verbs
+//!
 //! [emulation]                    # emulated-testbed knobs (0 = off)
 //! ssd_iops = 0
 //! ssd_latency_us = 0
@@ -113,6 +122,9 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     pub target: TargetConfig,
     pub emulation: EmulationConfig,
+    /// The fabric clients reach this server over: `tcp` (the software NIC) or `verbs` (RDMA).
+    pub fabric: scalio_common::fabric::FabricKind,
+    pub verbs: VerbsServerConfig,
     /// Test-only: a deliberately broken protocol variant (feature `seeded-bugs`; not settable
     /// from TOML).
     #[cfg(feature = "seeded-bugs")]
@@ -142,6 +154,45 @@ pub struct SsdConfig {
     /// Size to create (or extend) a file to, e.g. "1GiB". Omit for an existing file or device.
     #[serde(default, deserialize_with = "size_opt")]
     pub size: Option<u64>,
+}
+
+/// The `verbs` fabric's settings (`[verbs]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerbsServerConfig {
+    /// Device name (`ibv_devices`); None: the first device.
+    pub device: Option<String>,
+    pub port: u8,
+    /// GID index; None: the first IPv4-mapped GID, else the first non-zero one.
+    pub gid_index: Option<u32>,
+    /// Receive buffers pre-posted per connection: a client's RPC credits (in buffers).
+    pub credits: u32,
+    /// Bytes of each receive buffer (the largest SEND; a message takes several).
+    pub buffer_bytes: u32,
+    /// Let clients fill the cache table on verbs, which has no strided keys: the table is then
+    /// registered writable as a whole for fills, so any admitted client can write any byte of it.
+    /// Only for trusted clients (README, "Threat model"); off, a verbs server needs
+    /// `cache.client_fills = false`.
+    pub trusted_fills: bool,
+}
+
+impl Default for VerbsServerConfig {
+    fn default() -> Self {
+        VerbsServerConfig {
+            device: None,
+            port: 1,
+            gid_index: None,
+            credits: 64,
+            buffer_bytes: 16 << 10,
+            trusted_fills: false,
+        }
+    }
+}
+
+impl VerbsServerConfig {
+    pub fn device_config(&self) -> scalio_common::fabric::VerbsConfig {
+        scalio_common::fabric::VerbsConfig { device: self.device.clone(), port: self.port, gid_index: self.gid_index }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -338,6 +389,8 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             target: TargetConfig::default(),
             emulation: EmulationConfig::default(),
+            fabric: scalio_common::fabric::FabricKind::Tcp,
+            verbs: VerbsServerConfig::default(),
             #[cfg(feature = "seeded-bugs")]
             seeded_bug: None,
         }
@@ -417,6 +470,26 @@ impl ServerConfig {
             return bad(format!("staging_slots must be between 1 and 1024, not {}", self.staging_slots));
         }
         self.secret()?;
+        if self.fabric == scalio_common::fabric::FabricKind::Verbs {
+            if !self.fabric.available() {
+                return bad("fabric = \"verbs\" needs a build with RDMA support (cargo feature rdma)".into());
+            }
+            if self.listen.is_none() {
+                return bad("fabric = \"verbs\" needs `listen` (the TCP address of the verbs handshake)".into());
+            }
+            if self.cache.enabled && self.cache.client_fills && !self.verbs.trusted_fills {
+                return bad("fabric = \"verbs\" cannot limit client fills to the slots' client ranges (no strided \
+keys): set cache.client_fills = false (server fills), or verbs.trusted_fills = true for trusted clients"
+                    .into());
+            }
+            let v = &self.verbs;
+            if v.credits == 0 || v.credits > 4096 || v.buffer_bytes < 256 || v.buffer_bytes > 1 << 20 {
+                return bad(format!(
+                    "verbs.credits must be 1..=4096 and verbs.buffer_bytes 256..=1048576, not {} and {}",
+                    v.credits, v.buffer_bytes
+                ));
+            }
+        }
         if self.io_threads == 0 || self.io_threads > 1024 {
             return bad(format!("io_threads must be between 1 and 1024, not {}", self.io_threads));
         }
@@ -624,5 +697,41 @@ mod tests {
         let mut c = base;
         c.ssds.clear();
         assert!(c.validate().unwrap_err().to_string().contains("no SSDs"));
+    }
+
+    #[test]
+    fn verbs_fabric_settings_are_checked() {
+        use scalio_common::fabric::FabricKind;
+        let c = ServerConfig::from_toml(
+            "listen = \"127.0.0.1:7400\"\nfabric = \"verbs\"\n[verbs]\ndevice = \"rxe0\"\ngid_index = 1\ncredits = 32\n",
+        )
+        .unwrap();
+        assert_eq!(c.fabric, FabricKind::Verbs);
+        assert_eq!(c.verbs.device_config().device.as_deref(), Some("rxe0"));
+        assert_eq!((c.verbs.gid_index, c.verbs.credits, c.verbs.port), (Some(1), 32, 1));
+        assert!(ServerConfig::from_toml("fabric = \"infiniband\"").is_err());
+        assert!(ServerConfig::from_toml("[verbs]\ngid = 3").is_err());
+        let mut base = ServerConfig::default().with_ssd_files(std::path::Path::new("/tmp"), 1, 1 << 20);
+        base.fabric = FabricKind::Verbs;
+        base.listen = Some("127.0.0.1:7400".into());
+        let err = |c: &ServerConfig| c.validate().unwrap_err().to_string();
+        if !FabricKind::Verbs.available() {
+            assert!(err(&base).contains("RDMA support"), "{}", err(&base));
+            return;
+        }
+        // Client fills need strided keys, which verbs lacks: refused unless the clients are trusted.
+        assert!(err(&base).contains("client_fills"), "{}", err(&base));
+        let mut c = base.clone();
+        c.cache.client_fills = false;
+        c.validate().unwrap();
+        let mut c = base.clone();
+        c.verbs.trusted_fills = true;
+        c.validate().unwrap();
+        c.verbs.credits = 0;
+        assert!(err(&c).contains("verbs.credits"));
+        let mut c = base;
+        c.cache.client_fills = false;
+        c.listen = None;
+        assert!(err(&c).contains("listen"));
     }
 }

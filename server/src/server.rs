@@ -15,7 +15,9 @@ use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
 use scalio_common::fabric::rendezvous::{Rendezvous, StagingConfig};
 use scalio_common::fabric::tcp::{ConnectOptions, NicConfig, TcpNic};
-use scalio_common::fabric::{Access, FabricError, MemoryRegion, QueuePair, RegionTable, Registrar, RpcService};
+use scalio_common::fabric::{
+    Access, FabricError, FabricKind, MemoryRegion, QueuePair, RegionTable, Registrar, RpcService,
+};
 use scalio_common::rpc::{ServerInfo, SsdInfo, Stats, TableInfo, PROTOCOL_VERSION};
 use scalio_common::table::TableGeometry;
 use std::net::SocketAddr;
@@ -115,6 +117,32 @@ pub struct Server {
     config: ServerConfig,
     /// In a cluster: its standing, and how it reaches the other members.
     cluster: Option<(Arc<Ownership>, Arc<dyn PeerConnector>)>,
+    /// The RDMA listener when the fabric is verbs: held, never read (dropping the server closes it).
+    _verbs_nic: parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+/// The verbs device and its protection domain's registrar, when the fabric is verbs.
+#[cfg(feature = "rdma")]
+struct VerbsSide {
+    device: Arc<scalio_common::fabric::verbs::VerbsDevice>,
+    registrar: Arc<scalio_common::fabric::verbs::VerbsRegistrar>,
+}
+#[cfg(not(feature = "rdma"))]
+enum VerbsSide {}
+
+fn open_verbs(config: &ServerConfig) -> Result<Option<VerbsSide>, ServerError> {
+    if config.fabric != FabricKind::Verbs {
+        return Ok(None);
+    }
+    #[cfg(feature = "rdma")]
+    {
+        use scalio_common::fabric::verbs::{VerbsDevice, VerbsRegistrar};
+        let device = VerbsDevice::open(&config.verbs.device_config()).map_err(ServerError::Register)?;
+        let registrar = Arc::new(VerbsRegistrar::new(device.clone()));
+        Ok(Some(VerbsSide { device, registrar }))
+    }
+    #[cfg(not(feature = "rdma"))]
+    Err(ServerError::Config(ConfigError::Invalid("fabric = \"verbs\" needs a build with RDMA support".into())))
 }
 
 impl Server {
@@ -203,9 +231,16 @@ impl Server {
             }
             None => (None, Vec::new()),
         };
-        // The software backends' protection domain: both serve the regions registered here.
+        // The software backends' protection domain: both serve the regions registered here. On
+        // verbs, the device's protection domain instead (the NIC then checks every access).
         let regions = Arc::new(RegionTable::new());
-        let registrar: &dyn Registrar = &*regions;
+        let verbs = open_verbs(config)?;
+        let registrar: &dyn Registrar = match &verbs {
+            #[cfg(feature = "rdma")]
+            Some(v) => &*v.registrar,
+            _ => &*regions,
+        };
+        let whole_table_fills = config.fabric == FabricKind::Verbs && config.verbs.trusted_fills;
         // Clients read the whole table, and write (when they fill) only the slots' client ranges:
         // a WRITE that touches a server header is refused by the fabric (README, "Threat model").
         let table_info = table
@@ -213,6 +248,8 @@ impl Server {
             .map(|t| {
                 let read = registrar.register(t.region().clone(), Access::READ)?;
                 let fill_rkey = match config.cache.client_fills {
+                    // Trusted clients on verbs (no strided keys): the whole table, writable.
+                    true if whole_table_fills => Some(registrar.register(t.region().clone(), Access::WRITE)?.rkey),
                     true => {
                         let ranges = t.geometry().client_ranges();
                         Some(registrar.register_strided(t.region().clone(), Access::WRITE, ranges)?.rkey)
@@ -341,7 +378,28 @@ impl Server {
             target,
             config: config.clone(),
             cluster: None,
+            _verbs_nic: parking_lot::Mutex::new(None),
         };
+        #[cfg(feature = "rdma")]
+        if let (Some(v), Some(addr)) = (verbs, &config.listen) {
+            let nic_cfg = scalio_common::fabric::verbs::NicConfig {
+                credits: config.verbs.credits,
+                buffer_len: config.verbs.buffer_bytes,
+                max_connections: config.max_connections,
+                secret: config.secret().map_err(ServerError::Config)?,
+            };
+            let nic = scalio_common::fabric::verbs::VerbsNic::start(
+                v.device.clone(),
+                resolve(addr)?,
+                nic_cfg,
+                service.clone(),
+            )
+            .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+            server.local_addr = Some(nic.local_addr());
+            // The registrar holds the registrations: dropping it would revoke every key.
+            *server._verbs_nic.lock() = Some(Box::new((nic, v.registrar)));
+            return Ok(server.started(&table, n, opened.formatted));
+        }
         if let Some(addr) = &config.listen {
             let nic_cfg = NicConfig {
                 threads: config.nic_threads,
@@ -356,15 +414,20 @@ impl Server {
             server.local_addr = Some(nic.local_addr());
             *shared.nic.lock() = Some(nic);
         }
+        Ok(server.started(&table, n, opened.formatted))
+    }
+
+    fn started(self, table: &Option<Arc<CacheTable>>, ssds: u16, formatted: bool) -> Server {
         tracing::info!(
-            ssds = n,
-            workers = config.workers,
+            ssds,
+            workers = self.config.workers,
+            fabric = ?self.config.fabric,
             cache_slots = table.as_ref().map_or(0, |t| t.geometry().slots()),
-            formatted = opened.formatted,
-            listen = ?server.local_addr,
+            formatted,
+            listen = ?self.local_addr,
             "server started"
         );
-        Ok(server)
+        self
     }
 
     /// The fabric address clients connect to, if listening.

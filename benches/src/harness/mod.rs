@@ -174,8 +174,23 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         (_, _) => BlockPath::NvmeTcp,
     };
     let block = if remote.is_some() && opts.block == "local" { BlockPath::Auto } else { block };
+    // The server's SSDs as this machine sees them (e.g. kernel NVMe-oF namespaces).
+    let block = if opts.block_devices.is_empty() { block } else { BlockPath::Direct(opts.block_devices.clone()) };
+    if opts.fabric != scalio_common::fabric::FabricKind::Tcp && remote.is_none() {
+        return Err(HarnessError::Usage("--fabric verbs is for a running server (--server)".into()));
+    }
+    let on_fabric = |c: ClientConfig| ClientConfig {
+        fabric: opts.fabric,
+        verbs: scalio_common::fabric::VerbsConfig {
+            device: opts.rdma_device.clone(),
+            port: opts.rdma_port,
+            gid_index: opts.rdma_gid,
+        },
+        ..c
+    };
     let measured_config =
-        ClientConfig { registered_probes: opts.registered_probes, ..kind.client_config(block.clone()) };
+        on_fabric(ClientConfig { registered_probes: opts.registered_probes, ..kind.client_config(block.clone()) });
+    let snapshot_config = measured_config.clone();
     let connector = match (kind, &cluster) {
         (_, Some(url)) => Connector::Cluster { url: url.clone(), config: measured_config },
         _ => match kind {
@@ -189,9 +204,12 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         SystemKind::Memcached => connector.clone(),
         _ if cluster.is_some() => Connector::Cluster {
             url: cluster.clone().expect("checked"),
-            config: SystemKind::Scalio { stage: 3 }.client_config(block),
+            config: on_fabric(SystemKind::Scalio { stage: 3 }.client_config(block)),
         },
-        _ => Connector::Scalio { addr: addr.clone(), config: SystemKind::Scalio { stage: 3 }.client_config(block) },
+        _ => Connector::Scalio {
+            addr: addr.clone(),
+            config: on_fabric(SystemKind::Scalio { stage: 3 }.client_config(block)),
+        },
     };
     let spec = workload.spec().clone();
     // One phase, with its progress line; `seed_offset` gives each phase its own operation stream.
@@ -224,9 +242,9 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
             warmup.push(measure("warmup", Phase::Run { operations }, &connector, 1 + 10 * quarter)?);
         }
     }
-    let before = ServerSnapshot::take(server.as_ref(), &addr, kind);
+    let before = ServerSnapshot::take(server.as_ref(), &addr, kind, &snapshot_config);
     let result = measure("run", Phase::Run { operations: spec.operation_count }, &connector, 2)?;
-    let after = ServerSnapshot::take(server.as_ref(), &addr, kind);
+    let after = ServerSnapshot::take(server.as_ref(), &addr, kind, &snapshot_config);
     let report = Report::new(opts, kind, &spec, server_config.as_ref(), load, warmup, result, before, after);
     if let Some(s) = server {
         s.shutdown();

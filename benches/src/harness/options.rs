@@ -38,6 +38,24 @@ pub struct Options {
     /// A running cluster, etcd://HOST:PORT[/prefix] (scalio only): keys are routed by its map.
     #[arg(long, conflicts_with = "server")]
     pub cluster: Option<String>,
+    /// Scalio clients of a running server (--server): the fabric, tcp (the software NIC) or verbs
+    /// (RDMA; a build with feature rdma, and a server with fabric = "verbs").
+    #[arg(long, default_value = "tcp")]
+    pub fabric: scalio_common::fabric::FabricKind,
+    /// --fabric verbs: the RDMA device (default: the first).
+    #[arg(long)]
+    pub rdma_device: Option<String>,
+    /// --fabric verbs: the device's port.
+    #[arg(long, default_value_t = 1)]
+    pub rdma_port: u8,
+    /// --fabric verbs: the GID index (default: the first IPv4-mapped GID).
+    #[arg(long)]
+    pub rdma_gid: Option<u32>,
+    /// Scalio clients of a running server: the miss path reads SSD i from the i-th of these
+    /// comma-separated files or block devices (the `direct` path, O_DIRECT), e.g. the server's SSDs
+    /// attached with the kernel NVMe-oF host: --block-devices /dev/nvme0n1,/dev/nvme1n1.
+    #[arg(long, value_delimiter = ',', requires = "server")]
+    pub block_devices: Vec<std::path::PathBuf>,
     /// Embedded server: SSDs.
     #[arg(long, default_value_t = 1)]
     pub ssds: usize,

@@ -6,6 +6,7 @@ use super::options::Options;
 use super::system::{ClientCounters, SystemKind};
 use crate::ycsb::{RequestDistribution, WorkloadSpec};
 use hdrhistogram::Histogram;
+use scalio_client::ClientConfig;
 use scalio_common::rpc::Stats;
 use scalio_server::{Server, ServerConfig};
 use serde_json::{json, Map, Value};
@@ -14,7 +15,8 @@ use serde_json::{json, Map, Value};
 pub struct ServerSnapshot(Option<Stats>);
 
 impl ServerSnapshot {
-    pub fn take(server: Option<&Server>, addr: &str, kind: SystemKind) -> ServerSnapshot {
+    /// `fabric` is the measured clients' configuration: the counters are read over the same fabric.
+    pub fn take(server: Option<&Server>, addr: &str, kind: SystemKind, fabric: &ClientConfig) -> ServerSnapshot {
         if kind == SystemKind::Memcached {
             return ServerSnapshot(None);
         }
@@ -26,7 +28,13 @@ impl ServerSnapshot {
                 cluster_stats(&url).map_err(|e| eprintln!("warning: cannot read the servers' counters: {e}")).ok(),
             );
         }
-        let stats = scalio_client::blocking::Client::connect(addr, Default::default())
+        let config = ClientConfig {
+            fabric: fabric.fabric,
+            verbs: fabric.verbs.clone(),
+            secret: fabric.secret.clone(),
+            ..ClientConfig::default()
+        };
+        let stats = scalio_client::blocking::Client::connect(addr, config)
             .and_then(|c| c.server_stats())
             .map_err(|e| eprintln!("warning: cannot read the server's counters: {e}"))
             .ok();

@@ -48,6 +48,8 @@ pub mod send_queue;
 pub mod tcp;
 #[cfg(feature = "rdma")]
 pub mod verbs;
+pub mod verbs_config;
+pub use verbs_config::{FabricKind, VerbsConfig};
 
 pub use completion::{completion, Completer, Completion};
 pub use error::{CloseReason, DeviceError, Disconnect, FabricError, ProtocolError, RemoteAccessError, Unsupported};

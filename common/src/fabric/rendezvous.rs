@@ -348,7 +348,15 @@ impl Rendezvous {
         let total = slot_bytes.checked_mul(config.slots.max(1)).ok_or(FabricError::TooLarge(usize::MAX))?;
         let region = Arc::new(MemoryRegion::new(total));
         let windows = Strided::new(0, slot_bytes as u64, slot_bytes as u64).ok_or(FabricError::TooLarge(total))?;
-        let desc = registrar.register_strided(region.clone(), Access::WRITE, windows)?;
+        // One window per slot where the backend can fence them; a backend that cannot (verbs
+        // keys cover one contiguous range) registers the region whole, and a WRITE that strays
+        // into another slot is still caught by that transfer's checksum.
+        let desc = match registrar.register_strided(region.clone(), Access::WRITE, windows) {
+            Err(FabricError::Unsupported(super::Unsupported::StridedRegistration)) => {
+                registrar.register(region.clone(), Access::WRITE)?
+            }
+            other => other?,
+        };
         Ok(Arc::new(Rendezvous {
             inner,
             region,

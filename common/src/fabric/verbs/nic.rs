@@ -284,17 +284,28 @@ impl Conn {
             }
             false
         };
-        queue::run_poller(&self.cq, stop, |batch| self.on_completions(batch));
+        queue::run_poller(&self.cq, stop, || {
+            let found = self.progress();
+            let st = self.state.lock();
+            // Requests at the service may be answered any moment: keep polling for a while.
+            (found, !st.pending.is_empty() || !st.request_fragments.is_empty())
+        });
         self.state.lock().dead = true;
         // After `dead`, which responders report as the peer gone (see `RpcService::peer_closed`).
         self.service.peer_closed(self.peer);
     }
 
-    fn on_completions(self: &Arc<Self>, batch: &[Wc]) {
+    /// Polls the completion queue and handles what it finds; requests go to the service after
+    /// the lock is released. Returns how many completions it found.
+    fn progress(self: &Arc<Self>) -> usize {
         let mut incoming = Vec::new();
+        let mut batch = Vec::new();
         {
             let mut st = self.state.lock();
-            for wc in batch {
+            if queue::poll(&self.cq, &mut batch) == 0 {
+                return 0;
+            }
+            for wc in &batch {
                 if st.dead {
                     break;
                 }
@@ -318,6 +329,7 @@ impl Conn {
             let responder = Responder::new(self.clone() as Arc<dyn ReplySink>, id);
             self.service.handle(IncomingRpc { payload, peer: self.peer, responder });
         }
+        batch.len()
     }
 
     fn on_receive(&self, st: &mut ConnState, wc: &Wc, incoming: &mut Vec<(u64, Vec<u8>)>) {

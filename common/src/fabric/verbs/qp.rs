@@ -183,7 +183,14 @@ impl VerbsQueuePair {
             .name("verbs-qp".into())
             .spawn(move || {
                 let s = &poller_shared;
-                queue::run_poller(&s.cq, || s.stop.load(Ordering::Acquire), |batch| s.on_completions(batch));
+                queue::run_poller(
+                    &s.cq,
+                    || s.stop.load(Ordering::Acquire),
+                    || {
+                        let found = s.progress();
+                        (found, s.outstanding())
+                    },
+                );
             })
             .map_err(FabricError::from)?;
         Ok(VerbsQueuePair { shared, poller: Some(poller) })
@@ -319,11 +326,17 @@ impl Shared {
         Ok(())
     }
 
-    fn on_completions(&self, batch: &[Wc]) {
+    /// Polls the completion queue and handles what it finds, under the state's lock (so in the
+    /// queue's order, whether the poller thread or a caller of `poll_cq` polls). Returns how many.
+    fn progress(&self) -> usize {
         let mut d = Deferred::default();
+        let mut batch = Vec::new();
         {
             let mut st = self.state.lock();
-            for wc in batch {
+            if queue::poll(&self.cq, &mut batch) == 0 {
+                return 0;
+            }
+            for wc in &batch {
                 if wc.wr_id & RECV_BIT != 0 {
                     self.on_receive(&mut st, wc, &mut d);
                 } else {
@@ -335,6 +348,13 @@ impl Shared {
         if let Some(w) = d.wake {
             w.wake();
         }
+        batch.len()
+    }
+
+    /// Whether anything waits for a completion (a chain, or an RPC's response).
+    fn outstanding(&self) -> bool {
+        let st = self.state.lock();
+        !st.pending.is_empty() || !st.rpc.waiting.is_empty()
     }
 
     fn finish(&self, p: Pending, result: Result<(), FabricError>, st: &mut State, d: &mut Deferred) {
@@ -531,6 +551,9 @@ impl QueuePair for VerbsQueuePair {
     }
 
     fn poll_cq(&self, out: &mut Vec<WorkCompletion>, max: usize) -> usize {
+        // Reap the device's queue on the caller's thread too: no hand-off to the poller thread
+        // on the path of a caller that polls.
+        self.shared.progress();
         let mut cq = self.shared.completions.lock();
         let n = max.min(cq.done.len());
         out.extend(cq.done.drain(..n));

@@ -219,32 +219,44 @@ pub fn poll(cq: &Cq, out: &mut Vec<Wc>) -> usize {
     out.len() - before
 }
 
-/// The loop of a thread that owns a completion queue: poll, spin a little while work keeps
-/// coming (a completion is usually microseconds behind its post), then arm the channel and
-/// sleep until it signals. `handle` gets each batch; the loop ends when `stop` says so (it is
-/// asked at least every 50 ms).
-pub fn run_poller(cq: &Cq, mut stop: impl FnMut() -> bool, mut handle: impl FnMut(&[Wc])) {
-    const SPINS: u32 = 200;
-    let mut batch = Vec::with_capacity(64);
-    let mut idle = 0u32;
-    while !stop() {
-        batch.clear();
-        if poll(cq, &mut batch) > 0 {
-            handle(&batch);
-            idle = 0;
+/// The loop of a thread that owns a completion queue: poll, and keep polling for a while after
+/// the last completion (a completion is usually microseconds behind its post, and a thread woken
+/// from the channel costs a scheduler wake-up, a timer tick on an idle virtual CPU), then arm the
+/// channel and sleep until it signals. `handle` gets each batch; the loop ends when `stop` says
+/// so (it is asked at least every 50 ms). `progress` polls the queue and handles what it finds,
+/// under the owner's lock (so that completions are handled in the order the queue gave them,
+/// whichever thread polls), and returns how many it found and whether requests are still
+/// outstanding: with none, the thread sleeps at once instead of polling (idle queue pairs must
+/// not take CPU from the ones at work, nor from a software device's kernel threads).
+pub fn run_poller(cq: &Cq, mut stop: impl FnMut() -> bool, mut progress: impl FnMut() -> (usize, bool)) {
+    const SPIN_FOR: std::time::Duration = std::time::Duration::from_millis(2);
+    let mut last_work = std::time::Instant::now();
+    let mut polls = 0u32;
+    loop {
+        polls = polls.wrapping_add(1);
+        // `stop` may take locks and peek a socket: ask it every so often while spinning.
+        if polls.is_multiple_of(64) && stop() {
+            return;
+        }
+        let (found, outstanding) = progress();
+        if found > 0 {
+            last_work = std::time::Instant::now();
             continue;
         }
-        if idle < SPINS {
-            idle += 1;
+        if outstanding && last_work.elapsed() < SPIN_FOR {
+            // Yield, not spin: a software device (Soft-RoCE) does its work in kernel threads
+            // that need this CPU.
             std::thread::yield_now();
             continue;
         }
-        if cq.arm() && poll(cq, &mut batch) > 0 {
-            handle(&batch);
-            idle = 0;
+        if stop() {
+            return;
+        }
+        if cq.arm() && progress().0 > 0 {
+            last_work = std::time::Instant::now();
             continue;
         }
         cq.block(std::time::Duration::from_millis(50));
-        idle = SPINS / 2;
+        last_work = std::time::Instant::now();
     }
 }
