@@ -8,8 +8,15 @@
 #       fails or on a signal); exits with CMD's status.
 #   scripts/cluster.sh start [options]
 #       the same without a command: leaves the cluster running and prints SCALIO_CLUSTER=...
+#   scripts/cluster.sh add --index I [options]
+#       starts one more server, sI, joining the running cluster (its partitions are copied to
+#       it in the background); waits until the cluster map names it.
 #   scripts/cluster.sh stop [--dir D]
 #       stops the servers and the etcd started with the same directory.
+#
+# A server is removed without loss by draining it first:
+#   target/release/scalio-admin --cluster etcd://127.0.0.1:23790/scalio drain sI --wait 120
+#   kill "$(cat D/sI.pid)"
 #
 # Options:
 #   --servers N        servers (default 3)
@@ -37,6 +44,7 @@ SSD_SIZE=256MiB
 BIN=$REPO/target/release
 SERVER_ARGS=()
 PREFIX=/scalio
+INDEX=
 
 die() { echo "cluster.sh: $*" >&2; exit 2; }
 
@@ -57,6 +65,34 @@ except Exception:
 PY
 }
 
+# Starts server I (1-based) in the background.
+start_server() {
+  local i=$1 url="etcd://127.0.0.1:$ETCD_PORT$PREFIX"
+  "$BIN/scalio-server" --listen "127.0.0.1:$((PORT + i))" --target "127.0.0.1:$((PORT + 100 + i))" \
+    --ssd-dir "$DIR/s$i" --ssd-size "$SSD_SIZE" --cluster "$url" --node-id "s$i" --initial-members "$SERVERS" \
+    --metrics "127.0.0.1:$((PORT + 200 + i))" "${SERVER_ARGS[@]}" \
+    >"$DIR/s$i.out" 2>"$DIR/s$i.log" </dev/null &
+  echo $! >"$DIR/s$i.pid"
+}
+
+# Starts server INDEX in a running cluster and waits until the map names it.
+add() {
+  case $INDEX in ''|*[!0-9]*|0) die "add needs --index I (a positive number)" ;; esac
+  [ -e "$DIR/s$INDEX.pid" ] && die "server s$INDEX is already running"
+  local before
+  before=$(map_members)
+  start_server "$INDEX"
+  for _ in $(seq 1 300); do
+    if [ "$(map_members)" -gt "$before" ]; then
+      echo "cluster.sh: s$INDEX joined"
+      return 0
+    fi
+    kill -0 "$(cat "$DIR/s$INDEX.pid")" 2>/dev/null || { tail -n 20 "$DIR/s$INDEX.log" >&2; die "server s$INDEX exited"; }
+    sleep 0.1
+  done
+  die "the cluster map did not name s$INDEX within 30 s (log: $DIR/s$INDEX.log)"
+}
+
 start() {
   case $SERVERS in ''|*[!0-9]*|0) die "--servers must be a positive number" ;; esac
   if [ ! -x "$BIN/scalio-server" ]; then
@@ -66,11 +102,7 @@ start() {
   etcd_sh start >/dev/null
   local url="etcd://127.0.0.1:$ETCD_PORT$PREFIX"
   for i in $(seq 1 "$SERVERS"); do
-    "$BIN/scalio-server" --listen "127.0.0.1:$((PORT + i))" --target "127.0.0.1:$((PORT + 100 + i))" \
-      --ssd-dir "$DIR/s$i" --ssd-size "$SSD_SIZE" --cluster "$url" --node-id "s$i" --initial-members "$SERVERS" \
-      --metrics "127.0.0.1:$((PORT + 200 + i))" "${SERVER_ARGS[@]}" \
-      >"$DIR/s$i.out" 2>"$DIR/s$i.log" </dev/null &
-    echo $! >"$DIR/s$i.pid"
+    start_server "$i"
   done
   for _ in $(seq 1 300); do
     if [ "$(map_members)" = "$SERVERS" ]; then
@@ -96,13 +128,14 @@ stop() {
   etcd_sh stop
 }
 
-[ $# -ge 1 ] || die "usage: $0 start | stop | run [options] -- CMD"
+[ $# -ge 1 ] || die "usage: $0 start | add --index I | stop | run [options] -- CMD"
 ACTION=$1
 shift
 CMD=()
 while [ $# -gt 0 ]; do
   case $1 in
     --servers) SERVERS=${2:?}; shift 2 ;;
+    --index) INDEX=${2:?}; shift 2 ;;
     --dir) DIR=${2:?}; shift 2 ;;
     --etcd-port) ETCD_PORT=${2:?}; shift 2 ;;
     --port) PORT=${2:?}; shift 2 ;;
@@ -117,6 +150,7 @@ done
 
 case $ACTION in
   start) start ;;
+  add) add ;;
   stop) stop ;;
   run)
     [ ${#CMD[@]} -gt 0 ] || die "run needs a command after --"
@@ -127,5 +161,5 @@ case $ACTION in
     SCALIO_CLUSTER="etcd://127.0.0.1:$ETCD_PORT$PREFIX" "${CMD[@]}" || status=$?
     exit "$status"
     ;;
-  *) die "unknown action '$ACTION' (start, stop, run)" ;;
+  *) die "unknown action '$ACTION' (start, add, stop, run)" ;;
 esac

@@ -6,6 +6,7 @@
   scripts/reproduce.py --paper fig15        # the paper's 20M records and 2,244,608 cache slots
   scripts/reproduce.py --dry-run --quick fig14   # print the commands only
   scripts/reproduce.py --plot-only all      # redraw from the JSON already under results/
+  scripts/reproduce.py scaling              # the cluster figure: throughput vs 1-4 servers (needs etcd)
 
 Each run's JSON goes to results/<fig>/<parameters>.json (existing ones are kept unless --force);
 figures go to results/figures/figN.png and .pdf. The emulated-testbed defaults and why they are
@@ -65,8 +66,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         f"--paper {PAPER.estimate}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("figures", nargs="+", choices=[*FIGURES, "all"], metavar="FIG",
-                   help=f"one or more of {', '.join(FIGURES)}, or all")  # fmt: skip
+    p.add_argument("figures", nargs="+", choices=[*FIGURES, "all", "scaling"], metavar="FIG",
+                   help=f"one or more of {', '.join(FIGURES)}, or all; scaling: the cluster figure "
+                        "(1-4 servers on loopback, scripts/figures/scaling.py; not part of all)")  # fmt: skip
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--quick", action="store_true", help="small dataset and fewer points")
     scale.add_argument("--paper", action="store_true",
@@ -143,11 +145,37 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def run_scaling(args: argparse.Namespace) -> int:
+    """The cluster figure: its own runs (a cluster per point) and drawing."""
+    from figures import scaling
+
+    bin_dir = args.bin.parent
+    if not args.plot_only and not args.dry_run:
+        if args.build or not (bin_dir / "scalio-server").exists():
+            import subprocess
+
+            subprocess.run(["cargo", "build", "--release", "-p", "scalio-server", "--bin", "scalio-server",
+                            "-p", "scalio-bench", "--bin", "scalio-ycsb"], cwd=ROOT, check=True)  # fmt: skip
+        scaling.run_all(ROOT, bin_dir, args.results, args.records or 20_000, args.operations or 20_000,
+                        args.force, log)  # fmt: skip
+    if args.dry_run:
+        log("scaling: scripts/cluster.sh run --servers N -- scalio-ycsb --cluster ... for N in 1..4")
+        return 0
+    paths = scaling.draw(args.results, args.results / "figures")
+    log(f"scaling: drew {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     needs_drawing = not args.dry_run
     if needs_drawing and not args.no_venv and not venv.inside():
         venv.reexec_inside(Path(__file__).resolve(), argv, log)
+    if "scaling" in args.figures:
+        status = run_scaling(args)
+        args.figures = [f for f in args.figures if f != "scaling"]
+        if not args.figures:
+            return status
     s = settings_of(args)
     figures = expand(args.figures)
     e = s.emulation

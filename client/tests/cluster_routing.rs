@@ -8,13 +8,13 @@ mod common;
 use common::{key, TestServer};
 use scalio_client::routing::{ClusterClient, Connector, MapFeed, RoutingConfig};
 use scalio_client::{Client, ClientConfig, ClientError};
-use scalio_common::cluster::{compute, ClusterMap, MapParams, Member, NodeId, Role};
+use scalio_common::cluster::{compute, compute_with, ClusterMap, MapParams, Member, NodeId, Progress, Role};
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
 use scalio_common::fabric::{
     Completion, Disconnect, FabricError, LocalKey, MemoryRegion, QueuePair, WorkCompletion, WorkRequest,
 };
 use scalio_common::rpc::{flags, Op, Request, Response, Status, WrongOwner};
-use scalio_server::cluster::{Ownership, PeerConnector};
+use scalio_server::cluster::{Mover, Ownership, PeerConnector, ReadySink};
 use scalio_server::Server;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 struct Node {
     server: TestServer,
     own: Arc<Ownership>,
+    /// Copies partitions moved to it (in the tests of moves).
+    mover: Mutex<Option<Mover>>,
 }
 
 fn member(i: usize) -> Member {
@@ -98,6 +100,10 @@ impl QueuePair for Severable {
         }
     }
 
+    fn max_message(&self) -> usize {
+        self.qp.max_message()
+    }
+
     fn async_errors(&self) -> u64 {
         self.qp.async_errors()
     }
@@ -123,7 +129,11 @@ impl QueuePair for Severable {
 /// Three servers with their ownership views (lease alive for the test's duration), reaching
 /// each other through `peers`.
 fn cluster(peers: &Arc<MemPeers>) -> Vec<Node> {
-    (0..3)
+    cluster_of(peers, 3)
+}
+
+fn cluster_of(peers: &Arc<MemPeers>, n: usize) -> Vec<Node> {
+    (0..n)
         .map(|i| {
             let own = Arc::new(Ownership::new(member(i).id));
             own.lease_renewed(Instant::now() + Duration::from_secs(3600));
@@ -131,13 +141,14 @@ fn cluster(peers: &Arc<MemPeers>) -> Vec<Node> {
             let c = common::config(dir.path(), 2, false);
             let server = Server::start_in_cluster_with(&c, own.clone(), peers.clone()).unwrap();
             peers.fabrics.lock().unwrap().insert(member(i).id, server.mem_fabric().clone());
-            Node { server: TestServer { server, dir }, own }
+            Node { server: TestServer { server, dir }, own, mover: Mutex::new(None) }
         })
         .collect()
 }
 
-/// Connects to the in-process servers over the mem fabric.
-struct MemConnector(HashMap<NodeId, Arc<Node>>);
+/// Connects to the in-process servers over the mem fabric (a server marked dead in the
+/// optional set cannot be reached, as a killed one).
+struct MemConnector(HashMap<NodeId, Arc<Node>>, Option<Arc<Mutex<HashSet<NodeId>>>>);
 
 impl Connector for MemConnector {
     fn connect<'a>(
@@ -147,7 +158,14 @@ impl Connector for MemConnector {
     ) -> Pin<Box<dyn Future<Output = Result<Client, ClientError>> + Send + 'a>> {
         Box::pin(async move {
             let node = self.0.get(&m.id).ok_or(ClientError::Config(format!("no server {}", m.id)))?;
-            let qp: Arc<dyn QueuePair> = Arc::new(node.server.server.connect_mem());
+            let qp: Arc<dyn QueuePair> = match &self.1 {
+                None => Arc::new(node.server.server.connect_mem()),
+                Some(dead) => {
+                    let sev = Severable { qp: node.server.server.connect_mem(), to: m.id.clone(), dead: dead.clone() };
+                    sev.alive().map_err(ClientError::Fabric)?;
+                    Arc::new(sev)
+                }
+            };
             Client::with_queue_pairs(vec![qp], cfg.clone()).await
         })
     }
@@ -171,7 +189,7 @@ fn setup() -> (Vec<Arc<Node>>, MapFeed, ClusterClient) {
 fn setup_with_peers() -> (Arc<MemPeers>, (Vec<Arc<Node>>, MapFeed, ClusterClient)) {
     let peers = Arc::new(MemPeers::default());
     let nodes: Vec<Arc<Node>> = cluster(&peers).into_iter().map(Arc::new).collect();
-    let connector = MemConnector(nodes.iter().map(|n| (n.own.me().clone(), n.clone())).collect());
+    let connector = MemConnector(nodes.iter().map(|n| (n.own.me().clone(), n.clone())).collect(), None);
     let (feed, rx) = MapFeed::new();
     let routing = RoutingConfig { max_attempts: 12, map_wait: Duration::from_secs(5) };
     let client = ClusterClient::with_maps(rx, Arc::new(connector), ClientConfig::default(), routing);
@@ -289,7 +307,7 @@ async fn routing_gives_up_with_a_typed_error() {
     let (_, rx) = MapFeed::new();
     let lonely = ClusterClient::with_maps(
         rx,
-        Arc::new(MemConnector(HashMap::new())),
+        Arc::new(MemConnector(HashMap::new(), None)),
         ClientConfig::default(),
         RoutingConfig { max_attempts: 2, map_wait: Duration::from_millis(50) },
     );
@@ -453,4 +471,283 @@ async fn after_a_member_dies_its_chains_are_served_by_the_survivor() {
         .sum();
     assert_eq!(stat(&nodes[0], "rpc_put") + stat(&nodes[1], "rpc_put"), before + 1 + 2 * n);
     assert_eq!(stat(&nodes[2], "rpc_meta_get") + stat(&nodes[2], "rpc_put"), s2_requests, "nothing reached s2");
+}
+
+/// The ready records and the reconciler of the etcd agents, held in memory.
+#[derive(Default)]
+struct MemSink(Mutex<HashMap<(u32, NodeId), u64>>);
+
+impl ReadySink for MemSink {
+    fn ready(&self, to: &NodeId, done: &std::collections::BTreeMap<u32, u64>) -> Result<(), String> {
+        let mut ready = self.0.lock().unwrap();
+        ready.retain(|(_, id), _| id != to);
+        ready.extend(done.iter().map(|(p, since)| ((*p, to.clone()), *since)));
+        Ok(())
+    }
+}
+
+/// Who is alive and who is leaving, as the reconciler sees it.
+#[derive(Default)]
+struct Membership {
+    live: Vec<usize>,
+    leaving: std::collections::BTreeSet<NodeId>,
+}
+
+/// What every server does with etcd, in one loop: recompute the map from the live members,
+/// the drains and the ready records, install it on the live servers (those that lose a tail
+/// role first, as their cache slots must be hidden before a new tail serves), then publish it
+/// to clients.
+fn reconcile_once(
+    nodes: &[Arc<Node>],
+    cur: &Arc<ClusterMap>,
+    who: &Membership,
+    sink: &MemSink,
+    feed: &MapFeed,
+) -> Option<Arc<ClusterMap>> {
+    let members: Vec<Member> = who.live.iter().map(|i| member(*i)).collect();
+    let progress = Progress { leaving: who.leaving.clone(), ready: sink.0.lock().unwrap().clone() };
+    let next = Arc::new(compute_with(Some(cur), &members, cur.params, &progress).unwrap()?);
+    let loses_tail = |i: usize| {
+        let id = member(i).id;
+        (0..cur.chains.len() as u32).any(|p| {
+            let tail = |m: &ClusterMap| m.chain(p).last().map(|t| m.nodes[usize::from(*t)].id.clone());
+            tail(cur) == Some(id.clone()) && tail(&next) != Some(id.clone())
+        })
+    };
+    let mut order = who.live.clone();
+    order.sort_by_key(|i| !loses_tail(*i));
+    for i in order {
+        nodes[i].own.install(next.clone());
+    }
+    feed.publish(next.clone());
+    Some(next)
+}
+
+/// A checked mixed workload on keys `0..keys`: writer `t` alone writes keys `t, t + W, ...`
+/// (PUT, UPDATE, DELETE of unique values, and checked GETs), readers GET any key; everything
+/// goes into `rec` for the linearizability checker.
+async fn writer(
+    c: ClusterClient,
+    rec: Arc<scalio_lincheck::Recorder>,
+    t: u64,
+    writers: u64,
+    keys: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64) {
+    use scalio_lincheck::{Call, Ret};
+    use std::sync::atomic::Ordering;
+    let (mut acked, mut failed) = (0u64, 0u64);
+    let mut version = 0u64;
+    let mut rng = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while !stop.load(Ordering::Relaxed) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let i = t + writers * (rng % (keys / writers));
+        let k = key(i);
+        version += 1;
+        let v = format!("w{t}-{i}-{version}").into_bytes();
+        let call = match rng % 20 {
+            0..=10 => Call::Put(v.clone()),
+            11..=14 => Call::Update(v.clone()),
+            15..=16 => Call::Delete,
+            _ => Call::Get,
+        };
+        let op = rec.invoke(t as u32, &k, call.clone());
+        let r = match &call {
+            Call::Put(v) => c.put(&k, v).await.map(|()| Ret::Put),
+            Call::Update(v) => c.update(&k, v).await.map(Ret::Update),
+            Call::Delete => c.delete(&k).await.map(Ret::Delete),
+            Call::Get => c.get(&k).await.map(Ret::Get),
+        };
+        match r {
+            Ok(ret) => {
+                acked += u64::from(!matches!(call, Call::Get));
+                op.returned(ret)
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("writer {t}: {call:?} of key {i}: {e}");
+                op.unknown()
+            }
+        }
+    }
+    (acked, failed)
+}
+
+async fn reader(
+    c: ClusterClient,
+    rec: Arc<scalio_lincheck::Recorder>,
+    id: u32,
+    keys: u64,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64) {
+    use scalio_lincheck::{Call, Ret};
+    use std::sync::atomic::Ordering;
+    let (mut ok, mut failed) = (0, 0);
+    let mut i = u64::from(id) * 7919;
+    while !stop.load(Ordering::Relaxed) {
+        i = (i * 31 + 17) % keys;
+        let op = rec.invoke(id, &key(i), Call::Get);
+        match c.get(&key(i)).await {
+            Ok(v) => {
+                ok += 1;
+                op.returned(Ret::Get(v))
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("reader {id}: GET {i}: {e}");
+                op.unknown()
+            }
+        }
+        // Cache hits are far faster than writes: pace the readers so that the history stays
+        // small enough to check quickly.
+        tokio::time::sleep(Duration::from_micros(300)).await;
+    }
+    (ok, failed)
+}
+
+/// Runs a checked workload across `steps` (each a change of membership, waited for until the
+/// map has no move left), then reads every key back and checks the whole history.
+async fn moves_under_load(rf: u8, steps: &[&str]) {
+    let peers = Arc::new(MemPeers::default());
+    let nodes: Vec<Arc<Node>> = cluster_of(&peers, 4).into_iter().map(Arc::new).collect();
+    let sink = Arc::new(MemSink::default());
+    for n in &nodes {
+        *n.mover.lock().unwrap() = Some(n.server.server.start_mover(sink.clone()).unwrap());
+    }
+    let connector =
+        MemConnector(nodes.iter().map(|n| (n.own.me().clone(), n.clone())).collect(), Some(peers.dead.clone()));
+    let (feed, rx) = MapFeed::new();
+    let routing = RoutingConfig { max_attempts: 40, map_wait: Duration::from_secs(10) };
+    let client = ClusterClient::with_maps(rx, Arc::new(connector), ClientConfig::default(), routing);
+    let mut who = Membership { live: vec![0, 1, 2], ..Membership::default() };
+    if rf == 1 {
+        who.live = vec![0, 1];
+    }
+    let mut cur = map_rf(who.live.clone(), None, rf);
+    install(&nodes, &cur);
+    feed.publish(cur.clone());
+    let keys = 240u64;
+    let rec = scalio_lincheck::Recorder::new();
+    // Every key starts with a value, so that moves have data to copy.
+    for i in 0..keys {
+        let op = rec.invoke(99, &key(i), scalio_lincheck::Call::Put(format!("init-{i}").into_bytes()));
+        client.put(&key(i), format!("init-{i}").as_bytes()).await.unwrap();
+        op.returned(scalio_lincheck::Ret::Put);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> =
+        (0..4u64).map(|t| tokio::spawn(writer(client.clone(), rec.clone(), t, 4, keys, stop.clone()))).collect();
+    let readers: Vec<_> =
+        (0..2u32).map(|r| tokio::spawn(reader(client.clone(), rec.clone(), 100 + r, keys, stop.clone()))).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut epochs = vec![cur.epoch];
+    for step in steps {
+        let (what, who_) = step.split_once(' ').unwrap();
+        let i: usize = who_.parse().unwrap();
+        match what {
+            "kill" => {
+                peers.kill(&member(i).id);
+                nodes[i].own.lease_lost();
+                who.live.retain(|x| *x != i);
+            }
+            "add" => who.live.push(i),
+            "drain" => {
+                who.leaving.insert(member(i).id);
+            }
+            _ => unreachable!(),
+        }
+        // Reconcile until the change has gone through its copies.
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(next) = reconcile_once(&nodes, &cur, &who, &sink, &feed) {
+                cur = next;
+                epochs.push(cur.epoch);
+            }
+            let member_ids: Vec<NodeId> = who.live.iter().map(|i| member(*i).id).collect();
+            let settled = cur.moves.is_empty()
+                && cur.nodes.iter().map(|m| &m.id).eq(member_ids.iter().collect::<std::collections::BTreeSet<_>>());
+            if settled {
+                break;
+            }
+            if Instant::now() >= end {
+                for n in &nodes {
+                    let st: Vec<_> = n
+                        .server
+                        .server
+                        .stats()
+                        .counters
+                        .into_iter()
+                        .filter(|(k, _)| k.starts_with("move_") && !k.contains('/'))
+                        .collect();
+                    let err = n.mover.lock().unwrap().as_ref().and_then(|m| m.counters().last_error.lock().clone());
+                    eprintln!("{}: {st:?} {err:?}", n.own.me());
+                }
+                panic!("{step}: moves never finished: {:?}", cur.moves.len());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if what == "drain" {
+            // Drained: in no chain; now it can be stopped.
+            assert_eq!(cur.partitions_of(&member(i).id), (0, 0));
+            peers.kill(&member(i).id);
+            nodes[i].own.lease_lost();
+            who.live.retain(|x| *x != i);
+            who.leaving.remove(&member(i).id);
+            if let Some(next) = reconcile_once(&nodes, &cur, &who, &sink, &feed) {
+                cur = next;
+                epochs.push(cur.epoch);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut failed, mut reads) = (0, 0, 0);
+    for w in writers {
+        let (a, f) = w.await.unwrap();
+        acked += a;
+        failed += f;
+    }
+    for r in readers {
+        let (o, f) = r.await.unwrap();
+        reads += o;
+        failed += f;
+    }
+    // Every key read back (recorded: the checker holds each to its last acknowledged write).
+    for i in 0..keys {
+        let op = rec.invoke(200, &key(i), scalio_lincheck::Call::Get);
+        let v = client.get(&key(i)).await.unwrap();
+        op.returned(scalio_lincheck::Ret::Get(v));
+    }
+    let history = rec.history();
+    let summary = scalio_lincheck::check(&history).unwrap_or_else(|e| panic!("rf {rf} {steps:?}: {e}"));
+    let copied: u64 = nodes.iter().map(|n| stat(n, "move_keys_copied")).sum();
+    let bytes: u64 = nodes.iter().map(|n| stat(n, "move_bytes_copied")).sum();
+    let ready: u64 = nodes.iter().map(|n| stat(n, "move_partitions_ready")).sum();
+    let skipped: u64 = nodes.iter().map(|n| stat(n, "move_copies_skipped")).sum();
+    let repaired: u64 = nodes.iter().map(|n| stat(n, "move_keys_repaired")).sum();
+    eprintln!(
+        "rf {rf} {steps:?}: epochs {epochs:?}, {acked} writes acknowledged, {failed} failed, {reads} reader GETs, \
+         {} ops checked, {copied} keys ({bytes} bytes) copied, {skipped} copies skipped, {repaired} repaired, \
+         {ready} partitions ready",
+        summary.ops
+    );
+    assert!(acked > 100, "the workload ran through the moves: {acked}");
+    assert!(copied > 0 && bytes > 0 && ready > 0, "data moved: {copied} keys, {ready} partitions");
+    assert!(failed * 20 <= acked + reads, "too many failed operations: {failed}");
+    drop(client);
+    for n in &nodes {
+        n.mover.lock().unwrap().take();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rf2_a_lost_replica_is_rebuilt_and_a_server_added_and_drained_under_load() {
+    moves_under_load(2, &["kill 2", "add 3", "drain 0"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rf1_added_and_drained_servers_take_their_data_with_them() {
+    moves_under_load(1, &["add 2", "add 3", "drain 1"]).await;
 }

@@ -15,6 +15,10 @@ use crate::table::TableGeometry;
 /// Version of this message set; a client refuses a server that speaks another.
 pub const PROTOCOL_VERSION: u32 = 3;
 const HEADER: usize = 8;
+/// The largest request the server accepts: a write of the longest key and the largest value,
+/// with an epoch. Requests over the channel's largest message move by rendezvous
+/// ([`crate::fabric::rendezvous`]), whose staging slots are this size.
+pub const MAX_REQUEST_LEN: usize = HEADER + MAX_KEY_LEN + crate::ssd::MAX_VALUE_LEN + 8;
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,10 +38,23 @@ pub enum Op {
     Delete = 6,
     /// Server counters.
     Stats = 7,
+    /// In a cluster: the keys in a range of one SSD's buckets (a [`ScanRequest`] in the value,
+    /// a [`ScanReply`] back), so that a member receiving a partition can copy it.
+    Scan = 8,
 }
 
+const _: () = {
+    let mut i = 0;
+    while i < Op::ALL.len() {
+        assert!((Op::ALL[i] as usize) < Op::CODES, "Op::CODES must exceed every op code");
+        i += 1;
+    }
+};
+
 impl Op {
-    pub const ALL: [Op; 7] = [Op::Hello, Op::MetaGet, Op::Get, Op::Put, Op::Update, Op::Delete, Op::Stats];
+    pub const ALL: [Op; 8] = [Op::Hello, Op::MetaGet, Op::Get, Op::Put, Op::Update, Op::Delete, Op::Stats, Op::Scan];
+    /// One more than the largest op code: the length of arrays indexed by op (counters).
+    pub const CODES: usize = 9;
 
     pub fn from_u8(v: u8) -> Option<Op> {
         Op::ALL.into_iter().find(|o| *o as u8 == v)
@@ -52,6 +69,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::Stats => "stats",
+            Op::Scan => "scan",
         }
     }
 
@@ -73,6 +91,11 @@ pub mod flags {
     /// it is checked against the receiver's place in the chain at exactly the carried epoch,
     /// not against the head role.
     pub const FORWARDED: u8 = 8;
+    /// In a cluster, a request of a partition's copy to a member that entered its chain without
+    /// the data: on a GET, a read of any member of the chain (not only the tail); on a PUT, the
+    /// copy of a value that the receiver applies only if no write to the key reached it since
+    /// it entered the chain; on a DELETE, the removal of a stale key under the same rule.
+    pub const COPY: u8 = 16;
 }
 
 /// Result of a request.
@@ -550,6 +573,94 @@ impl Stats {
     }
 }
 
+/// The body of a [`Op::Scan`] request: up to `max_buckets` buckets of SSD `ssd` from `bucket`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanRequest {
+    pub ssd: u16,
+    pub bucket: u32,
+    pub max_buckets: u32,
+}
+
+impl ScanRequest {
+    pub const LEN: usize = 10;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..2].copy_from_slice(&self.ssd.to_le_bytes());
+        b[2..6].copy_from_slice(&self.bucket.to_le_bytes());
+        b[6..].copy_from_slice(&self.max_buckets.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<ScanRequest, CodecError> {
+        need(b, Self::LEN)?;
+        if b.len() > Self::LEN {
+            return Err(CodecError::Trailing(b.len() - Self::LEN));
+        }
+        Ok(ScanRequest {
+            ssd: u16::from_le_bytes([b[0], b[1]]),
+            bucket: u32::from_le_bytes(b[2..6].try_into().unwrap()),
+            max_buckets: u32::from_le_bytes(b[6..10].try_into().unwrap()),
+        })
+    }
+}
+
+/// The body of a [`Op::Scan`] reply: the keys found, and where to go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanReply {
+    /// The server's SSD count.
+    pub ssds: u16,
+    /// The first bucket not scanned (the SSD's bucket count when it is done).
+    pub next: u32,
+    pub done: bool,
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl ScanReply {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(11 + self.keys.iter().map(|k| 1 + k.len()).sum::<usize>());
+        b.extend_from_slice(&self.ssds.to_le_bytes());
+        b.extend_from_slice(&self.next.to_le_bytes());
+        b.push(u8::from(self.done));
+        b.extend_from_slice(&(self.keys.len() as u32).to_le_bytes());
+        for k in &self.keys {
+            debug_assert!(k.len() <= MAX_KEY_LEN);
+            b.push(k.len() as u8);
+            b.extend_from_slice(k);
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<ScanReply, CodecError> {
+        need(b, 11)?;
+        let ssds = u16::from_le_bytes([b[0], b[1]]);
+        let next = u32::from_le_bytes(b[2..6].try_into().unwrap());
+        let done = match b[6] {
+            0 => false,
+            1 => true,
+            _ => return Err(CodecError::Malformed("scan reply flag")),
+        };
+        let count = u32::from_le_bytes(b[7..11].try_into().unwrap()) as usize;
+        let mut rest = &b[11..];
+        // Each key takes at least two bytes: bound the allocation by what the message holds.
+        let mut keys = Vec::with_capacity(count.min(rest.len() / 2));
+        for _ in 0..count {
+            let (&len, tail) = rest.split_first().ok_or(CodecError::Malformed("scan reply key"))?;
+            let len = usize::from(len);
+            if len == 0 || len > MAX_KEY_LEN {
+                return Err(CodecError::Malformed("scan reply key length"));
+            }
+            need(tail, len)?;
+            keys.push(tail[..len].to_vec());
+            rest = &tail[len..];
+        }
+        if !rest.is_empty() {
+            return Err(CodecError::Trailing(rest.len()));
+        }
+        Ok(ScanReply { ssds, next, done, keys })
+    }
+}
+
 fn need(b: &[u8], n: usize) -> Result<(), CodecError> {
     if b.len() < n {
         Err(CodecError::Truncated { have: b.len(), need: n })
@@ -589,6 +700,25 @@ fn take_str(b: &mut &[u8]) -> Result<String, CodecError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scan_messages_round_trip_and_reject_garbage() {
+        let r = ScanRequest { ssd: 3, bucket: 77, max_buckets: 64 };
+        assert_eq!(ScanRequest::decode(&r.encode()), Ok(r));
+        assert!(ScanRequest::decode(&r.encode()[..9]).is_err());
+        let reply = ScanReply { ssds: 2, next: 128, done: false, keys: vec![b"a".to_vec(), vec![7u8; MAX_KEY_LEN]] };
+        assert_eq!(ScanReply::decode(&reply.encode()), Ok(reply.clone()));
+        let mut bad = reply.encode();
+        bad[6] = 2;
+        assert!(ScanReply::decode(&bad).is_err());
+        let mut long = reply.encode();
+        long.push(0);
+        assert!(ScanReply::decode(&long).is_err());
+        // A count far beyond the bytes present fails without allocating for it.
+        let mut huge = ScanReply { keys: vec![], ..reply }.encode();
+        huge[7..11].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(ScanReply::decode(&huge).is_err());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -10,12 +10,21 @@
 #      and readers for 12 s) during which server s3 is killed with kill -9. Its chains are
 #      reconfigured in a new epoch with the surviving replica as tail; no acknowledged write
 #      may be lost and the history (GETs during and after the failure) must be linearizable.
+#   5. rebuild, add and drain: a third checked workload (every key written first, then mixed
+#      writes and readers for 40 s) during which s3's lost replicas are rebuilt on the
+#      survivors, a fourth server s4 joins (cluster.sh add: the partitions it takes are copied
+#      to it in the background) and s1 is drained (scalio-admin drain --wait) and stopped.
+#      Every acknowledged write must read back and the history must be linearizable; the
+#      servers' metrics show the keys and bytes copied and the copy time.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$REPO"
+# shellcheck source=scripts/ci/stop-pid.sh
+. "$REPO/scripts/ci/stop-pid.sh"
 DIR=$REPO/target/cluster-ci
-BIN=$REPO/target/release
-cargo build --release -p scalio-server --bin scalio-server -p scalio-bench --bin scalio-cluster-check --bin scalio-ycsb
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/release
+cargo build --release -p scalio-server --bin scalio-server --bin scalio-admin \
+  -p scalio-bench --bin scalio-cluster-check --bin scalio-ycsb
 
 rm -rf "$DIR"
 bash scripts/cluster.sh start --servers 3 --dir "$DIR" --bin "$BIN" --ssd-size 128MiB --replication 2 \
@@ -26,8 +35,11 @@ URL=etcd://127.0.0.1:23790/scalio
 "$BIN/scalio-cluster-check" --cluster "$URL" --keys 3000 --ops 20000 --readers 2 --json "$DIR/check.json"
 "$BIN/scalio-ycsb" --cluster "$URL" --workload a -p recordcount=5000 -p operationcount=10000 --json "$DIR/ycsb.json"
 
+# scrape PORT: a server's Prometheus text.
+scrape() { timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3"; }
+
 # Server s1's Prometheus endpoint shows its epoch and the partition ranges it owns.
-metrics=$(timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/7701 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3')
+metrics=$(scrape 7701)
 grep -E '^scalio_(cluster_(epoch|partitions)|chain_forwarded) ' <<<"$metrics"
 grep -q '^scalio_cluster_owned_range{role="tail"' <<<"$metrics" || { echo "cluster-check.sh: no owned ranges in s1's metrics" >&2; exit 1; }
 
@@ -48,3 +60,53 @@ if r["epoch_end"] <= r["epoch_start"]:
     sys.exit("cluster-check.sh: the map did not change during the failure test")
 PY
 grep -h "cluster map" "$DIR"/s1.log | tail -n 2
+
+echo "cluster-check.sh: rebuild, add and drain under a checked mixed write load"
+# wait_settled SECS: until the map has no move left (every copy reported ready).
+wait_settled() {
+  local end=$((SECONDS + $1)) status
+  while [ $SECONDS -lt $end ]; do
+    status=$("$BIN/scalio-admin" --cluster "$URL" status)
+    if grep -q '^moves 0$' <<<"$status"; then
+      grep -E '^(epoch|member)' <<<"$status"
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "cluster-check.sh: moves still in progress after $1 s" >&2
+  "$BIN/scalio-admin" --cluster "$URL" status >&2
+  return 1
+}
+"$BIN/scalio-cluster-check" --cluster "$URL" --prefix grow --keys 2000 --load --ops 4000 --seconds 40 \
+  --readers 4 --json "$DIR/check-grow.json" &
+check=$!
+start=$SECONDS
+wait_settled 60   # s3's replicas rebuilt on the survivors
+echo "cluster-check.sh: rebuilt after $((SECONDS - start)) s; adding s4"
+bash scripts/cluster.sh add --index 4 --dir "$DIR" --bin "$BIN" --ssd-size 128MiB --replication 2 \
+  --server-arg --lease-ttl=3
+wait_settled 60
+echo "cluster-check.sh: s4 took its partitions after $((SECONDS - start)) s; draining s1"
+"$BIN/scalio-admin" --cluster "$URL" drain s1 --wait 60
+stop_pid "$(cat "$DIR/s1.pid")"
+rm -f "$DIR/s1.pid"
+echo "cluster-check.sh: s1 drained and stopped after $((SECONDS - start)) s"
+wait "$check"
+moved() {
+  local m
+  m=$(scrape "$1")
+  for c in move_keys_copied move_bytes_copied move_copy_ms move_partitions_ready move_copies_skipped move_keys_repaired; do
+    printf '%s=%s ' "$c" "$(grep -E "^scalio_$c " <<<"$m" | cut -d' ' -f2)"
+  done
+}
+echo "cluster-check.sh: s2 received: $(moved 7702)"
+echo "cluster-check.sh: s4 received: $(moved 7704)"
+python3 - "$DIR/check-grow.json" "$(scrape 7704 | grep -E '^scalio_move_keys_copied ' | cut -d' ' -f2)" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("cluster-check.sh: rebuild/add/drain test:", {k: r[k] for k in ("writes_acked", "gets_checked", "reader_gets", "read_back", "mismatches", "errors", "wrong_owner_retries", "unreachable_retries", "epoch_start", "epoch_end", "history_ops", "linearizable")})
+if r["epoch_end"] <= r["epoch_start"]:
+    sys.exit("cluster-check.sh: the map did not change during the rebuild/add/drain test")
+if int(sys.argv[2] or 0) == 0:
+    sys.exit("cluster-check.sh: s4 received no copied key")
+PY

@@ -4,7 +4,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use scalio_common::cluster::{ClusterUrl, Member, NodeId};
 use scalio_common::ssd::BLOCK_SIZE;
-use scalio_server::cluster::{Agent, AgentConfig, Ownership};
+use scalio_server::cluster::{Agent, AgentConfig, EtcdReady, Ownership};
 use scalio_server::config::{parse_size, SsdConfig};
 use scalio_server::{Server, ServerConfig};
 use std::path::PathBuf;
@@ -279,8 +279,14 @@ fn main() -> anyhow::Result<()> {
         (Some(url), Some(own)) => Some(join_cluster(&args, url, own, &server)?),
         _ => None,
     };
+    // Copies the partitions maps move here, and reports them ready in etcd.
+    let mover = match &args.cluster {
+        Some(url) => Some(server.start_mover(Arc::new(EtcdReady::new(url, Duration::from_secs(2))))?),
+        None => None,
+    };
     let sig = wait_for_signal(&signals);
     tracing::info!(signal = sig, "shutting down");
+    drop(mover);
     if let Some(agent) = agent {
         agent.stop();
     }

@@ -5,7 +5,10 @@
 //! Every STATS counter `x` becomes `scalio_x` (untyped: STATS mixes counters and gauges). In a
 //! cluster, `scalio_cluster_owned_range{first,last,role}` lists the runs of consecutive
 //! partitions this server is the head or tail of (partition `p` holds the keys whose partition
-//! hash has `p` in its top `partition_bits` bits).
+//! hash has `p` in its top `partition_bits` bits). The moves into this server are counted in
+//! total (`scalio_move_keys_copied`, `scalio_move_bytes_copied`, `scalio_move_copy_ms`, ...)
+//! and per partition received (`scalio_move_partition_keys{partition}`,
+//! `scalio_move_partition_bytes{partition}`).
 
 use scalio_common::cluster::{ClusterMap, NodeId};
 use scalio_common::rpc::Stats;
@@ -45,7 +48,15 @@ fn owned_runs(map: &ClusterMap, id: &NodeId, tail: bool) -> Vec<(usize, usize)> 
 pub fn render(stats: &Stats, cluster: Option<(&ClusterMap, &NodeId)>) -> String {
     let mut out = String::new();
     for (name, v) in &stats.counters {
-        let _ = writeln!(out, "{} {v}", metric_name(name));
+        // `name/P` is counter `name` of partition P (the moves' per-partition counters).
+        match name.split_once('/') {
+            Some((base, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                let _ = writeln!(out, "{}{{partition=\"{p}\"}} {v}", metric_name(base));
+            }
+            _ => {
+                let _ = writeln!(out, "{} {v}", metric_name(name));
+            }
+        }
     }
     if let Some((map, id)) = cluster {
         let _ = writeln!(out, "scalio_cluster_members {}", map.nodes.len());
@@ -150,8 +161,15 @@ mod tests {
 
     #[test]
     fn renders_counters_and_owned_ranges() {
-        let stats =
-            Stats { counters: vec![("rpc_put".into(), 7), ("cluster_epoch".into(), 3), ("odd-name".into(), 1)] };
+        let stats = Stats {
+            counters: vec![
+                ("rpc_put".into(), 7),
+                ("cluster_epoch".into(), 3),
+                ("odd-name".into(), 1),
+                ("move_partition_keys/12".into(), 5),
+                ("bad/x".into(), 2),
+            ],
+        };
         let params = MapParams { replication: 1, vnodes: 8, partition_bits: 4 };
         let map = compute(None, &[member(0), member(1)], params).unwrap().unwrap();
         let me = NodeId("s0".into());
@@ -159,6 +177,8 @@ mod tests {
         assert!(text.contains("scalio_rpc_put 7\n"));
         assert!(text.contains("scalio_cluster_epoch 3\n"));
         assert!(text.contains("scalio_odd_name 1\n"));
+        assert!(text.contains("scalio_move_partition_keys{partition=\"12\"} 5\n"));
+        assert!(text.contains("scalio_bad_x 2\n"));
         assert!(text.contains("scalio_cluster_members 2\n"));
         // The tail runs cover exactly the partitions s0 is the tail of.
         let covered: usize = owned_runs(&map, &me, true).iter().map(|(a, b)| b - a + 1).sum();

@@ -1,7 +1,8 @@
 //! Putting the server together: SSDs, store recovery, the cache table and its registration,
 //! worker threads, and the fabric endpoints.
 
-use crate::cluster::{Forwarder, Ownership, PeerConnector, TcpPeers};
+use crate::cluster::mover::LocalWrites;
+use crate::cluster::{Forwarder, Mover, Ownership, PeerConnector, ReadySink, TcpPeers};
 use crate::config::{ConfigError, ServerConfig};
 use crate::device::{DeviceError, DeviceModel, DeviceOptions, Ssd};
 use crate::stats::{ServerShared, StatsSource};
@@ -12,14 +13,22 @@ use crate::target::{NvmeTarget, SubsystemConfig, TargetConfig as NvmeConfig, Tar
 use crate::worker::{Dispatch, InboxLoad, Worker, WorkerEvent};
 use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
+use scalio_common::fabric::rendezvous::{Rendezvous, StagingConfig};
 use scalio_common::fabric::tcp::{ConnectOptions, NicConfig, TcpNic};
-use scalio_common::fabric::{Access, FabricError, FabricKind, MemoryRegion, RegionTable, Registrar};
+use scalio_common::fabric::{
+    Access, FabricError, FabricKind, MemoryRegion, QueuePair, RegionTable, Registrar, RpcService,
+};
 use scalio_common::rpc::{ServerInfo, SsdInfo, Stats, TableInfo, PROTOCOL_VERSION};
 use scalio_common::table::TableGeometry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// How long a client may take between being granted a staging slot and naming it in its STAGED
+/// message before the slot is taken back: far more than writing 1 MiB takes, short enough that
+/// a client that died mid-transfer does not hold a slot for long.
+const STAGING_LEASE: Duration = Duration::from_secs(5);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +47,8 @@ pub enum ServerError {
     Target(#[from] TargetError),
     #[error("cannot register memory with the fabric: {0}")]
     Register(FabricError),
+    #[error("this server is not a cluster member")]
+    NotInCluster,
 }
 
 /// The NVMe/TCP target's counters in STATS.
@@ -48,6 +59,19 @@ impl StatsSource for TargetStatsSource {
         let s = self.0.stats();
         out.push(("cpu_target_ns".into(), s.cpu_ns));
         out.extend(s.counters());
+    }
+}
+
+/// The rendezvous layer's counters: large requests staged, delivered, refused.
+struct RendezvousStats(Arc<Rendezvous>);
+
+impl StatsSource for RendezvousStats {
+    fn append(&self, out: &mut Vec<(String, u64)>) {
+        let c = self.0.counters();
+        out.push(("rendezvous_granted".into(), c.granted.load(std::sync::atomic::Ordering::Relaxed)));
+        out.push(("rendezvous_delivered".into(), c.delivered.load(std::sync::atomic::Ordering::Relaxed)));
+        out.push(("rendezvous_refused".into(), c.refused.load(std::sync::atomic::Ordering::Relaxed)));
+        out.push(("rendezvous_slots_in_use".into(), self.0.slots_in_use() as u64));
     }
 }
 
@@ -93,6 +117,8 @@ pub struct Server {
     config: ServerConfig,
     /// The RDMA listener when the fabric is verbs: held, never read (dropping the server closes it).
     _verbs_nic: parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// In a cluster: its standing, and how it reaches the other members.
+    cluster: Option<(Arc<Ownership>, Arc<dyn PeerConnector>)>,
 }
 
 /// The verbs device and its protection domain's registrar, when the fabric is verbs.
@@ -139,8 +165,25 @@ impl Server {
         ownership: Arc<Ownership>,
         peers: Arc<dyn PeerConnector>,
     ) -> Result<Server, ServerError> {
-        let chain = Forwarder::new(ownership.clone(), peers);
-        Server::start_with(config, Some((ownership, chain)))
+        let chain = Forwarder::new(ownership.clone(), peers.clone());
+        let mut server = Server::start_with(config, Some((ownership.clone(), chain)))?;
+        server.cluster = Some((ownership, peers));
+        Ok(server)
+    }
+
+    /// Starts copying into this cluster member the partitions its maps move to it, reporting
+    /// each one to `sink` when its copy is complete (see [`crate::cluster::mover`]). Its
+    /// counters join STATS.
+    pub fn start_mover(&self, sink: Arc<dyn ReadySink>) -> Result<Mover, ServerError> {
+        let (own, peers) = self.cluster.clone().ok_or(ServerError::NotInCluster)?;
+        let writes = LocalWrites {
+            workers: self.workers.iter().map(|(tx, _)| tx.clone()).collect(),
+            ssds: self.shared.ssds().len() as u16,
+        };
+        let local: Arc<dyn QueuePair> = Arc::new(self.mem.connect());
+        let mover = Mover::start(own, peers, local, writes, sink).map_err(|e| ServerError::Thread(e.to_string()))?;
+        self.shared.extra.lock().push(mover.stats_source());
+        Ok(mover)
     }
 
     fn start_with(
@@ -197,7 +240,8 @@ impl Server {
             Some(v) => &*v.registrar,
             _ => &*regions,
         };
-        let whole_table_fills = config.fabric == FabricKind::Verbs && config.verbs.trusted_fills;
+        let verbs_fabric = config.fabric == FabricKind::Verbs;
+        let whole_table_fills = verbs_fabric && config.verbs.trusted_fills;
         // Clients read the whole table, and write (when they fill) only the slots' client ranges:
         // a WRITE that touches a server header is refused by the fabric (README, "Threat model").
         let table_info = table
@@ -292,6 +336,7 @@ impl Server {
                 shared: shared.clone(),
                 io_cost: Duration::from_micros(config.emulation.worker_io_cost_us),
                 chain: cluster.as_ref().map(|(_, chain)| chain.clone()),
+                cluster: cluster.as_ref().map(|(own, _)| own.clone()),
             };
             let h = std::thread::Builder::new()
                 .name(format!("worker-{id}"))
@@ -309,9 +354,30 @@ impl Server {
         }
         let dispatch =
             Arc::new(Dispatch { workers: senders, shared: shared.clone(), cluster: cluster.map(|(o, _)| o) });
+        // Requests over the largest message arrive by rendezvous: this layer stages them and
+        // hands the dispatcher whole requests, on every backend.
+        let staging = StagingConfig {
+            slots: config.staging_slots,
+            slot_bytes: scalio_common::rpc::MAX_REQUEST_LEN,
+            lease: STAGING_LEASE,
+        };
+        // Verbs has no strided keys: the staging region is registered whole, its slots then guarded by
+        // the STAGED checksum alone (README, "Real RDMA").
+        #[cfg(feature = "rdma")]
+        let whole = scalio_common::fabric::verbs::WholeRegionForStaging(registrar);
+        #[cfg(feature = "rdma")]
+        let staging_registrar: &dyn Registrar = if verbs_fabric { &whole } else { registrar };
+        // Without the feature a server never runs on verbs (refused when it starts).
+        #[cfg(not(feature = "rdma"))]
+        let staging_registrar: &dyn Registrar = registrar;
+        let rendezvous =
+            Rendezvous::new(dispatch.clone(), staging_registrar, staging).map_err(ServerError::Register)?;
+        shared.extra.lock().push(Arc::new(RendezvousStats(rendezvous.clone())));
+        let service: Arc<dyn RpcService> = rendezvous;
         let mem = MemFabric::new(regions.clone());
         mem.set_rpc_credits(config.rpc_credits);
-        mem.set_service(dispatch.clone());
+        mem.set_max_message(config.max_message as usize);
+        mem.set_service(service.clone());
         if let Some(t) = &target {
             shared.extra.lock().push(Arc::new(TargetStatsSource(t.clone())));
         }
@@ -323,6 +389,7 @@ impl Server {
             target,
             config: config.clone(),
             _verbs_nic: parking_lot::Mutex::new(None),
+            cluster: None,
         };
         #[cfg(feature = "rdma")]
         if let (Some(v), Some(addr)) = (verbs, &config.listen) {
@@ -332,9 +399,8 @@ impl Server {
                 max_connections: config.max_connections,
                 secret: config.secret().map_err(ServerError::Config)?,
             };
-            let nic =
-                scalio_common::fabric::verbs::VerbsNic::start(v.device.clone(), resolve(addr)?, nic_cfg, dispatch)
-                    .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+            let nic = scalio_common::fabric::verbs::VerbsNic::start(v.device.clone(), resolve(addr)?, nic_cfg, service)
+                .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
             server.local_addr = Some(nic.local_addr());
             // The registrar holds the registrations: dropping it would revoke every key.
             *server._verbs_nic.lock() = Some(Box::new((nic, v.registrar)));
@@ -345,10 +411,11 @@ impl Server {
                 threads: config.nic_threads,
                 max_connections: config.max_connections,
                 rpc_credits: config.rpc_credits,
+                max_message: config.max_message as usize,
                 secret: config.secret().map_err(ServerError::Config)?,
                 ..NicConfig::default()
             };
-            let nic = TcpNic::bind(addr.as_str(), regions, dispatch, nic_cfg)
+            let nic = TcpNic::bind(addr.as_str(), regions, service, nic_cfg)
                 .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
             server.local_addr = Some(nic.local_addr());
             *shared.nic.lock() = Some(nic);

@@ -8,15 +8,18 @@
 //! through the store, and submits the stores' I/O to the SSDs' I/O threads, whose completions
 //! come back through its inbox.
 
+use crate::cluster::received::CopyVerdict;
 use crate::cluster::{Forwarder, Ownership};
 use crate::device::{Issuer, Ssd};
 use crate::stats::ServerShared;
 use crate::store::{Completed, DataStore, IoRequest, IoResult, Outcome, Refusal, WriteOp, WriteRequest};
 use crate::table::CacheTable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use scalio_common::fabric::{IncomingRpc, Responder, RpcService};
+use scalio_common::fabric::{IncomingRpc, PeerId, Responder, RpcService};
 use scalio_common::key::{self, TableKey};
-use scalio_common::rpc::{flags, CodecError, MetaGetReply, Op, Request, Reservation, Response, Status};
+use scalio_common::rpc::{
+    flags, CodecError, MetaGetReply, Op, Request, Reservation, Response, ScanReply, ScanRequest, Status,
+};
 use scalio_common::ssd::MAX_VALUE_LEN;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,17 +33,59 @@ pub(crate) enum WorkerEvent {
         token: u64,
         result: IoResult,
     },
+    /// Store a copied value (or remove a stale key) of a partition moving to this server,
+    /// unless a newer write reached the key here (see [`crate::cluster::received`]).
+    Copy(CopyWrite),
     /// Finish what is in flight, then exit.
     Stop,
+}
+
+/// A write of a partition's copy, applied by the worker that owns the key's SSD.
+pub struct CopyWrite {
+    pub key: Vec<u8>,
+    /// `None`: remove the key (it is stale here).
+    pub value: Option<Vec<u8>>,
+    pub partition: u32,
+    /// The move's `since`: the write is dropped if the partition is no longer moving here
+    /// under that move.
+    pub since: u64,
+    /// The generation of the dirty mark this value repairs.
+    pub repair: Option<u64>,
+    pub done: crossbeam_channel::Sender<CopyResult>,
+}
+
+/// How a [`CopyWrite`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyResult {
+    /// Stored (or removed) durably.
+    Applied,
+    /// A newer write reached the key here first; nothing done.
+    Skipped,
+    /// The partition is no longer moving here under that move; nothing done.
+    Cancelled,
+    /// The store failed or refused it.
+    Failed(Status),
 }
 
 /// What to do with the outcome of a request once its store has finished it.
 pub(crate) enum Reply {
     /// Answer a client's RPC. `request`: in a cluster, a write's request as received (the chain
     /// may need it forwarded before the answer).
-    Rpc { responder: Responder, op: Op, request: Option<Vec<u8>> },
+    Rpc { responder: Responder, op: Op, request: Option<Vec<u8>>, update: Option<UpdateMark> },
+    /// Answer a scan with the keys found (`ssds`: the server's SSD count).
+    Scan { responder: Responder, ssds: u16, buckets: u32 },
+    /// Tell the copier how its copy write ended.
+    Copy(crossbeam_channel::Sender<CopyResult>),
     /// Fill the slot reserved for the key with the value read (`cache.client_fills = false`).
     Fill { key: TableKey, reservation: Reservation },
+}
+
+/// An UPDATE of a partition moving to this server: if it finds nothing here, its key is
+/// marked dirty (see [`crate::cluster::received`]).
+pub(crate) struct UpdateMark {
+    partition: u32,
+    since: u64,
+    generation: u64,
 }
 
 /// Routes RPCs from the NIC threads to the workers.
@@ -90,6 +135,15 @@ fn respond(responder: Responder, status: Status, op: Op, body: &[u8]) {
 }
 
 impl RpcService for Dispatch {
+    /// A client left: its unfilled reservations end now rather than when their leases run out.
+    /// Its RPCs still in a worker's inbox are served and answered into nothing (their inbox
+    /// places and credits come back as usual); a META_GET among them reserves nothing.
+    fn peer_closed(&self, peer: PeerId) {
+        if let Some(t) = &self.shared.table {
+            t.release(peer);
+        }
+    }
+
     fn handle(&self, rpc: IncomingRpc) {
         let req = match Request::decode(&rpc.payload) {
             Ok(r) => r,
@@ -115,6 +169,19 @@ impl RpcService for Dispatch {
                 let stats = self.shared.stats().encode();
                 respond(rpc.responder, Status::Ok, Op::Stats, &stats);
             }
+            Op::Scan => {
+                let scan = match ScanRequest::decode(req.value) {
+                    Ok(s) if s.ssd < self.workers_ssds() => s,
+                    Ok(_) => return respond(rpc.responder, Status::BadRequest, Op::Scan, b"no such SSD"),
+                    Err(e) => return respond(rpc.responder, Status::BadRequest, Op::Scan, e.to_string().as_bytes()),
+                };
+                if let Some(own) = &self.cluster {
+                    if let Err(w) = own.check_scan(req.epoch, Instant::now()) {
+                        return respond(rpc.responder, Status::WrongOwner, Op::Scan, &w.encode());
+                    }
+                }
+                self.enqueue(usize::from(scan.ssd) % self.workers.len(), rpc);
+            }
             op => {
                 if let Err(e) = key::validate(req.key) {
                     let status = match e {
@@ -126,9 +193,14 @@ impl RpcService for Dispatch {
                 if req.flags & flags::FORWARDED != 0 && !op.is_write() {
                     return respond(rpc.responder, Status::BadRequest, op, b"only writes are forwarded");
                 }
+                if req.flags & flags::COPY != 0 && op != Op::Get {
+                    return respond(rpc.responder, Status::BadRequest, op, b"only GETs are copy reads");
+                }
                 if let Some(own) = &self.cluster {
                     let verdict = if req.flags & flags::FORWARDED != 0 {
                         own.check_forwarded(req.key, req.epoch, Instant::now())
+                    } else if req.flags & flags::COPY != 0 {
+                        own.check_copy_read(req.key, req.epoch, Instant::now())
                     } else {
                         own.check(req.key, op, req.epoch, Instant::now())
                     };
@@ -137,26 +209,32 @@ impl RpcService for Dispatch {
                     }
                 }
                 let ssd = key::route(req.key, self.workers_ssds(), 1).ssd;
-                let (inbox, load) = &self.workers[usize::from(ssd) % self.workers.len()];
-                let len = rpc.payload.len();
-                if !load.try_admit(len) {
-                    self.shared.count_inbox_refusal();
-                    let msg = format!(
-                        "server is overloaded: the worker's inbox is at its limit ({} RPCs, {} bytes)",
-                        load.max_rpcs, load.max_bytes
-                    );
-                    return respond(rpc.responder, Status::Unavailable, op, msg.as_bytes());
-                }
-                if let Err(crossbeam_channel::SendError(WorkerEvent::Rpc(rpc))) = inbox.send(WorkerEvent::Rpc(rpc)) {
-                    load.release(len);
-                    respond(rpc.responder, Status::Unavailable, op, b"server is shutting down");
-                }
+                self.enqueue(usize::from(ssd) % self.workers.len(), rpc);
             }
         }
     }
 }
 
 impl Dispatch {
+    /// Hands `rpc` to worker `w`, or refuses it if the worker's inbox is full.
+    fn enqueue(&self, w: usize, rpc: IncomingRpc) {
+        let op = rpc.payload.first().and_then(|b| Op::from_u8(*b)).unwrap_or(Op::Hello);
+        let (inbox, load) = &self.workers[w];
+        let len = rpc.payload.len();
+        if !load.try_admit(len) {
+            self.shared.count_inbox_refusal();
+            let msg = format!(
+                "server is overloaded: the worker's inbox is at its limit ({} RPCs, {} bytes)",
+                load.max_rpcs, load.max_bytes
+            );
+            return respond(rpc.responder, Status::Unavailable, op, msg.as_bytes());
+        }
+        if let Err(crossbeam_channel::SendError(WorkerEvent::Rpc(rpc))) = inbox.send(WorkerEvent::Rpc(rpc)) {
+            load.release(len);
+            respond(rpc.responder, Status::Unavailable, op, b"server is shutting down");
+        }
+    }
+
     fn workers_ssds(&self) -> u16 {
         self.shared.ssds().len() as u16
     }
@@ -182,6 +260,8 @@ pub(crate) struct Worker {
     pub(crate) io_cost: Duration,
     /// In a cluster: passes durable writes down their replica chains.
     pub(crate) chain: Option<Arc<Forwarder>>,
+    /// In a cluster: which partitions are moving here (and the keys written during moves).
+    pub(crate) cluster: Option<Arc<Ownership>>,
 }
 
 impl Worker {
@@ -228,6 +308,10 @@ impl Worker {
                     respond(rpc.responder, Status::Unavailable, op, b"server is shutting down");
                 }
                 Some(WorkerEvent::Rpc(rpc)) => self.handle(rpc, now),
+                Some(WorkerEvent::Copy(c)) if stopping => {
+                    let _ = c.done.send(CopyResult::Failed(Status::Unavailable));
+                }
+                Some(WorkerEvent::Copy(c)) => self.copy(c, now),
                 Some(WorkerEvent::Io { ssd, token, result }) => self.store_of(ssd).on_io(token, result, now),
                 Some(WorkerEvent::Stop) => stopping = true,
                 None => {}
@@ -246,7 +330,7 @@ impl Worker {
                     self.submit(self.stores[i].ssd(), req);
                 }
                 for c in self.stores[i].take_completed() {
-                    finish(c, self.table.as_deref(), self.chain.as_deref());
+                    finish(c, self.table.as_deref(), self.chain.as_deref(), self.cluster.as_deref());
                 }
             }
             if issued > 0 && !self.io_cost.is_zero() {
@@ -263,6 +347,20 @@ impl Worker {
         let Ok(req) = Request::decode(&rpc.payload) else {
             return respond(rpc.responder, Status::BadRequest, Op::Hello, b"malformed request");
         };
+        if req.op == Op::Scan {
+            // Scans name an SSD, not a key.
+            return match ScanRequest::decode(req.value) {
+                Ok(scan)
+                    if usize::from(scan.ssd) < self.ssds.len() && usize::from(scan.ssd) % self.workers == self.id =>
+                {
+                    let ssds = self.ssds.len() as u16;
+                    let buckets = self.store_of(scan.ssd).buckets();
+                    let reply = Reply::Scan { responder: rpc.responder, ssds, buckets };
+                    self.store_of(scan.ssd).submit_scan(scan.bucket, scan.max_buckets, reply);
+                }
+                _ => respond(rpc.responder, Status::BadRequest, Op::Scan, b"malformed or misrouted scan"),
+            };
+        }
         let ssd = key::route(req.key, self.ssds.len() as u16, 1).ssd;
         if usize::from(ssd) % self.workers != self.id {
             return respond(rpc.responder, Status::BadRequest, req.op, b"misrouted request");
@@ -273,7 +371,9 @@ impl Worker {
                 let loc = self.store_of(ssd).locate(req.key);
                 let key = TableKey::new(req.key);
                 let mut reservation = match (&self.table, loc) {
-                    (Some(t), Some(_)) if req.flags & flags::NO_RESERVE == 0 => t.reserve_for(rpc.peer, &key),
+                    (Some(t), Some(_)) if req.flags & flags::NO_RESERVE == 0 => {
+                        t.reserve_for_connected(rpc.peer, &key, || rpc.responder.peer_gone())
+                    }
                     _ => None,
                 };
                 if self.server_fills {
@@ -294,7 +394,8 @@ impl Worker {
             }
             Op::Get => {
                 let key = req.key.to_vec();
-                self.store_of(ssd).submit_get(key, Reply::Rpc { responder: rpc.responder, op, request: None });
+                let reply = Reply::Rpc { responder: rpc.responder, op, request: None, update: None };
+                self.store_of(ssd).submit_get(key, reply);
             }
             Op::Put | Op::Update | Op::Delete => {
                 if req.value.len() > MAX_VALUE_LEN {
@@ -308,18 +409,56 @@ impl Worker {
                 };
                 let (key, value) = (req.key.to_vec(), if op == Op::Delete { Vec::new() } else { req.value.to_vec() });
                 let unbatched = req.flags & flags::UNBATCHED != 0;
+                let update = self.note_write(&key, op);
                 let request = self.chain.is_some().then_some(rpc.payload);
                 let w = WriteRequest {
                     op: write_op,
                     key,
                     value,
                     unbatched,
-                    reply: Reply::Rpc { responder: rpc.responder, op, request },
+                    reply: Reply::Rpc { responder: rpc.responder, op, request, update },
                 };
                 self.store_of(ssd).submit_write(w, now);
             }
-            Op::Hello | Op::Stats => respond(rpc.responder, Status::BadRequest, op, b"not a worker request"),
+            Op::Hello | Op::Stats | Op::Scan => respond(rpc.responder, Status::BadRequest, op, b"not a worker request"),
         }
+    }
+
+    /// A write to `key` is about to enter the store: if its partition is moving here, record
+    /// it (a copy must not overwrite it). Returns the mark an UPDATE needs.
+    fn note_write(&self, key: &[u8], op: Op) -> Option<UpdateMark> {
+        let own = self.cluster.as_ref()?;
+        let partition = own.partition_of(key);
+        let since = own.move_to_me(partition)?;
+        let generation = own.received().lock().on_write(partition, since, key);
+        (op == Op::Update).then_some(UpdateMark { partition, since, generation })
+    }
+
+    /// Applies a copy write, unless the move ended or a newer write reached the key here.
+    fn copy(&mut self, c: CopyWrite, now: Instant) {
+        let Some(own) = self.cluster.as_ref() else {
+            let _ = c.done.send(CopyResult::Cancelled);
+            return;
+        };
+        if own.move_to_me(c.partition) != Some(c.since) {
+            let _ = c.done.send(CopyResult::Cancelled);
+            return;
+        }
+        if own.received().lock().on_copy(c.partition, c.since, &c.key, c.repair) == CopyVerdict::Skip {
+            let _ = c.done.send(CopyResult::Skipped);
+            return;
+        }
+        let ssd = key::route(&c.key, self.ssds.len() as u16, 1).ssd;
+        if usize::from(ssd) % self.workers != self.id {
+            let _ = c.done.send(CopyResult::Failed(Status::BadRequest));
+            return;
+        }
+        let (op, value) = match c.value {
+            Some(v) => (WriteOp::Put, v),
+            None => (WriteOp::Delete, Vec::new()),
+        };
+        let w = WriteRequest { op, key: c.key, value, unbatched: false, reply: Reply::Copy(c.done) };
+        self.store_of(ssd).submit_write(w, now);
     }
 
     fn submit(&self, ssd: u16, req: IoRequest) {
@@ -345,9 +484,34 @@ impl Worker {
     }
 }
 
-fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwarder>) {
+fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwarder>, own: Option<&Ownership>) {
     let (responder, op, request) = match c.reply {
-        Reply::Rpc { responder, op, request } => (responder, op, request),
+        Reply::Rpc { responder, op, request, update } => {
+            if let (Some(m), Some(own), Outcome::NotFound) = (update, own, &c.outcome) {
+                // (The key was validated on the way in; the request is still held.)
+                if let Some(req) = request.as_deref().and_then(|r| Request::decode(r).ok()) {
+                    own.received().lock().on_update_not_found(m.partition, m.since, req.key, m.generation);
+                }
+            }
+            (responder, op, request)
+        }
+        Reply::Scan { responder, ssds, buckets } => {
+            return match c.outcome {
+                Outcome::Keys { keys, next } => {
+                    let reply = ScanReply { ssds, next, done: next >= buckets, keys };
+                    respond(responder, Status::Ok, Op::Scan, &reply.encode())
+                }
+                other => respond(responder, status_of(&other), Op::Scan, b"scan failed"),
+            };
+        }
+        Reply::Copy(done) => {
+            let r = match c.outcome {
+                Outcome::Ok | Outcome::NotFound => CopyResult::Applied,
+                other => CopyResult::Failed(status_of(&other)),
+            };
+            let _ = done.send(r);
+            return;
+        }
         Reply::Fill { key, reservation } => {
             // Anything but a value (absent, an error, refused for load): no fill; the
             // reservation's lease runs out and a later miss reserves again.
@@ -377,11 +541,20 @@ fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwar
         Outcome::Io(m) => respond(responder, Status::Io, op, m.as_bytes()),
         Outcome::Corrupt(c) => respond(responder, Status::Io, op, c.to_string().as_bytes()),
         Outcome::Refused(r) => {
-            let status = match r {
-                Refusal::Overloaded { .. } => Status::Unavailable,
-                Refusal::WritesStopped { .. } => Status::WritesStopped,
-            };
-            respond(responder, status, op, r.to_string().as_bytes())
+            respond(responder, status_of(&Outcome::Refused(r.clone())), op, r.to_string().as_bytes())
         }
+        Outcome::Keys { .. } => respond(responder, Status::BadRequest, op, b"a scan's answer to another request"),
+    }
+}
+
+/// The status a failed store outcome is answered with.
+fn status_of(o: &Outcome) -> Status {
+    match o {
+        Outcome::Ok | Outcome::Value(_) | Outcome::Keys { .. } => Status::Ok,
+        Outcome::NotFound => Status::NotFound,
+        Outcome::NoSpace(_) => Status::NoSpace,
+        Outcome::Io(_) | Outcome::Corrupt(_) => Status::Io,
+        Outcome::Refused(Refusal::Overloaded { .. }) => Status::Unavailable,
+        Outcome::Refused(Refusal::WritesStopped { .. }) => Status::WritesStopped,
     }
 }

@@ -10,20 +10,34 @@
 //! go to the chain's head, reads (cache probes, META_GET, server GET) to its tail, which owns the
 //! key's cache. With replication 1 head and tail are the same server.
 //!
-//! The map is computed by [`compute`], a pure function of the previous map and the live
-//! members, and stored as JSON ([`ClusterMap::encode`]) with a `format` number that decoders
-//! check. Every change increments the epoch.
+//! The map is computed by [`compute_with`], a pure function of the previous map, the live
+//! members and the [`Progress`] of data moves, and stored as JSON ([`ClusterMap::encode`]) with
+//! a `format` number that decoders check. Every change increments the epoch.
+//!
+//! **Moves.** A server that enters a partition's chain without its data (a join, a
+//! replacement for a dead member, the target of a drain) does so in two epochs. In the first
+//! it is put at the chain's head with a [`Move`] `{to, from, since}` (`from`: the chain's tail,
+//! which has every acknowledged write); the members that had the data stay behind it, so reads
+//! are served as before while the newcomer receives every new write and, in the background, a
+//! copy of the partition from `from`. When the copy is complete it reports itself ready (in
+//! etcd) and the next map drops the move: the chain becomes the ring's chain, in which the
+//! newcomer may hold any position, including the tail, and members that the ring no longer
+//! names leave it.
 
 use super::ring::Ring;
 use crate::key::TableKey;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use xxhash_rust::xxh64::xxh64;
 
 /// Seed of the key → partition hash (independent of the cache bucket and SSD route hashes).
 pub const PARTITION_SEED: u64 = 0xc1a5_7e12_0b17;
-/// The codec version of [`ClusterMap`] this code writes and reads.
-pub const MAP_FORMAT: u32 = 1;
+/// The codec version of [`ClusterMap`] this code writes (format 2 added `moves`; format 1
+/// maps, which have none, are still read).
+pub const MAP_FORMAT: u32 = 2;
+/// The oldest codec version still read.
+pub const MAP_FORMAT_MIN: u32 = 1;
 /// Largest encoded map accepted (bounds the memory a malformed map can make us allocate).
 pub const MAX_MAP_BYTES: usize = 16 << 20;
 /// Largest partition count exponent.
@@ -124,6 +138,29 @@ pub enum Role {
     Tail,
 }
 
+/// A partition being copied to a member that entered its chain without the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Move {
+    pub partition: u32,
+    /// The receiver (index into `nodes`), in the chain ahead of the members that have the data.
+    pub to: u16,
+    /// The source (index into `nodes`): the chain's tail.
+    pub from: u16,
+    /// The epoch at which `to` entered the chain (and began to receive every write); a ready
+    /// record counts for this move only if it names the same epoch.
+    pub since: u64,
+}
+
+/// What the reconciler knows besides the live members: planned departures and finished copies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Members being drained: they leave the ring at once, and each chain once their data has
+    /// been copied to the member that replaces them.
+    pub leaving: BTreeSet<NodeId>,
+    /// Copies reported complete: (partition, receiver) → the `since` of the move it completed.
+    pub ready: HashMap<(u32, NodeId), u64>,
+}
+
 /// The cluster map at one epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterMap {
@@ -136,6 +173,9 @@ pub struct ClusterMap {
     pub nodes: Vec<Member>,
     /// For each partition, its chain as indices into `nodes`, head first.
     pub chains: Vec<Vec<u16>>,
+    /// Copies in progress, sorted by (partition, to); absent in format 1.
+    #[serde(default)]
+    pub moves: Vec<Move>,
 }
 
 /// A map or member record that cannot be used.
@@ -145,7 +185,7 @@ pub enum MapError {
     TooLarge(usize),
     #[error("malformed JSON: {0}")]
     Json(String),
-    #[error("map format {0} is not the supported format {MAP_FORMAT}")]
+    #[error("map format {0} is not a supported format ({MAP_FORMAT_MIN} to {MAP_FORMAT})")]
     Format(u32),
     #[error("invalid map: {0}")]
     Invalid(&'static str),
@@ -209,6 +249,24 @@ impl ClusterMap {
         self.owner(key, role).is_some_and(|m| &m.id == id)
     }
 
+    /// The copies in progress into `partition`'s chain.
+    pub fn moves_of(&self, partition: u32) -> &[Move] {
+        let a = self.moves.partition_point(|m| m.partition < partition);
+        let b = self.moves.partition_point(|m| m.partition <= partition);
+        &self.moves[a..b]
+    }
+
+    /// The move of `partition` to `id`, if `id` is receiving a copy of it.
+    pub fn move_to(&self, partition: u32, id: &NodeId) -> Option<&Move> {
+        let n = self.node_index(id)?;
+        self.moves_of(partition).iter().find(|m| m.to == n)
+    }
+
+    /// Whether `id` is in `partition`'s chain.
+    pub fn in_chain(&self, partition: u32, id: &NodeId) -> bool {
+        self.node_index(id).is_some_and(|n| self.chain(partition).contains(&n))
+    }
+
     /// Partitions whose chain includes `id`, and of those, the ones it is the tail of.
     pub fn partitions_of(&self, id: &NodeId) -> (usize, usize) {
         let Some(n) = self.node_index(id) else { return (0, 0) };
@@ -233,7 +291,7 @@ impl ClusterMap {
             format: u32,
         }
         let head: Head = serde_json::from_slice(b).map_err(|e| MapError::Json(e.to_string()))?;
-        if head.format != MAP_FORMAT {
+        if !(MAP_FORMAT_MIN..=MAP_FORMAT).contains(&head.format) {
             return Err(MapError::Format(head.format));
         }
         let map: ClusterMap = serde_json::from_slice(b).map_err(|e| MapError::Json(e.to_string()))?;
@@ -252,9 +310,16 @@ impl ClusterMap {
         if self.chains.len() != self.params.partitions() {
             return Err(MapError::Invalid("chain count differs from the partition count"));
         }
-        let want = usize::from(self.params.replication).min(self.nodes.len());
-        for c in &self.chains {
-            if c.len() != want {
+        let rf = usize::from(self.params.replication);
+        if self.moves.windows(2).any(|w| (w[0].partition, w[0].to) >= (w[1].partition, w[1].to)) {
+            return Err(MapError::Invalid("moves not sorted by unique (partition, to)"));
+        }
+        for (p, c) in self.chains.iter().enumerate() {
+            let moves = self.moves_of(p as u32);
+            // A chain is the ring's (up to `replication` servers) plus, while copies run, the
+            // receivers ahead of up to `replication` members that have the data.
+            let longest = if moves.is_empty() { rf } else { 2 * rf };
+            if c.is_empty() != self.nodes.is_empty() || c.len() > longest.min(self.nodes.len()) {
                 return Err(MapError::Invalid("chain of the wrong length"));
             }
             if c.iter().any(|i| usize::from(*i) >= self.nodes.len()) {
@@ -263,19 +328,48 @@ impl ClusterMap {
             if (1..c.len()).any(|k| c[..k].contains(&c[k])) {
                 return Err(MapError::Invalid("chain names a member twice"));
             }
+            for m in moves {
+                if !c.contains(&m.to) || c.last() != Some(&m.from) || m.to == m.from || m.since > self.epoch {
+                    return Err(MapError::Invalid("a move must run from the chain's tail to another member"));
+                }
+            }
+        }
+        if self.moves.last().is_some_and(|m| m.partition as usize >= self.chains.len()) {
+            return Err(MapError::Invalid("move of a missing partition"));
         }
         Ok(())
     }
 }
 
-/// The map for `members` (any order; ids must be unique): each partition's chain from the vnode
-/// ring. Returns `None` when it would equal `prev` (nothing to change) or when there are no
-/// members (a cluster with nobody left keeps its last map); otherwise the new map, at
-/// `prev.epoch + 1` (or 1).
+/// [`compute_with`] without drains or finished copies.
 pub fn compute(
     prev: Option<&ClusterMap>,
     members: &[Member],
     params: MapParams,
+) -> Result<Option<ClusterMap>, MapError> {
+    compute_with(prev, members, params, &Progress::default())
+}
+
+/// The map for `members` (any order; ids must be unique): each partition's chain from the vnode
+/// ring of the members that are not leaving, reached through moves (see the module
+/// documentation). Returns `None` when it would equal `prev` (nothing to change) or when there
+/// are no members (a cluster with nobody left keeps its last map); otherwise the new map, at
+/// `prev.epoch + 1` (or 1).
+///
+/// For each partition, from `prev`'s chain:
+/// * the *holders* are its live members that have the data: all but the receivers of moves
+///   not yet reported ready;
+/// * the *ideal* chain is the ring's; the *needed* are its members that are not holders;
+/// * nothing needed: the chain is the ideal one (nothing to copy);
+/// * otherwise the chain is the needed (new ones first) ahead of the holders (those the ring
+///   keeps, the tail, and enough others to keep `replication` copies): a move `tail → each
+///   needed`. Such a chain has at most twice `replication` members.
+/// * no holder left (every replica lost): the ideal chain, nothing to copy from.
+pub fn compute_with(
+    prev: Option<&ClusterMap>,
+    members: &[Member],
+    params: MapParams,
+    progress: &Progress,
 ) -> Result<Option<ClusterMap>, MapError> {
     params.check()?;
     if members.is_empty() {
@@ -290,43 +384,98 @@ pub fn compute(
         return Err(MapError::Invalid("too many members"));
     }
     let ids: Vec<NodeId> = nodes.iter().map(|m| m.id.clone()).collect();
-    let ring = Ring::new(&ids, params.vnodes);
-    let same_shape = prev.is_some_and(|p| p.params == params);
-    let chains: Vec<Vec<u16>> = (0..params.partitions())
-        .map(|p| {
-            let ideal = ring.chain(partition_position(p, params.partition_bits), usize::from(params.replication));
-            match prev.filter(|_| same_shape) {
-                Some(prev) => order_chain(prev, p, ideal, &ids),
-                None => ideal,
+    // The ring of the members that stay (all of them if every one is leaving).
+    let mut staying: Vec<u16> =
+        (0..ids.len() as u16).filter(|i| !progress.leaving.contains(&ids[usize::from(*i)])).collect();
+    if staying.is_empty() {
+        staying = (0..ids.len() as u16).collect();
+    }
+    let staying_ids: Vec<NodeId> = staying.iter().map(|i| ids[usize::from(*i)].clone()).collect();
+    let ring = Ring::new(&staying_ids, params.vnodes);
+    let epoch = prev.map_or(0, |p| p.epoch) + 1;
+    let same_shape = prev.filter(|p| p.params == params);
+    let mut chains = Vec::with_capacity(params.partitions());
+    let mut moves = Vec::new();
+    for p in 0..params.partitions() {
+        let ideal: Vec<u16> = ring
+            .chain(partition_position(p, params.partition_bits), usize::from(params.replication))
+            .into_iter()
+            .map(|r| staying[usize::from(r)])
+            .collect();
+        match same_shape {
+            None => chains.push(ideal),
+            Some(prev) => {
+                let (chain, m) =
+                    next_chain(prev, p as u32, ideal, &ids, progress, epoch, usize::from(params.replication));
+                chains.push(chain);
+                moves.extend(m);
             }
-        })
-        .collect();
+        }
+    }
+    moves.sort();
     if let Some(prev) = prev {
-        if prev.params == params && prev.nodes == nodes && prev.chains == chains {
+        if prev.params == params && prev.nodes == nodes && prev.chains == chains && prev.moves == moves {
             return Ok(None);
         }
     }
-    Ok(Some(ClusterMap { format: MAP_FORMAT, epoch: prev.map_or(0, |p| p.epoch) + 1, params, nodes, chains }))
+    Ok(Some(ClusterMap { format: MAP_FORMAT, epoch, params, nodes, chains, moves }))
 }
 
-/// The order of a partition's chain whose members are `ideal` (from the ring): members that
-/// are new to the chain go first, then the members it had in `prev`, in their old order.
-///
-/// So the tail, which serves reads, is always a server that was in the chain before (and so
-/// holds every acknowledged write, chain replication making each member durable before the
-/// next), as long as one of them survives: when a member dies, its successor or predecessor
-/// takes over its role and the server that fills the gap only receives new writes, at the head.
-/// Without a rebuild (not done yet) such a newcomer lacks the partition's older data; the tail
-/// never does. Survivors never reorder, so an unchanged membership gives an unchanged chain.
-fn order_chain(prev: &ClusterMap, partition: usize, ideal: Vec<u16>, ids: &[NodeId]) -> Vec<u16> {
-    let old: Vec<&NodeId> =
-        prev.chain(partition as u32).iter().filter_map(|i| prev.nodes.get(usize::from(*i)).map(|m| &m.id)).collect();
-    let was_in = |i: &u16| old.contains(&&ids[usize::from(*i)]);
-    let mut chain: Vec<u16> = ideal.iter().copied().filter(|i| !was_in(i)).collect();
-    let mut kept: Vec<u16> = ideal.into_iter().filter(|i| was_in(i)).collect();
-    kept.sort_by_key(|i| old.iter().position(|id| **id == ids[usize::from(*i)]));
-    chain.extend(kept);
-    chain
+/// One partition's chain and moves in the next map (see [`compute_with`]). `ideal` and the
+/// result index `ids`, the next map's members.
+fn next_chain(
+    prev: &ClusterMap,
+    partition: u32,
+    ideal: Vec<u16>,
+    ids: &[NodeId],
+    progress: &Progress,
+    epoch: u64,
+    replication: usize,
+) -> (Vec<u16>, Vec<Move>) {
+    let index = |id: &NodeId| ids.binary_search(id).ok().map(|i| i as u16);
+    let prev_id = |i: u16| &prev.nodes[usize::from(i)].id;
+    let prev_moves = prev.moves_of(partition);
+    // The receivers still copying, with the epoch they entered the chain at.
+    let receiving: HashMap<&NodeId, u64> = prev_moves
+        .iter()
+        .filter(|m| progress.ready.get(&(partition, prev_id(m.to).clone())) != Some(&m.since))
+        .map(|m| (prev_id(m.to), m.since))
+        .collect();
+    // Live members of the old chain, in its order: holders have the data, the others do not.
+    let live: Vec<(u16, &NodeId)> =
+        prev.chain(partition).iter().filter_map(|i| index(prev_id(*i)).map(|n| (n, prev_id(*i)))).collect();
+    let holders: Vec<u16> = live.iter().filter(|(_, id)| !receiving.contains_key(id)).map(|(n, _)| *n).collect();
+    let Some(&tail) = holders.last() else {
+        // Every replica is gone: nothing to copy from.
+        return (ideal, Vec::new());
+    };
+    let needed: Vec<u16> = ideal.iter().copied().filter(|i| !holders.contains(i)).collect();
+    if needed.is_empty() {
+        // Every member the ring names has the data: the ring's chain, in the ring's order (so
+        // that tails, which serve reads, spread over the servers as the ring spreads them).
+        return (ideal, Vec::new());
+    }
+    // Newcomers first, then receivers that continue copying (in the old order), then the
+    // holders: those the ring keeps, the tail, and as many of the others (nearest the tail
+    // first) as keep `replication` copies of the data in the chain until the copies are done.
+    let continuing: Vec<u16> = live.iter().map(|(n, _)| *n).filter(|n| needed.contains(n)).collect();
+    let mut chain: Vec<u16> = needed.iter().copied().filter(|n| !continuing.contains(n)).collect();
+    chain.extend(&continuing);
+    let mut kept = Vec::new();
+    for &h in holders.iter().rev() {
+        if ideal.contains(&h) || kept.len() < replication {
+            kept.push(h);
+        }
+    }
+    chain.extend(kept.into_iter().rev());
+    let moves = needed
+        .iter()
+        .map(|&to| {
+            let since = receiving.get(&ids[usize::from(to)]).copied().filter(|_| continuing.contains(&to));
+            Move { partition, to, from: tail, since: since.unwrap_or(epoch) }
+        })
+        .collect();
+    (chain, moves)
 }
 
 #[cfg(test)]
@@ -378,8 +527,13 @@ mod tests {
         let bytes = m.encode();
         assert_eq!(ClusterMap::decode(&bytes).unwrap(), m);
         let mut newer: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        newer["format"] = 2.into();
-        assert_eq!(ClusterMap::decode(&serde_json::to_vec(&newer).unwrap()), Err(MapError::Format(2)));
+        newer["format"] = 3.into();
+        assert_eq!(ClusterMap::decode(&serde_json::to_vec(&newer).unwrap()), Err(MapError::Format(3)));
+        // Format 1 (no moves) is still read.
+        let mut old: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        old["format"] = 1.into();
+        old.as_object_mut().unwrap().remove("moves");
+        assert_eq!(ClusterMap::decode(&serde_json::to_vec(&old).unwrap()).unwrap().moves, vec![]);
         let mut bad = m.clone();
         bad.chains[5] = vec![0, 0];
         assert_eq!(ClusterMap::decode(&bad.encode()), Err(MapError::Invalid("chain names a member twice")));
@@ -440,6 +594,122 @@ mod tests {
         assert_eq!(m.partition_of(b"anything"), 0);
     }
 
+    /// Every move of `m` reported complete.
+    fn all_ready(m: &ClusterMap) -> Progress {
+        let ready =
+            m.moves.iter().map(|mv| ((mv.partition, m.nodes[usize::from(mv.to)].id.clone()), mv.since)).collect();
+        Progress { ready, ..Progress::default() }
+    }
+
+    #[test]
+    fn codec_checks_moves() {
+        let m1 = compute(None, &members(0..3), params(2)).unwrap().unwrap();
+        let m2 = compute(Some(&m1), &members(0..2), params(2)).unwrap().unwrap();
+        assert!(!m2.moves.is_empty());
+        assert_eq!(ClusterMap::decode(&m2.encode()).unwrap(), m2);
+        let mut bad = m2.clone();
+        bad.moves[0].from = bad.moves[0].to;
+        assert!(ClusterMap::decode(&bad.encode()).is_err());
+        let mut bad = m2.clone();
+        bad.moves.swap(0, 1);
+        assert!(ClusterMap::decode(&bad.encode()).is_err());
+        let mut bad = m2.clone();
+        bad.moves[0].since = 99;
+        assert!(ClusterMap::decode(&bad.encode()).is_err());
+        let mut bad = m2;
+        bad.moves[0].partition = 5000;
+        assert!(ClusterMap::decode(&bad.encode()).is_err());
+    }
+
+    #[test]
+    fn a_lost_replica_is_rebuilt_in_two_epochs() {
+        let m1 = compute(None, &members(0..3), params(2)).unwrap().unwrap();
+        assert!(m1.moves.is_empty());
+        // s02 dies: each of its chains gets a newcomer at the head, copying from the survivor.
+        let m2 = compute(Some(&m1), &members(0..2), params(2)).unwrap().unwrap();
+        let gone = m1.node_index(&NodeId("s02".into())).unwrap();
+        let affected: Vec<usize> = (0..m1.chains.len()).filter(|p| m1.chains[*p].contains(&gone)).collect();
+        assert_eq!(m2.moves.len(), affected.len());
+        for &p in &affected {
+            let c = chains_by_id(&m2)[p].clone();
+            let mv = m2.moves_of(p as u32);
+            assert_eq!(mv.len(), 1);
+            assert_eq!(mv[0].since, 2);
+            assert_eq!(m2.chains[p][0], mv[0].to, "the receiver is the head");
+            assert_eq!(*m2.chains[p].last().unwrap(), mv[0].from, "the source is the tail");
+            assert!(chains_by_id(&m1)[p].contains(c.last().unwrap()), "the tail had the data");
+        }
+        // Nothing changes until the copies are reported ready; a ready record of another move
+        // (another epoch) does not count.
+        assert_eq!(compute(Some(&m2), &members(0..2), params(2)).unwrap(), None);
+        let mut stale = all_ready(&m2);
+        stale.ready.values_mut().for_each(|since| *since = 1);
+        assert_eq!(compute_with(Some(&m2), &members(0..2), params(2), &stale).unwrap(), None);
+        // Ready: the moves end, every chain is the ring's, of two members.
+        let m3 = compute_with(Some(&m2), &members(0..2), params(2), &all_ready(&m2)).unwrap().unwrap();
+        assert!(m3.moves.is_empty());
+        assert!(m3.chains.iter().all(|c| c.len() == 2));
+        assert_eq!(compute(Some(&m3), &members(0..2), params(2)).unwrap(), None);
+    }
+
+    #[test]
+    fn rf1_join_keeps_the_old_owner_as_tail_until_the_copy_is_done() {
+        let m1 = compute(None, &members(0..2), params(1)).unwrap().unwrap();
+        let m2 = compute(Some(&m1), &members(0..3), params(1)).unwrap().unwrap();
+        let new = m2.node_index(&NodeId("s02".into())).unwrap();
+        let taken: Vec<usize> = (0..m2.chains.len()).filter(|p| m2.chains[*p].contains(&new)).collect();
+        assert!(!taken.is_empty());
+        for &p in &taken {
+            // [newcomer, old owner]: writes reach both, reads the old owner.
+            assert_eq!(m2.chains[p].len(), 2);
+            assert_eq!(m2.chains[p][0], new);
+            assert_eq!(chains_by_id(&m2)[p][1], chains_by_id(&m1)[p][0]);
+        }
+        let m3 = compute_with(Some(&m2), &members(0..3), params(1), &all_ready(&m2)).unwrap().unwrap();
+        for &p in &taken {
+            assert_eq!(m3.chains[p], vec![new]);
+        }
+        assert_eq!(m3.chains, compute(None, &members(0..3), params(1)).unwrap().unwrap().chains);
+    }
+
+    #[test]
+    fn a_drained_server_leaves_every_chain_once_its_data_is_copied() {
+        let m1 = compute(None, &members(0..3), params(2)).unwrap().unwrap();
+        let leaving = Progress { leaving: [NodeId("s01".into())].into(), ..Progress::default() };
+        let m2 = compute_with(Some(&m1), &members(0..3), params(2), &leaving).unwrap().unwrap();
+        let s1 = m2.node_index(&NodeId("s01".into())).unwrap();
+        // It stays while its replacements copy; it is never a receiver.
+        assert!(m2.moves.iter().all(|m| m.to != s1));
+        assert!(m2.chains.iter().any(|c| c.contains(&s1)));
+        let mut done = all_ready(&m2);
+        done.leaving = leaving.leaving.clone();
+        let m3 = compute_with(Some(&m2), &members(0..3), params(2), &done).unwrap().unwrap();
+        assert!(m3.chains.iter().all(|c| !c.contains(&s1) && c.len() == 2));
+        assert_eq!(m3.partitions_of(&NodeId("s01".into())), (0, 0));
+    }
+
+    #[test]
+    fn a_source_that_dies_is_replaced_and_a_receiver_that_dies_is_forgotten() {
+        let m1 = compute(None, &members(0..3), params(2)).unwrap().unwrap();
+        let m2 = compute(Some(&m1), &members(0..4), params(2)).unwrap().unwrap();
+        let mv = *m2.moves.iter().find(|m| m2.chains[m.partition as usize].len() == 3).unwrap();
+        let p = mv.partition as usize;
+        let from = m2.nodes[usize::from(mv.from)].id.clone();
+        let to = m2.nodes[usize::from(mv.to)].id.clone();
+        // The source dies: the receiver keeps its `since` and copies from the new tail.
+        let rest: Vec<Member> = members(0..4).into_iter().filter(|m| m.id != from).collect();
+        let m3 = compute(Some(&m2), &rest, params(2)).unwrap().unwrap();
+        let mv3 = m3.move_to(p as u32, &to).unwrap();
+        assert_eq!(mv3.since, mv.since);
+        assert_ne!(m3.nodes[usize::from(mv3.from)].id, from);
+        assert_eq!(m3.chains[p].last(), Some(&mv3.from));
+        // The receiver dies instead: its move is dropped, the chain is served as before.
+        let rest: Vec<Member> = members(0..4).into_iter().filter(|m| m.id != to).collect();
+        let m4 = compute(Some(&m2), &rest, params(2)).unwrap().unwrap();
+        assert!(m4.moves_of(p as u32).is_empty());
+        assert_eq!(chains_by_id(&m4)[p], chains_by_id(&m1)[p]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -487,6 +757,55 @@ mod tests {
                     prop_assert!(now.ends_with(&survivors), "{old:?} -> {now:?}");
                     prop_assert_eq!(now.len(), old.len().min(n - 1));
                 }
+            }
+        }
+
+
+        /// Through any sequence of joins, deaths, drains and finished copies, every chain's tail
+        /// (which serves reads) and every move's source has all of the partition's data, as
+        /// long as some member that has it is alive.
+        #[test]
+        fn the_tail_always_has_the_data(steps in proptest::collection::vec((0u8..4, 0usize..8), 1..24), rf in 1u8..=3) {
+            let mut live: BTreeSet<usize> = (0..3).collect();
+            let mut leaving: BTreeSet<NodeId> = BTreeSet::new();
+            let mut m = compute(None, &members(live.clone()), params(rf)).unwrap().unwrap();
+            // Per partition: the members that have its data.
+            let mut has: Vec<BTreeSet<NodeId>> = chains_by_id(&m).into_iter().map(|c| c.into_iter().collect()).collect();
+            for (what, who) in steps {
+                let mut progress = Progress { leaving: leaving.clone(), ..Progress::default() };
+                match what {
+                    0 => { live.insert(who); }
+                    1 if live.len() > 1 => { live.remove(&who); }
+                    2 => { leaving.insert(member(who).id); progress.leaving = leaving.clone(); }
+                    _ => {
+                        progress.ready = all_ready(&m).ready;
+                        for mv in &m.moves {
+                            has[mv.partition as usize].insert(m.nodes[usize::from(mv.to)].id.clone());
+                        }
+                    }
+                }
+                let alive: BTreeSet<NodeId> = live.iter().map(|i| member(*i).id).collect();
+                has.iter_mut().for_each(|h| h.retain(|id| alive.contains(id)));
+                if let Some(next) = compute_with(Some(&m), &members(live.clone()), params(rf), &progress).unwrap() {
+                    prop_assert_eq!(next.epoch, m.epoch + 1);
+                    m = next;
+                }
+                for (p, c) in chains_by_id(&m).iter().enumerate() {
+                    // A member that left the chain no longer receives its writes.
+                    has[p].retain(|id| c.contains(id));
+                    if has[p].is_empty() {
+                        // Every replica lost: the ring's chain starts afresh.
+                        has[p] = c.iter().cloned().collect();
+                        continue;
+                    }
+                    prop_assert!(has[p].contains(c.last().unwrap()), "partition {} tail {:?} lacks the data", p, c.last());
+                    for mv in m.moves_of(p as u32) {
+                        prop_assert!(has[p].contains(&m.nodes[usize::from(mv.from)].id));
+                        prop_assert!(!has[p].contains(&m.nodes[usize::from(mv.to)].id));
+                    }
+                    prop_assert!(c.len() <= 2 * usize::from(rf));
+                }
+                prop_assert_eq!(ClusterMap::decode(&m.encode()), Ok(m.clone()));
             }
         }
 

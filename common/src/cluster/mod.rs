@@ -12,5 +12,8 @@ pub mod map;
 pub mod ring;
 pub mod url;
 
-pub use map::{compute, partition_of, partition_of_table_key, ClusterMap, MapError, MapParams, Member, NodeId, Role};
+pub use map::{
+    compute, compute_with, partition_of, partition_of_table_key, ClusterMap, MapError, MapParams, Member, Move, NodeId,
+    Progress, Role,
+};
 pub use url::ClusterUrl;

@@ -70,6 +70,30 @@ impl ClusterUrl {
     pub fn map_key(&self) -> Vec<u8> {
         format!("{}/map", self.prefix).into_bytes()
     }
+
+    /// Everything the cluster keeps in etcd (members, map, ready and leaving records).
+    pub fn all_prefix(&self) -> Vec<u8> {
+        format!("{}/", self.prefix).into_bytes()
+    }
+
+    pub fn ready_prefix(&self) -> Vec<u8> {
+        format!("{}/ready/", self.prefix).into_bytes()
+    }
+
+    /// Where `id` reports the copies it completed (the value: a JSON object from partition
+    /// to the `since` of the move completed).
+    pub fn ready_key(&self, id: &super::NodeId) -> Vec<u8> {
+        format!("{}/ready/{id}", self.prefix).into_bytes()
+    }
+
+    pub fn leaving_prefix(&self) -> Vec<u8> {
+        format!("{}/leaving/", self.prefix).into_bytes()
+    }
+
+    /// Present while `id` is being drained (`scalio-admin drain`).
+    pub fn leaving_key(&self, id: &super::NodeId) -> Vec<u8> {
+        format!("{}/leaving/{id}", self.prefix).into_bytes()
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +105,8 @@ mod tests {
         let u: ClusterUrl = "etcd://127.0.0.1:2379".parse().unwrap();
         assert_eq!(u, ClusterUrl { endpoint: "127.0.0.1:2379".into(), prefix: "/scalio".into() });
         assert_eq!(u.map_key(), b"/scalio/map");
+        assert_eq!(u.ready_key(&super::super::NodeId("s1".into())), b"/scalio/ready/s1");
+        assert_eq!(u.leaving_key(&super::super::NodeId("s1".into())), b"/scalio/leaving/s1");
         let u: ClusterUrl = "etcd://localhost:2379/test/a/".parse().unwrap();
         assert_eq!(u.prefix, "/test/a");
         assert_eq!(u.member_key(&super::super::NodeId("s1".into())), b"/test/a/members/s1");

@@ -399,8 +399,8 @@ pub fn rpc_responses_match_requests(make: MakeServer<'_>) {
         want.push(0xEE);
         assert_eq!(call.wait_timeout(T).unwrap(), want);
     }
-    // Large messages too.
-    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8 & 0xF8).collect();
+    // Messages of the largest size granted too (and responses of any size).
+    let big: Vec<u8> = (0..qp.max_message() as u32).map(|i| (i % 251) as u8 & 0xF8).collect();
     let mut want = big.clone();
     want.reverse();
     want.push(0xEE);
@@ -448,6 +448,75 @@ pub fn dropped_rpc_is_an_error(make: MakeServer<'_>) {
     let s = make(Arc::new(|rpc: IncomingRpc| drop(rpc)));
     let qp = s.connect();
     assert_eq!(qp.call(b"hello").wait_timeout(T), Err(FabricError::Protocol(super::ProtocolError::Dropped)));
+}
+
+/// A request over the granted largest message is refused by `call` before anything is sent,
+/// and moves whole by rendezvous (STAGE, WRITE into the granted slot, STAGED) through the
+/// server's [`Rendezvous`](super::rendezvous::Rendezvous) layer: the service sees exactly the
+/// bytes sent, every slot comes back, and a request larger than a slot is refused with the queue
+/// pair still usable.
+pub fn large_requests_move_by_rendezvous(make: MakeServer<'_>) {
+    use super::rendezvous::{self, Rendezvous, StagingConfig, StagingRefusal};
+    // The service answers with the length and checksum of what it received.
+    let digest = |payload: &[u8]| {
+        let mut d = (payload.len() as u64).to_le_bytes().to_vec();
+        d.extend_from_slice(&xxhash_rust::xxh64::xxh64(payload, 0).to_le_bytes());
+        d
+    };
+    let inner: Arc<dyn RpcService> = Arc::new(move |rpc: IncomingRpc| {
+        let d = digest(&rpc.payload);
+        rpc.responder.reply(&d)
+    });
+    // The layer registers its staging region through the backend, which exists only once the
+    // server side is up: the service reaches it through this cell.
+    let front: Arc<std::sync::OnceLock<Arc<Rendezvous>>> = Arc::default();
+    let f = front.clone();
+    let s = make(Arc::new(move |rpc: IncomingRpc| {
+        if let Some(r) = f.get() {
+            r.handle(rpc)
+        }
+    }));
+    let qp = s.connect();
+    let max = qp.max_message();
+    assert!(max < MAX_TRANSFER, "the backend grants a largest message below MAX_TRANSFER");
+    let slot = (1 << 20) + 64;
+    let config = StagingConfig { slots: 4, slot_bytes: slot, lease: Duration::from_secs(60) };
+    let layer = Rendezvous::new(inner, &*s.registrar, config).expect("staging region");
+    assert!(front.set(layer.clone()).is_ok());
+
+    for len in [max / 2, max + 1, 1 << 20] {
+        let request: Vec<u8> = (0..len).map(|i| (i * 31 + i / 1000) as u8).collect();
+        if len > max {
+            assert_eq!(qp.call(&request).wait_timeout(T), Err(FabricError::TooLarge(len)));
+        }
+        let reply = rendezvous::call_blocking(&*qp, &request, T).expect("rendezvous call");
+        assert_eq!(reply, digest(&request), "{len} bytes arrived whole");
+    }
+    assert_eq!(layer.slots_in_use(), 0, "every slot came back");
+    // Several connections at once, more transfers than slots in all.
+    let threads: Vec<_> = (0..3u8)
+        .map(|t| {
+            let qp = s.connect();
+            std::thread::spawn(move || {
+                for i in 0..6u8 {
+                    let request = vec![t ^ i; max + 1 + usize::from(i)];
+                    match rendezvous::call_blocking(&*qp, &request, T) {
+                        Ok(reply) => assert_eq!(reply[..8], (request.len() as u64).to_le_bytes()),
+                        // With a connection's share of the slots taken, nothing is done.
+                        Err(FabricError::Staging(StagingRefusal::NoRoom)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("rendezvous thread");
+    }
+    assert_eq!(layer.slots_in_use(), 0);
+    let too_big = vec![1u8; slot + 64];
+    assert_eq!(rendezvous::call_blocking(&*qp, &too_big, T), Err(FabricError::Staging(StagingRefusal::TooLarge)));
+    assert_eq!(qp.call(b"still usable").wait_timeout(T), Ok(digest(b"still usable")));
 }
 
 /// Transfers of a megabyte work both ways.
@@ -664,7 +733,8 @@ macro_rules! fabric_conformance {
             unsignaled_stream_beyond_the_send_queue_depth, rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
             deregistered_key_is_refused, many_queue_pairs_at_once, registered_memory_and_completions_by_id,
             local_memory_is_checked_at_post, error_state_through_the_completion_queue,
-            armed_completion_queue_wakes, rpc_credits_bound_requests_in_flight);
+            armed_completion_queue_wakes, rpc_credits_bound_requests_in_flight,
+            large_requests_move_by_rendezvous);
     };
     (@tests $make:ident; $($check:ident),*) => {
         mod conformance {

@@ -176,6 +176,9 @@ pub enum FabricError {
     /// The post's local memory was refused (nothing was sent).
     #[error("local memory: {0}")]
     LocalAccess(super::LocalAccessError),
+    /// The server refused a staged (rendezvous) transfer; the queue pair is still usable.
+    #[error("staging a large message: {0}")]
+    Staging(super::rendezvous::StagingRefusal),
     /// The backend cannot do this (see [`Unsupported`]).
     #[error("this fabric backend does not support {0}")]
     Unsupported(Unsupported),

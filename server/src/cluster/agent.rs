@@ -9,14 +9,22 @@
 //! writer that read an older revision fails its CAS, so a map is never computed from stale
 //! membership. No election, and no single server whose loss stalls reconfiguration.
 //!
+//! The map also follows the moves' progress: a receiver's copy reported complete
+//! (`PREFIX/ready/ID` = `{partition: the move's since, ...}`, written by [`EtcdReady`], one
+//! record per receiver rewritten after each pass, so that a pass ends in one new map) and the
+//! servers being drained (`PREFIX/leaving/ID`, written by `scalio-admin drain`) are inputs of
+//! [`compute_with`] like the members, read in the same range (one revision).
+//!
 //! The lease: granted with `lease_ttl`, renewed every third of it. [`Ownership`] is told how long
 //! the lease is surely alive (from the time a renewal was *sent*); if renewals fail for that long
 //! the server stops serving, since etcd may have expired its membership and handed its keys to
 //! others. An expired lease is replaced by a new one and the member record written again.
 
 use super::Ownership;
+use super::ReadySink;
+use scalio_common::cluster::etcd::Range;
 use scalio_common::cluster::etcd::{Etcd, EtcdError};
-use scalio_common::cluster::{compute, ClusterMap, ClusterUrl, MapError, MapParams, Member};
+use scalio_common::cluster::{compute_with, ClusterMap, ClusterUrl, MapError, MapParams, Member, NodeId, Progress};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -202,43 +210,85 @@ fn keep_map(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership, stop: &AtomicBool) 
     }
 }
 
-/// Brings the map in etcd in line with the live members and installs the result. Returns the
-/// etcd revision the installed map was read or written at.
+/// What the cluster holds in etcd at one revision.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub members: Vec<Member>,
+    /// The map and its mod revision (0: none yet).
+    pub map: Option<(ClusterMap, i64)>,
+    /// The map record exists but cannot be decoded (e.g. a newer format): never overwrite it.
+    pub unreadable_map: bool,
+    pub progress: Progress,
+    pub revision: i64,
+}
+
+/// Classifies the records under the cluster prefix (one range read, so one revision). Malformed
+/// records are skipped with a warning.
+pub fn parse_state(url: &ClusterUrl, range: Range) -> ClusterState {
+    let (members_p, ready_p, leaving_p, map_k) =
+        (url.members_prefix(), url.ready_prefix(), url.leaving_prefix(), url.map_key());
+    let mut st = ClusterState { revision: range.revision, ..ClusterState::default() };
+    for kv in range.kvs {
+        if kv.key == map_k {
+            match ClusterMap::decode(&kv.value) {
+                Ok(m) => st.map = Some((m, kv.mod_revision)),
+                Err(e) => {
+                    tracing::error!(error = %e, "the cluster map in etcd cannot be decoded; leaving it alone");
+                    st.unreadable_map = true;
+                }
+            }
+        } else if let Some(rest) = kv.key.strip_prefix(members_p.as_slice()) {
+            match Member::decode(&kv.value) {
+                Ok(m) => st.members.push(m),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(rest), error = %e, "ignoring a malformed member record")
+                }
+            }
+        } else if let Some(rest) = kv.key.strip_prefix(ready_p.as_slice()) {
+            // ready/ID = {"PARTITION": SINCE, ...}
+            let parsed = std::str::from_utf8(rest).ok().and_then(|id| {
+                let m: std::collections::BTreeMap<u32, u64> = serde_json::from_slice(&kv.value).ok()?;
+                Some((NodeId(id.to_string()), m))
+            });
+            match parsed {
+                Some((id, m)) => {
+                    for (p, since) in m {
+                        st.progress.ready.insert((p, id.clone()), since);
+                    }
+                }
+                None => tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "ignoring a malformed ready record"),
+            }
+        } else if let Some(rest) = kv.key.strip_prefix(leaving_p.as_slice()) {
+            if let Ok(id) = std::str::from_utf8(rest) {
+                st.progress.leaving.insert(NodeId(id.to_string()));
+            }
+        }
+    }
+    st
+}
+
+/// Brings the map in etcd in line with the live members, the drains and the finished copies,
+/// and installs the result. Returns the etcd revision the installed map was read or written at.
 fn reconcile(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership) -> Result<i64, EtcdError> {
     loop {
-        let (members_kv, map_kv) = etcd.snapshot(&cfg.url.members_prefix(), &cfg.url.map_key())?;
-        let members: Vec<Member> = members_kv
-            .kvs
-            .iter()
-            .filter_map(|kv| match Member::decode(&kv.value) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    tracing::warn!(key = %String::from_utf8_lossy(&kv.key), error = %e, "ignoring a malformed member record");
-                    None
-                }
-            })
-            .collect();
-        let (prev, mod_revision) = match &map_kv {
+        let st = parse_state(&cfg.url, etcd.get_prefix(&cfg.url.all_prefix())?);
+        if st.unreadable_map {
+            return Ok(st.revision);
+        }
+        let (prev, mod_revision) = match st.map {
+            Some((m, r)) => (Some(m), r),
             None => (None, 0),
-            Some(kv) => match ClusterMap::decode(&kv.value) {
-                Ok(m) => (Some(m), kv.mod_revision),
-                Err(e) => {
-                    // Never overwrite a map we cannot read (e.g. a newer format).
-                    tracing::error!(error = %e, "the cluster map in etcd cannot be decoded; leaving it alone");
-                    return Ok(members_kv.revision);
-                }
-            },
         };
-        if prev.is_none() && members.len() < cfg.initial_members {
+        if prev.is_none() && st.members.len() < cfg.initial_members {
             // A new cluster: wait for the others (the watch wakes us when one registers).
-            return Ok(members_kv.revision);
+            return Ok(st.revision);
         }
         let params = prev.as_ref().map_or(cfg.params, |m| m.params);
-        let next = match compute(prev.as_ref(), &members, params) {
+        let next = match compute_with(prev.as_ref(), &st.members, params, &st.progress) {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "cannot compute a cluster map from the members");
-                return Ok(members_kv.revision);
+                return Ok(st.revision);
             }
         };
         match next {
@@ -246,17 +296,41 @@ fn reconcile(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership) -> Result<i64, Etc
                 if let Some(m) = prev {
                     install(own, m);
                 }
-                return Ok(members_kv.revision);
+                return Ok(st.revision);
             }
             Some(m) => {
                 if etcd.compare_and_swap(&cfg.url.map_key(), &m.encode(), mod_revision)? {
-                    tracing::info!(epoch = m.epoch, members = m.nodes.len(), "wrote a new cluster map");
+                    tracing::info!(
+                        epoch = m.epoch,
+                        members = m.nodes.len(),
+                        moves = m.moves.len(),
+                        "wrote a new cluster map"
+                    );
                     install(own, m);
                 }
                 // Either way, read again: on success to learn the revision, on failure because
                 // someone else changed the map first.
             }
         }
+    }
+}
+
+/// Reports finished copies in etcd, where every server's reconciler sees them.
+pub struct EtcdReady {
+    etcd: Etcd,
+    url: ClusterUrl,
+}
+
+impl EtcdReady {
+    pub fn new(url: &ClusterUrl, timeout: Duration) -> EtcdReady {
+        EtcdReady { etcd: Etcd::new(&url.endpoint, timeout), url: url.clone() }
+    }
+}
+
+impl ReadySink for EtcdReady {
+    fn ready(&self, to: &NodeId, done: &std::collections::BTreeMap<u32, u64>) -> Result<(), String> {
+        let value = serde_json::to_vec(done).map_err(|e| e.to_string())?;
+        self.etcd.put(&self.url.ready_key(to), &value, None).map_err(|e| e.to_string())
     }
 }
 

@@ -3,15 +3,20 @@
 //! * [`ownership`]: the map this server judges requests by, and the "wrong owner, epoch N"
 //!   verdict;
 //! * [`chain`]: chain replication, forwarding durable writes to the next member of the chain;
+//! * [`mover`]: copying the partitions a map moves to this server, and reporting them ready;
+//! * [`received`]: the keys written here during a move, so that a copy never overwrites them;
 //! * [`agent`]: registration under a kept-alive etcd lease, and keeping the map up to date:
 //!   every member reconciles it with compare-and-swap, so no election is needed.
 
 pub mod agent;
 pub mod chain;
+pub mod mover;
 pub mod ownership;
+pub mod received;
 
-pub use agent::{Agent, AgentConfig, AgentError};
+pub use agent::{Agent, AgentConfig, AgentError, EtcdReady};
 pub use chain::{Forwarder, PeerConnector, TcpPeers};
+pub use mover::{MoveCounters, Mover, ReadySink};
 pub use ownership::{Next, Ownership};
 
 use crate::stats::StatsSource;

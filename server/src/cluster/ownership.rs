@@ -15,6 +15,7 @@
 //! client still routing by the old map could otherwise READ a value the new owner has since
 //! overwritten. Partitions are computed from table keys, so every slot's partition is known.
 
+use super::received::Received;
 use crate::table::CacheTable;
 use parking_lot::RwLock;
 use scalio_common::cluster::{partition_of_table_key, ClusterMap, Member, NodeId, Role};
@@ -59,6 +60,8 @@ pub struct Ownership {
     /// The cache table whose slots follow the partitions this server is the tail of.
     cache: std::sync::OnceLock<Arc<CacheTable>>,
     cache_dropped: AtomicU64,
+    /// Keys written during moves to this server (see [`Received`]).
+    received: parking_lot::Mutex<Received>,
 }
 
 impl Ownership {
@@ -69,6 +72,7 @@ impl Ownership {
             wrong_owner: AtomicU64::new(0),
             cache: std::sync::OnceLock::new(),
             cache_dropped: AtomicU64::new(0),
+            received: parking_lot::Mutex::new(Received::default()),
         }
     }
 
@@ -125,6 +129,57 @@ impl Ownership {
                 },
             )
             .collect()
+    }
+
+    /// The record of keys written during moves to this server.
+    pub fn received(&self) -> &parking_lot::Mutex<Received> {
+        &self.received
+    }
+
+    /// The epoch since which `partition` has been moving to this server, if it is.
+    pub fn move_to_me(&self, partition: u32) -> Option<u64> {
+        let v = self.view.read();
+        v.map.as_ref()?.move_to(partition, &self.me).map(|m| m.since)
+    }
+
+    /// The partition of `key` in the map held (0 without a map).
+    pub fn partition_of(&self, key: &[u8]) -> u32 {
+        self.view.read().map.as_ref().map_or(0, |m| m.partition_of(key))
+    }
+
+    /// Whether this server may answer a copy's read of `key` ([`flags::COPY`] on a GET) from
+    /// a member routing at `epoch`: it must be in the key's chain (a member that has the data
+    /// is, until its copies are done), with a live lease, and not behind the reader.
+    ///
+    /// [`flags::COPY`]: scalio_common::rpc::flags::COPY
+    pub fn check_copy_read(&self, key: &[u8], epoch: Option<u64>, now: Instant) -> Result<(), WrongOwner> {
+        let v = self.view.read();
+        let verdict = match (&v.map, v.lease_until) {
+            (Some(map), Some(until)) if now < until => {
+                if epoch.is_some_and(|e| e > map.epoch) || !map.in_chain(map.partition_of(key), &self.me) {
+                    Err(WrongOwner { epoch: map.epoch })
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Err(WrongOwner { epoch: 0 }),
+        };
+        if verdict.is_err() {
+            self.wrong_owner.fetch_add(1, Ordering::Relaxed);
+        }
+        verdict
+    }
+
+    /// Whether this server may list its keys to a member routing at `epoch`: only once it
+    /// holds that map too (so that the writes it took under older maps are all in its store,
+    /// and the scan, which waits for earlier writes, lists them).
+    pub fn check_scan(&self, epoch: Option<u64>, now: Instant) -> Result<(), WrongOwner> {
+        let v = self.view.read();
+        match (&v.map, v.lease_until) {
+            (Some(map), Some(until)) if now < until && epoch.is_none_or(|e| e <= map.epoch) => Ok(()),
+            (Some(map), Some(_)) => Err(WrongOwner { epoch: map.epoch }),
+            _ => Err(WrongOwner { epoch: 0 }),
+        }
     }
 
     /// The lease is alive at least until `until`.
@@ -279,7 +334,14 @@ mod tests {
         own.attach_cache(table.clone());
         let m1 = map(2, 1, None);
         own.install(m1.clone());
-        let m2 = map(3, 1, Some(&m1));
+        // s2 joins; once its copies are done the partitions it took leave s0.
+        let moving = map(3, 1, Some(&m1));
+        let ready = moving.moves.iter().map(|m| ((m.partition, moving.nodes[usize::from(m.to)].id.clone()), m.since));
+        let progress = scalio_common::cluster::Progress { ready: ready.collect(), ..Default::default() };
+        let members: Vec<_> = (0..3).map(member).collect();
+        let m2 = Arc::new(
+            scalio_common::cluster::compute_with(Some(&moving), &members, moving.params, &progress).unwrap().unwrap(),
+        );
         let mine = |m: &ClusterMap, k: &[u8]| m.serves(&NodeId("s0".into()), k, Role::Tail);
         let keys: Vec<Vec<u8>> = (0..100u32).map(|i| format!("key{i}").into_bytes()).filter(|k| mine(&m1, k)).collect();
         let (moved, kept): (Vec<_>, Vec<_>) = keys.into_iter().partition(|k| !mine(&m2, k));

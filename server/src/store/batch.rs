@@ -7,10 +7,14 @@ pub(super) struct Pending<R> {
     pub(super) req: WriteRequest<R>,
     pub(super) bucket: u32,
     pub(super) arrived: Instant,
+    /// Submission order of writes (a scan waits for the writes submitted before it).
+    pub(super) seq: u64,
 }
 
 pub(super) struct Batch<R> {
     pub(super) writes: Vec<(WriteRequest<R>, u32)>,
+    /// The smallest submission sequence number of its writes.
+    pub(super) min_seq: u64,
     pub(super) buckets: Vec<u32>,
     pub(super) contents: HashMap<u32, Bucket>,
     pub(super) failed: HashMap<u32, String>,
@@ -70,8 +74,10 @@ impl<R> DataStore<R> {
             return true;
         }
         let mut writes = Vec::with_capacity(take.len());
+        let mut min_seq = u64::MAX;
         for (n, i) in take.into_iter().enumerate() {
             let p = self.take_pending(i - n);
+            min_seq = min_seq.min(p.seq);
             writes.push((p.req, p.bucket));
         }
         self.reserved.0 += estimate.0;
@@ -88,6 +94,7 @@ impl<R> DataStore<R> {
         self.counters.batched_writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
         let mut batch = Batch {
             writes,
+            min_seq,
             buckets: buckets.clone(),
             contents: HashMap::new(),
             failed: HashMap::new(),

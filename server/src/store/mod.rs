@@ -42,11 +42,13 @@ mod gc;
 pub mod index;
 mod read;
 pub mod recovery;
+pub mod scan;
 pub mod space;
 
 use batch::{Batch, Pending};
 use gc::Gc;
 use read::Get;
+use scan::Scan;
 
 use crate::device::DeviceError;
 use crate::table::CacheTable;
@@ -144,6 +146,11 @@ pub enum Outcome {
     /// The SSD's blocks fail their checks (checksum, position, owner) on every attempt; their
     /// contents are never served.
     Corrupt(CorruptBlocks),
+    /// A scan's keys, and the first bucket after the range it covered.
+    Keys {
+        keys: Vec<Vec<u8>>,
+        next: u32,
+    },
 }
 
 /// Blocks of an SSD that do not hold what the index says they hold.
@@ -266,6 +273,7 @@ enum Purpose {
     GetValue { get: u64 },
     Gc,
     GcBucket { bucket: u32 },
+    ScanBucket { scan: u64, bucket: u32, loc: ChainLoc },
 }
 
 /// The data store of one SSD.
@@ -290,6 +298,12 @@ pub struct DataStore<R> {
     locked: HashSet<u32>,
     batches: HashMap<u64, Batch<R>>,
     gets: HashMap<u64, Get<R>>,
+    scans: HashMap<u64, Scan<R>>,
+    /// Scans waiting for the writes submitted before them: (first write sequence number not
+    /// to wait for, range start, buckets, reply).
+    deferred_scans: VecDeque<(u64, u32, u32, R)>,
+    /// The sequence number of the next write submitted.
+    write_seq: u64,
     gc: Option<Gc>,
     gc_wanted: bool,
     /// Space a waiting batch needs that GC must make (zero when GC runs for the watermarks).
@@ -349,6 +363,9 @@ impl<R> DataStore<R> {
             locked: HashSet::new(),
             batches: HashMap::new(),
             gets: HashMap::new(),
+            scans: HashMap::new(),
+            deferred_scans: VecDeque::new(),
+            write_seq: 0,
             gc: None,
             gc_wanted: false,
             gc_need: (0, 0),
@@ -396,9 +413,19 @@ impl<R> DataStore<R> {
         self.index.get(self.bucket_of(key))
     }
 
+    /// The number of buckets (the end of a scan).
+    pub fn buckets(&self) -> u32 {
+        self.index.buckets()
+    }
+
     /// Whether requests are still in flight (reads, writes or GC).
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.batches.is_empty() && self.gets.is_empty() && self.gc.is_none()
+        self.pending.is_empty()
+            && self.batches.is_empty()
+            && self.gets.is_empty()
+            && self.scans.is_empty()
+            && self.deferred_scans.is_empty()
+            && self.gc.is_none()
     }
 
     /// I/O requests produced since the last call.
@@ -447,7 +474,9 @@ impl<R> DataStore<R> {
         }
         let bucket = self.bucket_of(&req.key);
         self.pending_bytes += size;
-        self.pending.push_back(Pending { req, bucket, arrived: now });
+        let seq = self.write_seq;
+        self.write_seq += 1;
+        self.pending.push_back(Pending { req, bucket, arrived: now, seq });
         self.poll(now);
     }
 
@@ -496,8 +525,9 @@ impl<R> DataStore<R> {
         }
     }
 
-    /// Starts whatever is ready: GC steps, batches.
+    /// Starts whatever is ready: scans whose earlier writes are done, GC steps, batches.
     pub fn poll(&mut self, now: Instant) {
+        self.start_deferred_scans();
         // Each round starts a GC step or a batch (or refuses a write); the bound only guards
         // against a bookkeeping bug turning into a busy loop.
         for _ in 0..1024 {
@@ -535,11 +565,15 @@ impl<R> DataStore<R> {
         };
         match (purpose, result) {
             (Purpose::BatchBucket { batch, bucket }, IoResult::Read(r)) => self.on_batch_bucket(batch, bucket, r),
-            (Purpose::BatchWrite { batch }, IoResult::Write(r)) => self.finish_batch(batch, r),
+            (Purpose::BatchWrite { batch }, IoResult::Write(r)) => {
+                self.finish_batch(batch, r);
+                self.start_deferred_scans();
+            }
             (Purpose::GetBucket { get }, IoResult::Read(r)) => self.on_get_bucket(get, r),
             (Purpose::GetValue { get }, IoResult::Read(r)) => self.on_get_value(get, r),
             (Purpose::Gc, r) => self.on_gc_io(r),
             (Purpose::GcBucket { bucket }, IoResult::Read(r)) => self.on_gc_bucket(bucket, r),
+            (Purpose::ScanBucket { scan, bucket, loc }, IoResult::Read(r)) => self.on_scan_bucket(scan, bucket, loc, r),
             (_, _) => tracing::error!(ssd = self.ssd, token, "I/O result of the wrong kind"),
         }
         self.poll(now);

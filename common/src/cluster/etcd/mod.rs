@@ -117,6 +117,11 @@ impl Etcd {
         self.post("kv/put", &wire::put_request(key, value, lease)).map(|_| ())
     }
 
+    /// Deletes `key` (nothing happens if it is absent).
+    pub fn delete(&self, key: &[u8]) -> Result<(), EtcdError> {
+        self.post("kv/deleterange", &wire::delete_request(key)).map(|_| ())
+    }
+
     /// Puts `value` at `key` if the key's mod revision is `mod_revision` (0: absent). Returns
     /// whether it did.
     pub fn compare_and_swap(&self, key: &[u8], value: &[u8], mod_revision: i64) -> Result<bool, EtcdError> {

@@ -169,6 +169,11 @@ pub fn put_request(key: &[u8], value: &[u8], lease: Option<i64>) -> Value {
     r
 }
 
+/// A `/v3/kv/deleterange` of one key.
+pub fn delete_request(key: &[u8]) -> Value {
+    json!({ "key": b64(key) })
+}
+
 /// A `/v3/kv/txn` that puts `value` at `key` only if the key's mod revision is still
 /// `mod_revision` (0: the key does not exist), i.e. a compare-and-swap.
 pub fn cas_request(key: &[u8], value: &[u8], mod_revision: i64) -> Value {

@@ -29,7 +29,7 @@ mod ring;
 pub mod wire;
 
 pub use device::{VerbsDevice, MAX_INLINE};
-pub use nic::{NicConfig, VerbsNic, VerbsRegistrar};
+pub use nic::{NicConfig, VerbsNic, VerbsRegistrar, WholeRegionForStaging};
 pub use qp::VerbsQueuePair;
 
 pub use crate::fabric::verbs_config::VerbsConfig;
@@ -76,11 +76,44 @@ mod tests {
     }
 
     fn make(service: Arc<dyn RpcService>) -> TestServer {
+        make_with(service, |dev| Arc::new(VerbsRegistrar::new(dev)))
+    }
+
+    /// As the server does for its rendezvous staging region (see [`WholeRegionForStaging`]).
+    fn make_for_staging(service: Arc<dyn RpcService>) -> TestServer {
+        struct Owned(VerbsRegistrar);
+        impl crate::fabric::Registrar for Owned {
+            fn register(
+                &self,
+                r: Arc<crate::fabric::MemoryRegion>,
+                a: crate::fabric::Access,
+            ) -> Result<crate::fabric::RegionDesc, crate::fabric::FabricError> {
+                self.0.register(r, a)
+            }
+            fn register_strided(
+                &self,
+                r: Arc<crate::fabric::MemoryRegion>,
+                a: crate::fabric::Access,
+                p: crate::fabric::Strided,
+            ) -> Result<crate::fabric::RegionDesc, crate::fabric::FabricError> {
+                WholeRegionForStaging(&self.0).register_strided(r, a, p)
+            }
+            fn deregister(&self, rkey: u32) -> bool {
+                self.0.deregister(rkey)
+            }
+        }
+        make_with(service, |dev| Arc::new(Owned(VerbsRegistrar::new(dev))))
+    }
+
+    fn make_with(
+        service: Arc<dyn RpcService>,
+        registrar: impl FnOnce(Arc<VerbsDevice>) -> Arc<dyn crate::fabric::Registrar>,
+    ) -> TestServer {
         let dev = device().expect("checked by the caller");
         let config = NicConfig { credits: 64, buffer_len: 16 << 10, ..NicConfig::default() };
         let nic = VerbsNic::start(dev.clone(), "127.0.0.1:0".parse().unwrap(), config, service).expect("listen");
         let addr = nic.local_addr();
-        let registrar = Arc::new(VerbsRegistrar::new(dev.clone()));
+        let registrar = registrar(dev.clone());
         TestServer::new(
             registrar,
             64,
@@ -128,6 +161,14 @@ mod tests {
         armed_completion_queue_wakes,
         rpc_credits_bound_requests_in_flight,
     );
+
+    /// The rendezvous check, with the staging region registered as the verbs server does.
+    #[test]
+    fn large_requests_move_by_rendezvous() {
+        if device().is_some() {
+            crate::fabric::conformance::large_requests_move_by_rendezvous(&make_for_staging);
+        }
+    }
 
     #[test]
     fn strided_registration_is_refused_not_widened() {

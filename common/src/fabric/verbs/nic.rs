@@ -57,6 +57,32 @@ impl Registrar for VerbsRegistrar {
     }
 }
 
+/// A registrar that registers a strided request as its whole region, for the one user whose
+/// windows are a convenience rather than its protection: the rendezvous staging region, where the
+/// STAGED checksum already refuses a slot written by anyone else (verbs has no strided keys). What
+/// a hostile client gains is the power to spoil other clients' staged requests (they are refused,
+/// never served altered). Never use it for the cache table.
+pub struct WholeRegionForStaging<'a>(pub &'a dyn Registrar);
+
+impl Registrar for WholeRegionForStaging<'_> {
+    fn register(&self, region: Arc<MemoryRegion>, access: Access) -> Result<RegionDesc, FabricError> {
+        self.0.register(region, access)
+    }
+
+    fn register_strided(
+        &self,
+        region: Arc<MemoryRegion>,
+        access: Access,
+        _: Strided,
+    ) -> Result<RegionDesc, FabricError> {
+        self.0.register(region, access)
+    }
+
+    fn deregister(&self, rkey: u32) -> bool {
+        self.0.deregister(rkey)
+    }
+}
+
 /// What the listener grants and admits.
 #[derive(Debug, Clone)]
 pub struct NicConfig {
@@ -291,6 +317,8 @@ impl Conn {
             (found, !st.pending.is_empty() || !st.request_fragments.is_empty())
         });
         self.state.lock().dead = true;
+        // After `dead` (what `is_closed` reports): the service may free what this client held.
+        self.service.peer_closed(self.peer);
     }
 
     /// Polls the completion queue and handles what it finds; requests go to the service after
@@ -371,6 +399,10 @@ impl Conn {
 }
 
 impl ReplySink for Conn {
+    fn is_closed(&self) -> bool {
+        self.state.lock().dead
+    }
+
     fn reply(&self, id: u64, payload: &[u8]) {
         let mut st = self.state.lock();
         if st.dead {

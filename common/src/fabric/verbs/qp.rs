@@ -488,6 +488,10 @@ impl QueuePair for VerbsQueuePair {
         f
     }
 
+    fn max_message(&self) -> usize {
+        (self.shared.grant.max_message as usize).saturating_sub(wire::HEADER_LEN)
+    }
+
     fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError> {
         validate_chain(chain, false)?;
         self.shared.submit(chain, Mode::Unsignaled).map_err(|(e, _)| e)
