@@ -115,10 +115,10 @@ pub struct Server {
     local_addr: Option<SocketAddr>,
     target: Option<Arc<NvmeTarget>>,
     config: ServerConfig,
-    /// In a cluster: its standing, and how it reaches the other members.
-    cluster: Option<(Arc<Ownership>, Arc<dyn PeerConnector>)>,
     /// The RDMA listener when the fabric is verbs: held, never read (dropping the server closes it).
     _verbs_nic: parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// In a cluster: its standing, and how it reaches the other members.
+    cluster: Option<(Arc<Ownership>, Arc<dyn PeerConnector>)>,
 }
 
 /// The verbs device and its protection domain's registrar, when the fabric is verbs.
@@ -240,7 +240,8 @@ impl Server {
             Some(v) => &*v.registrar,
             _ => &*regions,
         };
-        let whole_table_fills = config.fabric == FabricKind::Verbs && config.verbs.trusted_fills;
+        let verbs_fabric = config.fabric == FabricKind::Verbs;
+        let whole_table_fills = verbs_fabric && config.verbs.trusted_fills;
         // Clients read the whole table, and write (when they fill) only the slots' client ranges:
         // a WRITE that touches a server header is refused by the fabric (README, "Threat model").
         let table_info = table
@@ -360,6 +361,8 @@ impl Server {
             slot_bytes: scalio_common::rpc::MAX_REQUEST_LEN,
             lease: STAGING_LEASE,
         };
+        // Verbs has no strided keys: there the layer registers the staging region whole, its
+        // slots then guarded by the STAGED checksum alone (README, "Real RDMA").
         let rendezvous = Rendezvous::new(dispatch.clone(), registrar, staging).map_err(ServerError::Register)?;
         shared.extra.lock().push(Arc::new(RendezvousStats(rendezvous.clone())));
         let service: Arc<dyn RpcService> = rendezvous;
@@ -377,8 +380,8 @@ impl Server {
             local_addr: None,
             target,
             config: config.clone(),
-            cluster: None,
             _verbs_nic: parking_lot::Mutex::new(None),
+            cluster: None,
         };
         #[cfg(feature = "rdma")]
         if let (Some(v), Some(addr)) = (verbs, &config.listen) {
@@ -388,13 +391,8 @@ impl Server {
                 max_connections: config.max_connections,
                 secret: config.secret().map_err(ServerError::Config)?,
             };
-            let nic = scalio_common::fabric::verbs::VerbsNic::start(
-                v.device.clone(),
-                resolve(addr)?,
-                nic_cfg,
-                service.clone(),
-            )
-            .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+            let nic = scalio_common::fabric::verbs::VerbsNic::start(v.device.clone(), resolve(addr)?, nic_cfg, service)
+                .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
             server.local_addr = Some(nic.local_addr());
             // The registrar holds the registrations: dropping it would revoke every key.
             *server._verbs_nic.lock() = Some(Box::new((nic, v.registrar)));

@@ -76,11 +76,18 @@ mod tests {
     }
 
     fn make(service: Arc<dyn RpcService>) -> TestServer {
+        make_with(service, |dev| Arc::new(VerbsRegistrar::new(dev)))
+    }
+
+    fn make_with(
+        service: Arc<dyn RpcService>,
+        registrar: impl FnOnce(Arc<VerbsDevice>) -> Arc<dyn crate::fabric::Registrar>,
+    ) -> TestServer {
         let dev = device().expect("checked by the caller");
         let config = NicConfig { credits: 64, buffer_len: 16 << 10, ..NicConfig::default() };
         let nic = VerbsNic::start(dev.clone(), "127.0.0.1:0".parse().unwrap(), config, service).expect("listen");
         let addr = nic.local_addr();
-        let registrar = Arc::new(VerbsRegistrar::new(dev.clone()));
+        let registrar = registrar(dev.clone());
         TestServer::new(
             registrar,
             64,
@@ -128,6 +135,15 @@ mod tests {
         armed_completion_queue_wakes,
         rpc_credits_bound_requests_in_flight,
     );
+
+    /// The rendezvous check: verbs refuses strided keys, so the layer registers its staging
+    /// region whole (see `Rendezvous::new`), as the verbs server gets it.
+    #[test]
+    fn large_requests_move_by_rendezvous() {
+        if device().is_some() {
+            crate::fabric::conformance::large_requests_move_by_rendezvous(&make);
+        }
+    }
 
     #[test]
     fn strided_registration_is_refused_not_widened() {

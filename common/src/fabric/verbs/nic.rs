@@ -291,7 +291,7 @@ impl Conn {
             (found, !st.pending.is_empty() || !st.request_fragments.is_empty())
         });
         self.state.lock().dead = true;
-        // After `dead`, which responders report as the peer gone (see `RpcService::peer_closed`).
+        // After `dead` (what `is_closed` reports): the service may free what this client held.
         self.service.peer_closed(self.peer);
     }
 
