@@ -4,13 +4,17 @@
 //! `cargo bench -p scalio-bench --bench micro`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use scalio_common::fabric::rendezvous::{self, Rendezvous, StagingConfig};
 use scalio_common::fabric::tcp::{AsyncTcpQueuePair, NicConfig, TcpNic, TcpQueuePair};
-use scalio_common::fabric::{Access, IncomingRpc, MemoryRegion, QueuePair, RegionTable, WorkRequest};
+use scalio_common::fabric::{
+    Access, IncomingRpc, LocalSlice, MemoryRegion, QueuePair, RegionTable, RpcService, WorkRequest, MAX_TRANSFER,
+};
 use scalio_common::key::{route, TableKey};
 use scalio_common::rpc::{MetaGetReply, Op, Request, Reservation, Response, Status};
 use scalio_common::table::{encode_fill, off, probe_bucket, SLOT_SIZE};
 use std::hint::black_box;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A bucket of `assoc` filled slots; the key of slot `i` is `key{i}`.
 fn bucket(assoc: usize) -> Vec<u8> {
@@ -88,12 +92,19 @@ fn softnic(c: &mut Criterion) {
     let regions = Arc::new(RegionTable::new());
     let region = Arc::new(MemoryRegion::new(1 << 20));
     let desc = regions.register(region, Access::READ_WRITE);
-    let service = Arc::new(|rpc: IncomingRpc| {
+    let service: Arc<dyn RpcService> = Arc::new(|rpc: IncomingRpc| {
         let p = rpc.payload.clone();
         rpc.responder.reply(&p)
     });
-    let nic = TcpNic::bind("127.0.0.1:0", regions, service, NicConfig::default()).expect("bind");
+    // Requests up to the largest transfer in one message here; the second NIC grants the
+    // default largest message and stages larger requests (rendezvous).
+    let inline = NicConfig { max_message: MAX_TRANSFER, ..NicConfig::default() };
+    let nic = TcpNic::bind("127.0.0.1:0", regions.clone(), service.clone(), inline).expect("bind");
     let qp = TcpQueuePair::connect(nic.local_addr()).expect("connect");
+    let staging = StagingConfig { slots: 4, slot_bytes: 1 << 20, lease: Duration::from_secs(5) };
+    let staged = Rendezvous::new(service, &*regions, staging).expect("staging region");
+    let staging_nic = TcpNic::bind("127.0.0.1:0", regions, staged, NicConfig::default()).expect("bind");
+    let staging_qp = TcpQueuePair::connect(staging_nic.local_addr()).expect("connect");
     let mut g = c.benchmark_group("softnic_loopback");
     for len in [64u32, 896] {
         g.throughput(Throughput::Bytes(u64::from(len)));
@@ -102,6 +113,29 @@ fn softnic(c: &mut Criterion) {
         });
     }
     g.bench_function("rpc_round_trip_64B", |b| b.iter(|| qp.call(&[1u8; 64]).wait().unwrap()));
+    // A request over the largest message: in one message, and by rendezvous (STAGE, WRITE,
+    // STAGED: two round trips).
+    let large = vec![3u8; 256 << 10];
+    g.throughput(Throughput::Bytes(large.len() as u64));
+    g.bench_function("rpc_256KiB_one_message", |b| b.iter(|| qp.call(&large).wait().unwrap()));
+    g.bench_function("rpc_256KiB_by_rendezvous", |b| {
+        b.iter(|| rendezvous::call_blocking(&staging_qp, &large, Duration::from_secs(10)).unwrap())
+    });
+    // The allocation-free path of a GET hit: a READ into registered memory, posted with a
+    // work-request id, its completion polled from the completion queue.
+    let lkey = qp.register_local(Arc::new(MemoryRegion::new(4096))).expect("register local");
+    let mut cq = Vec::with_capacity(4);
+    g.throughput(Throughput::Bytes(896));
+    g.bench_function("read_into_896B_poll_cq", |b| {
+        b.iter(|| {
+            let local = LocalSlice { lkey, offset: 0, len: 896 };
+            qp.post_signaled(1, &[WorkRequest::ReadInto { remote: desc.at(4096), local }]).unwrap();
+            cq.clear();
+            while qp.poll_cq(&mut cq, 4) == 0 {
+                std::thread::yield_now();
+            }
+        })
+    });
     // One per queue-pair operation kind the store uses: a signaled WRITE, the fill's chain of
     // three WRITEs, and unsignaled WRITEs (timed with a signaled READ every 64, which is when
     // the queue pair learns they executed).

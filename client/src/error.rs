@@ -70,6 +70,10 @@ impl ClientError {
     /// later, unchanged, may succeed (a lost connection or a timeout is not: the request may
     /// have taken effect).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Unavailable(_))
+        match self {
+            ClientError::Unavailable(_) => true,
+            ClientError::Fabric(FabricError::Staging(why)) => why.is_retryable(),
+            _ => false,
+        }
     }
 }

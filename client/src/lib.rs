@@ -38,7 +38,7 @@ pub use stats::ClientStats;
 use parking_lot::RwLock;
 use scalio_common::block::BlockReader;
 use scalio_common::fabric::tcp::{AsyncTcpQueuePair, ConnectOptions};
-use scalio_common::fabric::{FabricError, QueuePair, Secret};
+use scalio_common::fabric::{rendezvous, FabricError, QueuePair, Secret};
 use scalio_common::rpc::{Op, Request, Response, ServerInfo, Stats, Status, WrongOwner, PROTOCOL_VERSION};
 use scalio_common::ssd::store_seed;
 use stats::Counters;
@@ -301,7 +301,8 @@ async fn call_status(
     req: Request<'_>,
     limit: Option<std::time::Duration>,
 ) -> Result<(Status, Vec<u8>), ClientError> {
-    let bytes = within(limit, qp.call(&req.to_vec())).await?;
+    // Requests over the connection's largest message (large values) go by rendezvous.
+    let bytes = within(limit, rendezvous::call(qp, &req.to_vec())).await?;
     let resp = Response::decode(&bytes)?;
     if resp.op != req.op {
         return Err(ClientError::WrongReply { asked: req.op.name(), got: resp.op.name() });

@@ -1,6 +1,6 @@
 //! The client's own counters: what its operations cost, measured where they happened.
 
-use scalio_common::rpc::{Op, OP_SLOTS};
+use scalio_common::rpc::Op;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Default, Debug)]
@@ -20,7 +20,7 @@ pub(crate) struct Counters {
     pub block_read_blocks: AtomicU64,
     pub writes: AtomicU64,
     pub reconnects: AtomicU64,
-    pub rpcs: [AtomicU64; OP_SLOTS],
+    pub rpcs: [AtomicU64; Op::CODES],
 }
 
 /// A snapshot of a client's counters.
@@ -57,7 +57,7 @@ pub struct ClientStats {
     /// Queue pairs replaced after they entered the error state or lost their connection.
     pub reconnects: u64,
     /// RPCs sent, by op.
-    pub rpcs: [u64; OP_SLOTS],
+    pub rpcs: [u64; Op::CODES],
 }
 
 impl ClientStats {
@@ -71,7 +71,7 @@ impl ClientStats {
 
     /// `self + other`, field by field (e.g. over a cluster client's connections).
     pub fn plus(&self, other: &ClientStats) -> ClientStats {
-        let mut rpcs = [0; OP_SLOTS];
+        let mut rpcs = [0; Op::CODES];
         for (i, r) in rpcs.iter_mut().enumerate() {
             *r = self.rpcs[i] + other.rpcs[i];
         }
@@ -97,7 +97,7 @@ impl ClientStats {
 
     /// `self - earlier`, field by field.
     pub fn since(&self, earlier: &ClientStats) -> ClientStats {
-        let mut rpcs = [0; OP_SLOTS];
+        let mut rpcs = [0; Op::CODES];
         for (i, r) in rpcs.iter_mut().enumerate() {
             *r = self.rpcs[i] - earlier.rpcs[i];
         }
@@ -125,7 +125,7 @@ impl ClientStats {
 impl Counters {
     pub fn snapshot(&self) -> ClientStats {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut rpcs = [0; OP_SLOTS];
+        let mut rpcs = [0; Op::CODES];
         for (i, r) in rpcs.iter_mut().enumerate() {
             *r = g(&self.rpcs[i]);
         }

@@ -10,6 +10,13 @@
 //! their outcome is unknown), and one client is killed mid-run. Every history goes through
 //! `scalio_lincheck`.
 //!
+//! Over `tcp`, some runs go through a proxy that cuts the byte stream into random pieces and
+//! delays them (frames split anywhere, responses late): the software NIC's framing and the
+//! client's driver under a misbehaving network.
+//!
+//! A deterministic tear (a READ in the middle of which the key's slot is re-bound to another key
+//! and filled) is checked the same way (`read_torn_by_a_rebinding_is_linearizable`).
+//!
 //! The fixed seeds run in `cargo test`; `SCALIO_LIN_SEEDS=N` runs N more seeds from
 //! `SCALIO_LIN_SEED_BASE` (default: derived from the clock, printed). With the `seeded-bugs`
 //! feature, the same scenarios run against deliberately broken servers and must be caught.
@@ -20,7 +27,8 @@ use common::start;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scalio_client::{Client, ClientConfig, ClientError};
-use scalio_lincheck::{check, Call, CheckError, Op, Recorder, Ret, Summary};
+use scalio_lincheck::{check, Call, CheckError, Op, Outcome, Recorder, Ret, Summary};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +39,77 @@ const STUCK: Duration = Duration::from_secs(10);
 enum Fabric {
     Mem,
     Tcp,
+    /// `tcp` through [`ChaosProxy`].
+    TcpChaos,
+}
+
+/// A TCP proxy between clients and the server that forwards each direction in pieces of random
+/// size (1 byte to 4 KiB), sleeping a random while (up to 300 µs) before some of them: frames
+/// arrive split anywhere, and late.
+struct ChaosProxy {
+    addr: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes forwarded, both directions.
+    forwarded: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ChaosProxy {
+    fn start(upstream: std::net::SocketAddr, seed: u64) -> ChaosProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let (stop2, fwd) = (stop.clone(), forwarded.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                client.set_nodelay(true).unwrap();
+                let server = std::net::TcpStream::connect(upstream).unwrap();
+                server.set_nodelay(true).unwrap();
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    n += 1;
+                    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(n));
+                    let fwd = fwd.clone();
+                    std::thread::spawn(move || Self::pump(from, to, &mut rng, &fwd));
+                }
+            }
+        });
+        ChaosProxy { addr, stop, forwarded }
+    }
+
+    fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, rng: &mut StdRng, fwd: &AtomicU64) {
+        use std::io::{Read, Write};
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let want = rng.random_range(1..=buf.len());
+            let n = match from.read(&mut buf[..want]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if rng.random_bool(0.2) {
+                std::thread::sleep(Duration::from_micros(rng.random_range(0..300)));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            fwd.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+        let _ = from.shutdown(std::net::Shutdown::Read);
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Faults injected into the `mem` fabric for one run.
@@ -63,7 +142,7 @@ impl Scenario {
                 wr_delay: us([0, 0, 20, 60][rng.random_range(0..4)]),
                 rpc_delay: us([0, 0, 50][rng.random_range(0..3)]),
             },
-            Fabric::Tcp => Faults::default(),
+            Fabric::Tcp | Fabric::TcpChaos => Faults::default(),
         };
         Scenario {
             fabric,
@@ -171,7 +250,8 @@ async fn client_loop(rec: Arc<Recorder>, c: Client, id: u32, sc: Scenario) -> (V
 }
 
 async fn record(sc: &Scenario) -> Run {
-    let s = start(if sc.fabric == Fabric::Tcp { 2 } else { 1 }, sc.fabric == Fabric::Tcp, |c| {
+    let tcp = sc.fabric != Fabric::Mem;
+    let s = start(if tcp { 2 } else { 1 }, tcp, |c| {
         common::stress(c);
         #[cfg(feature = "seeded-bugs")]
         {
@@ -184,13 +264,16 @@ async fn record(sc: &Scenario) -> Run {
         f.set_wr_delay(sc.faults.wr_delay);
         f.set_rpc_delay(sc.faults.rpc_delay);
     }
+    let proxy =
+        (sc.fabric == Fabric::TcpChaos).then(|| ChaosProxy::start(s.server.local_addr().expect("listening"), sc.seed));
     let rec = Recorder::new();
     let mut clients = Vec::new();
     for i in 0..=sc.clients {
         let cfg = ClientConfig { batched_writes: i % 2 == 0, ..ClientConfig::default() };
-        clients.push(match sc.fabric {
-            Fabric::Mem => s.mem_client(cfg).await,
-            Fabric::Tcp => s.tcp_client(cfg).await,
+        clients.push(match (sc.fabric, &proxy) {
+            (Fabric::Mem, _) => s.mem_client(cfg).await,
+            (_, Some(p)) => Client::connect(&p.addr.to_string(), cfg).await.expect("connect through the proxy"),
+            (_, None) => s.tcp_client(cfg).await,
         });
     }
     let checker_client = clients.pop().expect("one spare client");
@@ -218,6 +301,9 @@ async fn record(sc: &Scenario) -> Run {
         if let Err(e) = recorded(&rec, &checker_client, sc.clients, &key, Call::Get, None).await {
             errors.push(e);
         }
+    }
+    if let Some(p) = &proxy {
+        assert!(p.forwarded.load(std::sync::atomic::Ordering::Relaxed) > 0, "the clients went through the proxy");
     }
     Run {
         history: rec.history(),
@@ -321,6 +407,71 @@ async fn mem_histories_with_injected_faults_are_linearizable() {
 async fn tcp_histories_are_linearizable() {
     let t = check_seeds(Fabric::Tcp, 1..=2).await;
     assert!(t.rebinds > 0 && t.invalidations > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn tcp_histories_through_a_chaotic_network_are_linearizable() {
+    let t = check_seeds(Fabric::TcpChaos, 1..=2).await;
+    assert!(t.rebinds > 0 && t.invalidations > 0);
+    assert!(t.abandoned > 0 && t.kills > 0);
+}
+
+/// A READ torn deterministically: in the middle of a probe, the server re-binds the key's slot
+/// to another key and a client fills it. The reader must not return the other key's bytes: the
+/// GETs return their own values, and the history (with the two PUTs) is linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_torn_by_a_rebinding_is_linearizable() {
+    use scalio_common::key::TableKey;
+    use scalio_common::table::{encode_fill, off};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = start(1, false, |c| {
+        c.cache.buckets = 1;
+        c.cache.assoc = 1;
+        c.cache.lease_ms = 0;
+    });
+    let c = s.mem_client(ClientConfig::default()).await;
+    let rec = Recorder::new();
+    let run = |key: &'static [u8], call: Call| {
+        let (rec, c) = (rec.clone(), c.clone());
+        async move { recorded(&rec, &c, 0, key, call, None).await.expect("no error") }
+    };
+    run(b"victim", Call::Put(b"victim-value".to_vec())).await;
+    run(b"other", Call::Put(b"other-value".to_vec())).await;
+    run(b"victim", Call::Get).await; // fills the slot
+    let table = s.server.table().unwrap().clone();
+    let armed = Arc::new(AtomicBool::new(true));
+    let hook_armed = armed.clone();
+    s.server.mem_fabric().faults().set_tear_hook(Some(Arc::new(move || {
+        if hook_armed.swap(false, Ordering::SeqCst) {
+            // Mid-READ: evict "victim", bind the slot to "other" and fill it.
+            let tk = TableKey::new(b"other");
+            let r = table.reserve(&tk).expect("the lease is zero, so the slot can be taken");
+            let g = table.geometry();
+            let base = g.slot_offset(tk.bucket(g.buckets), r.slot);
+            table.region().write(base + off::FILL, &encode_fill(r.generation, &tk, b"other-value")).unwrap();
+            table.region().store_u8(base + off::INTEGRITY, 1);
+        }
+    })));
+    for _ in 0..3 {
+        assert_eq!(c.get(b"victim").await.unwrap(), Some(b"victim-value".to_vec()));
+        run(b"victim", Call::Get).await;
+        run(b"other", Call::Get).await;
+    }
+    assert!(!armed.load(Ordering::SeqCst), "the tear happened");
+    let history = rec.history();
+    let got: Vec<_> = history
+        .iter()
+        .filter_map(|op| match &op.outcome {
+            Outcome::Returned { ret: Ret::Get(v), .. } => Some((op.key.clone(), v.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 7);
+    for (key, v) in &got {
+        let want: &[u8] = if key == b"victim" { b"victim-value" } else { b"other-value" };
+        assert_eq!(v.as_deref(), Some(want), "a GET of {:?}", String::from_utf8_lossy(key));
+    }
+    check(&history).expect("linearizable");
 }
 
 /// The same scenarios against deliberately broken servers: the checker must catch each bug

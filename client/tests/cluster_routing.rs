@@ -100,6 +100,10 @@ impl QueuePair for Severable {
         }
     }
 
+    fn max_message(&self) -> usize {
+        self.qp.max_message()
+    }
+
     fn async_errors(&self) -> u64 {
         self.qp.async_errors()
     }

@@ -15,6 +15,10 @@ use crate::table::TableGeometry;
 /// Version of this message set; a client refuses a server that speaks another.
 pub const PROTOCOL_VERSION: u32 = 3;
 const HEADER: usize = 8;
+/// The largest request the server accepts: a write of the longest key and the largest value,
+/// with an epoch. Requests over the channel's largest message move by rendezvous
+/// ([`crate::fabric::rendezvous`]), whose staging slots are this size.
+pub const MAX_REQUEST_LEN: usize = HEADER + MAX_KEY_LEN + crate::ssd::MAX_VALUE_LEN + 8;
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,11 +43,18 @@ pub enum Op {
     Scan = 8,
 }
 
-/// Length of an array indexed by op code (codes are 1 to 8).
-pub const OP_SLOTS: usize = 9;
+const _: () = {
+    let mut i = 0;
+    while i < Op::ALL.len() {
+        assert!((Op::ALL[i] as usize) < Op::CODES, "Op::CODES must exceed every op code");
+        i += 1;
+    }
+};
 
 impl Op {
     pub const ALL: [Op; 8] = [Op::Hello, Op::MetaGet, Op::Get, Op::Put, Op::Update, Op::Delete, Op::Stats, Op::Scan];
+    /// One more than the largest op code: the length of arrays indexed by op (counters).
+    pub const CODES: usize = 9;
 
     pub fn from_u8(v: u8) -> Option<Op> {
         Op::ALL.into_iter().find(|o| *o as u8 == v)

@@ -188,13 +188,24 @@ impl SsdGeometry {
         if self.buckets == 0 {
             return bad("zero buckets");
         }
+        // The geometry comes from disk or the network: every sum and product below (and in
+        // `bucket_block`, `value_byte`) must fit, whatever the fields hold.
+        if self.total_blocks > u64::MAX / BLOCK_SIZE as u64 {
+            return bad("more blocks than 64-bit byte offsets can address");
+        }
+        let (Some(bucket_end), Some(value_end)) = (
+            self.bucket_log.start.checked_add(self.bucket_log.blocks),
+            self.value_log.start.checked_add(self.value_log.blocks),
+        ) else {
+            return bad("a log extends past the largest block number");
+        };
         if self.bucket_log.start < FIRST_LOG_BLOCK || self.bucket_log.blocks < 8 {
             return bad("bucket log too small or overlaps the superblock");
         }
-        if self.value_log.start < self.bucket_log.end() || self.value_log.blocks < 8 {
+        if self.value_log.start < bucket_end || self.value_log.blocks < 8 {
             return bad("value log too small or overlaps the bucket log");
         }
-        if self.value_log.end() > self.total_blocks {
+        if value_end > self.total_blocks {
             return bad("value log extends past the end of the SSD");
         }
         Ok(())
@@ -456,6 +467,25 @@ impl BlockHeader {
         }
         Ok(h)
     }
+
+    /// What a block that fails its checksum claims to be, read from its header unverified
+    /// (None if the header is not even well-formed). A write torn at a 512-byte boundary or a
+    /// bit flip elsewhere in the block leaves the header as written; recovery uses the claim to
+    /// tell which bucket's chain was damaged, never to serve anything.
+    pub fn claimed(block: &[u8]) -> Option<BlockHeader> {
+        if block.len() < BLOCK_SIZE {
+            return None;
+        }
+        let mut lseq = [0u8; 8];
+        lseq[..6].copy_from_slice(&block[4..10]);
+        let h = BlockHeader {
+            bucket: le32(block, 0),
+            lseq: u64::from_le_bytes(lseq),
+            chain_len: block[10],
+            chain_index: block[11],
+        };
+        (h.chain_len != 0 && h.chain_index < h.chain_len).then_some(h)
+    }
 }
 
 fn block_crc(block: &[u8], seed: u64) -> u32 {
@@ -593,6 +623,26 @@ mod tests {
         assert_eq!(g.value_log.end(), 131_072);
         assert!(SsdGeometry::plan(100, None).is_err());
         assert!(SsdGeometry::plan(4096, Some(1_000_000)).is_err());
+    }
+
+    /// Found by the `rpc_codec` fuzz target (2026-12-03): a geometry whose extent sums overflow
+    /// panicked in `check` (an SSD description in a HELLO, or a superblock, is untrusted input).
+    #[test]
+    fn geometry_with_overflowing_extents_is_refused_not_a_panic() {
+        let ok = SsdGeometry::plan(131_072, None).unwrap();
+        let bad = [
+            SsdGeometry { bucket_log: Extent { start: u64::MAX - 3, blocks: 8 }, ..ok },
+            SsdGeometry { value_log: Extent { start: u64::MAX, blocks: u64::MAX }, ..ok },
+            SsdGeometry {
+                total_blocks: u64::MAX,
+                value_log: Extent { start: ok.value_log.start, blocks: 1 << 62 },
+                ..ok
+            },
+        ];
+        for g in bad {
+            assert!(matches!(g.check(), Err(LayoutError::Geometry(_))), "{g:?}");
+        }
+        assert_eq!(ok.check(), Ok(()));
     }
 
     #[test]

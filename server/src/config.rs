@@ -6,6 +6,8 @@
 //! nic_threads = 1
 //! max_connections = 256          # fabric connections at most; more are refused
 //! rpc_credits = 256              # RPCs one connection may have unanswered (granted in the handshake)
+//! max_message = "64KiB"          # largest request sent as one message; larger ones go by rendezvous
+//! staging_slots = 16             # rendezvous transfers in progress at once (each slot ~1 MiB)
 //! # secret_file = "/etc/scalio/secret"  # clients must present this shared secret (1-64 bytes)
 //! io_threads = 4                 # per SSD
 //! direct_io = true               # O_DIRECT where the filesystem allows it
@@ -53,6 +55,10 @@
 //! ```
 
 use scalio_common::fabric::tcp::nic::MAX_RPC_CREDITS;
+use scalio_common::fabric::MAX_TRANSFER;
+
+/// The smallest `max_message`: every request but a write's value fits in it.
+pub const MIN_MAX_MESSAGE: u64 = 256;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -83,6 +89,14 @@ pub struct ServerConfig {
     /// RPCs one fabric connection may have without a reply, granted in its handshake (the
     /// message channel's credits); a client that sends more is disconnected.
     pub rpc_credits: u32,
+    /// The largest request a client sends as one message (granted in its handshake: the size
+    /// of the receive buffers the server posts for it). Larger requests, up to the largest
+    /// value, move by rendezvous through a staging slot.
+    #[serde(deserialize_with = "size")]
+    pub max_message: u64,
+    /// Staging slots for rendezvous transfers, server-wide (each holds the largest request,
+    /// about 1 MiB; one connection may hold a quarter of them).
+    pub staging_slots: usize,
     /// A file holding the shared secret clients must present (1 to 64 bytes, a trailing newline
     /// ignored). `None`: no secret is asked for.
     pub secret_file: Option<PathBuf>,
@@ -311,6 +325,8 @@ impl Default for ServerConfig {
             nic_threads: 1,
             max_connections: 256,
             rpc_credits: 256,
+            max_message: scalio_common::fabric::DEFAULT_MAX_MESSAGE as u64,
+            staging_slots: 16,
             secret_file: None,
             io_threads: 4,
             direct_io: true,
@@ -390,6 +406,15 @@ impl ServerConfig {
         }
         if self.rpc_credits == 0 || self.rpc_credits > MAX_RPC_CREDITS {
             return bad(format!("rpc_credits must be between 1 and {MAX_RPC_CREDITS}, not {}", self.rpc_credits));
+        }
+        if self.max_message < MIN_MAX_MESSAGE || self.max_message > MAX_TRANSFER as u64 {
+            return bad(format!(
+                "max_message must be between {MIN_MAX_MESSAGE} and {MAX_TRANSFER} bytes, not {}",
+                self.max_message
+            ));
+        }
+        if self.staging_slots == 0 || self.staging_slots > 1024 {
+            return bad(format!("staging_slots must be between 1 and 1024, not {}", self.staging_slots));
         }
         self.secret()?;
         if self.io_threads == 0 || self.io_threads > 1024 {

@@ -13,14 +13,20 @@ use crate::target::{NvmeTarget, SubsystemConfig, TargetConfig as NvmeConfig, Tar
 use crate::worker::{Dispatch, InboxLoad, Worker, WorkerEvent};
 use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
+use scalio_common::fabric::rendezvous::{Rendezvous, StagingConfig};
 use scalio_common::fabric::tcp::{ConnectOptions, NicConfig, TcpNic};
-use scalio_common::fabric::{Access, FabricError, MemoryRegion, QueuePair, RegionTable, Registrar};
+use scalio_common::fabric::{Access, FabricError, MemoryRegion, QueuePair, RegionTable, Registrar, RpcService};
 use scalio_common::rpc::{ServerInfo, SsdInfo, Stats, TableInfo, PROTOCOL_VERSION};
 use scalio_common::table::TableGeometry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// How long a client may take between being granted a staging slot and naming it in its STAGED
+/// message before the slot is taken back: far more than writing 1 MiB takes, short enough that
+/// a client that died mid-transfer does not hold a slot for long.
+const STAGING_LEASE: Duration = Duration::from_secs(5);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,19 @@ impl StatsSource for TargetStatsSource {
         let s = self.0.stats();
         out.push(("cpu_target_ns".into(), s.cpu_ns));
         out.extend(s.counters());
+    }
+}
+
+/// The rendezvous layer's counters: large requests staged, delivered, refused.
+struct RendezvousStats(Arc<Rendezvous>);
+
+impl StatsSource for RendezvousStats {
+    fn append(&self, out: &mut Vec<(String, u64)>) {
+        let c = self.0.counters();
+        out.push(("rendezvous_granted".into(), c.granted.load(std::sync::atomic::Ordering::Relaxed)));
+        out.push(("rendezvous_delivered".into(), c.delivered.load(std::sync::atomic::Ordering::Relaxed)));
+        out.push(("rendezvous_refused".into(), c.refused.load(std::sync::atomic::Ordering::Relaxed)));
+        out.push(("rendezvous_slots_in_use".into(), self.0.slots_in_use() as u64));
     }
 }
 
@@ -297,9 +316,20 @@ impl Server {
         }
         let dispatch =
             Arc::new(Dispatch { workers: senders, shared: shared.clone(), cluster: cluster.map(|(o, _)| o) });
+        // Requests over the largest message arrive by rendezvous: this layer stages them and
+        // hands the dispatcher whole requests, on every backend.
+        let staging = StagingConfig {
+            slots: config.staging_slots,
+            slot_bytes: scalio_common::rpc::MAX_REQUEST_LEN,
+            lease: STAGING_LEASE,
+        };
+        let rendezvous = Rendezvous::new(dispatch.clone(), registrar, staging).map_err(ServerError::Register)?;
+        shared.extra.lock().push(Arc::new(RendezvousStats(rendezvous.clone())));
+        let service: Arc<dyn RpcService> = rendezvous;
         let mem = MemFabric::new(regions.clone());
         mem.set_rpc_credits(config.rpc_credits);
-        mem.set_service(dispatch.clone());
+        mem.set_max_message(config.max_message as usize);
+        mem.set_service(service.clone());
         if let Some(t) = &target {
             shared.extra.lock().push(Arc::new(TargetStatsSource(t.clone())));
         }
@@ -317,10 +347,11 @@ impl Server {
                 threads: config.nic_threads,
                 max_connections: config.max_connections,
                 rpc_credits: config.rpc_credits,
+                max_message: config.max_message as usize,
                 secret: config.secret().map_err(ServerError::Config)?,
                 ..NicConfig::default()
             };
-            let nic = TcpNic::bind(addr.as_str(), regions, dispatch, nic_cfg)
+            let nic = TcpNic::bind(addr.as_str(), regions, service, nic_cfg)
                 .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
             server.local_addr = Some(nic.local_addr());
             *shared.nic.lock() = Some(nic);

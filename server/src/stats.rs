@@ -10,6 +10,7 @@
 //! | `table_reservations`, `table_already_cached`, `table_fill_in_progress`, `table_bucket_busy` | META_GET outcomes at the cache table |
 //! | `table_evictions`, `table_expired_reclaims`, `table_invalidations` | cache-table maintenance |
 //! | `table_quota_refusals` | META_GETs given no reservation because their client already held `cache.reservations_per_client` unfilled ones |
+//! | `table_released_on_close` | unfilled reservations ended early because their client's connection closed |
 //! | `table_server_fills`, `table_server_fills_stale` | slots the server filled itself (`cache.client_fills = false`), and server fills dropped because the reservation was invalidated or taken over meanwhile |
 //! | `ssd_reads_{worker,target,client}`, `ssd_read_blocks_{...}` | SSD reads by who issued them |
 //! | `ssd_writes_{worker,target,client}`, `ssd_write_blocks_{...}` | SSD writes by who issued them |
@@ -31,7 +32,7 @@ use crate::table::CacheTable;
 use parking_lot::Mutex;
 use scalio_common::cputime::CpuGroup;
 use scalio_common::fabric::tcp::TcpNic;
-use scalio_common::rpc::{Op, ServerInfo, Stats, OP_SLOTS};
+use scalio_common::rpc::{Op, ServerInfo, Stats};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -46,7 +47,8 @@ pub struct ServerShared {
     pub(crate) table: Option<Arc<CacheTable>>,
     pub(crate) ssds: Vec<Arc<Ssd>>,
     pub(crate) store_counters: Vec<Arc<StoreCounters>>,
-    rpcs: [AtomicU64; OP_SLOTS],
+    /// Indexed by op code (1 to 8).
+    rpcs: [AtomicU64; Op::CODES],
     bad_requests: AtomicU64,
     inbox_refusals: AtomicU64,
     worker_cpu: Arc<CpuGroup>,
@@ -127,6 +129,7 @@ impl ServerShared {
                 ("table_expired_reclaims", &tc.expired_reclaims),
                 ("table_invalidations", &tc.invalidations),
                 ("table_quota_refusals", &tc.quota_refusals),
+                ("table_released_on_close", &tc.released),
                 ("table_server_fills", &tc.server_fills),
                 ("table_server_fills_stale", &tc.server_fills_stale),
             ] {

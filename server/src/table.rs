@@ -56,6 +56,8 @@ pub struct TableCounters {
     pub invalidations: AtomicU64,
     /// META_GETs refused a reservation because their client held its quota of unfilled ones.
     pub quota_refusals: AtomicU64,
+    /// Unfilled reservations ended early because their client's connection closed.
+    pub released: AtomicU64,
     /// Slots the server filled itself (`cache.client_fills = false`).
     pub server_fills: AtomicU64,
     /// Server fills dropped: the reservation had been invalidated or taken over meanwhile.
@@ -224,7 +226,23 @@ impl CacheTable {
     /// META_GET's part for client `holder`: like [`reserve`](Self::reserve), but none if `holder`
     /// already holds its quota of reservations that are unfilled under a live lease.
     pub fn reserve_for(&self, holder: PeerId, key: &TableKey) -> Option<Reservation> {
+        self.reserve_for_connected(holder, key, || false)
+    }
+
+    /// [`reserve_for`](Self::reserve_for) a client that may have left: none if `gone()` says it
+    /// has. `gone` is asked under the lock [`release`](Self::release) takes, so if the client's
+    /// connection is marked closed before `release` is called for it, no reservation escapes the
+    /// release: either it is recorded before the release (which frees it) or `gone()` is true.
+    pub fn reserve_for_connected(
+        &self,
+        holder: PeerId,
+        key: &TableKey,
+        gone: impl FnOnce() -> bool,
+    ) -> Option<Reservation> {
         let mut holders = self.holders[holder.0 as usize % self.holders.len()].lock();
+        if gone() {
+            return None;
+        }
         let now = self.now_ns();
         if holders.len() > HOLDERS_BEFORE_SWEEP {
             // Clients that went away: their reservations have all expired by now.
@@ -246,6 +264,25 @@ impl CacheTable {
             holders.remove(&holder);
         }
         reservation
+    }
+
+    /// The client `holder` left: its reservations that are still unfilled end now, as if their
+    /// leases had run out (the next META_GET of the key, or any other key of the bucket, may take
+    /// the slot; a fill that still arrived would fail the generation check like any late fill),
+    /// and its quota record is dropped. Returns how many reservations it ended.
+    pub fn release(&self, holder: PeerId) -> u64 {
+        let held = self.holders[holder.0 as usize % self.holders.len()].lock().remove(&holder);
+        let now = self.now_ns();
+        let mut released = 0;
+        for h in held.into_iter().flatten() {
+            let _guard = self.locks[h.bucket as usize % self.locks.len()].lock();
+            if self.outstanding(&h, now) {
+                self.leases[self.lease_index(h.bucket, h.slot)].store(0, Ordering::Relaxed);
+                released += 1;
+            }
+        }
+        self.counters.released.fetch_add(released, Ordering::Relaxed);
+        released
     }
 
     /// Whether a reservation still counts against its holder: its lease runs and the slot is

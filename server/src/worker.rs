@@ -15,7 +15,7 @@ use crate::stats::ServerShared;
 use crate::store::{Completed, DataStore, IoRequest, IoResult, Outcome, Refusal, WriteOp, WriteRequest};
 use crate::table::CacheTable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use scalio_common::fabric::{IncomingRpc, Responder, RpcService};
+use scalio_common::fabric::{IncomingRpc, PeerId, Responder, RpcService};
 use scalio_common::key::{self, TableKey};
 use scalio_common::rpc::{
     flags, CodecError, MetaGetReply, Op, Request, Reservation, Response, ScanReply, ScanRequest, Status,
@@ -135,6 +135,15 @@ fn respond(responder: Responder, status: Status, op: Op, body: &[u8]) {
 }
 
 impl RpcService for Dispatch {
+    /// A client left: its unfilled reservations end now rather than when their leases run out.
+    /// Its RPCs still in a worker's inbox are served and answered into nothing (their inbox
+    /// places and credits come back as usual); a META_GET among them reserves nothing.
+    fn peer_closed(&self, peer: PeerId) {
+        if let Some(t) = &self.shared.table {
+            t.release(peer);
+        }
+    }
+
     fn handle(&self, rpc: IncomingRpc) {
         let req = match Request::decode(&rpc.payload) {
             Ok(r) => r,
@@ -362,7 +371,9 @@ impl Worker {
                 let loc = self.store_of(ssd).locate(req.key);
                 let key = TableKey::new(req.key);
                 let mut reservation = match (&self.table, loc) {
-                    (Some(t), Some(_)) if req.flags & flags::NO_RESERVE == 0 => t.reserve_for(rpc.peer, &key),
+                    (Some(t), Some(_)) if req.flags & flags::NO_RESERVE == 0 => {
+                        t.reserve_for_connected(rpc.peer, &key, || rpc.responder.peer_gone())
+                    }
                     _ => None,
                 };
                 if self.server_fills {

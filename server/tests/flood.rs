@@ -32,7 +32,9 @@ const MAX_GROWTH: u64 = 320 * MIB;
 fn spawn_server(dir: &Path) -> (Child, String) {
     support::spawn_server(
         dir,
-        "io_threads = 32\n[emulation]\nssd_latency_us = 200000\n",
+        // Requests in one message up to the largest (4 MiB), so that the flood reaches the inbox
+        // as it is, not through the staging slots (which bound it sooner).
+        "io_threads = 32\nmax_message = \"4MiB\"\n[emulation]\nssd_latency_us = 200000\n",
         &["--no-target", "--ssds", "1", "--ssd-size", "1GiB", "--workers", "1"],
         "error",
     )

@@ -21,6 +21,10 @@ pub struct TestServer {
     pub registrar: Arc<dyn Registrar>,
     /// The RPC credits the backend grants each queue pair.
     pub rpc_credits: u32,
+    /// Whether the backend says which check refused a remote access (key, bounds, rights), as
+    /// the software NICs do, or only that it was refused ([`RemoteAccessError::Refused`], as
+    /// verbs hardware does).
+    pub exact_remote_errors: bool,
     connect: Box<dyn Fn() -> Arc<dyn QueuePair> + Send + Sync>,
     _guard: Box<dyn Any + Send>,
 }
@@ -33,7 +37,25 @@ impl TestServer {
         connect: impl Fn() -> Arc<dyn QueuePair> + Send + Sync + 'static,
         guard: impl Any + Send,
     ) -> TestServer {
-        TestServer { registrar, rpc_credits, connect: Box::new(connect), _guard: Box::new(guard) }
+        TestServer {
+            registrar,
+            rpc_credits,
+            exact_remote_errors: true,
+            connect: Box::new(connect),
+            _guard: Box::new(guard),
+        }
+    }
+
+    /// A backend whose remote refusals are all [`RemoteAccessError::Refused`].
+    pub fn with_coarse_remote_errors(mut self) -> TestServer {
+        self.exact_remote_errors = false;
+        self
+    }
+
+    /// The error this backend reports when request `index` is refused for `error`.
+    pub fn remote(&self, index: u16, error: RemoteAccessError) -> FabricError {
+        let error = if self.exact_remote_errors { error } else { RemoteAccessError::Refused };
+        FabricError::Remote { index, error }
     }
 
     pub fn connect(&self) -> Arc<dyn QueuePair> {
@@ -168,7 +190,7 @@ pub fn later_write_never_visible_before_earlier(make: MakeServer<'_>) {
 pub fn access_errors_are_reported(make: MakeServer<'_>) {
     let (s, _r, d) = setup(make, 128, Access::READ);
     let other = s.connect();
-    let remote = |error| FabricError::Remote { index: 0, error };
+    let remote = |error| s.remote(0, error);
     let bad_key = super::RemoteAddr { addr: d.addr, rkey: d.rkey.wrapping_add(12345) };
     let below = super::RemoteAddr { addr: d.addr - 8, rkey: d.rkey };
     let far = super::RemoteAddr { addr: u64::MAX - 2, rkey: d.rkey };
@@ -231,7 +253,7 @@ pub fn strided_registration_refuses_writes_outside_its_windows(make: MakeServer<
         ];
         assert_eq!(
             qp.post(&chain).wait_timeout(T),
-            Err(FabricError::Remote { index: 1, error: RemoteAccessError::OutOfBounds }),
+            Err(s.remote(1, RemoteAccessError::OutOfBounds)),
             "{len} bytes at {at}"
         );
         assert_eq!(
@@ -245,13 +267,13 @@ pub fn strided_registration_refuses_writes_outside_its_windows(make: MakeServer<
     let qp = s.connect();
     assert_eq!(
         qp.post(&[WorkRequest::Write { remote: read_view.at(8), data: &[1] }]).wait_timeout(T),
-        Err(FabricError::Remote { index: 0, error: RemoteAccessError::AccessDenied }),
+        Err(s.remote(0, RemoteAccessError::AccessDenied)),
         "the read-only view grants no WRITE"
     );
     let qp = s.connect();
     assert_eq!(
         qp.post(&[WorkRequest::Read { remote: write_view.at(8), len: 8 }]).wait_timeout(T),
-        Err(FabricError::Remote { index: 0, error: RemoteAccessError::AccessDenied }),
+        Err(s.remote(0, RemoteAccessError::AccessDenied)),
         "the write-only view grants no READ"
     );
 }
@@ -276,7 +298,7 @@ pub fn error_state_flushes_what_follows(make: MakeServer<'_>) {
     ]);
     let behind = qp.post(&[WorkRequest::Write { remote: d.at(16), data: &[2] }]);
     let unsignaled_behind = qp.post_unsignaled(&[WorkRequest::Write { remote: d.at(24), data: &[3] }]);
-    assert_eq!(failing.wait_timeout(T), Err(FabricError::Remote { index: 1, error: RemoteAccessError::OutOfBounds }));
+    assert_eq!(failing.wait_timeout(T), Err(s.remote(1, RemoteAccessError::OutOfBounds)));
     assert_eq!(behind.wait_timeout(T), Err(FabricError::Flushed));
     assert!(matches!(unsignaled_behind, Ok(()) | Err(FabricError::Flushed)), "{unsignaled_behind:?}");
     assert_eq!(slow_rpc.wait_timeout(T), Err(FabricError::Flushed), "a response to an errored queue pair is lost");
@@ -304,7 +326,7 @@ pub fn failed_request_stops_its_chain(make: MakeServer<'_>) {
         ])
         .wait_timeout(T)
         .unwrap_err();
-    assert_eq!(e, FabricError::Remote { index: 1, error: RemoteAccessError::OutOfBounds });
+    assert_eq!(e, s.remote(1, RemoteAccessError::OutOfBounds));
     assert_eq!(region.load_u8(0), 1, "the request before the failure executed");
     assert_eq!(region.load_u8(8), 0, "the request after the failure did not");
 }
@@ -377,8 +399,8 @@ pub fn rpc_responses_match_requests(make: MakeServer<'_>) {
         want.push(0xEE);
         assert_eq!(call.wait_timeout(T).unwrap(), want);
     }
-    // Large messages too.
-    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8 & 0xF8).collect();
+    // Messages of the largest size granted too (and responses of any size).
+    let big: Vec<u8> = (0..qp.max_message() as u32).map(|i| (i % 251) as u8 & 0xF8).collect();
     let mut want = big.clone();
     want.reverse();
     want.push(0xEE);
@@ -428,6 +450,75 @@ pub fn dropped_rpc_is_an_error(make: MakeServer<'_>) {
     assert_eq!(qp.call(b"hello").wait_timeout(T), Err(FabricError::Protocol(super::ProtocolError::Dropped)));
 }
 
+/// A request over the granted largest message is refused by `call` before anything is sent,
+/// and moves whole by rendezvous (STAGE, WRITE into the granted slot, STAGED) through the
+/// server's [`Rendezvous`](super::rendezvous::Rendezvous) layer: the service sees exactly the
+/// bytes sent, every slot comes back, and a request larger than a slot is refused with the queue
+/// pair still usable.
+pub fn large_requests_move_by_rendezvous(make: MakeServer<'_>) {
+    use super::rendezvous::{self, Rendezvous, StagingConfig, StagingRefusal};
+    // The service answers with the length and checksum of what it received.
+    let digest = |payload: &[u8]| {
+        let mut d = (payload.len() as u64).to_le_bytes().to_vec();
+        d.extend_from_slice(&xxhash_rust::xxh64::xxh64(payload, 0).to_le_bytes());
+        d
+    };
+    let inner: Arc<dyn RpcService> = Arc::new(move |rpc: IncomingRpc| {
+        let d = digest(&rpc.payload);
+        rpc.responder.reply(&d)
+    });
+    // The layer registers its staging region through the backend, which exists only once the
+    // server side is up: the service reaches it through this cell.
+    let front: Arc<std::sync::OnceLock<Arc<Rendezvous>>> = Arc::default();
+    let f = front.clone();
+    let s = make(Arc::new(move |rpc: IncomingRpc| {
+        if let Some(r) = f.get() {
+            r.handle(rpc)
+        }
+    }));
+    let qp = s.connect();
+    let max = qp.max_message();
+    assert!(max < MAX_TRANSFER, "the backend grants a largest message below MAX_TRANSFER");
+    let slot = (1 << 20) + 64;
+    let config = StagingConfig { slots: 4, slot_bytes: slot, lease: Duration::from_secs(60) };
+    let layer = Rendezvous::new(inner, &*s.registrar, config).expect("staging region");
+    assert!(front.set(layer.clone()).is_ok());
+
+    for len in [max / 2, max + 1, 1 << 20] {
+        let request: Vec<u8> = (0..len).map(|i| (i * 31 + i / 1000) as u8).collect();
+        if len > max {
+            assert_eq!(qp.call(&request).wait_timeout(T), Err(FabricError::TooLarge(len)));
+        }
+        let reply = rendezvous::call_blocking(&*qp, &request, T).expect("rendezvous call");
+        assert_eq!(reply, digest(&request), "{len} bytes arrived whole");
+    }
+    assert_eq!(layer.slots_in_use(), 0, "every slot came back");
+    // Several connections at once, more transfers than slots in all.
+    let threads: Vec<_> = (0..3u8)
+        .map(|t| {
+            let qp = s.connect();
+            std::thread::spawn(move || {
+                for i in 0..6u8 {
+                    let request = vec![t ^ i; max + 1 + usize::from(i)];
+                    match rendezvous::call_blocking(&*qp, &request, T) {
+                        Ok(reply) => assert_eq!(reply[..8], (request.len() as u64).to_le_bytes()),
+                        // With a connection's share of the slots taken, nothing is done.
+                        Err(FabricError::Staging(StagingRefusal::NoRoom)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("rendezvous thread");
+    }
+    assert_eq!(layer.slots_in_use(), 0);
+    let too_big = vec![1u8; slot + 64];
+    assert_eq!(rendezvous::call_blocking(&*qp, &too_big, T), Err(FabricError::Staging(StagingRefusal::TooLarge)));
+    assert_eq!(qp.call(b"still usable").wait_timeout(T), Ok(digest(b"still usable")));
+}
+
 /// Transfers of a megabyte work both ways.
 pub fn large_transfers(make: MakeServer<'_>) {
     let len = 1 << 20;
@@ -447,7 +538,7 @@ pub fn deregistered_key_is_refused(make: MakeServer<'_>) {
     assert!(!s.registrar.deregister(d.rkey), "a key is revoked once");
     assert_eq!(
         qp.post(&[WorkRequest::Read { remote: d.at(0), len: 8 }]).wait_timeout(T),
-        Err(FabricError::Remote { index: 0, error: RemoteAccessError::BadKey })
+        Err(s.remote(0, RemoteAccessError::BadKey))
     );
 }
 
@@ -591,10 +682,7 @@ pub fn error_state_through_the_completion_queue(make: MakeServer<'_>) {
     }
     let got = poll_until(&*qp, accepted);
     assert_eq!(got[0], WorkCompletion { wr_id: 1, result: Ok(()) });
-    assert_eq!(
-        got[1],
-        WorkCompletion { wr_id: 2, result: Err(FabricError::Remote { index: 0, error: RemoteAccessError::BadKey }) }
-    );
+    assert_eq!(got[1], WorkCompletion { wr_id: 2, result: Err(s.remote(0, RemoteAccessError::BadKey)) });
     for (i, c) in got[2..].iter().enumerate() {
         assert_eq!(c.wr_id, 3 + i as u64, "in posting order");
         assert_eq!(c.result, Err(FabricError::Flushed));
@@ -645,7 +733,8 @@ macro_rules! fabric_conformance {
             unsignaled_stream_beyond_the_send_queue_depth, rpc_responses_match_requests, dropped_rpc_is_an_error, large_transfers,
             deregistered_key_is_refused, many_queue_pairs_at_once, registered_memory_and_completions_by_id,
             local_memory_is_checked_at_post, error_state_through_the_completion_queue,
-            armed_completion_queue_wakes, rpc_credits_bound_requests_in_flight);
+            armed_completion_queue_wakes, rpc_credits_bound_requests_in_flight,
+            large_requests_move_by_rendezvous);
     };
     (@tests $make:ident; $($check:ident),*) => {
         mod conformance {

@@ -20,12 +20,16 @@ pub enum RemoteAccessError {
     AccessDenied = 3,
     #[error("work request too large")]
     TooLarge = 4,
+    /// The remote NIC refused the access, without saying why: on verbs a bad key, an access
+    /// out of bounds and missing rights all complete as `IBV_WC_REM_ACCESS_ERR`.
+    #[error("the remote NIC refused the access (bad key, out of bounds or missing rights)")]
+    Refused = 5,
 }
 
 impl RemoteAccessError {
     pub fn from_u8(v: u8) -> Option<RemoteAccessError> {
         use RemoteAccessError::*;
-        [BadKey, OutOfBounds, AccessDenied, TooLarge].into_iter().find(|e| *e as u8 == v)
+        [BadKey, OutOfBounds, AccessDenied, TooLarge, Refused].into_iter().find(|e| *e as u8 == v)
     }
 }
 
@@ -87,6 +91,32 @@ pub enum Disconnect {
     Abandoned,
 }
 
+/// What a backend cannot do on the hardware it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// A registration that grants only a strided pattern of windows: verbs keys cover one
+    /// contiguous range (mlx5's strided keys and per-window memory windows are not used yet).
+    #[error("strided registrations")]
+    StridedRegistration,
+}
+
+/// Why an RDMA device could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// libibverbs found no device (or is not installed, or the kernel has no RDMA support).
+    #[error("no RDMA device ({0})")]
+    NoDevice(io::ErrorKind),
+    /// The configured device name is not among the devices found.
+    #[error("the configured RDMA device is not present")]
+    NotFound,
+    /// The configured GID index has no usable GID on the port.
+    #[error("GID index {0} is not usable on the port")]
+    BadGid(u32),
+    /// A verbs call failed.
+    #[error("{call} failed: {kind}")]
+    Verbs { call: &'static str, kind: io::ErrorKind },
+}
+
 /// The peer broke the fabric protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
@@ -146,6 +176,15 @@ pub enum FabricError {
     /// The post's local memory was refused (nothing was sent).
     #[error("local memory: {0}")]
     LocalAccess(super::LocalAccessError),
+    /// The server refused a staged (rendezvous) transfer; the queue pair is still usable.
+    #[error("staging a large message: {0}")]
+    Staging(super::rendezvous::StagingRefusal),
+    /// The backend cannot do this (see [`Unsupported`]).
+    #[error("this fabric backend does not support {0}")]
+    Unsupported(Unsupported),
+    /// The RDMA device could not be opened or used.
+    #[error("RDMA device: {0}")]
+    Device(DeviceError),
     /// A backend that runs on the caller's async runtime was used outside one.
     #[error("not inside a tokio runtime (this queue pair's driver runs on the caller's runtime)")]
     NoRuntime,

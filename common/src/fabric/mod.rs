@@ -20,7 +20,9 @@
 //!   [`QueuePair::arm_cq`] to be woken). [`QueuePair::post`], which returns the READ data in a
 //!   `Vec` through a [`Completion`], is a convenience that allocates per operation.
 //! * A two-sided RPC ([`QueuePair::call`]) carries the KV messages to the server's
-//!   [`RpcService`], request and response matched by an id, many in flight.
+//!   [`RpcService`], request and response matched by an id, many in flight, each at most the
+//!   granted [`QueuePair::max_message`]; larger requests move by [`rendezvous`] (the client
+//!   WRITEs them into a staging slot the server grants, then sends a small message naming it).
 //!
 //! Backends: [`mem`] (in-process, with fault injection), [`tcp`] (a software NIC over TCP). The
 //! [`conformance`] suite holds every backend to the same semantics.
@@ -40,12 +42,15 @@ mod error;
 pub mod local;
 pub mod mem;
 pub mod region;
+pub mod rendezvous;
 mod secret;
 pub mod send_queue;
 pub mod tcp;
+#[cfg(feature = "rdma")]
+pub mod verbs;
 
 pub use completion::{completion, Completer, Completion};
-pub use error::{CloseReason, Disconnect, FabricError, ProtocolError, RemoteAccessError};
+pub use error::{CloseReason, DeviceError, Disconnect, FabricError, ProtocolError, RemoteAccessError, Unsupported};
 pub use local::{LocalAccessError, LocalKey, LocalRegions, LocalSlice, WorkCompletion, MAX_LOCAL_REGIONS};
 pub use region::{MemoryRegion, RegionDesc, RegionTable, Strided};
 
@@ -81,6 +86,8 @@ use std::task::Waker;
 pub struct Access(u8);
 
 impl Access {
+    /// No remote access (memory only the local side uses, e.g. receive buffers).
+    pub const NONE: Access = Access(0);
     pub const READ: Access = Access(1);
     pub const WRITE: Access = Access(2);
     pub const READ_WRITE: Access = Access(3);
@@ -99,6 +106,11 @@ pub struct RemoteAddr {
 
 /// Largest READ or WRITE in one work request, and largest RPC message.
 pub const MAX_TRANSFER: usize = 4 << 20;
+
+/// The largest message a server grants by default: the size of the receive buffers it posts per
+/// credit. A request with a value of up to about this size goes in one message; larger ones move
+/// by [`rendezvous`].
+pub const DEFAULT_MAX_MESSAGE: usize = 64 << 10;
 
 /// RPCs a queue pair holds back while its credits are in use, at most, per credit granted: they
 /// go out in order as responses return credits; beyond, calls fail with
@@ -191,8 +203,14 @@ pub trait QueuePair: Send + Sync {
     /// peer gets [`FabricError::QueueFull`].
     fn post_unsignaled(&self, chain: &[WorkRequest<'_>]) -> Result<(), FabricError>;
 
-    /// Sends an RPC request; resolves with the response.
+    /// Sends an RPC request of at most [`max_message`](Self::max_message) bytes; resolves with
+    /// the response. A larger request fails with [`FabricError::TooLarge`]:
+    /// [`rendezvous::call`] moves those.
     fn call(&self, request: &[u8]) -> Completion<Vec<u8>>;
+
+    /// The largest message [`call`](Self::call) sends in one piece: what the server granted for
+    /// this connection (the size of its pre-posted receive buffers).
+    fn max_message(&self) -> usize;
 
     /// Failures of unsignaled chains so far.
     fn async_errors(&self) -> u64;
@@ -245,6 +263,12 @@ impl PeerId {
 pub trait ReplySink: Send + Sync {
     /// Sends the response to request `id`.
     fn reply(&self, id: u64, payload: &[u8]);
+
+    /// Whether the connection is gone (its replies are dropped). Set before the service is told
+    /// [`peer_closed`](RpcService::peer_closed).
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
 /// The right (and duty) to answer one RPC. Dropping it unanswered sends an empty response, which
@@ -264,6 +288,13 @@ impl Responder {
         self.answered = true;
         self.sink.reply(self.id, payload);
     }
+
+    /// Whether the client that sent the RPC is gone: once this is true, the service has been or
+    /// is about to be told [`peer_closed`](RpcService::peer_closed), so nothing the service
+    /// hands this client from now on would be freed by that call.
+    pub fn peer_gone(&self) -> bool {
+        self.sink.is_closed()
+    }
 }
 
 impl Drop for Responder {
@@ -278,6 +309,13 @@ impl Drop for Responder {
 /// `mem`), so it must hand the work off quickly, e.g. to a worker's queue.
 pub trait RpcService: Send + Sync + 'static {
     fn handle(&self, rpc: IncomingRpc);
+
+    /// The connection of `peer` closed (the client left, failed, or was cut off): the service
+    /// frees what it held for that client. Called once per peer, after every RPC of the peer
+    /// was handed to [`handle`](Self::handle) and after its responders report
+    /// [`peer_gone`](Responder::peer_gone); RPCs still in the service may be answered later
+    /// (into nothing).
+    fn peer_closed(&self, _peer: PeerId) {}
 }
 
 impl<F: Fn(IncomingRpc) + Send + Sync + 'static> RpcService for F {

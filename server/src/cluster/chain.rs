@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use scalio_common::cluster::{Member, NodeId};
 use scalio_common::fabric::tcp::{ConnectOptions, TcpQueuePair};
-use scalio_common::fabric::{Completion, FabricError, QueuePair, Responder};
+use scalio_common::fabric::{rendezvous, Completion, FabricError, QueuePair, Responder};
 use scalio_common::rpc::{flags, Op, Request, Response, Status, WrongOwner};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -179,7 +179,13 @@ fn send_loop(to: &Member, peers: &dyn PeerConnector, jobs: Receiver<Job>, counte
             }
         }
         let q = qp.as_ref().expect("connected above");
-        let done = q.call(&job.request);
+        let done = if job.request.len() <= q.max_message() {
+            q.call(&job.request)
+        } else {
+            // A large value goes by rendezvous: three steps, waited for here, which keeps the
+            // successor's order of this link's writes.
+            Completion::ready(rendezvous::call_blocking(&**q, &job.request, FORWARD_TIMEOUT))
+        };
         if waits.send((job, done)).is_err() {
             break;
         }

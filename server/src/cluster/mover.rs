@@ -24,7 +24,7 @@ use crate::worker::{CopyResult, CopyWrite, WorkerEvent};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use scalio_common::cluster::{partition_of, ClusterMap, Member, Move, NodeId};
-use scalio_common::fabric::QueuePair;
+use scalio_common::fabric::{rendezvous, QueuePair};
 use scalio_common::key::route;
 use scalio_common::rpc::{flags, Op, Request, Response, ScanReply, ScanRequest, Status};
 use std::collections::{BTreeMap, HashMap};
@@ -352,7 +352,8 @@ fn copy_keys(
 }
 
 fn call(qp: &dyn QueuePair, req: &[u8]) -> Result<Vec<u8>, MoveError> {
-    qp.call(req).wait_timeout(CALL_TIMEOUT).map_err(|e| MoveError::Unreachable(NodeId("peer".into()), e.to_string()))
+    rendezvous::call_blocking(qp, req, CALL_TIMEOUT)
+        .map_err(|e| MoveError::Unreachable(NodeId("peer".into()), e.to_string()))
 }
 
 /// Lists every key of the server behind `qp`, SSD by SSD, in chunks of buckets.

@@ -8,6 +8,18 @@
 //! never overwritten before the new one is durable — stays in force. Values are written (and
 //! durable) before the buckets that point to them, so every complete chain's values exist.
 //!
+//! **Torn or corrupt?** A crash tears writes only between blocks: a block write is atomic (a
+//! logical block is NVMe's smallest power-fail atomic unit; the emulated SSDs write whole blocks
+//! to the page cache). So a crash leaves a chain incomplete — some of its blocks missing, holding
+//! what was there before — but never leaves a block that fails its checksum where the chain put
+//! it. A block that does fail it, whose header (read unverified, [`BlockHeader::claimed`]) puts
+//! it in place as part of a chain of some bucket newer than the bucket's newest complete chain,
+//! is therefore corruption of the chain that was the bucket's newest: it was written whole, and
+//! its write may have been acknowledged. Falling back to the bucket's previous chain would serve
+//! data older than acknowledged, so the store refuses to open ([`StoreError::CorruptChain`],
+//! naming the SSD, the block and the bucket). Damage to a chain older than the bucket's newest
+//! complete one touches only dead data and is reported as a warning.
+//!
 //! The logs' heads are the oldest live positions; the tails are past every position that any
 //! valid block or recovered item mentions, so that nothing written later reuses a position an
 //! older block on the SSD still claims.
@@ -19,6 +31,7 @@ use crate::device::{DeviceError, Issuer, Ssd};
 use scalio_common::ssd::{
     store_seed, BlockHeader, Bucket, LayoutError, SsdGeometry, Superblock, BLOCK_SIZE, FIRST_LOG_BLOCK,
 };
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Blocks read at a time while scanning.
@@ -42,6 +55,14 @@ pub enum StoreError {
          refusing to format over it"
     )]
     SuperblockLost { ssd: u16, path: String, data_block: u64 },
+    /// The newest chain of a bucket fails its checksum (see the module's docs): the bucket's
+    /// data on this SSD is damaged, and the store does not open rather than serve an older chain.
+    #[error(
+        "SSD {ssd} ({path}): block {block} of bucket {bucket}'s newest chain (log position {lseq}) \
+         fails its checksum: corruption (a crash never leaves such a block); refusing to open \
+         rather than serve the bucket's older chain"
+    )]
+    CorruptChain { ssd: u16, path: String, block: u64, bucket: u32, lseq: u64 },
 }
 
 /// The store found (or made) on a set of SSDs.
@@ -192,15 +213,26 @@ pub fn recover(ssd: &Ssd, geo: &SsdGeometry, seed: u64) -> Result<Recovered, Sto
     let mut max_seen = 0u64; // past every position a valid block claims
     let mut value_end = 0u64; // past every value any complete chain points to
     let mut chain: Option<Assembling> = None;
+    // Chains with a block that fails its checksum, by (bucket, position): their first such block.
+    let mut damaged: BTreeMap<(u32, u64), u64> = BTreeMap::new();
     let mut q = 0;
     while q < size {
         let n = SCAN_BLOCKS.min(size - q);
         let bytes = ssd.read(geo.bucket_log.start + q, n as u32, Issuer::Worker)?;
         for (i, block) in bytes.chunks_exact(BLOCK_SIZE).enumerate() {
             let phys = q + i as u64;
+            let in_place =
+                |h: &BlockHeader| (h.lseq + u64::from(h.chain_index)) % size == phys && h.bucket < geo.buckets;
             let h = match BlockHeader::decode(block, seed) {
-                Ok(h) if (h.lseq + u64::from(h.chain_index)) % size == phys && h.bucket < geo.buckets => h,
-                _ => {
+                Ok(h) if in_place(&h) => h,
+                Ok(_) => {
+                    chain = None;
+                    continue;
+                }
+                Err(_) => {
+                    if let Some(h) = BlockHeader::claimed(block).filter(in_place) {
+                        damaged.entry((h.bucket, h.lseq)).or_insert(geo.bucket_log.start + phys);
+                    }
                     chain = None;
                     continue;
                 }
@@ -238,6 +270,7 @@ pub fn recover(ssd: &Ssd, geo: &SsdGeometry, seed: u64) -> Result<Recovered, Sto
         }
         q += n;
     }
+    check_damaged(ssd, geo, &newest, &damaged, max_seen)?;
     let mut index = BucketIndex::new(geo.buckets);
     let (mut live_blocks, mut live_bytes) = (0, 0);
     let (mut bl_head, mut vl_head) = (u64::MAX, u64::MAX);
@@ -274,4 +307,34 @@ pub fn recover(ssd: &Ssd, geo: &SsdGeometry, seed: u64) -> Result<Recovered, Sto
         live_blocks,
         live_bytes,
     })
+}
+
+/// Refuses a damaged chain newer than its bucket's newest complete one (see the module's docs).
+/// Claims from before the current lap of the log (`max_seen - size`) are old data the log has
+/// since wrapped over, and are ignored.
+fn check_damaged(
+    ssd: &Ssd,
+    geo: &SsdGeometry,
+    newest: &[Option<Newest>],
+    damaged: &BTreeMap<(u32, u64), u64>,
+    max_seen: u64,
+) -> Result<(), StoreError> {
+    let lap_start = max_seen.saturating_sub(geo.bucket_log.blocks);
+    for (&(bucket, lseq), &block) in damaged {
+        if lseq < lap_start {
+            continue;
+        }
+        if newest[bucket as usize].is_some_and(|n| n.loc.lseq > lseq) {
+            tracing::warn!(ssd = ssd.index(), block, bucket, lseq, "a damaged block in a dead bucket chain");
+            continue;
+        }
+        return Err(StoreError::CorruptChain {
+            ssd: ssd.index(),
+            path: ssd.path().display().to_string(),
+            block,
+            bucket,
+            lseq,
+        });
+    }
+    Ok(())
 }

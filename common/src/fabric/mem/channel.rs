@@ -8,6 +8,7 @@ use crate::fabric::{
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 /// A call waiting for a credit.
@@ -35,6 +36,8 @@ pub(super) struct Channel {
     peer: PeerId,
     pending: Mutex<HashMap<u64, Completer<Vec<u8>>>>,
     state: Mutex<Credits>,
+    /// The queue pair is gone: nothing more goes to the service, responses are dropped.
+    closed: AtomicBool,
 }
 
 impl Channel {
@@ -45,7 +48,19 @@ impl Channel {
             peer,
             pending: Mutex::default(),
             state: Mutex::default(),
+            closed: AtomicBool::new(false),
         })
+    }
+
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// The queue pair is gone: calls waiting for a credit are dropped, and so are the responses
+    /// still to come.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.flush(FabricError::Flushed);
     }
 
     /// Sends `request` as call `id`, whose response goes to `completer`; refused with
@@ -96,7 +111,7 @@ impl Channel {
             return;
         }
         st.dispatching = true;
-        while st.in_flight < self.credits {
+        while st.in_flight < self.credits && !self.closed.load(Ordering::Acquire) {
             let Some(next) = st.held.pop_front() else { break };
             st.in_flight += 1;
             drop(st);
@@ -108,6 +123,10 @@ impl Channel {
 }
 
 impl ReplySink for Channel {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     fn reply(&self, id: u64, payload: &[u8]) {
         // Not under the lock of `pending`: returning the credit takes the credits' lock, which
         // `call` holds while it takes this one.

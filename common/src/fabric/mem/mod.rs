@@ -17,7 +17,7 @@ use super::{
 use channel::Channel;
 use parking_lot::{Mutex, RwLock};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -28,6 +28,8 @@ pub struct MemFabric {
     faults: Faults,
     /// RPCs each queue pair opened from now on may have at the service without a response.
     rpc_credits: AtomicU32,
+    /// The largest message of queue pairs opened from now on.
+    max_message: AtomicUsize,
 }
 
 /// Default of [`MemFabric::set_rpc_credits`], as the software NIC's default grant.
@@ -40,7 +42,14 @@ impl MemFabric {
             service: RwLock::new(None),
             faults: Faults::default(),
             rpc_credits: AtomicU32::new(DEFAULT_RPC_CREDITS),
+            max_message: AtomicUsize::new(super::DEFAULT_MAX_MESSAGE),
         })
+    }
+
+    /// The largest message of queue pairs opened from now on (1 to [`MAX_TRANSFER`](super::MAX_TRANSFER)
+    /// bytes; larger requests go by [`rendezvous`](super::rendezvous), as on the other backends).
+    pub fn set_max_message(&self, bytes: usize) {
+        self.max_message.store(bytes.clamp(1, super::MAX_TRANSFER), Ordering::Relaxed);
     }
 
     /// The credits of queue pairs opened from now on (at least 1).
@@ -69,6 +78,7 @@ impl MemFabric {
         MemQueuePair {
             fabric: self.clone(),
             channel: Channel::new(self.rpc_credits(), PeerId::fresh()),
+            max_message: self.max_message.load(Ordering::Relaxed),
             next_id: AtomicU64::new(1),
             async_errors: AtomicU64::new(0),
             errored: AtomicBool::new(false),
@@ -82,6 +92,7 @@ impl MemFabric {
 pub struct MemQueuePair {
     fabric: Arc<MemFabric>,
     channel: Arc<Channel>,
+    max_message: usize,
     next_id: AtomicU64,
     async_errors: AtomicU64,
     /// A work request failed: the queue pair is in the error state and executes nothing more.
@@ -183,6 +194,17 @@ impl MemQueuePair {
     }
 }
 
+/// Closing a queue pair is dropping it: the service is told its peer left, as the NIC tells it
+/// when a connection closes.
+impl Drop for MemQueuePair {
+    fn drop(&mut self) {
+        self.channel.close();
+        if let Some(service) = self.fabric.service.read().clone() {
+            service.peer_closed(self.channel.peer());
+        }
+    }
+}
+
 impl QueuePair for MemQueuePair {
     fn post(&self, chain: &[WorkRequest<'_>]) -> Completion<Vec<u8>> {
         Completion::ready(self.check(chain, true).and_then(|()| self.execute(chain)))
@@ -201,7 +223,7 @@ impl QueuePair for MemQueuePair {
     }
 
     fn call(&self, request: &[u8]) -> Completion<Vec<u8>> {
-        if request.len() > super::MAX_TRANSFER {
+        if request.len() > self.max_message {
             return Completion::ready(Err(FabricError::TooLarge(request.len())));
         }
         if self.errored.load(Ordering::Acquire) {
@@ -220,6 +242,10 @@ impl QueuePair for MemQueuePair {
             c.complete(Err(e));
         }
         f
+    }
+
+    fn max_message(&self) -> usize {
+        self.max_message
     }
 
     fn async_errors(&self) -> u64 {

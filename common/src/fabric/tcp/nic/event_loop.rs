@@ -265,6 +265,9 @@ impl NicThread {
     fn close(&self, conns: &mut Slab<Conn>, k: usize, why: Close) {
         let Some(mut conn) = conns.try_remove(k) else { return };
         conn.replies.close();
+        // After `close`, so that a worker that sees the peer alive records its holdings before
+        // the service frees them (see `RpcService::peer_closed`).
+        self.shared.service.peer_closed(conn.peer);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let counters = &self.shared.counters;
         counters.closed.fetch_add(1, Ordering::Relaxed);

@@ -75,7 +75,7 @@ impl Default for NicConfig {
             max_connections: 256,
             max_chain_read: crate::fabric::MAX_TRANSFER,
             rpc_credits: 256,
-            max_message: crate::fabric::MAX_TRANSFER,
+            max_message: crate::fabric::DEFAULT_MAX_MESSAGE,
         }
     }
 }

@@ -110,6 +110,10 @@ impl ConnReplies {
 }
 
 impl ReplySink for ConnReplies {
+    fn is_closed(&self) -> bool {
+        self.queue.lock().closed
+    }
+
     fn reply(&self, id: u64, payload: &[u8]) {
         let payload = if payload.len() > MAX_TRANSFER {
             // The wire cannot carry it; an empty reply tells the client the request failed.

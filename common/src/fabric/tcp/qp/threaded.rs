@@ -50,6 +50,8 @@ pub struct TcpQueuePair {
     inner: Arc<Inner>,
     reader: Option<JoinHandle<()>>,
     peer: SocketAddr,
+    /// What the server granted as its largest message.
+    max_message: usize,
 }
 
 impl TcpQueuePair {
@@ -83,7 +85,7 @@ impl TcpQueuePair {
         let reader = std::thread::Builder::new()
             .name("softnic-qp".into())
             .spawn(move || reader_inner.read_loop(read_half, input))?;
-        Ok(TcpQueuePair { inner, reader: Some(reader), peer })
+        Ok(TcpQueuePair { inner, reader: Some(reader), peer, max_message: grant.max_message as usize })
     }
 
     /// The NIC's address.
@@ -216,6 +218,10 @@ impl QueuePair for TcpQueuePair {
             completer.complete(Err(e));
         }
         done
+    }
+
+    fn max_message(&self) -> usize {
+        self.max_message
     }
 
     fn async_errors(&self) -> u64 {

@@ -57,6 +57,8 @@ struct Shared {
 pub struct AsyncTcpQueuePair {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    /// What the server granted as its largest message.
+    max_message: usize,
 }
 
 impl AsyncTcpQueuePair {
@@ -90,7 +92,7 @@ impl AsyncTcpQueuePair {
             send_failed: false,
         };
         runtime.spawn(driver);
-        Ok(AsyncTcpQueuePair { shared, peer })
+        Ok(AsyncTcpQueuePair { shared, peer, max_message: grant.max_message as usize })
     }
 
     /// Connects to a NIC at `addr` with default options (see [`connect_with`](Self::connect_with)).
@@ -149,6 +151,10 @@ impl QueuePair for AsyncTcpQueuePair {
             completer.complete(Err(e));
         }
         done
+    }
+
+    fn max_message(&self) -> usize {
+        self.max_message
     }
 
     fn async_errors(&self) -> u64 {

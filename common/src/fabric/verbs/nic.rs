@@ -1,0 +1,373 @@
+//! The server's side on verbs: registrations on the device's protection domain (the NIC itself
+//! then checks key, bounds and rights of every one-sided access; no server code runs for them),
+//! and a listener that accepts clients: a TCP handshake (admission: secret, connection limit; the
+//! queue pairs' numbers and GIDs; the grant), then one RC queue pair per client with
+//! `credits` receive buffers pre-posted, and a thread that polls its completion queue, hands
+//! complete requests to the [`RpcService`] and posts the responses.
+
+use super::device::{Cq, VerbsDevice};
+use super::queue::{self, split_send_wr_id, PostedAt, RecvSide, SendSide, Wc, RECV_BIT};
+use super::ring::Ring;
+use super::wire::{self, ClientHello, Grant, MessageHeader, MessageKind, Reassembly, ServerHello};
+use crate::fabric::{
+    Access, CloseReason, FabricError, IncomingRpc, MemoryRegion, PeerId, RegionDesc, Registrar, ReplySink, Responder,
+    RpcService, Secret, SendQueue, Strided, Unsupported, MAX_TRANSFER,
+};
+use parking_lot::Mutex;
+use sideway::ibverbs::memory_region::MemoryRegion as Mr;
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A registered region and its registration (dropped together: the registration first).
+type Registered = (Arc<Mr>, Arc<MemoryRegion>);
+
+/// The registrations of one protection domain: remote key → the region and its registration.
+pub struct VerbsRegistrar {
+    dev: Arc<VerbsDevice>,
+    regions: Mutex<HashMap<u32, Registered>>,
+}
+
+impl VerbsRegistrar {
+    pub fn new(dev: Arc<VerbsDevice>) -> VerbsRegistrar {
+        VerbsRegistrar { dev, regions: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl Registrar for VerbsRegistrar {
+    fn register(&self, region: Arc<MemoryRegion>, access: Access) -> Result<RegionDesc, FabricError> {
+        let mr = self.dev.register(&region, access, false)?;
+        let desc = RegionDesc { addr: region.addr(), len: region.len() as u64, rkey: mr.rkey() };
+        self.regions.lock().insert(desc.rkey, (mr, region));
+        Ok(desc)
+    }
+
+    /// Verbs keys cover one contiguous range; a pattern of windows would need a memory window
+    /// per window (each with its own key) or a vendor's strided key. Refused, so that nothing
+    /// grants more than it was asked to.
+    fn register_strided(&self, _: Arc<MemoryRegion>, _: Access, _: Strided) -> Result<RegionDesc, FabricError> {
+        Err(FabricError::Unsupported(Unsupported::StridedRegistration))
+    }
+
+    fn deregister(&self, rkey: u32) -> bool {
+        self.regions.lock().remove(&rkey).is_some()
+    }
+}
+
+/// What the listener grants and admits.
+#[derive(Debug, Clone)]
+pub struct NicConfig {
+    /// Receive buffers pre-posted per connection: the RPC credits.
+    pub credits: u32,
+    /// Bytes of each receive buffer (the largest SEND).
+    pub buffer_len: u32,
+    pub max_connections: usize,
+    pub secret: Option<Secret>,
+}
+
+impl Default for NicConfig {
+    fn default() -> Self {
+        NicConfig { credits: 64, buffer_len: 16 << 10, max_connections: 256, secret: None }
+    }
+}
+
+impl NicConfig {
+    /// The largest message: as many receive buffers as the credits, at most `MAX_TRANSFER` of
+    /// payload.
+    pub fn grant(&self) -> Grant {
+        let max = (self.credits as u64 * self.buffer_len as u64).min((MAX_TRANSFER + wire::HEADER_LEN) as u64);
+        Grant { credits: self.credits, buffer_len: self.buffer_len, max_message: max as u32 }
+    }
+}
+
+/// A running verbs listener. Dropping it closes every connection.
+pub struct VerbsNic {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Inner {
+    dev: Arc<VerbsDevice>,
+    service: Arc<dyn RpcService>,
+    config: NicConfig,
+    stop: AtomicBool,
+    connections: AtomicUsize,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl VerbsNic {
+    /// Listens on `listen` (TCP, for the handshakes) and serves clients on `dev`.
+    pub fn start(
+        dev: Arc<VerbsDevice>,
+        listen: SocketAddr,
+        config: NicConfig,
+        service: Arc<dyn RpcService>,
+    ) -> Result<VerbsNic, FabricError> {
+        if config.credits == 0 || (config.buffer_len as usize) < wire::HEADER_LEN + 1 {
+            return Err(FabricError::TooLarge(config.buffer_len as usize));
+        }
+        let listener = TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            dev,
+            service,
+            config,
+            stop: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::new()),
+        });
+        let i = inner.clone();
+        let accept = std::thread::Builder::new()
+            .name("verbs-listen".into())
+            .spawn(move || i.accept_loop(listener))
+            .map_err(FabricError::from)?;
+        Ok(VerbsNic { inner, addr, accept: Some(accept) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for VerbsNic {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Release);
+        if let Some(a) = self.accept.take() {
+            let _ = a.join();
+        }
+        for t in std::mem::take(&mut *self.inner.threads.lock()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Inner {
+    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        while !self.stop.load(Ordering::Acquire) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = self.admit(stream) {
+                        tracing::debug!("verbs: connection not admitted: {e}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => {
+                    tracing::warn!("verbs: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn admit(self: &Arc<Self>, mut stream: TcpStream) -> Result<(), FabricError> {
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut hello = [0u8; wire::CLIENT_HELLO_LEN];
+        stream.read_exact(&mut hello)?;
+        let refuse = |mut s: TcpStream, reason: CloseReason| {
+            let _ = s.write_all(&ServerHello::Refused(reason).encode());
+            Err(FabricError::Refused(reason))
+        };
+        let hello = match ClientHello::decode(&hello) {
+            Ok(h) => h,
+            Err(wire::HandshakeError::Version(_)) => return refuse(stream, CloseReason::UnsupportedVersion),
+            Err(_) => return refuse(stream, CloseReason::BadHandshake),
+        };
+        if let Some(secret) = &self.config.secret {
+            if !secret.matches(&hello.secret) {
+                return refuse(stream, CloseReason::Unauthenticated);
+            }
+        }
+        if self.connections.load(Ordering::Acquire) >= self.config.max_connections {
+            return refuse(stream, CloseReason::TooManyConnections);
+        }
+        let grant = self.config.grant();
+        let credits = grant.credits as usize;
+        let depth = crate::fabric::DEFAULT_SEND_QUEUE_DEPTH;
+        let cq = self.dev.completion_queue(depth + grant.credits + 64)?;
+        let mut qp = self.dev.queue_pair(&cq, depth + 16, grant.credits + 4)?;
+        let recv = RecvSide::new(&self.dev, credits, grant.buffer_len as usize)?;
+        recv.post(&mut qp, 0..credits)?;
+        let psn = hello.endpoint.psn.wrapping_add(0x5A5A) & 0xFF_FFFF;
+        self.dev.connect(&mut qp, psn, &hello.endpoint)?;
+        let staging_len = MAX_TRANSFER + (256 << 10);
+        let staging = Arc::new(MemoryRegion::new(staging_len));
+        let staging_mr = self.dev.register(&staging, Access::NONE, true)?;
+        let endpoint = self.dev.endpoint(&qp, psn);
+        let conn = Arc::new(Conn {
+            peer: PeerId::fresh(),
+            service: self.service.clone(),
+            cq,
+            recv,
+            grant,
+            state: Mutex::new(ConnState {
+                send: SendSide {
+                    qp,
+                    sq: SendQueue::new(depth),
+                    ring: Ring::new(staging_len),
+                    staging,
+                    staging_mr,
+                    unsignaled_bytes: 0,
+                },
+                pending: VecDeque::new(),
+                backlog: VecDeque::new(),
+                request_fragments: HashMap::new(),
+                reassembly: Reassembly::default(),
+                dead: false,
+            }),
+        });
+        stream.write_all(&ServerHello::Accepted { endpoint, grant }.encode())?;
+        stream.set_nonblocking(true)?;
+        self.connections.fetch_add(1, Ordering::AcqRel);
+        let inner = self.clone();
+        let t = std::thread::Builder::new()
+            .name("verbs-conn".into())
+            .spawn(move || {
+                conn.run(&inner, stream);
+                inner.connections.fetch_sub(1, Ordering::AcqRel);
+            })
+            .map_err(FabricError::from)?;
+        let mut threads = self.threads.lock();
+        threads.retain(|t| !t.is_finished());
+        threads.push(t);
+        Ok(())
+    }
+}
+
+/// One client's connection.
+struct Conn {
+    peer: PeerId,
+    service: Arc<dyn RpcService>,
+    cq: Cq,
+    recv: RecvSide,
+    grant: Grant,
+    state: Mutex<ConnState>,
+}
+
+struct ConnState {
+    send: SendSide,
+    pending: VecDeque<PostedAt>,
+    /// Responses waiting for room in the send queue or the ring (at most one per credit).
+    backlog: VecDeque<(u64, Vec<u8>)>,
+    /// Receive buffers each unanswered request took: returned as credits with its response.
+    request_fragments: HashMap<u64, u32>,
+    reassembly: Reassembly,
+    dead: bool,
+}
+
+impl Conn {
+    fn run(self: Arc<Self>, nic: &Inner, control: TcpStream) {
+        let mut next_check = Instant::now();
+        let stop = || {
+            if nic.stop.load(Ordering::Acquire) || self.state.lock().dead {
+                return true;
+            }
+            if Instant::now() >= next_check {
+                next_check = Instant::now() + Duration::from_millis(50);
+                // The client keeps its end open while its queue pair lives.
+                match control.peek(&mut [0u8; 1]) {
+                    Ok(0) => return true,
+                    Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return true,
+                    _ => {}
+                }
+            }
+            false
+        };
+        queue::run_poller(&self.cq, stop, |batch| self.on_completions(batch));
+        self.state.lock().dead = true;
+    }
+
+    fn on_completions(self: &Arc<Self>, batch: &[Wc]) {
+        let mut incoming = Vec::new();
+        {
+            let mut st = self.state.lock();
+            for wc in batch {
+                if st.dead {
+                    break;
+                }
+                if wc.wr_id & RECV_BIT != 0 {
+                    self.on_receive(&mut st, wc, &mut incoming);
+                } else if wc.status == queue::status::SUCCESS {
+                    let (seq, _) = split_send_wr_id(wc.wr_id);
+                    while st.pending.front().is_some_and(|p| p.seq <= seq) {
+                        let at = st.pending.pop_front().expect("checked");
+                        st.send.retire(at);
+                    }
+                } else {
+                    // The queue pair is in the error state (the client failed an access, or is gone).
+                    st.dead = true;
+                }
+            }
+            self.pump_backlog(&mut st);
+        }
+        // Outside the lock: a service may answer from inside `handle`.
+        for (id, payload) in incoming {
+            let responder = Responder::new(self.clone() as Arc<dyn ReplySink>, id);
+            self.service.handle(IncomingRpc { payload, peer: self.peer, responder });
+        }
+    }
+
+    fn on_receive(&self, st: &mut ConnState, wc: &Wc, incoming: &mut Vec<(u64, Vec<u8>)>) {
+        if wc.status != queue::status::SUCCESS {
+            st.dead = true;
+            return;
+        }
+        let index = (wc.wr_id & !RECV_BIT) as usize;
+        let fragment = self.recv.take(index, wc.byte_len as usize);
+        if self.recv.post(&mut st.send.qp, std::iter::once(index)).is_err() {
+            st.dead = true;
+            return;
+        }
+        match st.reassembly.push(&fragment, self.grant.max_message as usize) {
+            Ok(None) => {}
+            Ok(Some((h, body, frags))) if h.kind == MessageKind::Request => {
+                st.request_fragments.insert(h.id, frags);
+                incoming.push((h.id, body));
+            }
+            // A peer that breaks the protocol is disconnected.
+            Ok(Some(_)) | Err(_) => st.dead = true,
+        }
+    }
+
+    fn pump_backlog(&self, st: &mut ConnState) {
+        while !st.dead {
+            let Some((id, payload)) = st.backlog.front() else { break };
+            let credits = st.request_fragments.get(id).copied().unwrap_or(0);
+            let header = MessageHeader { kind: MessageKind::Response, id: *id, len: payload.len() as u32, credits };
+            match st.send.post_message(header, payload, self.grant.buffer_len as usize) {
+                Ok(None) => break,
+                Ok(Some(at)) => {
+                    st.pending.push_back(at);
+                    let (id, _) = st.backlog.pop_front().expect("checked");
+                    st.request_fragments.remove(&id);
+                }
+                Err(_) => st.dead = true,
+            }
+        }
+    }
+}
+
+impl ReplySink for Conn {
+    fn reply(&self, id: u64, payload: &[u8]) {
+        let mut st = self.state.lock();
+        if st.dead {
+            return;
+        }
+        // A response larger than a client can take is a server bug: the client gets an empty
+        // one (the request failed) rather than a stalled connection.
+        let payload = if payload.len() > MAX_TRANSFER { Vec::new() } else { payload.to_vec() };
+        st.backlog.push_back((id, payload));
+        self.pump_backlog(&mut st);
+    }
+}
