@@ -310,6 +310,7 @@ fn copy_keys(
         let reads: Vec<_> = window
             .iter()
             .map(|(key, _, _)| {
+                // (A GET is far below any channel's largest message: no rendezvous needed.)
                 let req = Request::new(Op::Get, key, b"").with_flags(flags::COPY).with_epoch(epoch).to_vec();
                 remote.call(&req)
             })
