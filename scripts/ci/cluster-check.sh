@@ -11,7 +11,7 @@
 #      reconfigured in a new epoch with the surviving replica as tail; no acknowledged write
 #      may be lost and the history (GETs during and after the failure) must be linearizable.
 #   5. rebuild, add and drain: a third checked workload (every key written first, then mixed
-#      writes and readers for 40 s) during which s3's lost replicas are rebuilt on the
+#      writes and readers for 60 s) during which s3's lost replicas are rebuilt on the
 #      survivors, a fourth server s4 joins (cluster.sh add: the partitions it takes are copied
 #      to it in the background) and s1 is drained (scalio-admin drain --wait) and stopped.
 #      Every acknowledged write must read back and the history must be linearizable; the
@@ -77,7 +77,7 @@ wait_settled() {
   "$BIN/scalio-admin" --cluster "$URL" status >&2
   return 1
 }
-"$BIN/scalio-cluster-check" --cluster "$URL" --prefix grow --keys 2000 --load --ops 4000 --seconds 40 \
+"$BIN/scalio-cluster-check" --cluster "$URL" --prefix grow --keys 2000 --load --ops 4000 --seconds 60 \
   --readers 4 --json "$DIR/check-grow.json" &
 check=$!
 start=$SECONDS
@@ -91,6 +91,10 @@ echo "cluster-check.sh: s4 took its partitions after $((SECONDS - start)) s; dra
 stop_pid "$(cat "$DIR/s1.pid")"
 rm -f "$DIR/s1.pid"
 echo "cluster-check.sh: s1 drained and stopped after $((SECONDS - start)) s"
+if ! kill -0 "$check" 2>/dev/null; then
+  echo "cluster-check.sh: the checked load ended before the moves did (they took $((SECONDS - start)) s)" >&2
+  exit 1
+fi
 wait "$check"
 moved() {
   local m

@@ -408,6 +408,19 @@ impl Worker {
                     _ => WriteOp::Delete,
                 };
                 let (key, value) = (req.key.to_vec(), if op == Op::Delete { Vec::new() } else { req.value.to_vec() });
+                // Checked again here, in the worker's order: the dispatcher's check may have been
+                // made under an older map, and a scan that a member receiving a copy asked for
+                // since (under the new map) must not miss a write taken after it.
+                if let Some(own) = &self.cluster {
+                    let verdict = if req.flags & flags::FORWARDED != 0 {
+                        own.check_forwarded(req.key, req.epoch, now)
+                    } else {
+                        own.check(req.key, op, req.epoch, now)
+                    };
+                    if let Err(w) = verdict {
+                        return respond(rpc.responder, Status::WrongOwner, op, &w.encode());
+                    }
+                }
                 let unbatched = req.flags & flags::UNBATCHED != 0;
                 let update = self.note_write(&key, op);
                 let request = self.chain.is_some().then_some(rpc.payload);

@@ -347,3 +347,49 @@ impl Drop for Agent {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scalio_common::cluster::etcd::KeyValue;
+
+    fn kv(key: &[u8], value: &[u8], mod_revision: i64) -> KeyValue {
+        KeyValue { key: key.to_vec(), value: value.to_vec(), create_revision: 1, mod_revision, lease: 0 }
+    }
+
+    #[test]
+    fn the_prefix_is_read_as_members_map_ready_records_and_drains() {
+        let url: ClusterUrl = "etcd://127.0.0.1:2379/c".parse().unwrap();
+        let me = Member {
+            id: NodeId("s1".into()),
+            fabric: "127.0.0.1:1".into(),
+            target: None,
+            subsystems: vec![],
+            capacity_bytes: 0,
+        };
+        let map =
+            scalio_common::cluster::compute(None, std::slice::from_ref(&me), MapParams::default()).unwrap().unwrap();
+        let range = Range {
+            revision: 9,
+            kvs: vec![
+                kv(b"/c/members/s1", &me.encode(), 3),
+                kv(b"/c/members/bad", b"{", 3),
+                kv(b"/c/map", &map.encode(), 7),
+                kv(b"/c/ready/s2", br#"{"4":2,"9":5}"#, 8),
+                kv(b"/c/ready/s3", b"not json", 8),
+                kv(b"/c/leaving/s1", b"", 8),
+            ],
+        };
+        let st = parse_state(&url, range);
+        assert_eq!(st.revision, 9);
+        assert_eq!(st.members, vec![me]);
+        assert_eq!(st.map, Some((map, 7)));
+        assert!(!st.unreadable_map);
+        let s2 = NodeId("s2".into());
+        assert_eq!(st.progress.ready, [((4, s2.clone()), 2), ((9, s2), 5)].into_iter().collect());
+        assert_eq!(st.progress.leaving, [NodeId("s1".into())].into_iter().collect());
+        // A map that cannot be read is flagged, never replaced.
+        let st = parse_state(&url, Range { revision: 1, kvs: vec![kv(b"/c/map", br#"{"format":99}"#, 1)] });
+        assert!(st.unreadable_map && st.map.is_none());
+    }
+}

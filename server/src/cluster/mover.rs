@@ -39,6 +39,8 @@ const SCAN_CHUNK: u32 = 256;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the map is looked at for new moves.
 const IDLE: Duration = Duration::from_millis(50);
+/// Copy reads (and then copy writes) in flight at once.
+const COPY_WINDOW: usize = 32;
 /// Most repair rounds per pass (each re-reads the keys still dirty).
 const MAX_REPAIR_ROUNDS: usize = 64;
 
@@ -96,15 +98,29 @@ pub struct LocalWrites {
     pub(crate) ssds: u16,
 }
 
+/// A copy write handed to a worker, and where its result will come.
+struct Submitted(Option<crossbeam_channel::Receiver<CopyResult>>);
+
+impl Submitted {
+    fn wait(self) -> CopyResult {
+        match self.0 {
+            Some(rx) => rx.recv_timeout(CALL_TIMEOUT).unwrap_or(CopyResult::Failed(Status::Unavailable)),
+            None => CopyResult::Failed(Status::Unavailable),
+        }
+    }
+}
+
 impl LocalWrites {
-    fn apply(&self, key: Vec<u8>, value: Option<Vec<u8>>, mv: &Move, repair: Option<u64>) -> CopyResult {
+    /// Hands a copy write to the worker of the key's SSD (several may be in flight, so that
+    /// the store batches them).
+    fn submit(&self, key: Vec<u8>, value: Option<Vec<u8>>, mv: &Move, repair: Option<u64>) -> Submitted {
         let ssd = route(&key, self.ssds, 1).ssd;
         let (done, rx) = crossbeam_channel::bounded(1);
         let c = CopyWrite { key, value, partition: mv.partition, since: mv.since, repair, done };
-        if self.workers[usize::from(ssd) % self.workers.len()].send(WorkerEvent::Copy(c)).is_err() {
-            return CopyResult::Failed(Status::Unavailable);
+        match self.workers[usize::from(ssd) % self.workers.len()].send(WorkerEvent::Copy(c)) {
+            Ok(()) => Submitted(Some(rx)),
+            Err(_) => Submitted(None),
         }
-        rx.recv_timeout(CALL_TIMEOUT).unwrap_or(CopyResult::Failed(Status::Unavailable))
     }
 }
 
@@ -218,9 +234,15 @@ fn pass(
     let by_partition: HashMap<u32, Move> = moves.iter().map(|m| (m.partition, *m)).collect();
     let epoch = Some(map.epoch);
     // 1. Purge what this server holds of those partitions and no write reached.
-    scan_keys(&*ctx.local, epoch, stop, |key| {
-        if let Some(mv) = by_partition.get(&partition_of(&key, bits)) {
-            match ctx.writes.apply(key, None, mv, None) {
+    scan_keys(&*ctx.local, epoch, stop, |keys| {
+        let mut waiting = Vec::new();
+        for key in keys {
+            if let Some(mv) = by_partition.get(&partition_of(&key, bits)) {
+                waiting.push(ctx.writes.submit(key, None, mv, None));
+            }
+        }
+        for w in waiting {
+            match w.wait() {
                 CopyResult::Applied => {
                     ctx.counters.keys_purged.fetch_add(1, Ordering::Relaxed);
                 }
@@ -233,9 +255,12 @@ fn pass(
     })?;
     // 2. Copy from the source.
     let remote = ctx.peers.connect(source).map_err(|e| MoveError::Unreachable(source.id.clone(), e.to_string()))?;
-    scan_keys(&*remote, epoch, stop, |key| {
-        let Some(mv) = by_partition.get(&partition_of(&key, bits)) else { return Ok(()) };
-        copy_key(ctx, &*remote, epoch, key, mv, None)
+    scan_keys(&*remote, epoch, stop, |keys| {
+        let mine: Vec<(Vec<u8>, &Move, Option<u64>)> = keys
+            .into_iter()
+            .filter_map(|k| by_partition.get(&partition_of(&k, bits)).map(|mv| (k, mv, None)))
+            .collect();
+        copy_keys(ctx, &*remote, epoch, mine)
     })?;
     // 3. Repair the keys an UPDATE found missing here.
     for mv in moves {
@@ -249,10 +274,9 @@ fn pass(
             if rounds > MAX_REPAIR_ROUNDS {
                 return Err(MoveError::Dirty(rounds));
             }
-            for (key, generation) in dirty {
-                copy_key(ctx, &*remote, epoch, key, mv, Some(generation))?;
-                ctx.counters.keys_repaired.fetch_add(1, Ordering::Relaxed);
-            }
+            let n = dirty.len() as u64;
+            copy_keys(ctx, &*remote, epoch, dirty.into_iter().map(|(k, g)| (k, mv, Some(g))).collect())?;
+            ctx.counters.keys_repaired.fetch_add(n, Ordering::Relaxed);
         }
     }
     // 4. Report the moves that are still as they were (with those reported before).
@@ -272,43 +296,60 @@ fn pass(
     Ok(done)
 }
 
-/// Reads `key` from the source with a copy read and applies it here.
-fn copy_key(
+/// Reads `keys` from the source with copy reads and applies them here (`repair`: the dirty
+/// mark's generation a value repairs), [`COPY_WINDOW`] at a time.
+fn copy_keys(
     ctx: &Ctx,
     remote: &dyn QueuePair,
     epoch: Option<u64>,
-    key: Vec<u8>,
-    mv: &Move,
-    repair: Option<u64>,
+    keys: Vec<(Vec<u8>, &Move, Option<u64>)>,
 ) -> Result<(), MoveError> {
-    let req = Request::new(Op::Get, &key, b"").with_flags(flags::COPY).with_epoch(epoch).to_vec();
-    let bytes = call(remote, &req)?;
-    let resp = Response::decode(&bytes).map_err(|e| MoveError::Malformed(e.to_string()))?;
-    let value = match resp.status {
-        Status::Ok => Some(resp.body.to_vec()),
-        // Deleted at the source since the scan: the delete reached this server first.
-        Status::NotFound if repair.is_none() => return Ok(()),
-        Status::NotFound => None,
-        s => return Err(MoveError::Source(s)),
-    };
-    let len = value.as_ref().map_or(0, |v| v.len() as u64);
-    match ctx.writes.apply(key, value, mv, repair) {
-        CopyResult::Applied => {
-            ctx.counters.keys_copied.fetch_add(1, Ordering::Relaxed);
-            ctx.counters.bytes_copied.fetch_add(len, Ordering::Relaxed);
-            let mut per = ctx.counters.per_partition.lock();
-            let e = per.entry(mv.partition).or_default();
-            e.0 += 1;
-            e.1 += len;
-            Ok(())
+    let mut keys = keys.into_iter().peekable();
+    while keys.peek().is_some() {
+        let window: Vec<_> = keys.by_ref().take(COPY_WINDOW).collect();
+        let reads: Vec<_> = window
+            .iter()
+            .map(|(key, _, _)| {
+                // (A GET is far below any channel's largest message: no rendezvous needed.)
+                let req = Request::new(Op::Get, key, b"").with_flags(flags::COPY).with_epoch(epoch).to_vec();
+                remote.call(&req)
+            })
+            .collect();
+        let mut writes = Vec::new();
+        for ((key, mv, repair), read) in window.into_iter().zip(reads) {
+            let bytes = read
+                .wait_timeout(CALL_TIMEOUT)
+                .map_err(|e| MoveError::Unreachable(NodeId("source".into()), e.to_string()))?;
+            let resp = Response::decode(&bytes).map_err(|e| MoveError::Malformed(e.to_string()))?;
+            let value = match resp.status {
+                Status::Ok => Some(resp.body.to_vec()),
+                // Deleted at the source since the scan: the delete reached this server first.
+                Status::NotFound if repair.is_none() => continue,
+                Status::NotFound => None,
+                s => return Err(MoveError::Source(s)),
+            };
+            let len = value.as_ref().map_or(0, |v| v.len() as u64);
+            writes.push((mv.partition, len, ctx.writes.submit(key, value, mv, repair)));
         }
-        CopyResult::Skipped => {
-            ctx.counters.copies_skipped.fetch_add(1, Ordering::Relaxed);
-            Ok(())
+        for (partition, len, w) in writes {
+            match w.wait() {
+                CopyResult::Applied => {
+                    ctx.counters.keys_copied.fetch_add(1, Ordering::Relaxed);
+                    ctx.counters.bytes_copied.fetch_add(len, Ordering::Relaxed);
+                    let mut per = ctx.counters.per_partition.lock();
+                    let e = per.entry(partition).or_default();
+                    e.0 += 1;
+                    e.1 += len;
+                }
+                CopyResult::Skipped => {
+                    ctx.counters.copies_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                CopyResult::Cancelled => return Err(MoveError::MapChanged),
+                CopyResult::Failed(s) => return Err(MoveError::Local(s)),
+            }
         }
-        CopyResult::Cancelled => Err(MoveError::MapChanged),
-        CopyResult::Failed(s) => Err(MoveError::Local(s)),
     }
+    Ok(())
 }
 
 fn call(qp: &dyn QueuePair, req: &[u8]) -> Result<Vec<u8>, MoveError> {
@@ -321,7 +362,7 @@ fn scan_keys(
     qp: &dyn QueuePair,
     epoch: Option<u64>,
     stop: &AtomicBool,
-    mut each: impl FnMut(Vec<u8>) -> Result<(), MoveError>,
+    mut each: impl FnMut(Vec<Vec<u8>>) -> Result<(), MoveError>,
 ) -> Result<(), MoveError> {
     let (mut ssd, mut bucket, mut ssds) = (0u16, 0u32, 1u16);
     while ssd < ssds {
@@ -338,9 +379,7 @@ fn scan_keys(
         }
         let reply = ScanReply::decode(resp.body).map_err(|e| MoveError::Malformed(e.to_string()))?;
         ssds = reply.ssds;
-        for key in reply.keys {
-            each(key)?;
-        }
+        each(reply.keys)?;
         if reply.done {
             ssd += 1;
             bucket = 0;
