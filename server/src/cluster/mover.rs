@@ -184,8 +184,13 @@ fn run(ctx: &Ctx, stop: &AtomicBool) {
             continue;
         };
         let me = ctx.own.me().clone();
-        // Forget the records of moves that ended.
-        ctx.own.received().lock().retain(|p, since| map.move_to(p, &me).is_some_and(|m| m.since == since));
+        // Forget the records of moves that ended. A record newer than this snapshot of the map
+        // (a worker saw a newer map, with a move this one does not show yet) is kept: dropping
+        // it would let a copy overwrite the writes it holds.
+        ctx.own
+            .received()
+            .lock()
+            .retain(|p, since| since > map.epoch || map.move_to(p, &me).is_some_and(|m| m.since == since));
         reported.retain(|p, since| map.move_to(*p, &me).is_some_and(|m| m.since == *since));
         let mut by_source: BTreeMap<u16, Vec<Move>> = BTreeMap::new();
         for mv in map.moves.iter().filter(|m| map.nodes[usize::from(m.to)].id == me) {

@@ -43,12 +43,15 @@ pub enum CopyVerdict {
 }
 
 impl Received {
-    fn part(&mut self, partition: u32, since: u64) -> &mut HashMap<Vec<u8>, Mark> {
+    /// The record of the move of `partition` that began at `since`: a newer move replaces an
+    /// older one's record; a call about an older move than the one recorded (a write's answer
+    /// that comes back after the map moved on) gets `None` and must change nothing.
+    fn part(&mut self, partition: u32, since: u64) -> Option<&mut HashMap<Vec<u8>, Mark>> {
         let e = self.parts.entry(partition).or_insert_with(|| (since, HashMap::new()));
-        if e.0 != since {
+        if e.0 < since {
             *e = (since, HashMap::new());
         }
-        &mut e.1
+        (e.0 == since).then_some(&mut e.1)
     }
 
     /// A write to `key` (of `partition`, moving here since `since`) is about to be submitted
@@ -56,14 +59,16 @@ impl Received {
     pub fn on_write(&mut self, partition: u32, since: u64, key: &[u8]) -> u64 {
         self.generation += 1;
         let generation = self.generation;
-        self.part(partition, since).insert(key.to_vec(), Mark { generation, dirty: false });
+        if let Some(part) = self.part(partition, since) {
+            part.insert(key.to_vec(), Mark { generation, dirty: false });
+        }
         generation
     }
 
     /// The UPDATE of generation `generation` found nothing here: the key is unknown until
     /// repaired (unless a later write has set it since).
     pub fn on_update_not_found(&mut self, partition: u32, since: u64, key: &[u8], generation: u64) {
-        if let Some(m) = self.part(partition, since).get_mut(key) {
+        if let Some(m) = self.part(partition, since).and_then(|p| p.get_mut(key)) {
             if m.generation == generation {
                 m.dirty = true;
             }
@@ -74,7 +79,7 @@ impl Received {
     /// mark the value was read to repair; it is applied only if the mark is unchanged, and then
     /// clears it.
     pub fn on_copy(&mut self, partition: u32, since: u64, key: &[u8], repair: Option<u64>) -> CopyVerdict {
-        let part = self.part(partition, since);
+        let Some(part) = self.part(partition, since) else { return CopyVerdict::Skip };
         match (part.get_mut(key), repair) {
             (None, None) => CopyVerdict::Apply,
             (Some(m), None) if m.dirty => CopyVerdict::Apply,
@@ -119,8 +124,15 @@ mod tests {
         assert_eq!(r.on_copy(1, 5, b"a", None), CopyVerdict::Skip);
         // Another partition, and the same partition in a later move, start afresh.
         assert_eq!(r.on_copy(2, 5, b"a", None), CopyVerdict::Apply);
+        r.on_write(1, 7, b"b");
         assert_eq!(r.on_copy(1, 7, b"a", None), CopyVerdict::Apply);
-        assert_eq!(r.keys(), 0);
+        // A late call about the older move changes nothing of the newer one's record.
+        let g = r.on_write(1, 5, b"b");
+        r.on_update_not_found(1, 5, b"b", g);
+        assert_eq!(r.on_copy(1, 5, b"b", None), CopyVerdict::Skip);
+        assert_eq!(r.on_copy(1, 7, b"b", None), CopyVerdict::Skip, "b's mark of move 7 survives");
+        assert!(r.dirty(1, 7).is_empty());
+        assert_eq!(r.keys(), 1);
     }
 
     #[test]
