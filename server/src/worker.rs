@@ -9,7 +9,7 @@
 //! come back through its inbox.
 
 use crate::cluster::received::CopyVerdict;
-use crate::cluster::{Forwarder, Ownership};
+use crate::cluster::{trace, Forwarder, Ownership};
 use crate::device::{Issuer, Ssd};
 use crate::stats::ServerShared;
 use crate::store::{Completed, DataStore, IoRequest, IoResult, Outcome, Refusal, WriteOp, WriteRequest};
@@ -204,6 +204,17 @@ impl RpcService for Dispatch {
                     } else {
                         own.check(req.key, op, req.epoch, Instant::now())
                     };
+                    trace::event(own.me(), || {
+                        let fwd = req.flags & flags::FORWARDED != 0;
+                        format!(
+                            "accept {op:?} {} p={} {} fwd={fwd} stamp={:?} map={} -> {verdict:?}",
+                            trace::text(req.key),
+                            own.partition_of(req.key),
+                            trace::text(req.value),
+                            req.epoch,
+                            own.epoch()
+                        )
+                    });
                     if let Err(w) = verdict {
                         return respond(rpc.responder, Status::WrongOwner, op, &w.encode());
                     }
@@ -369,6 +380,11 @@ impl Worker {
         match op {
             Op::MetaGet => {
                 let loc = self.store_of(ssd).locate(req.key);
+                if let Some(own) = &self.cluster {
+                    trace::event(own.me(), || {
+                        format!("metaget {} loc={loc:?} map={}", trace::text(req.key), own.epoch())
+                    });
+                }
                 let key = TableKey::new(req.key);
                 let mut reservation = match (&self.table, loc) {
                     (Some(t), Some(_)) if req.flags & flags::NO_RESERVE == 0 => {
@@ -393,6 +409,10 @@ impl Worker {
                 respond(rpc.responder, Status::Ok, op, &reply.encode());
             }
             Op::Get => {
+                if let Some(own) = &self.cluster {
+                    let copy = req.flags & flags::COPY != 0;
+                    trace::event(own.me(), || format!("get {} copy={copy} map={}", trace::text(req.key), own.epoch()));
+                }
                 let key = req.key.to_vec();
                 let reply = Reply::Rpc { responder: rpc.responder, op, request: None, update: None };
                 self.store_of(ssd).submit_get(key, reply);
@@ -454,10 +474,16 @@ impl Worker {
             return;
         };
         if own.move_to_me(c.partition) != Some(c.since) {
+            trace::event(own.me(), || format!("copy {} since={} -> cancelled", trace::text(&c.key), c.since));
             let _ = c.done.send(CopyResult::Cancelled);
             return;
         }
-        if own.received().lock().on_copy(c.partition, c.since, &c.key, c.repair) == CopyVerdict::Skip {
+        let verdict = own.received().lock().on_copy(c.partition, c.since, &c.key, c.repair);
+        trace::event(own.me(), || {
+            let v = c.value.as_deref().map(trace::text);
+            format!("copy {} {v:?} since={} repair={:?} -> {verdict:?}", trace::text(&c.key), c.since, c.repair)
+        });
+        if verdict == CopyVerdict::Skip {
             let _ = c.done.send(CopyResult::Skipped);
             return;
         }
@@ -500,9 +526,20 @@ impl Worker {
 fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwarder>, own: Option<&Ownership>) {
     let (responder, op, request) = match c.reply {
         Reply::Rpc { responder, op, request, update } => {
+            if let (Some(own), true) = (own, trace::on()) {
+                let key = request.as_deref().and_then(|r| Request::decode(r).ok()).map(|r| trace::text(r.key));
+                let out = match &c.outcome {
+                    Outcome::Value(v) => format!("Value({})", trace::text(v)),
+                    o => format!("{o:?}"),
+                };
+                trace::event(own.me(), || format!("done {op:?} {key:?} -> {out}"));
+            }
             if let (Some(m), Some(own), Outcome::NotFound) = (update, own, &c.outcome) {
                 // (The key was validated on the way in; the request is still held.)
                 if let Some(req) = request.as_deref().and_then(|r| Request::decode(r).ok()) {
+                    trace::event(own.me(), || {
+                        format!("update-not-found {} gen={}", trace::text(req.key), m.generation)
+                    });
                     own.received().lock().on_update_not_found(m.partition, m.since, req.key, m.generation);
                 }
             }

@@ -98,7 +98,15 @@ impl Forwarder {
         let Ok(req) = Request::decode(request) else {
             return respond(responder, Status::BadRequest, op, b"malformed request");
         };
-        match self.own.next_in_chain(req.key, Instant::now()) {
+        let next = self.own.next_in_chain(req.key, Instant::now());
+        super::trace::event(self.own.me(), || {
+            let to = match &next {
+                Next::Forward { to, epoch } => format!("forward to {} at {epoch}", to.id),
+                other => format!("{other:?}"),
+            };
+            format!("durable {op:?} {} -> {to}", super::trace::text(req.key))
+        });
+        match next {
             Next::Done => responder.reply(&local),
             Next::Refuse(w) => respond(responder, Status::WrongOwner, op, &w.encode()),
             Next::Forward { to, epoch } => {
@@ -158,10 +166,10 @@ fn send_loop(to: &Member, peers: &dyn PeerConnector, jobs: Receiver<Job>, counte
     // Set by the waiter when a call failed: the connection is replaced before the next job.
     let failed = Arc::new(AtomicBool::new(false));
     let waiter = {
-        let (counters, failed) = (counters.clone(), failed.clone());
+        let (counters, failed, to) = (counters.clone(), failed.clone(), to.id.clone());
         std::thread::Builder::new()
-            .name(format!("chain-ack-{}", to.id))
-            .spawn(move || wait_loop(waiting, &counters, &failed))
+            .name(format!("chain-ack-{to}"))
+            .spawn(move || wait_loop(waiting, &counters, &failed, &to))
     };
     let mut qp: Option<Arc<dyn QueuePair>> = None;
     for job in jobs {
@@ -196,9 +204,15 @@ fn send_loop(to: &Member, peers: &dyn PeerConnector, jobs: Receiver<Job>, counte
     }
 }
 
-fn wait_loop(waiting: Receiver<(Job, Completion<Vec<u8>>)>, counters: &Counters, failed: &AtomicBool) {
+fn wait_loop(waiting: Receiver<(Job, Completion<Vec<u8>>)>, counters: &Counters, failed: &AtomicBool, to: &NodeId) {
     for (job, done) in waiting {
-        match done.wait_timeout(FORWARD_TIMEOUT) {
+        let answer = done.wait_timeout(FORWARD_TIMEOUT);
+        super::trace::event(&format!("(from {to})"), || {
+            let key = Request::decode(&job.request).map(|r| super::trace::text(r.key)).unwrap_or_default();
+            let status = answer.as_ref().map(|b| Response::decode(b).map(|r| r.status));
+            format!("answer {:?} {key} at {} -> {status:?}", job.op, job.epoch)
+        });
+        match answer {
             Ok(bytes) if Response::decode(&bytes).is_ok() => {
                 counters.acknowledged.fetch_add(1, Ordering::Relaxed);
                 job.responder.reply(&bytes);

@@ -13,6 +13,7 @@ pub mod chain;
 pub mod mover;
 pub mod ownership;
 pub mod received;
+pub mod trace;
 
 pub use agent::{Agent, AgentConfig, AgentError, EtcdReady};
 pub use chain::{Forwarder, PeerConnector, TcpPeers};

@@ -209,7 +209,15 @@ fn run(ctx: &Ctx, stop: &AtomicBool) {
             let source = map.nodes[usize::from(from)].clone();
             let started = Instant::now();
             ctx.counters.passes.fetch_add(1, Ordering::Relaxed);
-            match pass(ctx, &map, &source, &moves, &mut reported, stop) {
+            super::trace::event(&me, || {
+                let ps: Vec<String> = moves.iter().map(|m| format!("{}@{}", m.partition, m.since)).collect();
+                format!("pass from {} at {}: {}", source.id, map.epoch, ps.join(","))
+            });
+            let result = pass(ctx, &map, &source, &moves, &mut reported, stop);
+            super::trace::event(&me, || {
+                format!("pass from {} at {} -> {:?}", source.id, map.epoch, result.as_ref().map(|d| d.len()))
+            });
+            match result {
                 Ok(done) => {
                     ctx.counters.copy_ms.fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                     tracing::info!(from = %source.id, partitions = done.len(), ms = started.elapsed().as_millis() as u64, "partition copies ready");

@@ -99,6 +99,39 @@ impl Ownership {
             }
             v.map.replace(map.clone())
         };
+        super::trace::event(&self.me, || {
+            let old = old.as_deref();
+            let changed: Vec<String> = (0..map.chains.len())
+                .filter(|p| {
+                    old.is_none_or(|o| {
+                        o.chains.get(*p).map(|c| c.iter().map(|i| &o.nodes[usize::from(*i)].id).collect::<Vec<_>>())
+                            != Some(map.chains[*p].iter().map(|i| &map.nodes[usize::from(*i)].id).collect())
+                    })
+                })
+                .map(|p| {
+                    let ids: Vec<String> =
+                        map.chains[p].iter().map(|i| map.nodes[usize::from(*i)].id.0.clone()).collect();
+                    let mv: Vec<String> = map
+                        .moves_of(p as u32)
+                        .iter()
+                        .map(|m| {
+                            format!(
+                                "{}<-{}@{}",
+                                map.nodes[usize::from(m.to)].id,
+                                map.nodes[usize::from(m.from)].id,
+                                m.since
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "{p}:{}{}",
+                        ids.join(","),
+                        if mv.is_empty() { String::new() } else { format!("[{}]", mv.join(",")) }
+                    )
+                })
+                .collect();
+            format!("install epoch {} changed {}", map.epoch, changed.join(" "))
+        });
         if let (Some(old), Some(table)) = (old, self.cache.get()) {
             let lost = self.lost_tail_partitions(&old, &map);
             if lost.iter().any(|l| *l) {
