@@ -71,7 +71,9 @@ pub enum CopyResult {
 pub(crate) enum Reply {
     /// Answer a client's RPC. `request`: in a cluster, a write's request as received (the chain
     /// may need it forwarded before the answer).
-    Rpc { responder: Responder, op: Op, request: Option<Vec<u8>>, update: Option<UpdateMark> },
+    /// `accepted`: the epoch of the map a write was accepted by (the chain must not have
+    /// changed since when it goes on).
+    Rpc { responder: Responder, op: Op, request: Option<Vec<u8>>, update: Option<UpdateMark>, accepted: u64 },
     /// Answer a scan with the keys found (`ssds`: the server's SSD count).
     Scan { responder: Responder, ssds: u16, buckets: u32 },
     /// Tell the copier how its copy write ended.
@@ -204,17 +206,6 @@ impl RpcService for Dispatch {
                     } else {
                         own.check(req.key, op, req.epoch, Instant::now())
                     };
-                    trace::event(own.me(), || {
-                        let fwd = req.flags & flags::FORWARDED != 0;
-                        format!(
-                            "accept {op:?} {} p={} {} fwd={fwd} stamp={:?} map={} -> {verdict:?}",
-                            trace::text(req.key),
-                            own.partition_of(req.key),
-                            trace::text(req.value),
-                            req.epoch,
-                            own.epoch()
-                        )
-                    });
                     if let Err(w) = verdict {
                         return respond(rpc.responder, Status::WrongOwner, op, &w.encode());
                     }
@@ -414,7 +405,7 @@ impl Worker {
                     trace::event(own.me(), || format!("get {} copy={copy} map={}", trace::text(req.key), own.epoch()));
                 }
                 let key = req.key.to_vec();
-                let reply = Reply::Rpc { responder: rpc.responder, op, request: None, update: None };
+                let reply = Reply::Rpc { responder: rpc.responder, op, request: None, update: None, accepted: 0 };
                 self.store_of(ssd).submit_get(key, reply);
             }
             Op::Put | Op::Update | Op::Delete => {
@@ -431,14 +422,27 @@ impl Worker {
                 // Checked again here, in the worker's order: the dispatcher's check may have been
                 // made under an older map, and a scan that a member receiving a copy asked for
                 // since (under the new map) must not miss a write taken after it.
+                let mut accepted = 0;
                 if let Some(own) = &self.cluster {
                     let verdict = if req.flags & flags::FORWARDED != 0 {
-                        own.check_forwarded(req.key, req.epoch, now)
+                        own.check_forwarded_at(req.key, req.epoch, now)
                     } else {
-                        own.check(req.key, op, req.epoch, now)
+                        own.check_at(req.key, op, req.epoch, now)
                     };
-                    if let Err(w) = verdict {
-                        return respond(rpc.responder, Status::WrongOwner, op, &w.encode());
+                    trace::event(own.me(), || {
+                        let fwd = req.flags & flags::FORWARDED != 0;
+                        format!(
+                            "accept {op:?} {} p={} {} fwd={fwd} stamp={:?} map={} -> {verdict:?}",
+                            trace::text(req.key),
+                            own.partition_of(req.key),
+                            trace::text(req.value),
+                            req.epoch,
+                            own.epoch()
+                        )
+                    });
+                    match verdict {
+                        Ok(epoch) => accepted = epoch,
+                        Err(w) => return respond(rpc.responder, Status::WrongOwner, op, &w.encode()),
                     }
                 }
                 let unbatched = req.flags & flags::UNBATCHED != 0;
@@ -449,7 +453,7 @@ impl Worker {
                     key,
                     value,
                     unbatched,
-                    reply: Reply::Rpc { responder: rpc.responder, op, request, update },
+                    reply: Reply::Rpc { responder: rpc.responder, op, request, update, accepted },
                 };
                 self.store_of(ssd).submit_write(w, now);
             }
@@ -524,8 +528,8 @@ impl Worker {
 }
 
 fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwarder>, own: Option<&Ownership>) {
-    let (responder, op, request) = match c.reply {
-        Reply::Rpc { responder, op, request, update } => {
+    let (responder, op, request, accepted) = match c.reply {
+        Reply::Rpc { responder, op, request, update, accepted } => {
             if let (Some(own), true) = (own, trace::on()) {
                 let key = request.as_deref().and_then(|r| Request::decode(r).ok()).map(|r| trace::text(r.key));
                 let out = match &c.outcome {
@@ -543,7 +547,7 @@ fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwar
                     own.received().lock().on_update_not_found(m.partition, m.since, req.key, m.generation);
                 }
             }
-            (responder, op, request)
+            (responder, op, request, accepted)
         }
         Reply::Scan { responder, ssds, buckets } => {
             return match c.outcome {
@@ -580,7 +584,7 @@ fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwar
             _ => None,
         };
         if let Some(status) = local {
-            return chain.after_durable(&request, Response::to_vec(status, op, &[]), op, responder);
+            return chain.after_durable(&request, accepted, Response::to_vec(status, op, &[]), op, responder);
         }
     }
     match c.outcome {

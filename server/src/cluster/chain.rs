@@ -91,14 +91,15 @@ impl Forwarder {
         Arc::new(Forwarder { own, peers, links: Mutex::new(HashMap::new()), counters: Arc::default() })
     }
 
-    /// A write (`request`, as received) is durable here with the local answer `local`: answer
-    /// it now if this server is the key's tail, or pass it on and answer with the successor's
-    /// answer.
-    pub fn after_durable(&self, request: &[u8], local: Vec<u8>, op: Op, responder: Responder) {
+    /// A write (`request`, as received, accepted by the map of epoch `accepted`) is durable here
+    /// with the local answer `local`: answer it now if this server is the key's tail, or pass
+    /// it on and answer with the successor's answer (or refuse it if the key's chain changed
+    /// since it was accepted, see [`Ownership::next_in_chain`]).
+    pub fn after_durable(&self, request: &[u8], accepted: u64, local: Vec<u8>, op: Op, responder: Responder) {
         let Ok(req) = Request::decode(request) else {
             return respond(responder, Status::BadRequest, op, b"malformed request");
         };
-        let next = self.own.next_in_chain(req.key, Instant::now());
+        let next = self.own.next_in_chain(req.key, accepted, Instant::now());
         super::trace::event(self.own.me(), || {
             let to = match &next {
                 Next::Forward { to, epoch } => format!("forward to {} at {epoch}", to.id),
