@@ -15,6 +15,7 @@
 //! client still routing by the old map could otherwise READ a value the new owner has since
 //! overwritten. Partitions are computed from table keys, so every slot's partition is known.
 
+use super::applied::Applied;
 use super::received::Received;
 use crate::table::CacheTable;
 use parking_lot::RwLock;
@@ -66,6 +67,9 @@ pub struct Ownership {
     cache_dropped: AtomicU64,
     /// Keys written during moves to this server (see [`Received`]).
     received: parking_lot::Mutex<Received>,
+    /// Recent writes by request id (see [`Applied`]).
+    applied: parking_lot::Mutex<Applied>,
+    retried_writes: AtomicU64,
 }
 
 impl Ownership {
@@ -77,6 +81,8 @@ impl Ownership {
             cache: std::sync::OnceLock::new(),
             cache_dropped: AtomicU64::new(0),
             received: parking_lot::Mutex::new(Received::default()),
+            applied: parking_lot::Mutex::new(Applied::default()),
+            retried_writes: AtomicU64::new(0),
         }
     }
 
@@ -172,6 +178,21 @@ impl Ownership {
     /// The record of keys written during moves to this server.
     pub fn received(&self) -> &parking_lot::Mutex<Received> {
         &self.received
+    }
+
+    /// A retried write was found applied here already and answered as then.
+    pub fn count_retried_write(&self) {
+        self.retried_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Retried writes answered without being applied again.
+    pub fn retried_writes(&self) -> u64 {
+        self.retried_writes.load(Ordering::Relaxed)
+    }
+
+    /// The record of recent writes by request id.
+    pub fn applied(&self) -> &parking_lot::Mutex<Applied> {
+        &self.applied
     }
 
     /// The epoch since which `partition` has been moving to this server, if it is.
