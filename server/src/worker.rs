@@ -475,7 +475,13 @@ impl Worker {
                 }
                 // A retry of a write applied here already: answered as then, not applied again
                 // (and passed on, so that the members after this one that missed it apply it).
-                if let (Some(own), Some(id)) = (&self.cluster, req.id) {
+                // Not on a member receiving the key's partition, which is never the tail: it
+                // applies the retry again (the same value), so that its record of the move
+                // sees the write (a repair of the key from the source, asked for when the
+                // first attempt was refused, must not overwrite it).
+                let receiving =
+                    self.cluster.as_ref().is_some_and(|own| own.move_to_me(own.partition_of(req.key)).is_some());
+                if let (Some(own), Some(id), false) = (&self.cluster, req.id, receiving) {
                     if let Some(Some(status)) = own.applied().lock().get(req.key, id) {
                         trace::event(own.me(), || {
                             format!("retry {op:?} {} id={id} -> {status:?}", trace::text(req.key))
