@@ -165,6 +165,9 @@ pub struct VerbsServerConfig {
     pub port: u8,
     /// GID index; None: the first IPv4-mapped GID, else the first non-zero one.
     pub gid_index: Option<u32>,
+    /// Connection setup: `"rdma_cm"` (default; `listen` is then an address of the device's
+    /// interface, or the wildcard) or `"tcp"` (a TCP handshake on `listen`).
+    pub connect: scalio_common::fabric::VerbsConnect,
     /// Receive buffers pre-posted per connection: a client's RPC credits (in buffers).
     pub credits: u32,
     /// Bytes of each receive buffer (the largest SEND; a message takes several).
@@ -182,6 +185,7 @@ impl Default for VerbsServerConfig {
             device: None,
             port: 1,
             gid_index: None,
+            connect: scalio_common::fabric::VerbsConnect::RdmaCm,
             credits: 64,
             buffer_bytes: 16 << 10,
             trusted_fills: false,
@@ -191,7 +195,12 @@ impl Default for VerbsServerConfig {
 
 impl VerbsServerConfig {
     pub fn device_config(&self) -> scalio_common::fabric::VerbsConfig {
-        scalio_common::fabric::VerbsConfig { device: self.device.clone(), port: self.port, gid_index: self.gid_index }
+        scalio_common::fabric::VerbsConfig {
+            device: self.device.clone(),
+            port: self.port,
+            gid_index: self.gid_index,
+            connect: self.connect,
+        }
     }
 }
 

@@ -101,6 +101,10 @@ fn start_target(
 
 fn resolve(addr: &str) -> Result<SocketAddr, ServerError> {
     use std::net::ToSocketAddrs;
+    // An IPv6 link-local address with its interface (`[fe80::…%eth0]:7400`), as rdma_cm needs it.
+    if let Some(a) = scalio_common::fabric::parse_scoped_addr(addr) {
+        return Ok(a);
+    }
     addr.to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
