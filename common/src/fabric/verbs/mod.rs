@@ -260,8 +260,8 @@ mod tests {
     #[test]
     fn rdma_cm_refusals_are_typed() {
         let Some(dev) = device() else { return };
-        let secret = Secret::new(b"a shared secret of more than fifty-six bytes, which rdma_cm cannot carry".to_vec());
-        let secret = secret.expect("at most 64 bytes");
+        // 64 bytes, the most a secret may have: more than a connect request's private data.
+        let secret = Secret::new([b'k'; crate::fabric::MAX_SECRET].to_vec()).unwrap();
         let config = NicConfig { max_connections: 1, secret: Some(secret.clone()), ..NicConfig::default() };
         let nic = VerbsNic::start(dev.clone(), listen_addr(&dev), config, Arc::new(Closes::default())).unwrap();
         let addr = nic.local_addr();
