@@ -56,7 +56,7 @@ pub use error::{
     CloseReason, CmError, DeviceError, Disconnect, FabricError, ProtocolError, RemoteAccessError, Unsupported,
 };
 pub use local::{LocalAccessError, LocalKey, LocalRegions, LocalSlice, WorkCompletion, MAX_LOCAL_REGIONS};
-pub use region::{MemoryRegion, RegionDesc, RegionTable, Strided};
+pub use region::{HugePageError, MemoryRegion, RegionDesc, RegionTable, Strided, HUGEPAGE};
 
 /// Where a server registers memory for remote access: a backend's protection domain. The backend
 /// mints the remote keys and enforces key, bounds and rights on every access (on hardware, the
