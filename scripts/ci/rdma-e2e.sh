@@ -7,7 +7,8 @@
 # 1. scalio-server with fabric = "verbs" on $SCALIO_RDMA_DEVICE, two file-backed SSDs on tmpfs, client
 #    fills (verbs.trusted_fills: verbs has no strided keys), no NVMe/TCP target. Connection setup
 #    through rdma_cm: the server listens on the rxe netdev's IPv4 address (rdma_cm cannot use
-#    loopback), where the clients connect.
+#    loopback), where the clients connect. The cache table on 2 MiB hugepages (cache.hugepages:
+#    the caller reserves them, as scripts/ci/rdma.sh does).
 # 2. The same SSD files exported through the kernel target over RDMA (scripts/nvmet-rdma-target.sh, one
 #    subsystem each, on the rxe netdev's IPv4 address) and attached with `nvme connect -t rdma`. Each file
 #    goes through a loop device with 512-byte sectors first: nvmet gives a file namespace the file
@@ -54,6 +55,7 @@ size = "64MiB"
 [cache]
 buckets = 256
 client_fills = true
+hugepages = true
 [verbs]
 device = "$DEV"
 trusted_fills = true

@@ -221,6 +221,10 @@ pub struct CacheConfig {
     /// keep the cache empty for everyone. Holders of many reservations at a time are clients with
     /// many misses in flight: the default leaves room for 64.
     pub reservations_per_client: u32,
+    /// Put the cache table (and the LEED+Ditto baseline's region) on 2 MiB hugepages, so that a
+    /// NIC translates a large table with few entries. The pages must be reserved beforehand
+    /// (`/proc/sys/vm/nr_hugepages`); the server refuses to start when they are not.
+    pub hugepages: bool,
 }
 
 impl Default for CacheConfig {
@@ -232,6 +236,7 @@ impl Default for CacheConfig {
             lease_ms: 100,
             client_fills: true,
             reservations_per_client: 64,
+            hugepages: false,
         }
     }
 }

@@ -332,6 +332,37 @@ mod tests {
         }
     }
 
+    /// A region on 2 MiB hugepages registers on the device like any other and serves READs
+    /// and WRITEs (what `cache.hugepages` gives the cache table). Needs reserved hugepages: the
+    /// CI guest reserves them and sets `SCALIO_REQUIRE_HUGEPAGES=1`.
+    #[test]
+    fn hugepage_region_registers_and_serves() {
+        use crate::fabric::{Access, HugePageError, MemoryRegion, WorkRequest, HUGEPAGE};
+        let Some(_) = device() else { return };
+        let region = match MemoryRegion::on_hugepages(2 * HUGEPAGE) {
+            Ok(r) => Arc::new(r),
+            Err(e @ HugePageError::NotReserved { .. }) => {
+                assert!(std::env::var("SCALIO_REQUIRE_HUGEPAGES").as_deref() != Ok("1"), "required, but {e}");
+                eprintln!("skipped: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let s = make(crate::fabric::conformance::reversing_service());
+        let read = s.registrar.register(region.clone(), Access::READ).unwrap();
+        let write = s.registrar.register(region.clone(), Access::WRITE).unwrap();
+        region.write(HUGEPAGE - 3, b"straddles two hugepages").unwrap();
+        let qp = s.connect();
+        let got = qp.post(&[WorkRequest::Read { remote: read.at(HUGEPAGE as u64 - 3), len: 23 }]).wait();
+        assert_eq!(got, Ok(b"straddles two hugepages".to_vec()));
+        qp.post(&[WorkRequest::Write { remote: write.at(2 * HUGEPAGE as u64 - 100), data: &[0xAB; 100] }])
+            .wait()
+            .unwrap();
+        let mut back = [0u8; 100];
+        region.read(2 * HUGEPAGE - 100, &mut back).unwrap();
+        assert_eq!(back, [0xAB; 100]);
+    }
+
     #[test]
     fn without_a_device_opening_says_why() {
         // On a machine without RDMA this is the typed "no device"; with one, a bad name is.
