@@ -438,7 +438,7 @@ mod tests {
                 r.read(HUGEPAGE - 4, &mut back).unwrap();
                 assert_eq!(&back, b"across a page");
                 assert_eq!(r.read(len - 1, &mut [0; 2]), Err(RemoteAccessError::OutOfBounds));
-                assert_eq!(MemoryRegion::new(8).is_on_hugepages(), false);
+                assert!(!MemoryRegion::new(8).is_on_hugepages());
             }
             Err(e @ HugePageError::NotReserved { needed }) => {
                 assert_eq!(needed, 4, "3 pages and 100 bytes take 4");

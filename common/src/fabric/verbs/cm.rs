@@ -322,6 +322,8 @@ impl CmId {
 /// Bytes of private data a connect request carries on InfiniBand and RoCE (the CM's REQ has 92,
 /// of which rdma_cm's own header takes 36).
 pub const MAX_CONNECT_DATA: usize = 56;
+/// Bytes of private data a reject carries (an accept carries 196).
+pub const MAX_REJECT_DATA: usize = 148;
 
 fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match s.ss_family as i32 {

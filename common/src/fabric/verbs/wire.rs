@@ -29,6 +29,9 @@ pub const HEADER_LEN: usize = 24;
 pub const CM_REQUEST_LEN: usize = 4 + 2 + SECRET_DIGEST_LEN;
 /// Bytes of the secret's digest in a [`CmRequest`] (SHA-256).
 pub const SECRET_DIGEST_LEN: usize = 32;
+// What the CM carries: the request in a connect, the hello in an accept and in a reject.
+const _: () = assert!(CM_REQUEST_LEN <= super::cm::MAX_CONNECT_DATA);
+const _: () = assert!(SERVER_HELLO_LEN <= super::cm::MAX_REJECT_DATA);
 
 /// SHA-256 of a shared secret: what an rdma_cm connect request presents instead of the secret.
 /// Anyone who can read the request can replay it, as anyone who can read the TCP handshake can
@@ -330,8 +333,6 @@ mod tests {
 
     #[test]
     fn rdma_cm_requests_fit_and_round_trip() {
-        assert!(CM_REQUEST_LEN <= super::super::cm::MAX_CONNECT_DATA, "a connect request carries 56 bytes");
-        assert!(SERVER_HELLO_LEN <= 148, "a reject carries 148 bytes (an accept 196)");
         let with = CmRequest { secret_digest: Some(secret_digest(b"s3cret")) };
         let mut padded = with.encode().to_vec();
         padded.resize(56, 0);
