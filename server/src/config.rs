@@ -24,6 +24,7 @@
 //! lease_ms = 100
 //! client_fills = true            # false: the server fills slots; clients cannot write the table
 //! reservations_per_client = 64   # unfilled reservations one connection may hold at once
+//! hugepages = false              # the table on 2 MiB hugepages (reserve them: vm.nr_hugepages)
 //!
 //! [ditto]                        # the LEED+Ditto baseline's cache region (benchmarks only)
 //! enabled = false
@@ -49,10 +50,11 @@
 //! allow_writes = false
 //!
 //! # fabric = "verbs"             # RDMA verbs instead of the software NIC (cargo feature rdma);
-//! # [verbs]                      # `listen` then is the TCP address of the verbs handshake
+//! # [verbs]                      # `listen` then is an address of the RDMA device's interface
 //! # device = "mlx5_0"            # default: the first device
 //! # port = 1
 //! # gid_index = 3                # default: the first IPv4-mapped GID
+//! # connect = "rdma_cm"          # or "tcp": a TCP handshake on `listen` (loopback works there)
 //! # credits = 64                 # receive buffers pre-posted per connection (the RPC credits)
 //! # buffer_bytes = 16384         # bytes per receive buffer
 //! # trusted_fills = false        # see README, "Real RDMA": client fills on verbs
@@ -488,8 +490,16 @@ impl ServerConfig {
             if !self.fabric.available() {
                 return bad("fabric = \"verbs\" needs a build with RDMA support (cargo feature rdma)".into());
             }
-            if self.listen.is_none() {
-                return bad("fabric = \"verbs\" needs `listen` (the TCP address of the verbs handshake)".into());
+            let Some(listen) = &self.listen else {
+                return bad("fabric = \"verbs\" needs `listen` (the address clients connect to)".into());
+            };
+            let loopback = scalio_common::fabric::parse_scoped_addr(listen).is_some_and(|a| a.ip().is_loopback())
+                || listen.starts_with("localhost:");
+            if loopback && self.verbs.connect == scalio_common::fabric::VerbsConnect::RdmaCm {
+                return bad(format!(
+                    "verbs.connect = \"rdma_cm\" cannot listen on the loopback address {listen}: use an address of \
+the RDMA device's interface, or verbs.connect = \"tcp\""
+                ));
             }
             if self.cache.enabled && self.cache.client_fills && !self.verbs.trusted_fills {
                 return bad("fabric = \"verbs\" cannot limit client fills to the slots' client ranges (no strided \
@@ -725,9 +735,14 @@ mod tests {
         assert_eq!((c.verbs.gid_index, c.verbs.credits, c.verbs.port), (Some(1), 32, 1));
         assert!(ServerConfig::from_toml("fabric = \"infiniband\"").is_err());
         assert!(ServerConfig::from_toml("[verbs]\ngid = 3").is_err());
+        use scalio_common::fabric::VerbsConnect;
+        assert_eq!(c.verbs.connect, VerbsConnect::RdmaCm, "rdma_cm by default");
+        let tcp = ServerConfig::from_toml("[verbs]\nconnect = \"tcp\"").unwrap();
+        assert_eq!(tcp.verbs.device_config().connect, VerbsConnect::Tcp);
+        assert!(ServerConfig::from_toml("[verbs]\nconnect = \"ud\"").is_err());
         let mut base = ServerConfig::default().with_ssd_files(std::path::Path::new("/tmp"), 1, 1 << 20);
         base.fabric = FabricKind::Verbs;
-        base.listen = Some("127.0.0.1:7400".into());
+        base.listen = Some("10.0.2.15:7400".into());
         let err = |c: &ServerConfig| c.validate().unwrap_err().to_string();
         if !FabricKind::Verbs.available() {
             assert!(err(&base).contains("RDMA support"), "{}", err(&base));
@@ -740,6 +755,11 @@ mod tests {
         c.validate().unwrap();
         let mut c = base.clone();
         c.verbs.trusted_fills = true;
+        c.validate().unwrap();
+        // rdma_cm cannot use loopback; the TCP handshake can.
+        c.listen = Some("127.0.0.1:7400".into());
+        assert!(err(&c).contains("loopback"), "{}", err(&c));
+        c.verbs.connect = VerbsConnect::Tcp;
         c.validate().unwrap();
         c.verbs.credits = 0;
         assert!(err(&c).contains("verbs.credits"));

@@ -202,12 +202,13 @@ mod tests {
         assert_eq!(back, vec![9; 100]);
     }
 
-    /// An echo service that records which peers the NIC reported closed.
+    /// An echo service that records which peers the NIC reported closed, and counts calls.
     #[derive(Default)]
-    struct Closes(parking_lot::Mutex<Vec<PeerId>>);
+    struct Closes(parking_lot::Mutex<Vec<PeerId>>, std::sync::atomic::AtomicUsize);
 
     impl RpcService for Closes {
         fn handle(&self, rpc: IncomingRpc) {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut p = rpc.payload;
             p.reverse();
             rpc.responder.reply(&p);
@@ -253,6 +254,39 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A client process killed with SIGKILL says nothing, but the kernel destroys its rdma_cm
+    /// identifiers, which disconnects them: the server calls `peer_closed` for it.
+    #[test]
+    fn a_killed_client_process_is_closed_at_the_server() {
+        let Some(dev) = device() else { return };
+        let closes = Arc::new(Closes::default());
+        let nic = VerbsNic::start(dev.clone(), listen_addr(&dev), NicConfig::default(), closes.clone()).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "fabric::verbs::tests::client_process_for_the_kill_test", "--ignored"])
+            .env("SCALIO_KILL_TEST_SERVER", nic.local_addr().to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the child process called", || closes.1.load(std::sync::atomic::Ordering::Relaxed) == 1);
+        assert_eq!(nic.connections(), 1);
+        assert!(closes.0.lock().is_empty());
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        wait_until("the server saw the killed client leave", || closes.0.lock().len() == 1);
+        wait_until("no connection is left", || nic.connections() == 0);
+    }
+
+    /// The killed process of [`a_killed_client_process_is_closed_at_the_server`].
+    #[test]
+    #[ignore = "the child process of a_killed_client_process_is_closed_at_the_server"]
+    fn client_process_for_the_kill_test() {
+        let Ok(addr) = std::env::var("SCALIO_KILL_TEST_SERVER") else { return };
+        let dev = device().expect("the parent found one");
+        let qp = VerbsQueuePair::connect(&dev, addr.parse().unwrap(), None).unwrap();
+        assert_eq!(qp.call(&[1, 2]).wait(), Ok(vec![2, 1]));
+        std::thread::sleep(Duration::from_secs(300)); // until killed
     }
 
     /// Refusals say why, as typed errors: a missing or wrong secret, the connection limit, a
