@@ -8,11 +8,14 @@
 use super::device::{Cq, VerbsDevice};
 use super::queue::{self, split_send_wr_id, PostedAt, RecvSide, SendSide, Wc, RECV_BIT};
 use super::ring::Ring;
+use super::queue::send_wr_id;
+use super::window::Window;
 use super::wire::{self, ClientHello, Grant, MessageHeader, MessageKind, Reassembly, ServerHello};
 use crate::fabric::{
-    Access, CloseReason, FabricError, IncomingRpc, MemoryRegion, PeerId, RegionDesc, Registrar, ReplySink, Responder,
-    RpcService, Secret, SendQueue, Strided, Unsupported, MAX_TRANSFER,
+    Access, CloseReason, Disconnect, FabricError, IncomingRpc, MemoryRegion, PeerId, RegionDesc, Registrar,
+    ReplySink, Responder, RpcService, Secret, SendQueue, Strided, Unsupported, MAX_TRANSFER,
 };
+use std::sync::Weak;
 use parking_lot::Mutex;
 use sideway::ibverbs::memory_region::MemoryRegion as Mr;
 use std::collections::{HashMap, VecDeque};
@@ -29,11 +32,44 @@ type Registered = (Arc<Mr>, Arc<MemoryRegion>);
 pub struct VerbsRegistrar {
     dev: Arc<VerbsDevice>,
     regions: Mutex<HashMap<u32, Registered>>,
+    /// The connections of the listeners started with [`peers`](Self::peers) in their
+    /// [`NicConfig`]: where windows are bound.
+    peers: Arc<WindowPeers>,
+    /// The device has type-2 memory windows.
+    windows: bool,
 }
 
 impl VerbsRegistrar {
     pub fn new(dev: Arc<VerbsDevice>) -> VerbsRegistrar {
-        VerbsRegistrar { dev, regions: Mutex::new(HashMap::new()) }
+        let windows = dev.has_type2_windows();
+        VerbsRegistrar { dev, regions: Mutex::new(HashMap::new()), peers: Arc::default(), windows }
+    }
+
+    /// The directory a listener must be started with ([`NicConfig::peers`]) for this
+    /// registrar to grant windows to its connections.
+    pub fn peers(&self) -> Arc<WindowPeers> {
+        self.peers.clone()
+    }
+
+    /// Whether the device has type-2 memory windows, so that [`Registrar::grant_window`] works.
+    pub fn has_windows(&self) -> bool {
+        self.windows
+    }
+}
+
+/// The server's connections by peer, for binding windows on their queue pairs.
+#[derive(Default)]
+pub struct WindowPeers(Mutex<HashMap<PeerId, Weak<Conn>>>);
+
+impl std::fmt::Debug for WindowPeers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowPeers").field("connections", &self.0.lock().len()).finish()
+    }
+}
+
+impl WindowPeers {
+    fn get(&self, peer: PeerId) -> Option<Arc<Conn>> {
+        self.0.lock().get(&peer).and_then(Weak::upgrade)
     }
 }
 
@@ -55,6 +91,40 @@ impl Registrar for VerbsRegistrar {
     fn deregister(&self, rkey: u32) -> bool {
         self.regions.lock().remove(&rkey).is_some()
     }
+
+    /// A type-2 memory window bound, on the server's queue pair to `peer`, over the range of
+    /// `base`'s registration (which must have been made with [`Access::WINDOWS`]).
+    fn grant_window(
+        &self,
+        peer: PeerId,
+        base: RegionDesc,
+        offset: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<RegionDesc, FabricError> {
+        if !self.windows {
+            return Err(FabricError::Unsupported(Unsupported::MemoryWindows));
+        }
+        let not_bindable = FabricError::Unsupported(Unsupported::NotBindable);
+        let mr = match self.regions.lock().get(&base.rkey) {
+            Some((mr, region)) if region.addr() == base.addr => mr.clone(),
+            _ => return Err(not_bindable),
+        };
+        if offset.checked_add(len).is_none_or(|end| end > base.len) || len == 0 {
+            return Err(FabricError::TooLarge(len as usize));
+        }
+        // Only WRITE windows are bound (what client fills need); READ would need its own flag.
+        if access != Access::WRITE {
+            return Err(not_bindable);
+        }
+        let conn = self.peers.get(peer).ok_or(FabricError::Unsupported(Unsupported::UnknownPeer))?;
+        let rkey = conn.bind_window(&self.dev, &mr, base.addr + offset, len)?;
+        Ok(RegionDesc { addr: base.addr + offset, len, rkey })
+    }
+
+    fn revoke_window(&self, peer: PeerId, rkey: u32) -> bool {
+        self.peers.get(peer).is_some_and(|c| c.invalidate_window(rkey))
+    }
 }
 
 /// What the listener grants and admits.
@@ -66,11 +136,14 @@ pub struct NicConfig {
     pub buffer_len: u32,
     pub max_connections: usize,
     pub secret: Option<Secret>,
+    /// Where the listener lists its connections for a [`VerbsRegistrar`] to bind windows on
+    /// ([`VerbsRegistrar::peers`]); None: no windows for its clients.
+    pub peers: Option<Arc<WindowPeers>>,
 }
 
 impl Default for NicConfig {
     fn default() -> Self {
-        NicConfig { credits: 64, buffer_len: 16 << 10, max_connections: 256, secret: None }
+        NicConfig { credits: 64, buffer_len: 16 << 10, max_connections: 256, secret: None, peers: None }
     }
 }
 
@@ -225,8 +298,12 @@ impl Inner {
                 request_fragments: HashMap::new(),
                 reassembly: Reassembly::default(),
                 dead: false,
+                windows: Windows::default(),
             }),
         });
+        if let Some(peers) = &self.config.peers {
+            peers.0.lock().insert(conn.peer, Arc::downgrade(&conn));
+        }
         stream.write_all(&ServerHello::Accepted { endpoint, grant }.encode())?;
         stream.set_nonblocking(true)?;
         self.connections.fetch_add(1, Ordering::AcqRel);
@@ -246,7 +323,7 @@ impl Inner {
 }
 
 /// One client's connection.
-struct Conn {
+pub struct Conn {
     peer: PeerId,
     service: Arc<dyn RpcService>,
     cq: Cq,
@@ -264,6 +341,14 @@ struct ConnState {
     request_fragments: HashMap<u64, u32>,
     reassembly: Reassembly,
     dead: bool,
+    windows: Windows,
+}
+
+/// The type-2 memory windows of one connection: bound (by key) and free to bind again.
+#[derive(Default)]
+struct Windows {
+    bound: HashMap<u32, Window>,
+    free: Vec<Window>,
 }
 
 impl Conn {
@@ -290,9 +375,68 @@ impl Conn {
             // Requests at the service may be answered any moment: keep polling for a while.
             (found, !st.pending.is_empty() || !st.request_fragments.is_empty())
         });
-        self.state.lock().dead = true;
+        {
+            let mut st = self.state.lock();
+            st.dead = true;
+            // Deallocating a window unbinds it: no key granted to this client works any more.
+            st.windows = Windows::default();
+        }
+        if let Some(peers) = &nic.config.peers {
+            peers.0.lock().remove(&self.peer);
+        }
         // After `dead` (what `is_closed` reports): the service may free what this client held.
         self.service.peer_closed(self.peer);
+    }
+
+    /// Binds a window (a free one, or a new one) over `len` bytes at `addr` of `mr` on this
+    /// connection's queue pair, ordered before every response posted after it. Returns its key.
+    fn bind_window(&self, dev: &VerbsDevice, mr: &Mr, addr: u64, len: u64) -> Result<u32, FabricError> {
+        let mut st = self.state.lock();
+        if st.dead {
+            return Err(FabricError::Disconnected(Disconnect::PeerClosed));
+        }
+        let mut window = match st.windows.free.pop() {
+            Some(w) => w,
+            None => Window::alloc(dev)?,
+        };
+        let (_, at) = match st.send.reserve(0, 1, true) {
+            Ok(r) => r,
+            Err(e) => {
+                st.windows.free.push(window);
+                return Err(e);
+            }
+        };
+        let rkey = match window.post_bind(&mut st.send.qp, send_wr_id(at.seq, 0), mr, addr, len) {
+            Ok(k) => k,
+            Err(e) => {
+                // A queue pair that refuses a post is not used further (as for responses).
+                st.dead = true;
+                return Err(e);
+            }
+        };
+        st.pending.push_back(at);
+        st.windows.bound.insert(rkey, window);
+        Ok(rkey)
+    }
+
+    /// Invalidates the window bound under `rkey`, ordered before every response posted after
+    /// it. Returns whether it was bound.
+    fn invalidate_window(&self, rkey: u32) -> bool {
+        let mut st = self.state.lock();
+        let Some(window) = st.windows.bound.remove(&rkey) else { return false };
+        if st.dead {
+            return true; // dropped: deallocated, so unbound
+        }
+        // No room to post: deallocating the window (dropping it) revokes it at once instead.
+        let Ok((_, at)) = st.send.reserve(0, 1, true) else { return true };
+        if window.post_invalidate(&mut st.send.qp, send_wr_id(at.seq, 0)).is_err() {
+            st.dead = true;
+            return true;
+        }
+        st.pending.push_back(at);
+        // Bound again only after the invalidation: both are ordered on this queue pair.
+        st.windows.free.push(window);
+        true
     }
 
     /// Polls the completion queue and handles what it finds; requests go to the service after
