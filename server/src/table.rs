@@ -90,10 +90,16 @@ pub struct CacheTable {
     quota: usize,
     /// The reservations each client took and may not have filled yet, striped by peer.
     holders: Box<[Mutex<Holders>]>,
+    /// Told of every slot about to be re-bound, under its bucket's lock (fill windows revoke
+    /// the slot's window there).
+    rebind_hook: std::sync::OnceLock<RebindHook>,
     /// Test-only seeded bug (see `SeededBug::FillWithoutGenerationCheck`).
     #[cfg(feature = "seeded-bugs")]
     keep_generation: bool,
 }
+
+/// See [`CacheTable::on_rebind`].
+pub type RebindHook = Box<dyn Fn(u32, u8) + Send + Sync>;
 
 /// What the server found for a key in its bucket.
 enum Found {
@@ -116,6 +122,7 @@ impl CacheTable {
             counters: TableCounters::default(),
             quota: usize::MAX,
             holders: (0..HOLDER_STRIPES).map(|_| Mutex::default()).collect(),
+            rebind_hook: std::sync::OnceLock::new(),
             #[cfg(feature = "seeded-bugs")]
             keep_generation: false,
         }
@@ -201,8 +208,30 @@ impl CacheTable {
         oldest.map(|(_, s)| (s, true))
     }
 
+    /// Calls `hook(bucket, slot)` whenever a slot is about to be bound to a new reservation,
+    /// under the bucket's lock, before its header changes. Set once (later calls are ignored).
+    pub fn on_rebind(&self, hook: RebindHook) {
+        let _ = self.rebind_hook.set(hook);
+    }
+
+    /// How long a reservation's lease runs.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Whether the reservation of `slot` in `bucket` under `generation` is still open: its
+    /// lease runs and the slot is still bound under it, unfilled.
+    pub fn reservation_open(&self, bucket: u32, slot: u8, generation: u32) -> bool {
+        let deadline = self.leases[self.lease_index(bucket, slot)].load(Ordering::Relaxed);
+        let h = Held { bucket, slot, generation, deadline };
+        self.outstanding(&h, self.now_ns())
+    }
+
     /// Binds `slot` to `key` under a new generation and lease.
     fn bind(&self, bucket: u32, slot: u8, key: &TableKey, now: u64) -> Reservation {
+        if let Some(hook) = self.rebind_hook.get() {
+            hook(bucket, slot);
+        }
         let base = self.geometry.slot_offset(bucket, slot);
         let bytes = self.slot_bytes(bucket, slot);
         let generation = SlotView::new(&bytes).generation().wrapping_add(1);

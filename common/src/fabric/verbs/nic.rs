@@ -6,16 +6,15 @@
 //! complete requests to the [`RpcService`] and posts the responses.
 
 use super::device::{Cq, VerbsDevice};
+use super::queue::send_wr_id;
 use super::queue::{self, split_send_wr_id, PostedAt, RecvSide, SendSide, Wc, RECV_BIT};
 use super::ring::Ring;
-use super::queue::send_wr_id;
 use super::window::Window;
 use super::wire::{self, ClientHello, Grant, MessageHeader, MessageKind, Reassembly, ServerHello};
 use crate::fabric::{
-    Access, CloseReason, Disconnect, FabricError, IncomingRpc, MemoryRegion, PeerId, RegionDesc, Registrar,
-    ReplySink, Responder, RpcService, Secret, SendQueue, Strided, Unsupported, MAX_TRANSFER,
+    Access, CloseReason, Disconnect, FabricError, IncomingRpc, MemoryRegion, PeerId, RegionDesc, Registrar, ReplySink,
+    Responder, RpcService, Secret, SendQueue, Strided, Unsupported, MAX_TRANSFER,
 };
-use std::sync::Weak;
 use parking_lot::Mutex;
 use sideway::ibverbs::memory_region::MemoryRegion as Mr;
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +22,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 /// A registered region and its registration (dropped together: the registration first).
