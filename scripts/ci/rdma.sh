@@ -13,8 +13,8 @@
 #   build-e2e    cargo build --features rdma of scalio-server and scalio-ycsb (debug, as the tests)
 #   guest        one guest boot: rxe0 on eth0, the verbs tests with SCALIO_REQUIRE_RDMA=1 (the whole
 #                fabric conformance suite on real verbs), ib_read_lat (perftest) for reference, then
-#                scripts/ci/rdma-e2e.sh (scalio-server and scalio-ycsb on verbs, misses over kernel
-#                NVMe-oF/RDMA)
+#                scripts/ci/rdma-e2e.sh (scalio-server and scalio-ycsb on verbs, client fills through a
+#                memory window per reservation, misses over kernel NVMe-oF/RDMA)
 # Exit status 0 only if every step passed. Work files: target/vm/ (or $SCALIO_VM_DIR).
 set -uo pipefail
 exec </dev/null
@@ -24,7 +24,8 @@ cd "$REPO" || exit 1
 if [ "${1:-}" = --guest ]; then
   BIN=$2 SERVER=$3 YCSB=$4
   echo "=== guest: the verbs tests on ${SCALIO_RDMA_DEVICE:-?}"
-  "$BIN" fabric::verbs --test-threads=1 --nocapture
+  # Soft-RoCE has type-2 memory windows: the fill windows the e2e step uses need them.
+  SCALIO_REQUIRE_MW=1 "$BIN" fabric::verbs --test-threads=1 --nocapture
   rc=$?
   echo "=== guest: ib_read_lat (perftest) on the same device, for reference (emulation)"
   ib_read_lat -d "$SCALIO_RDMA_DEVICE" -x 1 -s 64 -n 2000 >/dev/null 2>&1 &

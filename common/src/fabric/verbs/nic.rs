@@ -344,11 +344,10 @@ struct ConnState {
     windows: Windows,
 }
 
-/// The type-2 memory windows of one connection: bound (by key) and free to bind again.
+/// The type-2 memory windows bound on one connection's queue pair, by key.
 #[derive(Default)]
 struct Windows {
     bound: HashMap<u32, Window>,
-    free: Vec<Window>,
 }
 
 impl Conn {
@@ -395,17 +394,8 @@ impl Conn {
         if st.dead {
             return Err(FabricError::Disconnected(Disconnect::PeerClosed));
         }
-        let mut window = match st.windows.free.pop() {
-            Some(w) => w,
-            None => Window::alloc(dev)?,
-        };
-        let (_, at) = match st.send.reserve(0, 1, true) {
-            Ok(r) => r,
-            Err(e) => {
-                st.windows.free.push(window);
-                return Err(e);
-            }
-        };
+        let mut window = Window::alloc(dev)?;
+        let (_, at) = st.send.reserve(0, 1, true)?;
         let rkey = match window.post_bind(&mut st.send.qp, send_wr_id(at.seq, 0), mr, addr, len) {
             Ok(k) => k,
             Err(e) => {
@@ -419,24 +409,14 @@ impl Conn {
         Ok(rkey)
     }
 
-    /// Invalidates the window bound under `rkey`, ordered before every response posted after
-    /// it. Returns whether it was bound.
+    /// Revokes the window bound under `rkey` by deallocating it (`ibv_dealloc_mw`, which
+    /// unbinds it before it returns: no WRITE with its key executes after this call). Returns
+    /// whether it was bound. (An `IBV_WR_LOCAL_INV` posted on the queue pair would keep the
+    /// window for the next bind, but on Soft-RoCE it ended the connection, in the guest.)
     fn invalidate_window(&self, rkey: u32) -> bool {
-        let mut st = self.state.lock();
-        let Some(window) = st.windows.bound.remove(&rkey) else { return false };
-        if st.dead {
-            return true; // dropped: deallocated, so unbound
-        }
-        // No room to post: deallocating the window (dropping it) revokes it at once instead.
-        let Ok((_, at)) = st.send.reserve(0, 1, true) else { return true };
-        if window.post_invalidate(&mut st.send.qp, send_wr_id(at.seq, 0)).is_err() {
-            st.dead = true;
-            return true;
-        }
-        st.pending.push_back(at);
-        // Bound again only after the invalidation: both are ordered on this queue pair.
-        st.windows.free.push(window);
-        true
+        let window = self.state.lock().windows.bound.remove(&rkey);
+        // Dropped outside the lock: deallocation is a system call.
+        window.is_some()
     }
 
     /// Polls the completion queue and handles what it finds; requests go to the service after

@@ -4,12 +4,11 @@
 //!
 //! A type-2 window is bound by an `IBV_WR_BIND_MW` work request on a queue pair, and its key is
 //! good only for requests that arrive on that queue pair: bound on the server's queue pair to
-//! one client, it is that client's alone. It is revoked by an `IBV_WR_LOCAL_INV` on the same
-//! queue pair, after which the window may be bound again (under the next key: the low 8 bits of
-//! a window's key change with every bind, so an old key never names a new binding until 256
-//! binds later, and then only on the same connection). Both are posted in order with the
-//! queue pair's SENDs: a client that has received a response sent after a bind can use the
-//! window; one that has received a response sent after an invalidation cannot.
+//! one client, it is that client's alone. The bind is posted in order with the queue pair's
+//! SENDs: a client that has received a response sent after it can use the window. It is revoked
+//! by deallocating it (`ibv_dealloc_mw` unbinds it before returning), one window per grant: an
+//! `IBV_WR_LOCAL_INV` on the queue pair would let the window be bound again without two system
+//! calls, but on Soft-RoCE (the CI guest) the invalidation ended the connection.
 //!
 //! sideway has no window API, so these are raw `rdma-mummy-sys` calls; `unsafe` stays here.
 
@@ -81,19 +80,6 @@ impl Window {
         post(qp, &mut wr, "ibv_post_send(BIND_MW)")?;
         self.rkey = rkey;
         Ok(rkey)
-    }
-
-    /// Posts, signaled, the invalidation of this window's current binding on `qp` (the queue pair
-    /// it was bound on).
-    pub fn post_invalidate(&self, qp: &mut BasicQueuePair, wr_id: u64) -> Result<(), FabricError> {
-        use rdma_mummy_sys::*;
-        // SAFETY: as in `post_bind`; IBV_WR_LOCAL_INV reads only the key to invalidate.
-        let mut wr: ibv_send_wr = unsafe { std::mem::zeroed() };
-        wr.wr_id = wr_id;
-        wr.opcode = ibv_wr_opcode::IBV_WR_LOCAL_INV;
-        wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
-        wr.imm_data_invalidated_rkey_union.invalidated_rkey = self.rkey;
-        post(qp, &mut wr, "ibv_post_send(LOCAL_INV)")
     }
 }
 
