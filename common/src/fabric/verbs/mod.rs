@@ -18,8 +18,8 @@
 //! Differences from the software backends, all typed: a remote refusal is
 //! [`RemoteAccessError::Refused`](crate::fabric::RemoteAccessError::Refused) (verbs does not
 //! say whether key, bounds or rights were wrong), and strided registrations are refused
-//! ([`Unsupported::StridedRegistration`](crate::fabric::Unsupported)), so a server on verbs runs
-//! with server fills.
+//! ([`Unsupported::StridedRegistration`](crate::fabric::Unsupported)): a server on verbs grants
+//! client fills a type-2 memory window per reservation instead (`window.rs`), or fills itself.
 
 mod device;
 mod nic;
