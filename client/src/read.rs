@@ -181,6 +181,7 @@ impl Inner {
         for _ in 0..self.cfg.miss_attempts.max(1) {
             // The fill goes on the queue pair the META_GET went on: a fill window is bound to it.
             let qp = self.qp();
+            let asked = std::time::Instant::now();
             let body = self.rpc_ok_via(&qp, Request::new(Op::MetaGet, key, b"").with_flags(meta_flags)).await?;
             let meta = MetaGetReply::decode(&body)?;
             if meta.chain_len == 0 {
@@ -197,7 +198,16 @@ impl Inner {
             match self.read_ssd(key, &meta).await {
                 Ok(value) => {
                     if let (Some((t, tk)), Some(r)) = (cache, meta.reservation) {
-                        self.fill(&qp, t, tk, r, meta.window, value.as_deref());
+                        // A window is revoked once the lease has run out, and a WRITE
+                        // after that would end the queue pair (and fail what else is on it):
+                        // fill through one only within the first half of the lease, counted
+                        // from before the reservation was made.
+                        let lease = std::time::Duration::from_millis(u64::from(self.info.lease_ms));
+                        if meta.window.is_some() && asked.elapsed() >= lease / 2 {
+                            Counters::add(&self.counters.fills_late, 1);
+                        } else {
+                            self.fill(&qp, t, tk, r, meta.window, value.as_deref());
+                        }
                     }
                     if value.is_none() {
                         Counters::add(&self.counters.absent, 1);

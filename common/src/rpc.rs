@@ -405,6 +405,10 @@ pub struct ServerInfo {
     pub store_id: [u8; 16],
     pub ssds: Vec<SsdInfo>,
     pub targets: Vec<BlockTarget>,
+    /// How long a reservation's lease runs, in milliseconds (0: not said). A client filling
+    /// through a window fills only well within it: a WRITE after the window's revocation would
+    /// end its queue pair.
+    pub lease_ms: u32,
 }
 
 mod tag {
@@ -414,6 +418,7 @@ mod tag {
     pub const SSD: u16 = 4;
     pub const TARGET: u16 = 5;
     pub const DITTO: u16 = 6;
+    pub const LEASE: u16 = 7;
 }
 
 /// `addr u64, rkey u32, buckets u32, assoc u8`, then `fill_rkey u32` if there is one.
@@ -461,6 +466,9 @@ impl ServerInfo {
             field(&mut w, tag::DITTO, &encode_table(t));
         }
         field(&mut w, tag::STORE_ID, &self.store_id);
+        if self.lease_ms != 0 {
+            field(&mut w, tag::LEASE, &self.lease_ms.to_le_bytes());
+        }
         for s in &self.ssds {
             let g = &s.geometry;
             let mut b = Vec::new();
@@ -490,6 +498,7 @@ impl ServerInfo {
             store_id: [0; 16],
             ssds: Vec::new(),
             targets: Vec::new(),
+            lease_ms: 0,
         };
         let mut seen_protocol = false;
         while !b.is_empty() {
@@ -508,6 +517,7 @@ impl ServerInfo {
                 tag::TABLE => info.table = Some(decode_table(v, "table")?),
                 tag::DITTO => info.ditto = Some(decode_table(v, "ditto region")?),
                 tag::STORE_ID => info.store_id = exact(v, 16, "store id")?.try_into().unwrap(),
+                tag::LEASE => info.lease_ms = u32::from_le_bytes(exact(v, 4, "lease")?.try_into().unwrap()),
                 tag::SSD => {
                     need(v, 44)?;
                     let n = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().unwrap());
@@ -826,6 +836,7 @@ mod tests {
                 geometry: TableGeometry { buckets: 333, assoc: 5 },
             }),
             store_id: [9; 16],
+            lease_ms: 100,
             ssds: vec![SsdInfo { geometry: SsdGeometry::plan(65_536, None).unwrap(), path: "/tmp/ssd0.img".into() }],
             targets: vec![BlockTarget {
                 ssd: 0,

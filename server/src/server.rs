@@ -307,6 +307,7 @@ impl Server {
             .map_err(ServerError::Register)?;
         let info = ServerInfo {
             protocol: PROTOCOL_VERSION,
+            lease_ms: u32::try_from(config.cache.lease_ms).unwrap_or(u32::MAX),
             table: table_info,
             ditto: ditto_info,
             store_id: opened.store_id,
