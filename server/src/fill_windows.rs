@@ -7,14 +7,17 @@
 //! A window is revoked when its reservation is over:
 //! * the slot is re-bound (another reservation of it, for any key): at once, under the bucket's
 //!   lock, before the new reservation's header is written ([`CacheTable::on_rebind`]);
-//! * the fill landed (`integrity = 1`), the lease ran out, or the slot was invalidated: by the
-//!   sweep, every quarter lease ([`sweep`](FillWindows::sweep));
+//! * the fill landed (`integrity = 1`) or the lease ran out: by the sweep, every quarter lease
+//!   ([`sweep`](FillWindows::sweep)). A slot invalidated by a write keeps its window (and is not
+//!   re-bound) until its lease runs out: its filler may still be writing, and a WRITE through a
+//!   revoked window ends the writer's queue pair. Clients fill only within the first half of a
+//!   lease, so an honest one never writes through a revoked window;
 //! * the client's connection closed ([`release`](FillWindows::release); on verbs the windows
 //!   are also deallocated with the connection).
 //!
 //! So a client can write only the client range of a slot reserved for it, and only from the
-//! grant until at most a quarter lease after its reservation ended (or at once, if the slot is
-//! taken by another reservation).
+//! grant until at most a quarter lease after its fill landed or its lease ran out; never after
+//! the slot was taken by another reservation.
 
 use crate::table::CacheTable;
 use parking_lot::Mutex;
@@ -141,12 +144,13 @@ impl FillWindows {
         }
     }
 
-    /// Revokes the windows whose reservation is over: filled, expired, or invalidated.
+    /// Revokes the windows whose reservation is over for its filler: filled, or its lease ran
+    /// out (an invalidated slot is held until then: see [`CacheTable::on_rebind`]).
     pub fn sweep(&self, table: &CacheTable) {
         for stripe in self.slots.iter() {
             let mut done = Vec::new();
             stripe.lock().retain(|&(bucket, slot), g| {
-                let open = table.reservation_open(bucket, slot, g.generation);
+                let open = !table.reservation_ended(bucket, slot, g.generation);
                 if !open {
                     done.push(*g);
                 }
