@@ -32,6 +32,9 @@ use std::time::Duration;
 /// Stripes of the slot → window map (by bucket).
 const STRIPES: usize = 64;
 
+/// The windows granted over the slots of some buckets, by (bucket, slot).
+type Stripe = Mutex<HashMap<(u32, u8), Granted>>;
+
 /// The window granted over one slot.
 #[derive(Debug, Clone, Copy)]
 struct Granted {
@@ -60,7 +63,7 @@ pub struct FillWindows {
     /// The table's registration made with [`Access::WINDOWS`].
     base: RegionDesc,
     geometry: TableGeometry,
-    slots: Box<[Mutex<HashMap<(u32, u8), Granted>>]>,
+    slots: Box<[Stripe]>,
     counters: FillWindowCounters,
 }
 
@@ -105,7 +108,7 @@ impl FillWindows {
         &self.counters
     }
 
-    fn stripe(&self, bucket: u32) -> &Mutex<HashMap<(u32, u8), Granted>> {
+    fn stripe(&self, bucket: u32) -> &Stripe {
         &self.slots[bucket as usize % self.slots.len()]
     }
 
