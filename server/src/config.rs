@@ -24,6 +24,8 @@
 //! lease_ms = 100
 //! client_fills = true            # false: the server fills slots; clients cannot write the table
 //! reservations_per_client = 64   # unfilled reservations one connection may hold at once
+//! hugepages = false              # the table on 2 MiB hugepages (reserve them: vm.nr_hugepages)
+//! # fill_windows = true          # a window per reservation (default: on with fabric = "verbs")
 //!
 //! [ditto]                        # the LEED+Ditto baseline's cache region (benchmarks only)
 //! enabled = false
@@ -49,10 +51,11 @@
 //! allow_writes = false
 //!
 //! # fabric = "verbs"             # RDMA verbs instead of the software NIC (cargo feature rdma);
-//! # [verbs]                      # `listen` then is the TCP address of the verbs handshake
+//! # [verbs]                      # `listen` then is an address of the RDMA device's interface
 //! # device = "mlx5_0"            # default: the first device
 //! # port = 1
 //! # gid_index = 3                # default: the first IPv4-mapped GID
+//! # connect = "rdma_cm"          # or "tcp": a TCP handshake on `listen` (loopback works there)
 //! # credits = 64                 # receive buffers pre-posted per connection (the RPC credits)
 //! # buffer_bytes = 16384         # bytes per receive buffer
 //! # trusted_fills = false        # see README, "Real RDMA": client fills on verbs
@@ -165,6 +168,9 @@ pub struct VerbsServerConfig {
     pub port: u8,
     /// GID index; None: the first IPv4-mapped GID, else the first non-zero one.
     pub gid_index: Option<u32>,
+    /// Connection setup: `"rdma_cm"` (default; `listen` is then an address of the device's
+    /// interface, or the wildcard) or `"tcp"` (a TCP handshake on `listen`).
+    pub connect: scalio_common::fabric::VerbsConnect,
     /// Receive buffers pre-posted per connection: a client's RPC credits (in buffers).
     pub credits: u32,
     /// Bytes of each receive buffer (the largest SEND; a message takes several).
@@ -182,6 +188,7 @@ impl Default for VerbsServerConfig {
             device: None,
             port: 1,
             gid_index: None,
+            connect: scalio_common::fabric::VerbsConnect::RdmaCm,
             credits: 64,
             buffer_bytes: 16 << 10,
             trusted_fills: false,
@@ -191,7 +198,12 @@ impl Default for VerbsServerConfig {
 
 impl VerbsServerConfig {
     pub fn device_config(&self) -> scalio_common::fabric::VerbsConfig {
-        scalio_common::fabric::VerbsConfig { device: self.device.clone(), port: self.port, gid_index: self.gid_index }
+        scalio_common::fabric::VerbsConfig {
+            device: self.device.clone(),
+            port: self.port,
+            gid_index: self.gid_index,
+            connect: self.connect,
+        }
     }
 }
 
@@ -212,6 +224,24 @@ pub struct CacheConfig {
     /// keep the cache empty for everyone. Holders of many reservations at a time are clients with
     /// many misses in flight: the default leaves room for 64.
     pub reservations_per_client: u32,
+    /// Put the cache table (and the LEED+Ditto baseline's region) on 2 MiB hugepages, so that a
+    /// NIC translates a large table with few entries. The pages must be reserved beforehand
+    /// (`/proc/sys/vm/nr_hugepages`); the server refuses to start when they are not.
+    pub hugepages: bool,
+    /// Client fills through a window per reservation: WRITE access to just the reserved slot's
+    /// client range, for just the connection that reserved it, revoked when the reservation ends
+    /// (on verbs a type-2 memory window; README, "Threat model"). No table-wide fill key is
+    /// handed out then, so hits write no access timestamps (eviction goes by fill time).
+    /// Unset: on with `fabric = "verbs"` (unless `verbs.trusted_fills`), off on the software NICs.
+    pub fill_windows: Option<bool>,
+}
+
+impl CacheConfig {
+    /// Whether client fills go through a window per reservation on `fabric`.
+    pub fn fill_windows_on(&self, fabric: scalio_common::fabric::FabricKind, trusted_fills: bool) -> bool {
+        let default = fabric == scalio_common::fabric::FabricKind::Verbs && !trusted_fills;
+        self.enabled && self.client_fills && self.fill_windows.unwrap_or(default)
+    }
 }
 
 impl Default for CacheConfig {
@@ -223,6 +253,8 @@ impl Default for CacheConfig {
             lease_ms: 100,
             client_fills: true,
             reservations_per_client: 64,
+            hugepages: false,
+            fill_windows: None,
         }
     }
 }
@@ -474,13 +506,29 @@ impl ServerConfig {
             if !self.fabric.available() {
                 return bad("fabric = \"verbs\" needs a build with RDMA support (cargo feature rdma)".into());
             }
-            if self.listen.is_none() {
-                return bad("fabric = \"verbs\" needs `listen` (the TCP address of the verbs handshake)".into());
+            let Some(listen) = &self.listen else {
+                return bad("fabric = \"verbs\" needs `listen` (the address clients connect to)".into());
+            };
+            let loopback = scalio_common::fabric::parse_scoped_addr(listen).is_some_and(|a| a.ip().is_loopback())
+                || listen.starts_with("localhost:");
+            if loopback && self.verbs.connect == scalio_common::fabric::VerbsConnect::RdmaCm {
+                return bad(format!(
+                    "verbs.connect = \"rdma_cm\" cannot listen on the loopback address {listen}: use an address of \
+the RDMA device's interface, or verbs.connect = \"tcp\""
+                ));
             }
-            if self.cache.enabled && self.cache.client_fills && !self.verbs.trusted_fills {
-                return bad("fabric = \"verbs\" cannot limit client fills to the slots' client ranges (no strided \
-keys): set cache.client_fills = false (server fills), or verbs.trusted_fills = true for trusted clients"
+            if self.cache.enabled
+                && self.cache.client_fills
+                && !self.verbs.trusted_fills
+                && self.cache.fill_windows == Some(false)
+            {
+                return bad("fabric = \"verbs\" cannot limit client fills to the slots' client ranges without fill \
+windows (no strided keys): leave cache.fill_windows on, set cache.client_fills = false (server fills), or \
+verbs.trusted_fills = true for trusted clients"
                     .into());
+            }
+            if self.verbs.trusted_fills && self.cache.fill_windows == Some(true) {
+                return bad("verbs.trusted_fills and cache.fill_windows exclude each other: choose one".into());
             }
             let v = &self.verbs;
             if v.credits == 0 || v.credits > 4096 || v.buffer_bytes < 256 || v.buffer_bytes > 1 << 20 {
@@ -711,21 +759,43 @@ mod tests {
         assert_eq!((c.verbs.gid_index, c.verbs.credits, c.verbs.port), (Some(1), 32, 1));
         assert!(ServerConfig::from_toml("fabric = \"infiniband\"").is_err());
         assert!(ServerConfig::from_toml("[verbs]\ngid = 3").is_err());
+        use scalio_common::fabric::VerbsConnect;
+        assert_eq!(c.verbs.connect, VerbsConnect::RdmaCm, "rdma_cm by default");
+        let tcp = ServerConfig::from_toml("[verbs]\nconnect = \"tcp\"").unwrap();
+        assert_eq!(tcp.verbs.device_config().connect, VerbsConnect::Tcp);
+        assert!(ServerConfig::from_toml("[verbs]\nconnect = \"ud\"").is_err());
         let mut base = ServerConfig::default().with_ssd_files(std::path::Path::new("/tmp"), 1, 1 << 20);
         base.fabric = FabricKind::Verbs;
-        base.listen = Some("127.0.0.1:7400".into());
+        base.listen = Some("10.0.2.15:7400".into());
         let err = |c: &ServerConfig| c.validate().unwrap_err().to_string();
         if !FabricKind::Verbs.available() {
             assert!(err(&base).contains("RDMA support"), "{}", err(&base));
             return;
         }
-        // Client fills need strided keys, which verbs lacks: refused unless the clients are trusted.
-        assert!(err(&base).contains("client_fills"), "{}", err(&base));
+        // By default client fills on verbs go through a window per reservation.
+        base.validate().unwrap();
+        assert!(base.cache.fill_windows_on(FabricKind::Verbs, false));
+        assert!(!base.cache.fill_windows_on(FabricKind::Tcp, false), "off on the software NICs");
+        assert!(!base.cache.fill_windows_on(FabricKind::Verbs, true), "off with trusted fills");
+        // Without windows, client fills need strided keys, which verbs lacks: refused unless the
+        // clients are trusted.
+        let mut c = base.clone();
+        c.cache.fill_windows = Some(false);
+        assert!(err(&c).contains("client_fills"), "{}", err(&c));
+        c.verbs.trusted_fills = true;
+        c.validate().unwrap();
+        c.cache.fill_windows = Some(true);
+        assert!(err(&c).contains("exclude each other"), "{}", err(&c));
         let mut c = base.clone();
         c.cache.client_fills = false;
         c.validate().unwrap();
         let mut c = base.clone();
         c.verbs.trusted_fills = true;
+        c.validate().unwrap();
+        // rdma_cm cannot use loopback; the TCP handshake can.
+        c.listen = Some("127.0.0.1:7400".into());
+        assert!(err(&c).contains("loopback"), "{}", err(&c));
+        c.verbs.connect = VerbsConnect::Tcp;
         c.validate().unwrap();
         c.verbs.credits = 0;
         assert!(err(&c).contains("verbs.credits"));
