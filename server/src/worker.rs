@@ -137,32 +137,6 @@ impl InboxLoad {
     }
 }
 
-/// A write (`request`) applied here with the local answer `local`: remembers its request id
-/// with the answer (unless the answer is a guess, see [`crate::cluster::received`]), and returns
-/// what to do with the chain's answer: settle a guessed answer, and tell the record of a move.
-fn remember(own: &Arc<Ownership>, request: &[u8], local: Status, mark: Option<MoveMark>) -> Option<AnswerHook> {
-    let req = Request::decode(request).ok()?;
-    let guessed = mark.is_some_and(|m| m.noted.pending);
-    if let Some(id) = req.id {
-        own.applied().lock().record(req.key, id, (!guessed).then_some(local));
-    }
-    if mark.is_none() && !(guessed && req.id.is_some()) {
-        return None;
-    }
-    let (own, key, id) = (own.clone(), req.key.to_vec(), req.id);
-    Some(Box::new(move |answer: Option<Status>| {
-        if let Some(m) = mark {
-            trace::event(own.me(), || {
-                format!("answered {} gen={} -> {answer:?}", trace::text(&key), m.noted.generation)
-            });
-            own.received().lock().on_answered(m.partition, m.since, &key, m.noted.generation, answer.is_some());
-        }
-        if let (Some(id), Some(answer), true) = (id, answer, guessed) {
-            own.applied().lock().resolve(&key, id, answer);
-        }
-    }))
-}
-
 fn respond(responder: Responder, status: Status, op: Op, body: &[u8]) {
     responder.reply(&Response::to_vec(status, op, body));
 }
@@ -599,6 +573,32 @@ impl Worker {
             ),
         }
     }
+}
+
+/// A write (`request`) applied here with the local answer `local`: remembers its request id
+/// with the answer (unless the answer is a guess, see [`crate::cluster::received`]), and returns
+/// what to do with the chain's answer: settle a guessed answer, and tell the record of a move.
+fn remember(own: &Arc<Ownership>, request: &[u8], local: Status, mark: Option<MoveMark>) -> Option<AnswerHook> {
+    let req = Request::decode(request).ok()?;
+    let guessed = mark.is_some_and(|m| m.noted.pending);
+    if let Some(id) = req.id {
+        own.applied().lock().record(req.key, id, (!guessed).then_some(local));
+    }
+    if mark.is_none() && !(guessed && req.id.is_some()) {
+        return None;
+    }
+    let (own, key, id) = (own.clone(), req.key.to_vec(), req.id);
+    Some(Box::new(move |answer: Option<Status>| {
+        if let Some(m) = mark {
+            trace::event(own.me(), || {
+                format!("answered {} gen={} -> {answer:?}", trace::text(&key), m.noted.generation)
+            });
+            own.received().lock().on_answered(m.partition, m.since, &key, m.noted.generation, answer.is_some());
+        }
+        if let (Some(id), Some(answer), true) = (id, answer, guessed) {
+            own.applied().lock().resolve(&key, id, answer);
+        }
+    }))
 }
 
 fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwarder>, own: Option<&Arc<Ownership>>) {
