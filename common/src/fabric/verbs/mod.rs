@@ -397,6 +397,21 @@ mod tests {
         assert_eq!(back, [0xAB; 100]);
     }
 
+    /// Without RDMA (librdmacm missing, or no rdma_ucm in the kernel) rdma_cm refuses typed, as
+    /// device opening does; with it, a channel opens.
+    #[test]
+    fn rdma_cm_without_a_device_says_why() {
+        match (VerbsDevice::open(&config()), cm::Channel::new()) {
+            (Ok(_), channel) => assert!(channel.is_ok(), "a device but no rdma_cm: {:?}", channel.err()),
+            (Err(_), Err(FabricError::ConnectionManager(CmError::Call { call, .. }))) => {
+                assert_eq!(call, "rdma_create_event_channel")
+            }
+            (Err(_), Err(other)) => panic!("{other:?}"),
+            // librdmacm may open its channel before it looks for devices.
+            (Err(_), Ok(_)) => {}
+        }
+    }
+
     #[test]
     fn without_a_device_opening_says_why() {
         // On a machine without RDMA this is the typed "no device"; with one, a bad name is.

@@ -213,7 +213,13 @@ impl Inner {
                             }
                         }
                     }
-                    cm::event::RDMA_CM_EVENT_DISCONNECTED | cm::event::RDMA_CM_EVENT_DEVICE_REMOVAL => {
+                    // Gone: disconnected, or (a client that vanished between our accept and
+                    // its confirmation) the CM gave up on the connection or the client refused it.
+                    cm::event::RDMA_CM_EVENT_DISCONNECTED
+                    | cm::event::RDMA_CM_EVENT_DEVICE_REMOVAL
+                    | cm::event::RDMA_CM_EVENT_CONNECT_ERROR
+                    | cm::event::RDMA_CM_EVENT_UNREACHABLE
+                    | cm::event::RDMA_CM_EVENT_REJECTED => {
                         if let Some(departed) = self.departures.lock().get(&e.id) {
                             departed.store(true, Ordering::Release);
                         }
