@@ -282,7 +282,12 @@ impl Inner {
             self.departures.lock().remove(&id.key());
             return Err(e);
         }
-        self.serve(cq, qp, recv, grant, Liveness::Cm { id, departed })
+        let key = id.key();
+        let served = self.serve(cq, qp, recv, grant, Liveness::Cm { id, departed });
+        if served.is_err() {
+            self.departures.lock().remove(&key);
+        }
+        served
     }
 
     fn admit(self: &Arc<Self>, mut stream: TcpStream) -> Result<(), FabricError> {
