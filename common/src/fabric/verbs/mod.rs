@@ -58,11 +58,13 @@ mod tests {
     use std::time::{Duration, Instant};
 
     /// The device the tests use: `SCALIO_RDMA_DEVICE` (e.g. `rxe0`), else the first; GID index
-    /// `SCALIO_RDMA_GID`, else the default choice.
+    /// `SCALIO_RDMA_GID`, else the default choice; connection setup `SCALIO_RDMA_CONNECT`
+    /// (`rdma_cm`, the default, or `tcp`: the whole suite runs on either).
     fn config() -> VerbsConfig {
         VerbsConfig {
             device: std::env::var("SCALIO_RDMA_DEVICE").ok(),
             gid_index: std::env::var("SCALIO_RDMA_GID").ok().and_then(|g| g.parse().ok()),
+            connect: std::env::var("SCALIO_RDMA_CONNECT").ok().and_then(|c| c.parse().ok()).unwrap_or_default(),
             ..VerbsConfig::default()
         }
     }
@@ -293,7 +295,7 @@ mod tests {
     /// port nobody listens on, an address rdma_cm cannot use.
     #[test]
     fn rdma_cm_refusals_are_typed() {
-        let Some(dev) = device() else { return };
+        let Some(dev) = device_with(&VerbsConfig { connect: VerbsConnect::RdmaCm, ..config() }) else { return };
         // 64 bytes, the most a secret may have: more than a connect request's private data.
         let secret = Secret::new([b'k'; crate::fabric::MAX_SECRET].to_vec()).unwrap();
         let config = NicConfig { max_connections: 1, secret: Some(secret.clone()), ..NicConfig::default() };
@@ -338,7 +340,8 @@ mod tests {
     #[test]
     fn rdma_cm_over_ipv6_link_local() {
         let gid = std::env::var("SCALIO_RDMA_LINK_LOCAL_GID").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
-        let Some(dev) = device_with(&VerbsConfig { gid_index: Some(gid), ..config() }) else { return };
+        let link_local = VerbsConfig { gid_index: Some(gid), connect: VerbsConnect::RdmaCm, ..config() };
+        let Some(dev) = device_with(&link_local) else { return };
         let Some(std::net::SocketAddr::V6(listen)) = dev.ip_addr().filter(|a| a.is_ipv6()) else {
             eprintln!("skipped: GID {gid} of {} is not an IPv6 address", dev.name());
             return;
