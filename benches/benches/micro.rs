@@ -76,8 +76,13 @@ fn codec(c: &mut Criterion) {
     });
     let put = Request::new(Op::Put, &key, &value).to_vec();
     g.bench_function("decode_put", |b| b.iter(|| black_box(Request::decode(black_box(&put)).unwrap())));
-    let reply =
-        MetaGetReply { ssd: 3, chain_len: 1, lseq: 123_456, reservation: Some(Reservation { slot: 5, generation: 9 }) };
+    let reply = MetaGetReply {
+        ssd: 3,
+        chain_len: 1,
+        lseq: 123_456,
+        reservation: Some(Reservation { slot: 5, generation: 9 }),
+        window: None,
+    };
     let resp = Response::to_vec(Status::Ok, Op::MetaGet, &reply.encode());
     g.bench_function("decode_meta_get_reply", |b| {
         b.iter(|| {

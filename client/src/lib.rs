@@ -404,13 +404,18 @@ impl Inner {
     /// An RPC, counted, with the cluster epoch if there is one; returns the status and body.
     /// A "wrong owner" reply is an error, so that no caller mistakes it for an answer.
     async fn rpc(&self, req: Request<'_>) -> Result<(Status, Vec<u8>), ClientError> {
+        self.rpc_via(&self.qp(), req).await
+    }
+
+    /// [`rpc`](Self::rpc) on the queue pair `qp` (a META_GET whose fill window, bound to the
+    /// queue pair it came on, the fill must use).
+    async fn rpc_via(&self, qp: &QpRef, req: Request<'_>) -> Result<(Status, Vec<u8>), ClientError> {
         Counters::add(&self.counters.rpcs[req.op as usize], 1);
         let epoch = self.epoch.load(Ordering::Relaxed);
         let req = req.with_epoch((epoch != 0).then_some(epoch));
-        let qp = self.qp();
-        let r = call_status(&*qp, req, self.cfg.op_timeout).await;
+        let r = call_status(&**qp, req, self.cfg.op_timeout).await;
         if let Err(ClientError::Fabric(e)) = &r {
-            self.recover(&qp, e);
+            self.recover(qp, e);
         }
         match r? {
             (Status::WrongOwner, body) => Err(ClientError::WrongOwner { epoch: WrongOwner::decode(&body)?.epoch }),
@@ -425,7 +430,12 @@ impl Inner {
 
     /// An RPC that must succeed.
     async fn rpc_ok(&self, req: Request<'_>) -> Result<Vec<u8>, ClientError> {
-        match self.rpc(req).await? {
+        self.rpc_ok_via(&self.qp(), req).await
+    }
+
+    /// [`rpc_ok`](Self::rpc_ok) on the queue pair `qp`.
+    async fn rpc_ok_via(&self, qp: &QpRef, req: Request<'_>) -> Result<Vec<u8>, ClientError> {
+        match self.rpc_via(qp, req).await? {
             (Status::Ok, body) => Ok(body),
             (status, body) => Err(ClientError::from_status(status, &body)),
         }

@@ -179,7 +179,10 @@ impl Inner {
         let meta_flags = if cache.is_some() { 0 } else { flags::NO_RESERVE };
         let mut last = None;
         for _ in 0..self.cfg.miss_attempts.max(1) {
-            let body = self.rpc_ok(Request::new(Op::MetaGet, key, b"").with_flags(meta_flags)).await?;
+            // The fill goes on the queue pair the META_GET went on: a fill window is bound to it.
+            let qp = self.qp();
+            let asked = std::time::Instant::now();
+            let body = self.rpc_ok_via(&qp, Request::new(Op::MetaGet, key, b"").with_flags(meta_flags)).await?;
             let meta = MetaGetReply::decode(&body)?;
             if meta.chain_len == 0 {
                 Counters::add(&self.counters.absent, 1);
@@ -195,7 +198,16 @@ impl Inner {
             match self.read_ssd(key, &meta).await {
                 Ok(value) => {
                     if let (Some((t, tk)), Some(r)) = (cache, meta.reservation) {
-                        self.fill(t, tk, r, value.as_deref());
+                        // A window is revoked once the lease has run out, and a WRITE
+                        // after that would end the queue pair (and fail what else is on it):
+                        // fill through one only within the first half of the lease, counted
+                        // from before the reservation was made.
+                        let lease = std::time::Duration::from_millis(u64::from(self.info.lease_ms));
+                        if meta.window.is_some() && asked.elapsed() >= lease / 2 {
+                            Counters::add(&self.counters.fills_late, 1);
+                        } else {
+                            self.fill(&qp, t, tk, r, meta.window, value.as_deref());
+                        }
                     }
                     if value.is_none() {
                         Counters::add(&self.counters.absent, 1);
@@ -246,10 +258,22 @@ impl Inner {
         Ok(bytes)
     }
 
-    /// Fills a reserved slot with one chain of WRITEs on one queue pair: the value (with its
-    /// checksum), the access timestamp, then `integrity = 1`. Posted without waiting.
-    fn fill(&self, t: &TableInfo, tk: &TableKey, r: Reservation, value: Option<&[u8]>) {
-        let (Some(value), Some(fill_rkey)) = (value.filter(|v| v.len() <= INLINE_VALUE_MAX), t.fill_rkey) else {
+    /// Fills a reserved slot with one chain of WRITEs on `qp`, the queue pair its META_GET went
+    /// on: the value (with its checksum), the access timestamp, then `integrity = 1`. Posted
+    /// without waiting. The key is the reservation's fill window when the server granted one
+    /// (good only on that queue pair, over only this slot's client range), else the table's
+    /// fill key.
+    fn fill(
+        &self,
+        qp: &crate::QpRef,
+        t: &TableInfo,
+        tk: &TableKey,
+        r: Reservation,
+        window: Option<u32>,
+        value: Option<&[u8]>,
+    ) {
+        let (Some(value), Some(fill_rkey)) = (value.filter(|v| v.len() <= INLINE_VALUE_MAX), window.or(t.fill_rkey))
+        else {
             // Absent, or too large for a slot (or a server that fills itself and so reserves
             // nothing for clients): the reservation simply expires.
             Counters::add(&self.counters.fills_skipped, 1);
@@ -267,11 +291,10 @@ impl Inner {
             WorkRequest::Write { remote: at(off::ACCESS_TS), data: &ts },
             WorkRequest::Write { remote: at(off::INTEGRITY), data: &[1] },
         ];
-        let qp = self.qp();
         match qp.post_unsignaled(&chain) {
             Ok(()) => Counters::add(&self.counters.fills, 1),
             // The reservation expires unfilled; the next GET misses again.
-            Err(e) => self.recover(&qp, &e),
+            Err(e) => self.recover(qp, &e),
         }
     }
 }

@@ -14,6 +14,7 @@ pub(crate) struct Counters {
     pub absent: AtomicU64,
     pub fills: AtomicU64,
     pub fills_skipped: AtomicU64,
+    pub fills_late: AtomicU64,
     pub no_reservation: AtomicU64,
     pub stale_retries: AtomicU64,
     pub block_reads: AtomicU64,
@@ -45,6 +46,9 @@ pub struct ClientStats {
     pub fills: u64,
     /// Misses with a reservation that could not fill it (value larger than a slot, or absent).
     pub fills_skipped: u64,
+    /// Misses whose fill window was granted but whose SSD read ended past half the lease: not
+    /// filled, since the window may be revoked before the WRITE arrives.
+    pub fills_late: u64,
     /// Misses whose META_GET gave no reservation.
     pub no_reservation: u64,
     /// SSD reads retried because the blocks were reused since META_GET.
@@ -85,6 +89,7 @@ impl ClientStats {
             absent: self.absent + other.absent,
             fills: self.fills + other.fills,
             fills_skipped: self.fills_skipped + other.fills_skipped,
+            fills_late: self.fills_late + other.fills_late,
             no_reservation: self.no_reservation + other.no_reservation,
             stale_retries: self.stale_retries + other.stale_retries,
             block_reads: self.block_reads + other.block_reads,
@@ -111,6 +116,7 @@ impl ClientStats {
             absent: self.absent - earlier.absent,
             fills: self.fills - earlier.fills,
             fills_skipped: self.fills_skipped - earlier.fills_skipped,
+            fills_late: self.fills_late - earlier.fills_late,
             no_reservation: self.no_reservation - earlier.no_reservation,
             stale_retries: self.stale_retries - earlier.stale_retries,
             block_reads: self.block_reads - earlier.block_reads,
@@ -139,6 +145,7 @@ impl Counters {
             absent: g(&self.absent),
             fills: g(&self.fills),
             fills_skipped: g(&self.fills_skipped),
+            fills_late: g(&self.fills_late),
             no_reservation: g(&self.no_reservation),
             stale_retries: g(&self.stale_retries),
             block_reads: g(&self.block_reads),

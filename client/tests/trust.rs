@@ -237,3 +237,104 @@ async fn server_fill_mode_over_mem() {
 async fn server_fill_mode_over_tcp() {
     server_fill_mode(true).await;
 }
+
+/// A raw META_GET on `qp`: the reply (reservation and fill window, if any).
+fn meta_get(qp: &dyn QueuePair, key: &[u8]) -> MetaGetReply {
+    let bytes = qp.call(&Request::new(Op::MetaGet, key, b"").to_vec()).wait_timeout(T).unwrap();
+    let r = Response::decode(&bytes).unwrap();
+    assert_eq!(r.status, Status::Ok);
+    MetaGetReply::decode(r.body).unwrap()
+}
+
+/// `cache.fill_windows = true`: no table-wide fill key; each reservation comes with a window
+/// over its slot's client range, good only on the queue pair that reserved it and only until
+/// the reservation ends. Honest clients fill through it and hit; a WRITE through it from
+/// another connection, into the slot's server header, into another slot, or after the fill was
+/// seen by the server's sweep, is refused.
+async fn fill_windows(tcp: bool) {
+    let s = start(1, tcp, |c| c.cache.fill_windows = Some(true));
+    let c = if tcp { s.tcp_client(ClientConfig::default()).await } else { s.mem_client(ClientConfig::default()).await };
+    let t = s.server.info().table.expect("cache on");
+    assert_eq!(t.fill_rkey, None, "no key for every slot");
+    for i in 0..30 {
+        c.put(&common::key(i), format!("value-{i}").as_bytes()).await.unwrap();
+    }
+    for i in 0..10 {
+        assert_eq!(c.get(&common::key(i)).await.unwrap(), Some(format!("value-{i}").into_bytes()));
+    }
+    let before = c.stats();
+    for i in 0..10 {
+        assert_eq!(c.get(&common::key(i)).await.unwrap(), Some(format!("value-{i}").into_bytes()));
+    }
+    let d = c.stats().since(&before);
+    assert_eq!((d.hits, d.misses), (10, 0), "hits after fills through windows");
+    assert!(c.stats().fills >= 10 && c.stats().reconnects == 0, "{:?}", c.stats());
+    assert!(s.stat("fill_windows_granted") >= 10);
+
+    // An attacker reserves key 20's slot and gets its window.
+    let a = attacker(&s, tcp);
+    let k = common::key(20);
+    let tk = TableKey::new(&k);
+    let m = meta_get(&*a, &k);
+    let (r, w) = (m.reservation.expect("reserved"), m.window.expect("a window with the reservation"));
+    let slot = slot_addr(&t, &tk, r.slot);
+    // Another connection with that key: refused.
+    let b = attacker(&s, tcp);
+    assert_eq!(
+        write(&*b, slot + off::FILL as u64, w, &encode_fill(r.generation, &tk, b"stolen")),
+        Err(FabricError::Remote { index: 0, error: RemoteAccessError::BadKey })
+    );
+    // Its own connection: the fill lands, and honest clients read it (it is a fill for the key
+    // it reserved: that much a filler can always do).
+    write(&*a, slot + off::FILL as u64, w, &encode_fill(r.generation, &tk, b"value-20")).unwrap();
+    write(&*a, slot + off::INTEGRITY as u64, w, &[1]).unwrap();
+    assert_eq!(c.get(&k).await.unwrap(), Some(b"value-20".to_vec()));
+    // The fill is done: the sweep (every quarter lease) revokes the window (the last one in
+    // force: the honest client's were revoked after its fills).
+    let deadline = std::time::Instant::now() + T;
+    while s.stat("fill_windows_in_force") != 0 {
+        assert!(std::time::Instant::now() < deadline, "the filled slot's window was not revoked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        write(&*a, slot + off::FILL as u64, w, &encode_fill(r.generation, &tk, b"later")),
+        Err(FabricError::Remote { index: 0, error: RemoteAccessError::BadKey }),
+        "after revocation"
+    );
+    assert_eq!(c.get(&k).await.unwrap(), Some(b"value-20".to_vec()));
+    // A fresh reservation's window reaches neither the slot's server header nor another slot.
+    let outside = [(0i64, &[1u8; 24][..]), (off::VISIBILITY as i64 - 1, &[0u8; 1][..]), (SLOT_SIZE as i64, &[0; 8])];
+    for (i, (at, data)) in outside.into_iter().enumerate() {
+        let e = attacker(&s, tcp);
+        let k = common::key(21 + i as u64);
+        let m = meta_get(&*e, &k);
+        let (r, w) = (m.reservation.expect("reserved"), m.window.expect("window"));
+        let slot = slot_addr(&t, &TableKey::new(&k), r.slot);
+        assert_eq!(
+            write(&*e, slot.wrapping_add_signed(at), w, data),
+            Err(FabricError::Remote { index: 0, error: RemoteAccessError::OutOfBounds }),
+            "{} bytes at slot offset {at}",
+            data.len()
+        );
+    }
+    // A connection that leaves takes its windows with it.
+    let f = attacker(&s, tcp);
+    let m = meta_get(&*f, &common::key(29));
+    assert!(m.window.is_some());
+    drop(f);
+    let deadline = std::time::Instant::now() + T;
+    while s.stat("fill_windows_revoked_closed") == 0 {
+        assert!(std::time::Instant::now() < deadline, "the closed connection's window was not revoked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_windows_over_mem() {
+    fill_windows(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_windows_over_tcp() {
+    fill_windows(true).await;
+}

@@ -6,14 +6,15 @@
 //! op (see [`MetaGetReply`], [`ServerInfo`], [`Stats`]) or the status ([`WrongOwner`]). Decoding
 //! checks every length and never panics: a malformed message is a [`CodecError`].
 //!
-//! Version 2 added the request epoch and [`Status::WrongOwner`] (for clusters).
+//! Version 2 added the request epoch and [`Status::WrongOwner`] (for clusters). Version 4 added
+//! the fill window's key to [`MetaGetReply`] (24 bytes instead of 20).
 
 use crate::key::MAX_KEY_LEN;
 use crate::ssd::{Extent, SsdGeometry, MAX_VALUE_LEN};
 use crate::table::TableGeometry;
 
 /// Version of this message set; a client refuses a server that speaks another.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 const HEADER: usize = 8;
 /// The largest request the server accepts: a write of the longest key and the largest value,
 /// with an epoch. Requests over the channel's largest message move by rendezvous
@@ -294,6 +295,9 @@ pub struct Reservation {
 }
 
 /// Reply to META_GET: where the key's bucket is on flash.
+///
+/// `ssd u16, chain_len u8, reserved u8 (0/1), slot u8, window u8 (0/1), 0u16, generation u32,
+/// lseq u64, window_rkey u32` (all LE; absent fields zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetaGetReply {
     pub ssd: u16,
@@ -302,10 +306,15 @@ pub struct MetaGetReply {
     /// Bucket-log position of the chain.
     pub lseq: u64,
     pub reservation: Option<Reservation>,
+    /// With a reservation, when the server grants fills through windows (`cache.fill_windows`):
+    /// the key of a window over the reserved slot's client range (bytes 24..112), good only on
+    /// the queue pair that sent this META_GET and only until the reservation ends. The client
+    /// fills through it, at the slot's own addresses. None: fill with the table's `fill_rkey`.
+    pub window: Option<u32>,
 }
 
 impl MetaGetReply {
-    pub const LEN: usize = 20;
+    pub const LEN: usize = 24;
 
     pub fn encode(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
@@ -315,6 +324,10 @@ impl MetaGetReply {
             b[3] = 1;
             b[4] = r.slot;
             b[8..12].copy_from_slice(&r.generation.to_le_bytes());
+            if let Some(k) = self.window {
+                b[5] = 1;
+                b[20..24].copy_from_slice(&k.to_le_bytes());
+            }
         }
         b[12..20].copy_from_slice(&self.lseq.to_le_bytes());
         b
@@ -329,11 +342,17 @@ impl MetaGetReply {
             1 => Some(Reservation { slot: b[4], generation: u32::from_le_bytes(b[8..12].try_into().unwrap()) }),
             _ => return Err(CodecError::Malformed("meta_get reservation flag")),
         };
+        let window = match (b[5], reservation) {
+            (0, _) => None,
+            (1, Some(_)) => Some(u32::from_le_bytes(b[20..24].try_into().unwrap())),
+            _ => return Err(CodecError::Malformed("meta_get window flag")),
+        };
         Ok(MetaGetReply {
             ssd: u16::from_le_bytes(b[0..2].try_into().unwrap()),
             chain_len: b[2],
             lseq: u64::from_le_bytes(b[12..20].try_into().unwrap()),
             reservation,
+            window,
         })
     }
 }
@@ -386,6 +405,10 @@ pub struct ServerInfo {
     pub store_id: [u8; 16],
     pub ssds: Vec<SsdInfo>,
     pub targets: Vec<BlockTarget>,
+    /// How long a reservation's lease runs, in milliseconds (0: not said). A client filling
+    /// through a window fills only well within it: a WRITE after the window's revocation would
+    /// end its queue pair.
+    pub lease_ms: u32,
 }
 
 mod tag {
@@ -395,6 +418,7 @@ mod tag {
     pub const SSD: u16 = 4;
     pub const TARGET: u16 = 5;
     pub const DITTO: u16 = 6;
+    pub const LEASE: u16 = 7;
 }
 
 /// `addr u64, rkey u32, buckets u32, assoc u8`, then `fill_rkey u32` if there is one.
@@ -442,6 +466,9 @@ impl ServerInfo {
             field(&mut w, tag::DITTO, &encode_table(t));
         }
         field(&mut w, tag::STORE_ID, &self.store_id);
+        if self.lease_ms != 0 {
+            field(&mut w, tag::LEASE, &self.lease_ms.to_le_bytes());
+        }
         for s in &self.ssds {
             let g = &s.geometry;
             let mut b = Vec::new();
@@ -471,6 +498,7 @@ impl ServerInfo {
             store_id: [0; 16],
             ssds: Vec::new(),
             targets: Vec::new(),
+            lease_ms: 0,
         };
         let mut seen_protocol = false;
         while !b.is_empty() {
@@ -489,6 +517,7 @@ impl ServerInfo {
                 tag::TABLE => info.table = Some(decode_table(v, "table")?),
                 tag::DITTO => info.ditto = Some(decode_table(v, "ditto region")?),
                 tag::STORE_ID => info.store_id = exact(v, 16, "store id")?.try_into().unwrap(),
+                tag::LEASE => info.lease_ms = u32::from_le_bytes(exact(v, 4, "lease")?.try_into().unwrap()),
                 tag::SSD => {
                     need(v, 44)?;
                     let n = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().unwrap());
@@ -746,9 +775,26 @@ mod tests {
         }
 
         #[test]
-        fn meta_get_round_trip(ssd: u16, chain_len: u8, lseq: u64, res: Option<(u8, u32)>) {
-            let m = MetaGetReply { ssd, chain_len, lseq, reservation: res.map(|(slot, generation)| Reservation { slot, generation }) };
-            prop_assert_eq!(MetaGetReply::decode(&m.encode()).unwrap(), m);
+        fn meta_get_round_trip(ssd: u16, chain_len: u8, lseq: u64, res: Option<(u8, u32)>, window: Option<u32>) {
+            let reservation = res.map(|(slot, generation)| Reservation { slot, generation });
+            // A window comes only with a reservation.
+            let window = window.filter(|_| reservation.is_some());
+            let m = MetaGetReply { ssd, chain_len, lseq, reservation, window };
+            let bytes = m.encode();
+            prop_assert_eq!(bytes.len(), 24);
+            prop_assert_eq!(MetaGetReply::decode(&bytes).unwrap(), m);
+        }
+
+        #[test]
+        fn meta_get_window_without_reservation_is_malformed(k: u32) {
+            let mut b = MetaGetReply { ssd: 0, chain_len: 1, lseq: 0, reservation: None, window: None }.encode();
+            b[5] = 1;
+            b[20..24].copy_from_slice(&k.to_le_bytes());
+            prop_assert_eq!(MetaGetReply::decode(&b), Err(CodecError::Malformed("meta_get window flag")));
+            b[5] = 2;
+            b[3] = 1;
+            prop_assert!(MetaGetReply::decode(&b).is_err());
+            prop_assert!(MetaGetReply::decode(&b[..20]).is_err(), "a version-3 reply is refused");
         }
 
         #[test]
@@ -790,6 +836,7 @@ mod tests {
                 geometry: TableGeometry { buckets: 333, assoc: 5 },
             }),
             store_id: [9; 16],
+            lease_ms: 100,
             ssds: vec![SsdInfo { geometry: SsdGeometry::plan(65_536, None).unwrap(), path: "/tmp/ssd0.img".into() }],
             targets: vec![BlockTarget {
                 ssd: 0,

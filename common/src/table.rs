@@ -27,6 +27,9 @@
 //! bytes; [`TableGeometry::client_ranges`]) as a separate WRITE-only strided registration, so
 //! the fabric refuses any client WRITE that touches a server header (README, "Threat model").
 //! With `cache.client_fills = false` there is no WRITE registration at all and the server fills.
+//! With `cache.fill_windows` there is no table-wide WRITE key either: each reservation comes with
+//! a window over just its slot's client range, for just the connection that reserved it
+//! ([`MetaGetReply::window`](crate::rpc::MetaGetReply)).
 //!
 //! A slot is a **hit** for key K only if `visibility == 1`, `integrity == 1`, the key and length
 //! match K, and the checksum matches. The checksum covers the generation, the key and the value,

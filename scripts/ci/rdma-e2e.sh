@@ -5,11 +5,13 @@
 # Usage: scripts/ci/rdma-e2e.sh SERVER_BIN YCSB_BIN [RECORDS] [OPERATIONS]
 #
 # 1. scalio-server with fabric = "verbs" on $SCALIO_RDMA_DEVICE, two file-backed SSDs on tmpfs, client
-#    fills (verbs.trusted_fills: verbs has no strided keys), no NVMe/TCP target. Connection setup
-#    through rdma_cm: the server listens on the wildcard [::]:7400 (rdma_cm cannot use loopback);
-#    the mixed run's clients connect to the rxe netdev's IPv4 address, the read-only run's to its
-#    IPv6 link-local address with the interface as scope ([fe80::…%eth0]:7400). The cache table on 2 MiB hugepages (cache.hugepages:
-#    the caller reserves them, as scripts/ci/rdma.sh does).
+#    fills through a type-2 memory window per reservation (cache.fill_windows, the verbs default; with
+#    RDMA_E2E_FILLS=trusted, verbs.trusted_fills instead: the whole table writable), no NVMe/TCP
+#    target. Connection setup through rdma_cm: the server listens on the wildcard [::]:7400 (rdma_cm
+#    cannot use loopback); the mixed run's clients connect to the rxe netdev's IPv4 address, the
+#    read-only run's to its IPv6 link-local address with the interface as scope
+#    ([fe80::…%eth0]:7400). The cache table on 2 MiB hugepages (cache.hugepages: the caller
+#    reserves them, as scripts/ci/rdma.sh does).
 # 2. The same SSD files exported through the kernel target over RDMA (scripts/nvmet-rdma-target.sh, one
 #    subsystem each, on the rxe netdev's IPv4 address) and attached with `nvme connect -t rdma`. Each file
 #    goes through a loop device with 512-byte sectors first: nvmet gives a file namespace the file
@@ -18,13 +20,20 @@
 # 3. scalio-ycsb against the server on verbs, misses reading the attached /dev/nvmeXnY (the direct
 #    block path, O_DIRECT): YCSB-A (50% reads, 50% updates), then YCSB-C (reads only) on the same data;
 #    every value read is checked by the driver (a wrong one is an error).
-# 4. Checks on the JSON reports: no errors; GETs both hit and miss; no GET is served by the server (no
+# 4. Checks on the JSON reports: no errors; with windows, every fill had its window (granted, none
+#    refused) and no queue pair failed (a fill refused by the NIC would have ended one); GETs both hit and miss; no GET is served by the server (no
 #    GET RPC, no server-side value read or fill) and META_GETs are no more than misses (a hit takes no
 #    RPC); the clients' block reads are at least the misses (misses read the kernel NVMe-oF/RDMA
 #    namespaces); in the read-only run the server's workers read nothing from the SSDs at all.
 # Prints the counters it checked. Exit status 0 when all hold.
 set -euo pipefail
 SERVER=$1 YCSB=$2 RECORDS=${3:-2000} OPS=${4:-6000}
+FILLS=${RDMA_E2E_FILLS:-windows}
+case $FILLS in
+  windows) FILL_TOML="# client fills through a window per reservation (cache.fill_windows: on by default on verbs)" ;;
+  trusted) FILL_TOML="trusted_fills = true" ;;
+  *) echo "rdma-e2e: RDMA_E2E_FILLS must be windows or trusted" >&2; exit 2 ;;
+esac
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 DEV=${SCALIO_RDMA_DEVICE:?run under scripts/vm/rxe-up.sh}
 NETDEV=$(cat "/sys/class/infiniband/$DEV/ports/1/gid_attrs/ndevs/1" 2>/dev/null || echo eth0)
@@ -59,9 +68,12 @@ size = "64MiB"
 buckets = 256
 client_fills = true
 hugepages = true
+# Misses take a few hundred milliseconds under emulation; a client fills through its window only
+# within the first half of the lease (a WRITE after the window's revocation would end its queue pair).
+lease_ms = 2000
 [verbs]
 device = "$DEV"
-trusted_fills = true
+$FILL_TOML
 [target]
 enabled = false
 TOML
@@ -108,9 +120,10 @@ run() {
 run mixed "$IP:7400" a
 run readonly "[$LL%$NETDEV]:7400" c --no-load
 
-python3 - "$W/mixed.json" "$W/readonly.json" <<'PY'
+python3 - "$W/mixed.json" "$W/readonly.json" "$FILLS" <<'PY'
 import json, sys
 fails = []
+windows = sys.argv[3] == "windows"
 for path, read_only in ((sys.argv[1], False), (sys.argv[2], True)):
     r = json.load(open(path))["run"]
     c, s = r["client_counters"], r["server_counters"] or {}
@@ -130,6 +143,16 @@ for path, read_only in ((sys.argv[1], False), (sys.argv[2], True)):
     if server_gets != 0 or server_fills != 0: fails.append(f"{name}: the server read values for GETs")
     if c["block_reads"] < misses: fails.append(f"{name}: fewer block reads than misses")
     if read_only and worker_reads != 0: fails.append(f"{name}: server workers read the SSDs")
+    granted, refused = s.get("fill_windows_granted", 0), s.get("fill_windows_refused", 0)
+    rl = (r.get("latency") or {}).get("READ") or {}
+    print(f"rdma-e2e {name} READ latency (emulation): avg {rl.get('avg_us', 0):.0f} us, p50 {rl.get('p50_us', 0):.0f} us")
+    print(f"rdma-e2e {name} fills ({sys.argv[3]}): windows granted {granted}, refused {refused}, "
+          f"revoked after the fill or lease {s.get('fill_windows_revoked_done', 0)}, on re-bind "
+          f"{s.get('fill_windows_revoked_rebound', 0)}, on close {s.get('fill_windows_revoked_closed', 0)}; "
+          f"client reconnects {c.get('reconnects', 0)}, fills {c.get('fills', 0)}, late (not filled) {c.get('fills_late', 0)}")
+    if windows:
+        if granted < c.get("fills", 0) or refused: fails.append(f"{name}: fills without their window")
+        if c.get("reconnects", 0): fails.append(f"{name}: a queue pair failed (a fill refused?)")
 if fails:
     print("rdma-e2e: FAIL: " + "; ".join(fails)); sys.exit(1)
 print("rdma-e2e: PASS")

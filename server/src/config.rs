@@ -25,6 +25,7 @@
 //! client_fills = true            # false: the server fills slots; clients cannot write the table
 //! reservations_per_client = 64   # unfilled reservations one connection may hold at once
 //! hugepages = false              # the table on 2 MiB hugepages (reserve them: vm.nr_hugepages)
+//! # fill_windows = true          # a window per reservation (default: on with fabric = "verbs")
 //!
 //! [ditto]                        # the LEED+Ditto baseline's cache region (benchmarks only)
 //! enabled = false
@@ -227,6 +228,20 @@ pub struct CacheConfig {
     /// NIC translates a large table with few entries. The pages must be reserved beforehand
     /// (`/proc/sys/vm/nr_hugepages`); the server refuses to start when they are not.
     pub hugepages: bool,
+    /// Client fills through a window per reservation: WRITE access to just the reserved slot's
+    /// client range, for just the connection that reserved it, revoked when the reservation ends
+    /// (on verbs a type-2 memory window; README, "Threat model"). No table-wide fill key is
+    /// handed out then, so hits write no access timestamps (eviction goes by fill time).
+    /// Unset: on with `fabric = "verbs"` (unless `verbs.trusted_fills`), off on the software NICs.
+    pub fill_windows: Option<bool>,
+}
+
+impl CacheConfig {
+    /// Whether client fills go through a window per reservation on `fabric`.
+    pub fn fill_windows_on(&self, fabric: scalio_common::fabric::FabricKind, trusted_fills: bool) -> bool {
+        let default = fabric == scalio_common::fabric::FabricKind::Verbs && !trusted_fills;
+        self.enabled && self.client_fills && self.fill_windows.unwrap_or(default)
+    }
 }
 
 impl Default for CacheConfig {
@@ -239,6 +254,7 @@ impl Default for CacheConfig {
             client_fills: true,
             reservations_per_client: 64,
             hugepages: false,
+            fill_windows: None,
         }
     }
 }
@@ -501,10 +517,18 @@ impl ServerConfig {
 the RDMA device's interface, or verbs.connect = \"tcp\""
                 ));
             }
-            if self.cache.enabled && self.cache.client_fills && !self.verbs.trusted_fills {
-                return bad("fabric = \"verbs\" cannot limit client fills to the slots' client ranges (no strided \
-keys): set cache.client_fills = false (server fills), or verbs.trusted_fills = true for trusted clients"
+            if self.cache.enabled
+                && self.cache.client_fills
+                && !self.verbs.trusted_fills
+                && self.cache.fill_windows == Some(false)
+            {
+                return bad("fabric = \"verbs\" cannot limit client fills to the slots' client ranges without fill \
+windows (no strided keys): leave cache.fill_windows on, set cache.client_fills = false (server fills), or \
+verbs.trusted_fills = true for trusted clients"
                     .into());
+            }
+            if self.verbs.trusted_fills && self.cache.fill_windows == Some(true) {
+                return bad("verbs.trusted_fills and cache.fill_windows exclude each other: choose one".into());
             }
             let v = &self.verbs;
             if v.credits == 0 || v.credits > 4096 || v.buffer_bytes < 256 || v.buffer_bytes > 1 << 20 {
@@ -748,8 +772,20 @@ mod tests {
             assert!(err(&base).contains("RDMA support"), "{}", err(&base));
             return;
         }
-        // Client fills need strided keys, which verbs lacks: refused unless the clients are trusted.
-        assert!(err(&base).contains("client_fills"), "{}", err(&base));
+        // By default client fills on verbs go through a window per reservation.
+        base.validate().unwrap();
+        assert!(base.cache.fill_windows_on(FabricKind::Verbs, false));
+        assert!(!base.cache.fill_windows_on(FabricKind::Tcp, false), "off on the software NICs");
+        assert!(!base.cache.fill_windows_on(FabricKind::Verbs, true), "off with trusted fills");
+        // Without windows, client fills need strided keys, which verbs lacks: refused unless the
+        // clients are trusted.
+        let mut c = base.clone();
+        c.cache.fill_windows = Some(false);
+        assert!(err(&c).contains("client_fills"), "{}", err(&c));
+        c.verbs.trusted_fills = true;
+        c.validate().unwrap();
+        c.cache.fill_windows = Some(true);
+        assert!(err(&c).contains("exclude each other"), "{}", err(&c));
         let mut c = base.clone();
         c.cache.client_fills = false;
         c.validate().unwrap();

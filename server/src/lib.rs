@@ -18,6 +18,7 @@ compile_error!("the `seeded-bugs` feature deliberately breaks the protocol; it i
 pub mod cluster;
 pub mod config;
 pub mod device;
+pub mod fill_windows;
 pub mod metrics;
 pub mod server;
 pub mod stats;

@@ -5,6 +5,7 @@ use crate::cluster::mover::LocalWrites;
 use crate::cluster::{Forwarder, Mover, Ownership, PeerConnector, ReadySink, TcpPeers};
 use crate::config::{ConfigError, ServerConfig};
 use crate::device::{DeviceError, DeviceModel, DeviceOptions, Ssd};
+use crate::fill_windows::FillWindows;
 use crate::stats::{ServerShared, StatsSource};
 use crate::store::recovery::{self, StoreError};
 use crate::store::{DataStore, StoreConfig};
@@ -258,15 +259,37 @@ impl Server {
             Some(v) => &*v.registrar,
             _ => &*regions,
         };
+        let registrar_arc: Arc<dyn Registrar> = match &verbs {
+            #[cfg(feature = "rdma")]
+            Some(v) => v.registrar.clone(),
+            _ => regions.clone(),
+        };
         let verbs_fabric = config.fabric == FabricKind::Verbs;
         let whole_table_fills = verbs_fabric && config.verbs.trusted_fills;
+        let fill_windows = config.cache.fill_windows_on(config.fabric, config.verbs.trusted_fills);
+        #[cfg(feature = "rdma")]
+        if let (Some(v), true) = (&verbs, fill_windows) {
+            if !v.registrar.has_windows() {
+                // Say so at start, not at the first miss.
+                return Err(ServerError::Register(FabricError::Unsupported(
+                    scalio_common::fabric::Unsupported::MemoryWindows,
+                )));
+            }
+        }
         // Clients read the whole table, and write (when they fill) only the slots' client ranges:
         // a WRITE that touches a server header is refused by the fabric (README, "Threat model").
+        // With fill windows, only the client range of a slot reserved for them, through a window
+        // granted per reservation.
+        let mut table_read = None;
         let table_info = table
             .as_ref()
             .map(|t| {
-                let read = registrar.register(t.region().clone(), Access::READ)?;
+                let access = if fill_windows { Access::READ.with(Access::WINDOWS) } else { Access::READ };
+                let read = registrar.register(t.region().clone(), access)?;
+                table_read = Some(read);
                 let fill_rkey = match config.cache.client_fills {
+                    // A window per reservation instead of a key for every slot.
+                    true if fill_windows => None,
                     // Trusted clients on verbs (no strided keys): the whole table, writable.
                     true if whole_table_fills => Some(registrar.register(t.region().clone(), Access::WRITE)?.rkey),
                     true => {
@@ -279,6 +302,10 @@ impl Server {
             })
             .transpose()
             .map_err(ServerError::Register)?;
+        let windows = match (&table, table_read, fill_windows) {
+            (Some(t), Some(read), true) => Some(FillWindows::start(registrar_arc.clone(), read, t)),
+            _ => None,
+        };
         // The LEED+Ditto baseline's cache: zeroed memory that only its clients read and write.
         let ditto_info = config
             .ditto
@@ -301,6 +328,7 @@ impl Server {
             .transpose()?;
         let info = ServerInfo {
             protocol: PROTOCOL_VERSION,
+            lease_ms: u32::try_from(config.cache.lease_ms).unwrap_or(u32::MAX),
             table: table_info,
             ditto: ditto_info,
             store_id: opened.store_id,
@@ -354,6 +382,7 @@ impl Server {
                 ssds: ssds.clone(),
                 table: table.clone(),
                 server_fills: !config.cache.client_fills,
+                fill_windows: windows.clone(),
                 shared: shared.clone(),
                 io_cost: Duration::from_micros(config.emulation.worker_io_cost_us),
                 chain: cluster.as_ref().map(|(_, chain)| chain.clone()),
@@ -373,8 +402,15 @@ impl Server {
                 own.attach_cache(t.clone());
             }
         }
-        let dispatch =
-            Arc::new(Dispatch { workers: senders, shared: shared.clone(), cluster: cluster.map(|(o, _)| o) });
+        if let Some(w) = &windows {
+            shared.extra.lock().push(Arc::new(FillWindowStats(w.clone())));
+        }
+        let dispatch = Arc::new(Dispatch {
+            workers: senders,
+            shared: shared.clone(),
+            cluster: cluster.map(|(o, _)| o),
+            fill_windows: windows,
+        });
         // Requests over the largest message arrive by rendezvous: this layer stages them and
         // hands the dispatcher whole requests, on every backend.
         let staging = StagingConfig {
@@ -411,6 +447,8 @@ impl Server {
                 buffer_len: config.verbs.buffer_bytes,
                 max_connections: config.max_connections,
                 secret: config.secret().map_err(ServerError::Config)?,
+                // Where fill windows are bound: the registrar's directory of connections.
+                peers: Some(v.registrar.peers()),
             };
             let nic = scalio_common::fabric::verbs::VerbsNic::start(v.device.clone(), resolve(addr)?, nic_cfg, service)
                 .map_err(|e| ServerError::Listen { addr: addr.clone(), reason: e.to_string() })?;
@@ -537,5 +575,21 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// STATS of the fill windows (`cache.fill_windows`).
+struct FillWindowStats(Arc<FillWindows>);
+
+impl crate::stats::StatsSource for FillWindowStats {
+    fn append(&self, out: &mut Vec<(String, u64)>) {
+        let c = self.0.counters();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        out.push(("fill_windows_granted".into(), get(&c.granted)));
+        out.push(("fill_windows_refused".into(), get(&c.refused)));
+        out.push(("fill_windows_revoked_done".into(), get(&c.revoked_done)));
+        out.push(("fill_windows_revoked_rebound".into(), get(&c.revoked_rebound)));
+        out.push(("fill_windows_revoked_closed".into(), get(&c.revoked_closed)));
+        out.push(("fill_windows_in_force".into(), self.0.in_force()));
     }
 }

@@ -11,6 +11,8 @@
 //! | `table_evictions`, `table_expired_reclaims`, `table_invalidations` | cache-table maintenance |
 //! | `table_quota_refusals` | META_GETs given no reservation because their client already held `cache.reservations_per_client` unfilled ones |
 //! | `table_released_on_close` | unfilled reservations ended early because their client's connection closed |
+//! | `fill_windows_granted`, `fill_windows_refused` | windows granted with reservations (`cache.fill_windows`), and grants the backend refused (that reservation goes unfilled) |
+//! | `fill_windows_revoked_done`, `fill_windows_revoked_rebound`, `fill_windows_revoked_closed`, `fill_windows_in_force` (gauge) | windows revoked after the fill, lease end or invalidation (the sweep), when their slot was re-bound, when their connection closed; windows in force now |
 //! | `table_server_fills`, `table_server_fills_stale` | slots the server filled itself (`cache.client_fills = false`), and server fills dropped because the reservation was invalidated or taken over meanwhile |
 //! | `ssd_reads_{worker,target,client}`, `ssd_read_blocks_{...}` | SSD reads by who issued them |
 //! | `ssd_writes_{worker,target,client}`, `ssd_write_blocks_{...}` | SSD writes by who issued them |

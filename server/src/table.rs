@@ -90,10 +90,20 @@ pub struct CacheTable {
     quota: usize,
     /// The reservations each client took and may not have filled yet, striped by peer.
     holders: Box<[Mutex<Holders>]>,
+    /// Told of every slot about to be re-bound, under its bucket's lock (fill windows revoke
+    /// the slot's window there).
+    rebind_hook: std::sync::OnceLock<RebindHook>,
+    /// An invalidated slot keeps its reservation's lease, and is not re-bound before it runs
+    /// out: its holder may still have a fill on the way through a window, which the re-bind
+    /// would revoke under it (ending its queue pair).
+    hold_invalidated: std::sync::atomic::AtomicBool,
     /// Test-only seeded bug (see `SeededBug::FillWithoutGenerationCheck`).
     #[cfg(feature = "seeded-bugs")]
     keep_generation: bool,
 }
+
+/// See [`CacheTable::on_rebind`].
+pub type RebindHook = Box<dyn Fn(u32, u8) + Send + Sync>;
 
 /// What the server found for a key in its bucket.
 enum Found {
@@ -130,6 +140,8 @@ impl CacheTable {
             counters: TableCounters::default(),
             quota: usize::MAX,
             holders: (0..HOLDER_STRIPES).map(|_| Mutex::default()).collect(),
+            rebind_hook: std::sync::OnceLock::new(),
+            hold_invalidated: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "seeded-bugs")]
             keep_generation: false,
         }
@@ -198,6 +210,10 @@ impl CacheTable {
             let bytes = self.slot_bytes(bucket, s);
             let v = SlotView::new(&bytes);
             if !v.visible() {
+                let lease = self.leases[self.lease_index(bucket, s)].load(Ordering::Relaxed);
+                if self.hold_invalidated.load(Ordering::Relaxed) && lease > now {
+                    continue; // invalidated, its filler may still be writing: taken after the lease
+                }
                 return Some((s, false));
             }
             if v.filled() {
@@ -215,8 +231,36 @@ impl CacheTable {
         oldest.map(|(_, s)| (s, true))
     }
 
+    /// Calls `hook(bucket, slot)` whenever a slot is about to be bound to a new reservation,
+    /// under the bucket's lock, before its header changes. Set once (later calls are ignored).
+    /// From then on an invalidated slot keeps its lease and is not re-bound before it runs out.
+    pub fn on_rebind(&self, hook: RebindHook) {
+        let _ = self.rebind_hook.set(hook);
+        self.hold_invalidated.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the reservation of `slot` in `bucket` under `generation` is over for its filler:
+    /// the slot was re-bound, the fill landed, or the lease ran out (an invalidated slot's
+    /// reservation is not over before its lease: its filler may still be writing).
+    pub fn reservation_ended(&self, bucket: u32, slot: u8, generation: u32) -> bool {
+        let bytes = self.slot_bytes(bucket, slot);
+        let v = SlotView::new(&bytes);
+        if v.generation() != generation || (v.visible() && v.filled()) {
+            return true;
+        }
+        self.leases[self.lease_index(bucket, slot)].load(Ordering::Relaxed) <= self.now_ns()
+    }
+
+    /// How long a reservation's lease runs.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// Binds `slot` to `key` under a new generation and lease.
     fn bind(&self, bucket: u32, slot: u8, key: &TableKey, now: u64) -> Reservation {
+        if let Some(hook) = self.rebind_hook.get() {
+            hook(bucket, slot);
+        }
         let base = self.geometry.slot_offset(bucket, slot);
         let bytes = self.slot_bytes(bucket, slot);
         let generation = SlotView::new(&bytes).generation().wrapping_add(1);
@@ -383,7 +427,9 @@ impl CacheTable {
             let v = SlotView::new(&bytes);
             if v.visible() && v.holds(key) {
                 self.region.store_u8(self.geometry.slot_offset(bucket, s) + off::VISIBILITY, 0);
-                self.leases[self.lease_index(bucket, s)].store(0, Ordering::Relaxed);
+                if !self.hold_invalidated.load(Ordering::Relaxed) {
+                    self.leases[self.lease_index(bucket, s)].store(0, Ordering::Relaxed);
+                }
                 self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
@@ -566,6 +612,35 @@ mod tests {
         let b = TableKey::new(b"b");
         assert!(t.reserve(&b).is_some(), "the crashed client's reservation expired");
         assert_eq!(t.counters().expired_reclaims.load(Ordering::Relaxed), 1);
+    }
+
+    /// With a re-bind hook (fill windows), an invalidated reservation's slot is not re-bound
+    /// before its lease runs out (its filler may still write through its window), and the hook
+    /// hears of every re-bind, under the bucket's lock, before the header changes.
+    #[test]
+    fn with_a_rebind_hook_an_invalidated_slot_waits_for_its_lease() {
+        let t = Arc::new(table(1, 1, Duration::from_millis(40)));
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (h, weak) = (heard.clone(), Arc::downgrade(&t));
+        t.on_rebind(Box::new(move |bucket, slot| {
+            let t = weak.upgrade().unwrap();
+            let g = SlotView::new(&t.slot_bytes(bucket, slot)).generation();
+            h.lock().push((bucket, slot, g));
+        }));
+        let a = TableKey::new(b"a");
+        let r = t.reserve(&a).unwrap();
+        assert_eq!(*heard.lock(), vec![(0, 0, 0)], "told before the header changed");
+        assert!(!t.reservation_ended(0, r.slot, r.generation));
+        assert!(t.invalidate(&a));
+        assert!(!t.reservation_ended(0, r.slot, r.generation), "invalidated, but its filler may still write");
+        assert!(t.reserve(&a).is_none(), "not re-bound under a running lease");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(t.reservation_ended(0, r.slot, r.generation), "the lease ran out");
+        let r2 = t.reserve(&a).expect("re-bound after the lease");
+        assert_eq!(heard.lock().len(), 2);
+        assert!(t.reservation_ended(0, r.slot, r.generation), "re-bound: another generation");
+        fill(&t, &a, r2, b"v", 1);
+        assert!(t.reservation_ended(0, r2.slot, r2.generation), "filled");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use crate::cluster::received::CopyVerdict;
 use crate::cluster::{Forwarder, Ownership};
 use crate::device::{Issuer, Ssd};
+use crate::fill_windows::FillWindows;
 use crate::stats::ServerShared;
 use crate::store::{Completed, DataStore, IoRequest, IoResult, Outcome, Refusal, WriteOp, WriteRequest};
 use crate::table::CacheTable;
@@ -94,6 +95,8 @@ pub(crate) struct Dispatch {
     pub(crate) shared: Arc<ServerShared>,
     /// In a cluster: which keys this server serves.
     pub(crate) cluster: Option<Arc<Ownership>>,
+    /// The windows granted per reservation (`cache.fill_windows`).
+    pub(crate) fill_windows: Option<Arc<FillWindows>>,
 }
 
 /// The RPCs waiting in one worker's inbox, admitted against limits on their count and bytes.
@@ -141,6 +144,9 @@ impl RpcService for Dispatch {
     fn peer_closed(&self, peer: PeerId) {
         if let Some(t) = &self.shared.table {
             t.release(peer);
+        }
+        if let Some(w) = &self.fill_windows {
+            w.release(peer);
         }
     }
 
@@ -255,6 +261,8 @@ pub(crate) struct Worker {
     /// The server fills the slots it reserves (`cache.client_fills = false`); clients get no
     /// reservation.
     pub(crate) server_fills: bool,
+    /// Grants a window over each reserved slot to the client that reserved it.
+    pub(crate) fill_windows: Option<Arc<FillWindows>>,
     pub(crate) shared: Arc<ServerShared>,
     /// Emulated worker time per SSD I/O it issues.
     pub(crate) io_cost: Duration,
@@ -384,11 +392,18 @@ impl Worker {
                         self.store_of(ssd).submit_get(req.key.to_vec(), Reply::Fill { key, reservation });
                     }
                 }
+                // The window is bound before the reply is posted, on the queue pair the reply
+                // goes out on: the client can use it once it has the reply.
+                let window = match (&self.fill_windows, reservation) {
+                    (Some(w), Some(r)) => w.grant(rpc.peer, key.bucket(w.buckets()), r),
+                    _ => None,
+                };
                 let reply = MetaGetReply {
                     ssd,
                     chain_len: loc.map_or(0, |l| l.len),
                     lseq: loc.map_or(0, |l| l.lseq),
                     reservation,
+                    window,
                 };
                 respond(rpc.responder, Status::Ok, op, &reply.encode());
             }

@@ -156,11 +156,13 @@ impl ClientCounters {
             ("absent".to_string(), s.absent),
             ("fills".to_string(), s.fills),
             ("fills_skipped".to_string(), s.fills_skipped),
+            ("fills_late".to_string(), s.fills_late),
             ("no_reservation".to_string(), s.no_reservation),
             ("stale_retries".to_string(), s.stale_retries),
             ("block_reads".to_string(), s.block_reads),
             ("block_read_blocks".to_string(), s.block_read_blocks),
             ("writes".to_string(), s.writes),
+            ("reconnects".to_string(), s.reconnects),
         ];
         for op in Op::ALL {
             named.push((format!("rpc_{}", op.name()), s.rpcs(op)));

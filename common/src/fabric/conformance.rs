@@ -25,6 +25,11 @@ pub struct TestServer {
     /// the software NICs do, or only that it was refused ([`RemoteAccessError::Refused`], as
     /// verbs hardware does).
     pub exact_remote_errors: bool,
+    /// Whether the backend refuses an access with a window's key outside the window's bounds.
+    /// Soft-RoCE (Linux 6.1's `rdma_rxe`) checks only the bounds of the registration the window
+    /// was bound over, as [`windows_grant_one_connection_one_range`] measured in the guest;
+    /// the software NICs check the window's own.
+    pub window_bounds_checked: bool,
     connect: Box<dyn Fn() -> Arc<dyn QueuePair> + Send + Sync>,
     _guard: Box<dyn Any + Send>,
 }
@@ -41,6 +46,7 @@ impl TestServer {
             registrar,
             rpc_credits,
             exact_remote_errors: true,
+            window_bounds_checked: true,
             connect: Box::new(connect),
             _guard: Box::new(guard),
         }
@@ -49,6 +55,13 @@ impl TestServer {
     /// A backend whose remote refusals are all [`RemoteAccessError::Refused`].
     pub fn with_coarse_remote_errors(mut self) -> TestServer {
         self.exact_remote_errors = false;
+        self
+    }
+
+    /// A backend (a device) that checks a window's key, connection and revocation, but bounds
+    /// only those of the registration under it (see [`window_bounds_checked`](Self::window_bounds_checked)).
+    pub fn with_unchecked_window_bounds(mut self) -> TestServer {
+        self.window_bounds_checked = false;
         self
     }
 
@@ -542,6 +555,150 @@ pub fn deregistered_key_is_refused(make: MakeServer<'_>) {
     );
 }
 
+/// A service that grants and revokes windows for the connection that asks, as the cache
+/// server does on a miss: `[1, offset u64, len u64]` grants WRITE access to that range of the
+/// region in `target` and answers `[1, rkey u32]` (or `[0]` if the backend has no windows);
+/// `[2, rkey u32]` revokes it and answers `[1]` if it was in force, else `[0]`. The answer goes
+/// out after the grant or revocation, as the server's META_GET reply does.
+fn window_service(target: Arc<std::sync::OnceLock<(Arc<dyn Registrar>, super::RegionDesc)>>) -> Arc<dyn RpcService> {
+    Arc::new(move |rpc: IncomingRpc| {
+        let (registrar, base) = target.get().expect("set before the first call").clone();
+        let p = &rpc.payload;
+        let word = |at: usize| u64::from_le_bytes(p[at..at + 8].try_into().unwrap());
+        match p[0] {
+            1 => match registrar.grant_window(rpc.peer, base, word(1), word(9), Access::WRITE) {
+                Ok(w) => {
+                    assert_eq!(w.addr, base.addr + word(1), "a window is addressed as its region");
+                    let mut r = vec![1];
+                    r.extend_from_slice(&w.rkey.to_le_bytes());
+                    rpc.responder.reply(&r)
+                }
+                Err(FabricError::Unsupported(why)) => {
+                    eprintln!("skipped: windows unsupported: {why}");
+                    rpc.responder.reply(&[0])
+                }
+                Err(e) => panic!("grant_window: {e}"),
+            },
+            _ => {
+                let rkey = u32::from_le_bytes(p[1..5].try_into().unwrap());
+                let was = registrar.revoke_window(rpc.peer, rkey);
+                rpc.responder.reply(&[u8::from(was)])
+            }
+        }
+    })
+}
+
+/// Windows per connection ([`Registrar::grant_window`]), where the backend has them: a window
+/// granted to one connection takes its WRITEs inside the window, and refuses (as a remote
+/// access error that ends the writer's queue pair) a WRITE outside it, a WRITE with its key
+/// from another connection, and a WRITE after its revocation. A backend without windows says
+/// [`Unsupported`](super::Unsupported) and the check ends there.
+pub fn windows_grant_one_connection_one_range(make: MakeServer<'_>) {
+    let target = Arc::new(std::sync::OnceLock::new());
+    let s = make(window_service(target.clone()));
+    let region = Arc::new(MemoryRegion::new(4096));
+    let base = match s.registrar.register(region.clone(), Access::READ.with(Access::WINDOWS)) {
+        Err(FabricError::Unsupported(why)) => return eprintln!("skipped: windows unsupported: {why}"),
+        r => r.expect("register for windows"),
+    };
+    target.set((s.registrar.clone(), base)).unwrap_or_else(|_| unreachable!());
+    let grant = |qp: &dyn QueuePair, offset: u64, len: u64| -> Option<super::RegionDesc> {
+        let mut p = vec![1];
+        p.extend_from_slice(&offset.to_le_bytes());
+        p.extend_from_slice(&len.to_le_bytes());
+        let r = qp.call(&p).wait_timeout(T).expect("grant call");
+        (r[0] == 1).then(|| base_window(&base, offset, len, u32::from_le_bytes(r[1..5].try_into().unwrap())))
+    };
+    let revoke = |qp: &dyn QueuePair, rkey: u32| -> bool {
+        let mut p = vec![2];
+        p.extend_from_slice(&rkey.to_le_bytes());
+        qp.call(&p).wait_timeout(T).expect("revoke call") == [1]
+    };
+    // A slot-like window: 88 bytes at 1024 + 24.
+    let (offset, len) = (1024 + 24, 88u64);
+    let a = s.connect();
+    let Some(win) = grant(&*a, offset, len) else { return };
+    assert_ne!(win.rkey, base.rkey);
+    a.post(&[w(&win, 0, &[0xA1; 88])]).wait_timeout(T).expect("a WRITE inside the window");
+    a.post(&[w(&win, 80, &[0xA2; 8]), w(&win, 9, &[0xA3])]).wait_timeout(T).expect("WRITEs inside the window");
+    let mut got = vec![0; 88];
+    region.read(offset as usize, &mut got).unwrap();
+    let mut want = vec![0xA1; 88];
+    want[80..].fill(0xA2);
+    want[9] = 0xA3;
+    assert_eq!(got, want, "the window's WRITEs landed");
+    assert_eq!(read(&*a, &base, offset, 88), want, "and READs with the region's key see them");
+    // Another connection holding the key: refused, and nothing lands.
+    let b = s.connect();
+    assert_eq!(b.post(&[w(&win, 0, &[0xB0; 8])]).wait_timeout(T), Err(s.remote(0, RemoteAccessError::BadKey)));
+    region.read(offset as usize, &mut got).unwrap();
+    assert_eq!(got, want, "another connection's WRITE did not land");
+    // Outside the window, from its own connection: just before it, and across its end.
+    let c = s.connect();
+    let cw = grant(&*c, offset, len).expect("granted before");
+    assert_eq!(
+        c.post(&[WorkRequest::Write { remote: base.at(offset - 1), data: &[0xC0] }, w(&cw, 0, &[1])]).wait_timeout(T),
+        Err(s.remote(0, RemoteAccessError::AccessDenied)),
+        "the region's own key does not write"
+    );
+    let d = s.connect();
+    let dw = grant(&*d, offset, len).expect("granted before");
+    let before_window = super::RemoteAddr { addr: dw.addr - 1, rkey: dw.rkey };
+    let before = d.post(&[WorkRequest::Write { remote: before_window, data: &[0xD0; 2] }]).wait_timeout(T);
+    let e = s.connect();
+    let ew = grant(&*e, offset, len).expect("granted before");
+    let across = e.post(&[w(&ew, 84, &[0xE0; 8])]).wait_timeout(T);
+    if s.window_bounds_checked {
+        assert_eq!(before, Err(s.remote(0, RemoteAccessError::OutOfBounds)), "a WRITE starting before the window");
+        assert_eq!(across, Err(s.remote(0, RemoteAccessError::OutOfBounds)), "a WRITE across the window's end");
+        region.read(offset as usize - 8, &mut got[..8]).unwrap();
+        assert_eq!(&got[..8], &[0; 8], "nothing landed before the window");
+        assert_eq!(region.load_u64(offset as usize + 88), 0, "nothing landed after it");
+    } else {
+        // The defect this backend is declared to have, checked, so that a device that gains
+        // the check fails here (and the declaration can go).
+        assert_eq!(
+            (before, across),
+            (Ok(Vec::new()), Ok(Vec::new())),
+            "declared with unchecked window bounds, but refused a WRITE outside the window"
+        );
+        eprintln!("window bounds not checked by this device: WRITEs outside the window landed");
+    }
+    // Revoked: the same connection's next WRITE with the key is refused.
+    let f = s.connect();
+    let fw = grant(&*f, offset, len).expect("granted before");
+    f.post(&[w(&fw, 0, &[0xF1; 8])]).wait_timeout(T).expect("in force");
+    assert!(revoke(&*f, fw.rkey), "in force until revoked");
+    assert!(!revoke(&*f, fw.rkey), "revoked once");
+    assert_eq!(f.post(&[w(&fw, 0, &[0xF2; 8])]).wait_timeout(T), Err(s.remote(0, RemoteAccessError::BadKey)));
+    assert_eq!(region.load_u64(offset as usize), u64::from_le_bytes([0xF1; 8]), "the revoked WRITE did not land");
+    // A window's key is not another connection's to revoke.
+    let g = s.connect();
+    let gw = grant(&*g, offset, len).expect("granted before");
+    assert!(!revoke(&*a, gw.rkey), "revoked only by the grantee's server side");
+    g.post(&[w(&gw, 0, &[0x61; 8])]).wait_timeout(T).expect("still in force");
+    // Revoked and granted again, many times on one connection (a backend may reuse what it
+    // revoked): each grant has a key of its own, and works.
+    let mut last = gw.rkey;
+    for i in 0..20u8 {
+        assert!(revoke(&*g, last));
+        let again = grant(&*g, offset, len).expect("granted before");
+        assert_ne!(again.rkey, last, "a new grant has a new key");
+        g.post(&[w(&again, 8, &[i; 8])]).wait_timeout(T).expect("the new grant is in force");
+        assert_eq!(region.load_u64(offset as usize + 8), u64::from_le_bytes([i; 8]));
+        last = again.rkey;
+    }
+}
+
+fn w<'a>(d: &super::RegionDesc, at: u64, data: &'a [u8]) -> WorkRequest<'a> {
+    WorkRequest::Write { remote: d.at(at), data }
+}
+
+/// The descriptor of a window granted over `base` at `offset`.
+fn base_window(base: &super::RegionDesc, offset: u64, len: u64, rkey: u32) -> super::RegionDesc {
+    super::RegionDesc { addr: base.addr + offset, len, rkey }
+}
+
 /// Several queue pairs used from several threads at once, with many requests in flight.
 pub fn many_queue_pairs_at_once(make: MakeServer<'_>) {
     let (s, region, d) = setup(make, 8 * 4096, Access::READ_WRITE);
@@ -734,7 +891,7 @@ macro_rules! fabric_conformance {
             deregistered_key_is_refused, many_queue_pairs_at_once, registered_memory_and_completions_by_id,
             local_memory_is_checked_at_post, error_state_through_the_completion_queue,
             armed_completion_queue_wakes, rpc_credits_bound_requests_in_flight,
-            large_requests_move_by_rendezvous);
+            large_requests_move_by_rendezvous, windows_grant_one_connection_one_range);
     };
     (@tests $make:ident; $($check:ident),*) => {
         mod conformance {

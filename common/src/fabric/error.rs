@@ -98,6 +98,19 @@ pub enum Unsupported {
     /// contiguous range (mlx5's strided keys and per-window memory windows are not used yet).
     #[error("strided registrations")]
     StridedRegistration,
+    /// Granting one connection a window of a region ([`Registrar::grant_window`]): the device
+    /// has no type-2 memory windows (`IBV_DEVICE_MEM_WINDOW_TYPE_2B` not in its capabilities).
+    ///
+    /// [`Registrar::grant_window`]: crate::fabric::Registrar::grant_window
+    #[error("memory windows per connection")]
+    MemoryWindows,
+    /// A window over a registration that was not made with [`Access::WINDOWS`](crate::fabric::Access::WINDOWS),
+    /// or that this registrar does not hold.
+    #[error("a window over a registration not made for windows")]
+    NotBindable,
+    /// A window for a connection this backend does not know (closed, or never admitted).
+    #[error("a window for an unknown connection")]
+    UnknownPeer,
 }
 
 /// Why an RDMA device could not be used.

@@ -78,6 +78,35 @@ pub trait Registrar: Send + Sync {
     /// Revokes a remote key: later accesses with it fail with [`RemoteAccessError::BadKey`].
     /// Returns whether it was registered.
     fn deregister(&self, rkey: u32) -> bool;
+
+    /// Grants the one connection `peer` the rights `access` to the `len` bytes at `offset` of
+    /// the region registered as `base` (through this registrar, with [`Access::WINDOWS`]),
+    /// under a key of the window's own: an access with it from any other connection, or
+    /// outside the window, is refused as a remote access error (and ends that queue pair), and
+    /// so is every access after [`revoke_window`](Self::revoke_window) or after the connection
+    /// closes. Addresses are the region's own (the descriptor's `addr` is byte `offset`).
+    /// On verbs this is a type-2 memory window bound on the server's queue pair to `peer`;
+    /// the grant is in force for every request the peer sends after it has seen anything the
+    /// server sent after the grant (RC order). Backends that cannot say
+    /// [`Unsupported::MemoryWindows`].
+    fn grant_window(
+        &self,
+        _peer: PeerId,
+        _base: RegionDesc,
+        _offset: u64,
+        _len: u64,
+        _access: Access,
+    ) -> Result<RegionDesc, FabricError> {
+        Err(FabricError::Unsupported(Unsupported::MemoryWindows))
+    }
+
+    /// Revokes a window [`grant_window`](Self::grant_window) made for `peer`: accesses with its
+    /// key that the peer sends after it has seen anything the server sent after the revocation
+    /// are refused (on verbs a local invalidation, ordered on the peer's queue pair). Returns
+    /// whether the window was in force.
+    fn revoke_window(&self, _peer: PeerId, _rkey: u32) -> bool {
+        false
+    }
 }
 pub use secret::{BadSecretLength, Secret, MAX_SECRET};
 pub use send_queue::{SendQueue, DEFAULT_SEND_QUEUE_DEPTH};
@@ -95,9 +124,18 @@ impl Access {
     pub const READ: Access = Access(1);
     pub const WRITE: Access = Access(2);
     pub const READ_WRITE: Access = Access(3);
+    /// Not a right of remote peers: windows may be granted over this registration
+    /// ([`Registrar::grant_window`]; on verbs `IBV_ACCESS_MW_BIND`, with local write as binding
+    /// a writable window requires).
+    pub const WINDOWS: Access = Access(4);
 
     pub fn allows(self, need: Access) -> bool {
         self.0 & need.0 == need.0
+    }
+
+    /// Both sets of rights.
+    pub const fn with(self, other: Access) -> Access {
+        Access(self.0 | other.0)
     }
 }
 

@@ -9,7 +9,7 @@
 //! reader that sees a later-written word also sees everything written before it on the same
 //! queue pair.
 
-use super::{Access, RemoteAccessError, RemoteAddr};
+use super::{Access, PeerId, RemoteAccessError, RemoteAddr};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -264,6 +264,10 @@ struct Registered {
     access: Access,
     /// None: the whole region.
     windows: Option<Strided>,
+    /// A window granted to one connection ([`RegionTable::grant_window`]): accesses from any
+    /// other are refused as a bad key (as a verbs NIC refuses a type-2 window's key on any queue
+    /// pair but the one it was bound on).
+    grantee: Option<PeerId>,
 }
 
 /// What a peer needs to address a registered region.
@@ -304,14 +308,54 @@ impl RegionTable {
 
     /// Registers `region` with `access` rights and returns its descriptor.
     pub fn register(&self, region: Arc<MemoryRegion>, access: Access) -> RegionDesc {
-        self.insert(Registered { region, access, windows: None })
+        self.insert(Registered { region, access, windows: None, grantee: None })
     }
 
     /// Registers the windows `pattern` of `region` with `access` rights. The descriptor spans the
     /// whole region (addresses are the region's own), but an access outside the windows is
     /// refused as [`RemoteAccessError::OutOfBounds`].
     pub fn register_strided(&self, region: Arc<MemoryRegion>, access: Access, pattern: Strided) -> RegionDesc {
-        self.insert(Registered { region, access, windows: Some(pattern) })
+        self.insert(Registered { region, access, windows: Some(pattern), grantee: None })
+    }
+
+    /// Grants `peer` alone `access` to `len` bytes at `offset` of the region registered as
+    /// `base` (which must have been registered with [`Access::WINDOWS`]), under a new key. An
+    /// access with it from another peer is refused as [`RemoteAccessError::BadKey`], one outside
+    /// the window as [`RemoteAccessError::OutOfBounds`]. Revoked with
+    /// [`revoke_window`](Self::revoke_window).
+    pub fn grant_window(
+        &self,
+        peer: PeerId,
+        base: RegionDesc,
+        offset: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<RegionDesc, super::FabricError> {
+        let not_bindable = super::FabricError::Unsupported(super::Unsupported::NotBindable);
+        let region = {
+            let map = self.regions.read();
+            let r = map.get(&base.rkey).ok_or(not_bindable.clone())?;
+            if !r.access.allows(Access::WINDOWS) || r.grantee.is_some() || r.region.addr() != base.addr {
+                return Err(not_bindable);
+            }
+            r.region.clone()
+        };
+        let end = offset.checked_add(len).filter(|e| *e <= region.len() as u64 && len > 0);
+        end.ok_or(super::FabricError::TooLarge(len as usize))?;
+        let pattern = Strided::new(offset, len, u64::MAX).expect("len > 0");
+        let rights = Access(access.0 & Access::READ_WRITE.0);
+        let desc = self.insert(Registered { region, access: rights, windows: Some(pattern), grantee: Some(peer) });
+        Ok(RegionDesc { addr: desc.addr + offset, len, rkey: desc.rkey })
+    }
+
+    /// Revokes a window granted to `peer`. Returns whether it was in force.
+    pub fn revoke_window(&self, peer: PeerId, rkey: u32) -> bool {
+        let mut map = self.regions.write();
+        if map.get(&rkey).is_some_and(|r| r.grantee == Some(peer)) {
+            map.remove(&rkey);
+            return true;
+        }
+        false
     }
 
     fn insert(&self, registered: Registered) -> RegionDesc {
@@ -335,15 +379,29 @@ impl RegionTable {
     }
 
     /// Checks an access of `len` bytes at `remote` needing `need`, and returns the region and the
-    /// offset into it.
+    /// offset into it. An access from no connection in particular: window keys are refused.
     pub fn resolve(
         &self,
         remote: RemoteAddr,
         len: usize,
         need: Access,
     ) -> Result<(Arc<MemoryRegion>, usize), RemoteAccessError> {
+        self.resolve_for(None, remote, len, need)
+    }
+
+    /// [`resolve`](Self::resolve) for an access by the connection `peer`: its windows count.
+    pub fn resolve_for(
+        &self,
+        peer: Option<PeerId>,
+        remote: RemoteAddr,
+        len: usize,
+        need: Access,
+    ) -> Result<(Arc<MemoryRegion>, usize), RemoteAccessError> {
         let map = self.regions.read();
         let r = map.get(&remote.rkey).ok_or(RemoteAccessError::BadKey)?;
+        if r.grantee.is_some() && r.grantee != peer {
+            return Err(RemoteAccessError::BadKey);
+        }
         if !r.access.allows(need) {
             return Err(RemoteAccessError::AccessDenied);
         }
@@ -364,7 +422,12 @@ impl RegionTable {
 
     /// Serves a WRITE of `data` at `remote`.
     pub fn write(&self, remote: RemoteAddr, data: &[u8]) -> Result<(), RemoteAccessError> {
-        let (region, offset) = self.resolve(remote, data.len(), Access::WRITE)?;
+        self.write_for(None, remote, data)
+    }
+
+    /// Serves a WRITE of `data` at `remote` by the connection `peer` (its windows count).
+    pub fn write_for(&self, peer: Option<PeerId>, remote: RemoteAddr, data: &[u8]) -> Result<(), RemoteAccessError> {
+        let (region, offset) = self.resolve_for(peer, remote, data.len(), Access::WRITE)?;
         region.write(offset, data)
     }
 }
@@ -385,6 +448,21 @@ impl super::Registrar for RegionTable {
 
     fn deregister(&self, rkey: u32) -> bool {
         RegionTable::deregister(self, rkey)
+    }
+
+    fn grant_window(
+        &self,
+        peer: PeerId,
+        base: RegionDesc,
+        offset: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<RegionDesc, super::FabricError> {
+        RegionTable::grant_window(self, peer, base, offset, len, access)
+    }
+
+    fn revoke_window(&self, peer: PeerId, rkey: u32) -> bool {
+        RegionTable::revoke_window(self, peer, rkey)
     }
 }
 

@@ -140,7 +140,8 @@ impl MemQueuePair {
     /// Serves one READ, with the injected faults: a pause, or the tear hook, half-way through.
     fn read_remote(&self, remote: super::RemoteAddr, out: &mut [u8]) -> Result<(), super::RemoteAccessError> {
         let f = &self.fabric.faults;
-        let (region, offset) = self.fabric.regions.resolve(remote, out.len(), super::Access::READ)?;
+        let peer = Some(self.channel.peer());
+        let (region, offset) = self.fabric.regions.resolve_for(peer, remote, out.len(), super::Access::READ)?;
         let pause = *f.read_pause.lock();
         let hook = f.tear_hook.lock().clone();
         let mut mid = || {
@@ -174,7 +175,7 @@ impl MemQueuePair {
                     at += len;
                 }
                 WorkRequest::Write { remote, data } => {
-                    self.fabric.regions.write(remote, data).map_err(fail)?;
+                    self.fabric.regions.write_for(Some(self.channel.peer()), remote, data).map_err(fail)?;
                 }
                 WorkRequest::ReadInto { remote, local } => {
                     let mut data = vec![0; local.len as usize];
@@ -186,7 +187,7 @@ impl MemQueuePair {
                     let (region, offset) = locals.resolve(&local)?;
                     let mut data = vec![0; local.len as usize];
                     region.read(offset, &mut data).expect("checked above");
-                    self.fabric.regions.write(remote, &data).map_err(fail)?;
+                    self.fabric.regions.write_for(Some(self.channel.peer()), remote, &data).map_err(fail)?;
                 }
             }
         }

@@ -175,6 +175,10 @@ impl VerbsDevice {
         if local_write {
             flags |= AccessFlags::LocalWrite;
         }
+        if access.allows(Access::WINDOWS) {
+            // Binding a window with remote write needs local write on the registration.
+            flags |= AccessFlags::MemoryWindowBind | AccessFlags::LocalWrite;
+        }
         // ibv_reg_mr refuses a zero length; a one-word region stands in for an empty one.
         let len = region.len().max(1);
         // SAFETY: `region.as_ptr()` points at `region.len()` bytes (rounded up to whole words, so
@@ -184,6 +188,20 @@ impl VerbsDevice {
         // stores is the same as another thread's, never a data race on plain memory.
         unsafe { self.pd.reg_mr(region.as_ptr() as usize, len, flags) }
             .map_err(|e| verbs("ibv_reg_mr")(io::Error::other(e)))
+    }
+
+    /// Whether the device binds type-2 memory windows (`IBV_DEVICE_MEM_WINDOW_TYPE_2B` in
+    /// `ibv_query_device`'s `device_cap_flags`; type 2A windows are not used).
+    pub fn has_type2_windows(&self) -> bool {
+        use sideway::ibverbs::device_context::DeviceCapabilityFlags as F;
+        self.ctx.query_device().is_ok_and(|a| a.device_cap_flags().contains(F::MemoryWindowType2B))
+    }
+
+    /// The protection domain's handle, for the window calls sideway does not wrap.
+    pub(super) fn pd_ptr(&self) -> *mut rdma_mummy_sys::ibv_pd {
+        // SAFETY: the handle is valid while `self.pd` lives; callers use it only while they
+        // hold this device.
+        unsafe { self.pd.pd().as_ptr() }
     }
 
     /// A completion queue of `entries` with its own notification channel.

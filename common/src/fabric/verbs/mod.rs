@@ -19,8 +19,8 @@
 //! Differences from the software backends, all typed: a remote refusal is
 //! [`RemoteAccessError::Refused`](crate::fabric::RemoteAccessError::Refused) (verbs does not
 //! say whether key, bounds or rights were wrong), and strided registrations are refused
-//! ([`Unsupported::StridedRegistration`](crate::fabric::Unsupported)), so a server on verbs runs
-//! with server fills.
+//! ([`Unsupported::StridedRegistration`](crate::fabric::Unsupported)): a server on verbs grants
+//! client fills a type-2 memory window per reservation instead (`window.rs`), or fills itself.
 
 mod cm;
 mod device;
@@ -28,10 +28,11 @@ mod nic;
 mod qp;
 mod queue;
 mod ring;
+mod window;
 pub mod wire;
 
 pub use device::{VerbsDevice, MAX_INLINE};
-pub use nic::{NicConfig, VerbsNic, VerbsRegistrar};
+pub use nic::{NicConfig, VerbsNic, VerbsRegistrar, WindowPeers};
 pub use qp::VerbsQueuePair;
 
 pub use crate::fabric::verbs_config::VerbsConfig;
@@ -86,10 +87,6 @@ mod tests {
         }
     }
 
-    fn make(service: Arc<dyn RpcService>) -> TestServer {
-        make_with(service, |dev| Arc::new(VerbsRegistrar::new(dev)))
-    }
-
     /// Where a test server on `dev` listens: the device's own address for rdma_cm (which cannot
     /// use loopback), loopback for the TCP handshake. Any free port.
     fn listen_addr(dev: &VerbsDevice) -> std::net::SocketAddr {
@@ -99,22 +96,29 @@ mod tests {
         }
     }
 
-    fn make_with(
-        service: Arc<dyn RpcService>,
-        registrar: impl FnOnce(Arc<VerbsDevice>) -> Arc<dyn crate::fabric::Registrar>,
-    ) -> TestServer {
+    fn make(service: Arc<dyn RpcService>) -> TestServer {
         let dev = device().expect("checked by the caller");
-        let config = NicConfig { credits: 64, buffer_len: 16 << 10, ..NicConfig::default() };
+        let registrar = Arc::new(VerbsRegistrar::new(dev.clone()));
+        // The listener lists its connections where the registrar binds windows.
+        let config =
+            NicConfig { credits: 64, buffer_len: 16 << 10, peers: Some(registrar.peers()), ..NicConfig::default() };
         let nic = VerbsNic::start(dev.clone(), listen_addr(&dev), config, service).expect("listen");
         let addr = nic.local_addr();
-        let registrar = registrar(dev.clone());
-        TestServer::new(
+        let soft_roce = dev.name().starts_with("rxe");
+        let s = TestServer::new(
             registrar,
             64,
             move || Arc::new(VerbsQueuePair::connect(&dev, addr, None).expect("connect")) as Arc<dyn QueuePair>,
             nic,
         )
-        .with_coarse_remote_errors()
+        .with_coarse_remote_errors();
+        // Soft-RoCE checks a window's key, queue pair and revocation, but bounds only against
+        // the registration under it (measured in the guest: README, "Real RDMA").
+        if soft_roce {
+            s.with_unchecked_window_bounds()
+        } else {
+            s
+        }
     }
 
     /// Expands to one `#[test]` per conformance check that runs it on verbs, or says it skipped.
@@ -154,7 +158,25 @@ mod tests {
         error_state_through_the_completion_queue,
         armed_completion_queue_wakes,
         rpc_credits_bound_requests_in_flight,
+        windows_grant_one_connection_one_range,
     );
+
+    /// What the device says of memory windows (`ibv_query_device`), printed for the record; on
+    /// a device with type-2 windows the registrar must offer them.
+    #[test]
+    fn memory_window_capability() {
+        let Some(dev) = device() else { return };
+        let r = VerbsRegistrar::new(dev.clone());
+        eprintln!(
+            "{}: IBV_DEVICE_MEM_WINDOW_TYPE_2B {}",
+            dev.name(),
+            if r.has_windows() { "present" } else { "absent" }
+        );
+        assert_eq!(r.has_windows(), dev.has_type2_windows());
+        if std::env::var("SCALIO_REQUIRE_MW").as_deref() == Ok("1") {
+            assert!(r.has_windows(), "SCALIO_REQUIRE_MW=1 but {} has no type-2 windows", dev.name());
+        }
+    }
 
     /// The rendezvous check: verbs refuses strided keys, so the layer registers its staging
     /// region whole (see `Rendezvous::new`), as the verbs server gets it.
@@ -413,6 +435,98 @@ mod tests {
             // librdmacm may open its channel before it looks for devices.
             (Err(_), Ok(_)) => {}
         }
+    }
+
+    /// The cost of a window per miss, printed, not asserted (speed belongs in benchmarks; this
+    /// records what the CI guest measures): a miss-like sequence — an RPC whose handler grants a
+    /// window over 88 bytes (as META_GET does for a reserved slot), the client's fill WRITE
+    /// through it, an RPC whose handler revokes it — against the same sequence with no window
+    /// (the fill through a key of the whole region), alternating, in one run. Also the server's
+    /// own time in `grant_window` and `revoke_window` (posting the bind and the invalidation).
+    #[test]
+    fn window_cost_report() {
+        use crate::fabric::{Access, IncomingRpc, MemoryRegion, Registrar, WorkRequest};
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        use std::sync::OnceLock;
+        const T: std::time::Duration = std::time::Duration::from_secs(20);
+        let Some(dev) = device() else { return };
+        if !VerbsRegistrar::new(dev.clone()).has_windows() {
+            return eprintln!("skipped: {} has no type-2 memory windows", dev.name());
+        }
+        type Target = OnceLock<(Arc<dyn Registrar>, crate::fabric::RegionDesc)>;
+        let target: Arc<Target> = Arc::new(OnceLock::new());
+        let server_ns = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let (t, ns) = (target.clone(), server_ns.clone());
+        let service = Arc::new(move |rpc: IncomingRpc| {
+            let (registrar, base) = t.get().expect("set").clone();
+            let started = std::time::Instant::now();
+            let reply = match rpc.payload[0] {
+                // Grant a window over a slot's client range.
+                1 => {
+                    let w = registrar.grant_window(rpc.peer, base, 896 * 3 + 24, 88, Access::WRITE).expect("grant");
+                    ns.0.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+                    w.rkey.to_le_bytes().to_vec()
+                }
+                2 => {
+                    let rkey = u32::from_le_bytes(rpc.payload[1..5].try_into().unwrap());
+                    assert!(registrar.revoke_window(rpc.peer, rkey));
+                    ns.1.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+                    vec![1]
+                }
+                _ => vec![0],
+            };
+            rpc.responder.reply(&reply);
+        }) as Arc<dyn RpcService>;
+        let s = make(service);
+        let region = Arc::new(MemoryRegion::new(896 * 8));
+        let base = s.registrar.register(region.clone(), Access::READ.with(Access::WINDOWS)).unwrap();
+        let whole = s.registrar.register(region, Access::WRITE).unwrap();
+        target.set((s.registrar.clone(), base)).unwrap_or_else(|_| unreachable!());
+        let qp = s.connect();
+        let fill = [7u8; 79];
+        let with_window = || {
+            let key = u32::from_le_bytes(qp.call(&[1]).wait_timeout(T).unwrap().try_into().unwrap());
+            let at = crate::fabric::RemoteAddr { addr: base.addr + 896 * 3 + 33, rkey: key };
+            qp.post(&[WorkRequest::Write { remote: at, data: &fill }]).wait_timeout(T).unwrap();
+            let mut revoke = vec![2];
+            revoke.extend_from_slice(&key.to_le_bytes());
+            assert_eq!(qp.call(&revoke).wait_timeout(T).unwrap(), vec![1]);
+        };
+        let without = || {
+            qp.call(&[0]).wait_timeout(T).unwrap();
+            qp.post(&[WorkRequest::Write { remote: whole.at(896 * 3 + 33), data: &fill }]).wait_timeout(T).unwrap();
+            qp.call(&[0]).wait_timeout(T).unwrap();
+        };
+        for _ in 0..10 {
+            with_window();
+            without();
+        }
+        server_ns.0.store(0, Relaxed);
+        server_ns.1.store(0, Relaxed);
+        let n = 100u32;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            with_window();
+            a.push(t.elapsed().as_secs_f64() * 1e6);
+            let t = std::time::Instant::now();
+            without();
+            b.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        let stat = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (v.iter().sum::<f64>() / v.len() as f64, v[v.len() / 2])
+        };
+        let ((ma, pa), (mb, pb)) = (stat(&mut a), stat(&mut b));
+        let per = |x: &AtomicU64| x.load(Relaxed) as f64 / 1e3 / f64::from(n);
+        eprintln!(
+            "verbs window cost on {} ({n} miss-like sequences each, alternating): with a window {ma:.0} us mean, \
+             {pa:.0} us median; without {mb:.0} us mean, {pb:.0} us median; server time in grant_window {:.1} us, \
+             revoke_window {:.1} us per miss",
+            dev.name(),
+            per(&server_ns.0),
+            per(&server_ns.1)
+        );
     }
 
     #[test]

@@ -10,12 +10,14 @@
 
 use super::cm::{self, Channel, CmId};
 use super::device::{Cq, VerbsDevice, READ_DEPTH};
+use super::queue::send_wr_id;
 use super::queue::{self, split_send_wr_id, PostedAt, RecvSide, SendSide, Wc, RECV_BIT};
 use super::ring::Ring;
+use super::window::Window;
 use super::wire::{self, ClientHello, CmRequest, Endpoint, Grant, MessageHeader, MessageKind, Reassembly, ServerHello};
 use crate::fabric::{
-    Access, CloseReason, FabricError, IncomingRpc, MemoryRegion, PeerId, RegionDesc, Registrar, ReplySink, Responder,
-    RpcService, Secret, SendQueue, Strided, Unsupported, VerbsConnect, MAX_TRANSFER,
+    Access, CloseReason, Disconnect, FabricError, IncomingRpc, MemoryRegion, PeerId, RegionDesc, Registrar, ReplySink,
+    Responder, RpcService, Secret, SendQueue, Strided, Unsupported, VerbsConnect, MAX_TRANSFER,
 };
 use parking_lot::Mutex;
 use sideway::ibverbs::memory_region::MemoryRegion as Mr;
@@ -25,6 +27,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 /// A registered region and its registration (dropped together: the registration first).
@@ -34,11 +37,44 @@ type Registered = (Arc<Mr>, Arc<MemoryRegion>);
 pub struct VerbsRegistrar {
     dev: Arc<VerbsDevice>,
     regions: Mutex<HashMap<u32, Registered>>,
+    /// The connections of the listeners started with [`peers`](Self::peers) in their
+    /// [`NicConfig`]: where windows are bound.
+    peers: Arc<WindowPeers>,
+    /// The device has type-2 memory windows.
+    windows: bool,
 }
 
 impl VerbsRegistrar {
     pub fn new(dev: Arc<VerbsDevice>) -> VerbsRegistrar {
-        VerbsRegistrar { dev, regions: Mutex::new(HashMap::new()) }
+        let windows = dev.has_type2_windows();
+        VerbsRegistrar { dev, regions: Mutex::new(HashMap::new()), peers: Arc::default(), windows }
+    }
+
+    /// The directory a listener must be started with ([`NicConfig::peers`]) for this
+    /// registrar to grant windows to its connections.
+    pub fn peers(&self) -> Arc<WindowPeers> {
+        self.peers.clone()
+    }
+
+    /// Whether the device has type-2 memory windows, so that [`Registrar::grant_window`] works.
+    pub fn has_windows(&self) -> bool {
+        self.windows
+    }
+}
+
+/// The server's connections by peer, for binding windows on their queue pairs.
+#[derive(Default)]
+pub struct WindowPeers(Mutex<HashMap<PeerId, Weak<Conn>>>);
+
+impl std::fmt::Debug for WindowPeers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowPeers").field("connections", &self.0.lock().len()).finish()
+    }
+}
+
+impl WindowPeers {
+    fn get(&self, peer: PeerId) -> Option<Arc<Conn>> {
+        self.0.lock().get(&peer).and_then(Weak::upgrade)
     }
 }
 
@@ -60,6 +96,40 @@ impl Registrar for VerbsRegistrar {
     fn deregister(&self, rkey: u32) -> bool {
         self.regions.lock().remove(&rkey).is_some()
     }
+
+    /// A type-2 memory window bound, on the server's queue pair to `peer`, over the range of
+    /// `base`'s registration (which must have been made with [`Access::WINDOWS`]).
+    fn grant_window(
+        &self,
+        peer: PeerId,
+        base: RegionDesc,
+        offset: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<RegionDesc, FabricError> {
+        if !self.windows {
+            return Err(FabricError::Unsupported(Unsupported::MemoryWindows));
+        }
+        let not_bindable = FabricError::Unsupported(Unsupported::NotBindable);
+        let mr = match self.regions.lock().get(&base.rkey) {
+            Some((mr, region)) if region.addr() == base.addr => mr.clone(),
+            _ => return Err(not_bindable),
+        };
+        if offset.checked_add(len).is_none_or(|end| end > base.len) || len == 0 {
+            return Err(FabricError::TooLarge(len as usize));
+        }
+        // Only WRITE windows are bound (what client fills need); READ would need its own flag.
+        if access != Access::WRITE {
+            return Err(not_bindable);
+        }
+        let conn = self.peers.get(peer).ok_or(FabricError::Unsupported(Unsupported::UnknownPeer))?;
+        let rkey = conn.bind_window(&self.dev, &mr, base.addr + offset, len)?;
+        Ok(RegionDesc { addr: base.addr + offset, len, rkey })
+    }
+
+    fn revoke_window(&self, peer: PeerId, rkey: u32) -> bool {
+        self.peers.get(peer).is_some_and(|c| c.invalidate_window(rkey))
+    }
 }
 
 /// What the listener grants and admits.
@@ -71,11 +141,14 @@ pub struct NicConfig {
     pub buffer_len: u32,
     pub max_connections: usize,
     pub secret: Option<Secret>,
+    /// Where the listener lists its connections for a [`VerbsRegistrar`] to bind windows on
+    /// ([`VerbsRegistrar::peers`]); None: no windows for its clients.
+    pub peers: Option<Arc<WindowPeers>>,
 }
 
 impl Default for NicConfig {
     fn default() -> Self {
-        NicConfig { credits: 64, buffer_len: 16 << 10, max_connections: 256, secret: None }
+        NicConfig { credits: 64, buffer_len: 16 << 10, max_connections: 256, secret: None, peers: None }
     }
 }
 
@@ -362,8 +435,12 @@ impl Inner {
                 request_fragments: HashMap::new(),
                 reassembly: Reassembly::default(),
                 dead: false,
+                windows: Windows::default(),
             }),
         });
+        if let Some(peers) = &self.config.peers {
+            peers.0.lock().insert(conn.peer, Arc::downgrade(&conn));
+        }
         self.connections.fetch_add(1, Ordering::AcqRel);
         let inner = self.clone();
         let t = std::thread::Builder::new()
@@ -394,7 +471,7 @@ enum Liveness {
 }
 
 /// One client's connection.
-struct Conn {
+pub struct Conn {
     peer: PeerId,
     service: Arc<dyn RpcService>,
     cq: Cq,
@@ -412,6 +489,13 @@ struct ConnState {
     request_fragments: HashMap<u64, u32>,
     reassembly: Reassembly,
     dead: bool,
+    windows: Windows,
+}
+
+/// The type-2 memory windows bound on one connection's queue pair, by key.
+#[derive(Default)]
+struct Windows {
+    bound: HashMap<u32, Window>,
 }
 
 impl Conn {
@@ -441,9 +525,49 @@ impl Conn {
             // Requests at the service may be answered any moment: keep polling for a while.
             (found, !st.pending.is_empty() || !st.request_fragments.is_empty())
         });
-        self.state.lock().dead = true;
+        {
+            let mut st = self.state.lock();
+            st.dead = true;
+            // Deallocating a window unbinds it: no key granted to this client works any more.
+            st.windows = Windows::default();
+        }
+        if let Some(peers) = &nic.config.peers {
+            peers.0.lock().remove(&self.peer);
+        }
         // After `dead` (what `is_closed` reports): the service may free what this client held.
         self.service.peer_closed(self.peer);
+    }
+
+    /// Binds a window (a free one, or a new one) over `len` bytes at `addr` of `mr` on this
+    /// connection's queue pair, ordered before every response posted after it. Returns its key.
+    fn bind_window(&self, dev: &VerbsDevice, mr: &Mr, addr: u64, len: u64) -> Result<u32, FabricError> {
+        let mut st = self.state.lock();
+        if st.dead {
+            return Err(FabricError::Disconnected(Disconnect::PeerClosed));
+        }
+        let mut window = Window::alloc(dev)?;
+        let (_, at) = st.send.reserve(0, 1, true)?;
+        let rkey = match window.post_bind(&mut st.send.qp, send_wr_id(at.seq, 0), mr, addr, len) {
+            Ok(k) => k,
+            Err(e) => {
+                // A queue pair that refuses a post is not used further (as for responses).
+                st.dead = true;
+                return Err(e);
+            }
+        };
+        st.pending.push_back(at);
+        st.windows.bound.insert(rkey, window);
+        Ok(rkey)
+    }
+
+    /// Revokes the window bound under `rkey` by deallocating it (`ibv_dealloc_mw`, which
+    /// unbinds it before it returns: no WRITE with its key executes after this call). Returns
+    /// whether it was bound. (An `IBV_WR_LOCAL_INV` posted on the queue pair would keep the
+    /// window for the next bind, but on Soft-RoCE it ended the connection, in the guest.)
+    fn invalidate_window(&self, rkey: u32) -> bool {
+        let window = self.state.lock().windows.bound.remove(&rkey);
+        // Dropped outside the lock: deallocation is a system call.
+        window.is_some()
     }
 
     /// Polls the completion queue and handles what it finds; requests go to the service after

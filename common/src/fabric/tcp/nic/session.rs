@@ -228,7 +228,7 @@ impl Session {
                 }
                 if c.failed.is_none() {
                     let limit = env.config.max_chain_read;
-                    match read_into(env.regions, remote, len as usize, c.read_bytes, limit, out) {
+                    match read_into(env.regions, env.peer, remote, len as usize, c.read_bytes, limit, out) {
                         Ok(()) => {
                             c.read_bytes += len as usize;
                             env.tally.reads += 1;
@@ -242,7 +242,7 @@ impl Session {
             ClientFrame::Write { chain, flags, remote, data } => {
                 let c = self.chain_for(chain, flags, out)?;
                 if c.failed.is_none() {
-                    match env.regions.write(remote, data) {
+                    match env.regions.write_for(Some(env.peer), remote, data) {
                         Ok(()) => {
                             env.tally.writes += 1;
                             env.tally.bytes_written += data.len() as u64;
@@ -339,6 +339,7 @@ impl OpenChain {
 /// (`NicConfig::max_chain_read`, which `TcpNic::bind` holds to the wire's `MAX_CHAIN_READ`).
 fn read_into(
     regions: &RegionTable,
+    peer: PeerId,
     remote: RemoteAddr,
     len: usize,
     chain_read: usize,
@@ -348,7 +349,7 @@ fn read_into(
     if len > MAX_TRANSFER || chain_read + len > chain_limit {
         return Err(RemoteAccessError::TooLarge);
     }
-    let (region, offset) = regions.resolve(remote, len, Access::READ)?;
+    let (region, offset) = regions.resolve_for(Some(peer), remote, len, Access::READ)?;
     let at = out.len();
     out.resize(at + len, 0);
     let r = region.read(offset, &mut out[at..]);
