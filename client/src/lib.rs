@@ -188,10 +188,8 @@ impl Client {
     async fn connect_verbs(addr: &str, cfg: ClientConfig) -> Result<Client, ClientError> {
         use scalio_common::fabric::verbs::{VerbsDevice, VerbsQueuePair};
         use std::net::ToSocketAddrs;
-        let peer = addr
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
+        let peer = scalio_common::fabric::parse_scoped_addr(addr)
+            .or_else(|| addr.to_socket_addrs().ok().and_then(|mut a| a.next()))
             .ok_or_else(|| ClientError::Config(format!("{addr} is not a host:port address")))?;
         let device = VerbsDevice::open(&cfg.verbs)?;
         let secret = cfg.secret.clone();

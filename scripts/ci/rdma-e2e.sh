@@ -6,7 +6,10 @@
 #
 # 1. scalio-server with fabric = "verbs" on $SCALIO_RDMA_DEVICE, two file-backed SSDs on tmpfs, client
 #    fills through a type-2 memory window per reservation (cache.fill_windows, the verbs default; with
-#    RDMA_E2E_FILLS=trusted, verbs.trusted_fills instead: the whole table writable), no NVMe/TCP target.
+#    RDMA_E2E_FILLS=trusted, verbs.trusted_fills instead: the whole table writable), no NVMe/TCP
+#    target. Connection setup through rdma_cm: the server listens on the rxe netdev's IPv4 address
+#    (rdma_cm cannot use loopback), where the clients connect. The cache table on 2 MiB hugepages
+#    (cache.hugepages: the caller reserves them, as scripts/ci/rdma.sh does).
 # 2. The same SSD files exported through the kernel target over RDMA (scripts/nvmet-rdma-target.sh, one
 #    subsystem each, on the rxe netdev's IPv4 address) and attached with `nvme connect -t rdma`. Each file
 #    goes through a loop device with 512-byte sectors first: nvmet gives a file namespace the file
@@ -48,7 +51,7 @@ cleanup() {
 trap cleanup EXIT
 
 cat >"$W/server.toml" <<TOML
-listen = "127.0.0.1:7400"
+listen = "$IP:7400"
 fabric = "verbs"
 workers = 2
 [[ssd]]
@@ -60,6 +63,7 @@ size = "64MiB"
 [cache]
 buckets = 256
 client_fills = true
+hugepages = true
 # Misses take a few hundred milliseconds under emulation; a client fills through its window only
 # within the first half of the lease (a WRITE after the window's revocation would end its queue pair).
 lease_ms = 2000
@@ -98,7 +102,7 @@ echo "rdma-e2e: SSD 0 -> ${DEVS[0]}, SSD 1 -> ${DEVS[1]} (nvme-rdma to $IP:4421)
 run() {
   local name=$1 workload=$2
   shift 2
-  if ! "$YCSB" --system scalio --server 127.0.0.1:7400 --fabric verbs --rdma-device "$DEV" \
+  if ! "$YCSB" --system scalio --server "$IP:7400" --fabric verbs --rdma-device "$DEV" \
     --block-devices "${DEVS[0]},${DEVS[1]}" --block direct --threads 2 --outstanding 4 \
     --workload "$workload" -p recordcount="$RECORDS" -p operationcount="$OPS" --json "$W/$name.json" "$@" 2>"$W/$name.err"; then
     tr '\r' '\n' <"$W/$name.err" | grep -v '^\[' | tail -20; tail -20 "$W/server.log"

@@ -11,10 +11,12 @@
 #   clippy       cargo clippy on common, server, client, bench with the rdma features, -D warnings
 #   host-skip    the verbs tests on this machine: with no RDMA device each says it skipped and why
 #   build-e2e    cargo build --features rdma of scalio-server and scalio-ycsb (debug, as the tests)
-#   guest        one guest boot: rxe0 on eth0, the verbs tests with SCALIO_REQUIRE_RDMA=1 (the whole
-#                fabric conformance suite on real verbs), ib_read_lat (perftest) for reference, then
-#                scripts/ci/rdma-e2e.sh (scalio-server and scalio-ycsb on verbs, client fills through a
-#                memory window per reservation, misses over kernel NVMe-oF/RDMA)
+#   guest        one guest boot: rxe0 on eth0, 32 hugepages reserved, the fabric tests with
+#                SCALIO_REQUIRE_RDMA=1, SCALIO_REQUIRE_MW=1 and SCALIO_REQUIRE_HUGEPAGES=1 (the whole
+#                fabric conformance suite on real verbs through rdma_cm, type-2 memory windows,
+#                hugepage-backed regions registered on rxe0), ib_read_lat (perftest) for reference,
+#                then scripts/ci/rdma-e2e.sh (scalio-server and scalio-ycsb on verbs, client fills
+#                through a memory window per reservation, misses over kernel NVMe-oF/RDMA)
 # Exit status 0 only if every step passed. Work files: target/vm/ (or $SCALIO_VM_DIR).
 set -uo pipefail
 exec </dev/null
@@ -23,9 +25,13 @@ cd "$REPO" || exit 1
 
 if [ "${1:-}" = --guest ]; then
   BIN=$2 SERVER=$3 YCSB=$4
-  echo "=== guest: the verbs tests on ${SCALIO_RDMA_DEVICE:-?}"
+  # 2 MiB hugepages for the hugepage-backed registration test and the e2e server's cache.hugepages.
+  echo 32 >/proc/sys/vm/nr_hugepages
+  echo "=== guest: $(grep HugePages_Free /proc/meminfo) (2 MiB each)"
+  export SCALIO_REQUIRE_HUGEPAGES=1
+  echo "=== guest: the verbs tests on ${SCALIO_RDMA_DEVICE:-?} (and hugepage regions)"
   # Soft-RoCE has type-2 memory windows: the fill windows the e2e step uses need them.
-  SCALIO_REQUIRE_MW=1 "$BIN" fabric::verbs --test-threads=1 --nocapture
+  SCALIO_REQUIRE_MW=1 "$BIN" fabric::verbs fabric::region::tests::hugepage --test-threads=1 --nocapture
   rc=$?
   echo "=== guest: ib_read_lat (perftest) on the same device, for reference (emulation)"
   ib_read_lat -d "$SCALIO_RDMA_DEVICE" -x 1 -s 64 -n 2000 >/dev/null 2>&1 &

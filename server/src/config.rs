@@ -24,6 +24,7 @@
 //! lease_ms = 100
 //! client_fills = true            # false: the server fills slots; clients cannot write the table
 //! reservations_per_client = 64   # unfilled reservations one connection may hold at once
+//! hugepages = false              # the table on 2 MiB hugepages (reserve them: vm.nr_hugepages)
 //! # fill_windows = true          # a window per reservation (default: on with fabric = "verbs")
 //!
 //! [ditto]                        # the LEED+Ditto baseline's cache region (benchmarks only)
@@ -50,10 +51,11 @@
 //! allow_writes = false
 //!
 //! # fabric = "verbs"             # RDMA verbs instead of the software NIC (cargo feature rdma);
-//! # [verbs]                      # `listen` then is the TCP address of the verbs handshake
+//! # [verbs]                      # `listen` then is an address of the RDMA device's interface
 //! # device = "mlx5_0"            # default: the first device
 //! # port = 1
 //! # gid_index = 3                # default: the first IPv4-mapped GID
+//! # connect = "rdma_cm"          # or "tcp": a TCP handshake on `listen` (loopback works there)
 //! # credits = 64                 # receive buffers pre-posted per connection (the RPC credits)
 //! # buffer_bytes = 16384         # bytes per receive buffer
 //! # trusted_fills = false        # see README, "Real RDMA": client fills on verbs
@@ -166,6 +168,9 @@ pub struct VerbsServerConfig {
     pub port: u8,
     /// GID index; None: the first IPv4-mapped GID, else the first non-zero one.
     pub gid_index: Option<u32>,
+    /// Connection setup: `"rdma_cm"` (default; `listen` is then an address of the device's
+    /// interface, or the wildcard) or `"tcp"` (a TCP handshake on `listen`).
+    pub connect: scalio_common::fabric::VerbsConnect,
     /// Receive buffers pre-posted per connection: a client's RPC credits (in buffers).
     pub credits: u32,
     /// Bytes of each receive buffer (the largest SEND; a message takes several).
@@ -183,6 +188,7 @@ impl Default for VerbsServerConfig {
             device: None,
             port: 1,
             gid_index: None,
+            connect: scalio_common::fabric::VerbsConnect::RdmaCm,
             credits: 64,
             buffer_bytes: 16 << 10,
             trusted_fills: false,
@@ -192,7 +198,12 @@ impl Default for VerbsServerConfig {
 
 impl VerbsServerConfig {
     pub fn device_config(&self) -> scalio_common::fabric::VerbsConfig {
-        scalio_common::fabric::VerbsConfig { device: self.device.clone(), port: self.port, gid_index: self.gid_index }
+        scalio_common::fabric::VerbsConfig {
+            device: self.device.clone(),
+            port: self.port,
+            gid_index: self.gid_index,
+            connect: self.connect,
+        }
     }
 }
 
@@ -213,6 +224,10 @@ pub struct CacheConfig {
     /// keep the cache empty for everyone. Holders of many reservations at a time are clients with
     /// many misses in flight: the default leaves room for 64.
     pub reservations_per_client: u32,
+    /// Put the cache table (and the LEED+Ditto baseline's region) on 2 MiB hugepages, so that a
+    /// NIC translates a large table with few entries. The pages must be reserved beforehand
+    /// (`/proc/sys/vm/nr_hugepages`); the server refuses to start when they are not.
+    pub hugepages: bool,
     /// Client fills through a window per reservation: WRITE access to just the reserved slot's
     /// client range, for just the connection that reserved it, revoked when the reservation ends
     /// (on verbs a type-2 memory window; README, "Threat model"). No table-wide fill key is
@@ -238,6 +253,7 @@ impl Default for CacheConfig {
             lease_ms: 100,
             client_fills: true,
             reservations_per_client: 64,
+            hugepages: false,
             fill_windows: None,
         }
     }
@@ -490,8 +506,16 @@ impl ServerConfig {
             if !self.fabric.available() {
                 return bad("fabric = \"verbs\" needs a build with RDMA support (cargo feature rdma)".into());
             }
-            if self.listen.is_none() {
-                return bad("fabric = \"verbs\" needs `listen` (the TCP address of the verbs handshake)".into());
+            let Some(listen) = &self.listen else {
+                return bad("fabric = \"verbs\" needs `listen` (the address clients connect to)".into());
+            };
+            let loopback = scalio_common::fabric::parse_scoped_addr(listen).is_some_and(|a| a.ip().is_loopback())
+                || listen.starts_with("localhost:");
+            if loopback && self.verbs.connect == scalio_common::fabric::VerbsConnect::RdmaCm {
+                return bad(format!(
+                    "verbs.connect = \"rdma_cm\" cannot listen on the loopback address {listen}: use an address of \
+the RDMA device's interface, or verbs.connect = \"tcp\""
+                ));
             }
             if self.cache.enabled
                 && self.cache.client_fills
@@ -735,9 +759,14 @@ mod tests {
         assert_eq!((c.verbs.gid_index, c.verbs.credits, c.verbs.port), (Some(1), 32, 1));
         assert!(ServerConfig::from_toml("fabric = \"infiniband\"").is_err());
         assert!(ServerConfig::from_toml("[verbs]\ngid = 3").is_err());
+        use scalio_common::fabric::VerbsConnect;
+        assert_eq!(c.verbs.connect, VerbsConnect::RdmaCm, "rdma_cm by default");
+        let tcp = ServerConfig::from_toml("[verbs]\nconnect = \"tcp\"").unwrap();
+        assert_eq!(tcp.verbs.device_config().connect, VerbsConnect::Tcp);
+        assert!(ServerConfig::from_toml("[verbs]\nconnect = \"ud\"").is_err());
         let mut base = ServerConfig::default().with_ssd_files(std::path::Path::new("/tmp"), 1, 1 << 20);
         base.fabric = FabricKind::Verbs;
-        base.listen = Some("127.0.0.1:7400".into());
+        base.listen = Some("10.0.2.15:7400".into());
         let err = |c: &ServerConfig| c.validate().unwrap_err().to_string();
         if !FabricKind::Verbs.available() {
             assert!(err(&base).contains("RDMA support"), "{}", err(&base));
@@ -762,6 +791,11 @@ mod tests {
         c.validate().unwrap();
         let mut c = base.clone();
         c.verbs.trusted_fills = true;
+        c.validate().unwrap();
+        // rdma_cm cannot use loopback; the TCP handshake can.
+        c.listen = Some("127.0.0.1:7400".into());
+        assert!(err(&c).contains("loopback"), "{}", err(&c));
+        c.verbs.connect = VerbsConnect::Tcp;
         c.validate().unwrap();
         c.verbs.credits = 0;
         assert!(err(&c).contains("verbs.credits"));

@@ -48,6 +48,9 @@ pub enum ServerError {
     Target(#[from] TargetError),
     #[error("cannot register memory with the fabric: {0}")]
     Register(FabricError),
+    /// `cache.hugepages` and the pool has too few (or the kernel none).
+    #[error("cache.hugepages: {0}")]
+    HugePages(scalio_common::fabric::HugePageError),
     #[error("this server is not a cluster member")]
     NotInCluster,
 }
@@ -102,6 +105,10 @@ fn start_target(
 
 fn resolve(addr: &str) -> Result<SocketAddr, ServerError> {
     use std::net::ToSocketAddrs;
+    // An IPv6 link-local address with its interface (`[fe80::…%eth0]:7400`), as rdma_cm needs it.
+    if let Some(a) = scalio_common::fabric::parse_scoped_addr(addr) {
+        return Ok(a);
+    }
     addr.to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
@@ -214,15 +221,26 @@ impl Server {
         };
         let table = config.cache.enabled.then(|| {
             let geometry = TableGeometry { buckets: config.cache.buckets, assoc: config.cache.assoc };
+            let lease = Duration::from_millis(config.cache.lease_ms);
+            let table = match config.cache.hugepages {
+                true => CacheTable::on_hugepages(geometry, lease)?,
+                false => CacheTable::new(geometry, lease),
+            };
             #[allow(unused_mut)] // mutated only by a seeded bug
-            let mut table = CacheTable::new(geometry, Duration::from_millis(config.cache.lease_ms))
-                .with_reservation_quota(config.cache.reservations_per_client);
+            let mut table = table.with_reservation_quota(config.cache.reservations_per_client);
             #[cfg(feature = "seeded-bugs")]
             if config.seeded_bug == Some(crate::config::SeededBug::FillWithoutGenerationCheck) {
                 table.seed_bug_keep_generation();
             }
-            Arc::new(table)
+            Ok(Arc::new(table))
         });
+        let table = match table.transpose() {
+            Ok(t) => t,
+            Err(e) => {
+                ssds.iter().for_each(|s| s.shutdown());
+                return Err(ServerError::HugePages(e));
+            }
+        };
         // The target serves clients' block reads straight from the SSDs, on its own threads.
         let fabric_addr = config.listen.as_deref().map(resolve).transpose()?;
         let (target, targets) = match config.target.resolve_listen(fabric_addr) {
@@ -294,17 +312,20 @@ impl Server {
             .enabled
             .then(|| {
                 let d = &config.ditto;
-                let region = Arc::new(MemoryRegion::new(d.region_bytes() as usize));
-                let desc = registrar.register(region, Access::READ_WRITE)?;
-                Ok::<_, FabricError>(TableInfo {
+                let region = match config.cache.hugepages {
+                    true => MemoryRegion::on_hugepages(d.region_bytes() as usize).map_err(ServerError::HugePages)?,
+                    false => MemoryRegion::new(d.region_bytes() as usize),
+                };
+                let region = Arc::new(region);
+                let desc = registrar.register(region, Access::READ_WRITE).map_err(ServerError::Register)?;
+                Ok::<_, ServerError>(TableInfo {
                     addr: desc.addr,
                     rkey: desc.rkey,
                     fill_rkey: None,
                     geometry: TableGeometry { buckets: d.buckets, assoc: d.assoc },
                 })
             })
-            .transpose()
-            .map_err(ServerError::Register)?;
+            .transpose()?;
         let info = ServerInfo {
             protocol: PROTOCOL_VERSION,
             lease_ms: u32::try_from(config.cache.lease_ms).unwrap_or(u32::MAX),

@@ -115,9 +115,23 @@ enum Found {
 impl CacheTable {
     /// A table of `geometry`, every slot free, with reservations leased for `lease`.
     pub fn new(geometry: TableGeometry, lease: Duration) -> CacheTable {
+        Self::in_region(geometry, lease, MemoryRegion::new(geometry.total_bytes()))
+    }
+
+    /// The same, on 2 MiB hugepages (`cache.hugepages`): the pool must have the pages.
+    pub fn on_hugepages(
+        geometry: TableGeometry,
+        lease: Duration,
+    ) -> Result<CacheTable, scalio_common::fabric::HugePageError> {
+        Ok(Self::in_region(geometry, lease, MemoryRegion::on_hugepages(geometry.total_bytes())?))
+    }
+
+    /// A table in `region` (zeroed, `geometry.total_bytes()` long).
+    fn in_region(geometry: TableGeometry, lease: Duration, region: MemoryRegion) -> CacheTable {
+        debug_assert_eq!(region.len(), geometry.total_bytes());
         let slots = geometry.slots() as usize;
         CacheTable {
-            region: Arc::new(MemoryRegion::new(geometry.total_bytes())),
+            region: Arc::new(region),
             geometry,
             locks: (0..LOCK_STRIPES.min(geometry.buckets as usize).max(1)).map(|_| Mutex::new(())).collect(),
             leases: (0..slots).map(|_| AtomicU64::new(0)).collect(),

@@ -185,6 +185,7 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
             device: opts.rdma_device.clone(),
             port: opts.rdma_port,
             gid_index: opts.rdma_gid,
+            connect: opts.rdma_connect,
         },
         ..c
     };

@@ -51,6 +51,10 @@ pub struct Options {
     /// --fabric verbs: the GID index (default: the first IPv4-mapped GID).
     #[arg(long)]
     pub rdma_gid: Option<u32>,
+    /// --fabric verbs: connection setup, rdma_cm (--server is then an address on the RDMA
+    /// network, e.g. 10.0.2.15:7400 or [fe80::…%eth0]:7400) or tcp (the server's verbs.connect).
+    #[arg(long, default_value = "rdma_cm")]
+    pub rdma_connect: scalio_common::fabric::VerbsConnect,
     /// Scalio clients of a running server: the miss path reads SSD i from the i-th of these
     /// comma-separated files or block devices (the `direct` path, O_DIRECT), e.g. the server's SSDs
     /// attached with the kernel NVMe-oF host: --block-devices /dev/nvme0n1,/dev/nvme1n1.

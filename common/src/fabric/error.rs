@@ -130,6 +130,39 @@ pub enum DeviceError {
     Verbs { call: &'static str, kind: io::ErrorKind },
 }
 
+/// Why connection setup through rdma_cm failed (the verbs backend's default handshake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CmError {
+    /// A librdmacm call failed (or librdmacm, or the kernel's `rdma_ucm`, is missing).
+    #[error("{call} failed: {kind}")]
+    Call { call: &'static str, kind: io::ErrorKind },
+    /// The server's IP address maps to no RDMA device here (`RDMA_CM_EVENT_ADDR_ERROR`): not an
+    /// address of an RDMA-capable interface or reachable through one, a loopback address, or an
+    /// IPv6 link-local address without its scope (`fe80::…%eth0`).
+    #[error("address resolution failed: {0}")]
+    AddressResolution(io::ErrorKind),
+    /// No route to the resolved address (`RDMA_CM_EVENT_ROUTE_ERROR`).
+    #[error("route resolution failed: {0}")]
+    RouteResolution(io::ErrorKind),
+    /// The peer did not answer (`RDMA_CM_EVENT_UNREACHABLE`, or `CONNECT_ERROR`).
+    #[error("the peer is unreachable: {0}")]
+    Unreachable(io::ErrorKind),
+    /// The peer's connection manager rejected the request without a scalio reason, e.g. no
+    /// listener on that address and port. `reason` is the CM's reject reason (InfiniBand CM
+    /// REJ code: 8 is "invalid service ID", no listener).
+    #[error("rejected by the peer's connection manager (reason {reason})")]
+    Rejected { reason: i32 },
+    /// The address resolved to another device or port than the one configured.
+    #[error("the address is on another RDMA device or port than the configured one")]
+    OtherDevice,
+    /// An event that does not belong at this step of the handshake (`RDMA_CM_EVENT_*` number).
+    #[error("unexpected rdma_cm event {0}")]
+    UnexpectedEvent(u32),
+    /// No event within the handshake's time.
+    #[error("timed out")]
+    Timeout,
+}
+
 /// The peer broke the fabric protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
@@ -198,6 +231,9 @@ pub enum FabricError {
     /// The RDMA device could not be opened or used.
     #[error("RDMA device: {0}")]
     Device(DeviceError),
+    /// Connection setup through rdma_cm failed.
+    #[error("rdma_cm: {0}")]
+    ConnectionManager(CmError),
     /// A backend that runs on the caller's async runtime was used outside one.
     #[error("not inside a tokio runtime (this queue pair's driver runs on the caller's runtime)")]
     NoRuntime,

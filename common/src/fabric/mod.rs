@@ -49,12 +49,14 @@ pub mod tcp;
 #[cfg(feature = "rdma")]
 pub mod verbs;
 pub mod verbs_config;
-pub use verbs_config::{FabricKind, VerbsConfig};
+pub use verbs_config::{parse_scoped_addr, FabricKind, VerbsConfig, VerbsConnect};
 
 pub use completion::{completion, Completer, Completion};
-pub use error::{CloseReason, DeviceError, Disconnect, FabricError, ProtocolError, RemoteAccessError, Unsupported};
+pub use error::{
+    CloseReason, CmError, DeviceError, Disconnect, FabricError, ProtocolError, RemoteAccessError, Unsupported,
+};
 pub use local::{LocalAccessError, LocalKey, LocalRegions, LocalSlice, WorkCompletion, MAX_LOCAL_REGIONS};
-pub use region::{MemoryRegion, RegionDesc, RegionTable, Strided};
+pub use region::{HugePageError, MemoryRegion, RegionDesc, RegionTable, Strided, HUGEPAGE};
 
 /// Where a server registers memory for remote access: a backend's protection domain. The backend
 /// mints the remote keys and enforces key, bounds and rights on every access (on hardware, the

@@ -17,8 +17,60 @@ use std::sync::Arc;
 
 /// Memory that can be registered for remote access.
 pub struct MemoryRegion {
-    words: Box<[AtomicU64]>,
+    words: Words,
     len: usize,
+}
+
+/// Bytes of the hugepages [`MemoryRegion::on_hugepages`] maps (x86-64's and arm64's 2 MiB).
+pub const HUGEPAGE: usize = 2 << 20;
+
+/// Why a region could not be put on hugepages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HugePageError {
+    /// The hugepage pool has fewer free 2 MiB pages than the region needs (none are reserved
+    /// by default).
+    #[error(
+        "{needed} hugepages of 2 MiB needed but not free: reserve them first \
+         (echo N > /proc/sys/vm/nr_hugepages, or vm.nr_hugepages in sysctl.conf)"
+    )]
+    NotReserved { needed: usize },
+    /// mmap refused for another reason (no hugetlbfs support in the kernel, a limit).
+    #[error("mmap(MAP_HUGETLB) failed: {0}")]
+    Map(std::io::ErrorKind),
+}
+
+/// The words of a region: on the heap, or in an anonymous mapping of 2 MiB hugepages (a NIC
+/// then needs one translation entry per 2 MiB instead of per 4 KiB).
+enum Words {
+    Heap(Box<[AtomicU64]>),
+    Huge { ptr: std::ptr::NonNull<AtomicU64>, words: usize, map_len: usize },
+}
+
+// SAFETY: `Huge` owns its mapping exclusively (like the Box of `Heap`), and the words are atomics,
+// which any thread may share.
+unsafe impl Send for Words {}
+unsafe impl Sync for Words {}
+
+impl std::ops::Deref for Words {
+    type Target = [AtomicU64];
+    fn deref(&self) -> &[AtomicU64] {
+        match self {
+            Words::Heap(b) => b,
+            // SAFETY: the mapping holds `words` zero-initialised (the kernel zeroes new pages),
+            // suitably aligned u64s, readable and writable until `drop` unmaps it.
+            Words::Huge { ptr, words, .. } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *words) },
+        }
+    }
+}
+
+impl Drop for Words {
+    fn drop(&mut self) {
+        if let Words::Huge { ptr, map_len, .. } = self {
+            // SAFETY: the mapping this value made and nothing else refers to any more (a
+            // region's registrations are dropped before or with it).
+            unsafe { libc::munmap(ptr.as_ptr().cast(), *map_len) };
+        }
+    }
 }
 
 impl std::fmt::Debug for MemoryRegion {
@@ -34,7 +86,40 @@ impl MemoryRegion {
     /// A zeroed region of `len` bytes.
     pub fn new(len: usize) -> MemoryRegion {
         let words = (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
-        MemoryRegion { words, len }
+        MemoryRegion { words: Words::Heap(words), len }
+    }
+
+    /// A zeroed region of `len` bytes on 2 MiB hugepages (`len` rounded up to whole pages),
+    /// taken from the pool reserved in `/proc/sys/vm/nr_hugepages`. The pages are reserved when
+    /// mapped, so a pool too small fails here, typed, and never later on a page fault.
+    pub fn on_hugepages(len: usize) -> Result<MemoryRegion, HugePageError> {
+        let map_len = len.max(1).div_ceil(HUGEPAGE) * HUGEPAGE;
+        // SAFETY: a new anonymous private mapping at an address of the kernel's choosing: it
+        // aliases nothing; the result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_HUGE_2MB,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let e = std::io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOMEM) => HugePageError::NotReserved { needed: map_len / HUGEPAGE },
+                _ => HugePageError::Map(e.kind()),
+            });
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<AtomicU64>()).expect("mmap never maps page 0 here");
+        Ok(MemoryRegion { words: Words::Huge { ptr, words: len.div_ceil(8), map_len }, len })
+    }
+
+    /// Whether the region is on hugepages.
+    pub fn is_on_hugepages(&self) -> bool {
+        matches!(self.words, Words::Huge { .. })
     }
 
     pub fn len(&self) -> usize {
@@ -384,6 +469,68 @@ impl super::Registrar for RegionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Free hugepages in the pool now (`HugePages_Free` of /proc/meminfo).
+    fn free_hugepages() -> usize {
+        let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let line = info.lines().find(|l| l.starts_with("HugePages_Free:"));
+        line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    }
+
+    /// The kernel's page size (KiB) of the mapping holding `addr`, from /proc/self/smaps.
+    fn kernel_page_kib(addr: u64) -> Option<u64> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().and_then(|r| r.split_once('-'));
+            if let Some((a, b)) =
+                range.and_then(|(a, b)| Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?)))
+            {
+                inside = (a..b).contains(&addr);
+            } else if inside && line.starts_with("KernelPageSize:") {
+                return line.split_whitespace().nth(1)?.parse().ok();
+            }
+        }
+        None
+    }
+
+    /// With hugepages reserved, a region maps onto them (the kernel says 2 MiB pages) and reads
+    /// and writes like any other; without, the refusal is typed and says how many were needed.
+    /// `SCALIO_REQUIRE_HUGEPAGES=1` (the CI guest reserves some) makes the first case required.
+    #[test]
+    fn hugepage_regions_or_a_typed_refusal() {
+        let len = 3 * HUGEPAGE + 100;
+        let free = free_hugepages();
+        match MemoryRegion::on_hugepages(len) {
+            Ok(r) => {
+                assert!(r.is_on_hugepages());
+                assert_eq!(r.len(), len);
+                assert_eq!(r.addr() % HUGEPAGE as u64, 0);
+                assert_eq!(kernel_page_kib(r.addr()), Some(2048), "backed by 2 MiB pages");
+                assert_eq!(kernel_page_kib(r.addr() + 3 * HUGEPAGE as u64), Some(2048));
+                let mut zeros = [1u8; 16];
+                r.read(HUGEPAGE - 8, &mut zeros).unwrap();
+                assert_eq!(zeros, [0; 16], "fresh pages are zeroed");
+                r.write(HUGEPAGE - 4, b"across a page").unwrap();
+                let mut back = [0u8; 13];
+                r.read(HUGEPAGE - 4, &mut back).unwrap();
+                assert_eq!(&back, b"across a page");
+                assert_eq!(r.read(len - 1, &mut [0; 2]), Err(RemoteAccessError::OutOfBounds));
+                assert!(!MemoryRegion::new(8).is_on_hugepages());
+            }
+            Err(e @ HugePageError::NotReserved { needed }) => {
+                assert_eq!(needed, 4, "3 pages and 100 bytes take 4");
+                assert!(free < needed, "refused although {free} hugepages were free");
+                assert!(
+                    std::env::var("SCALIO_REQUIRE_HUGEPAGES").as_deref() != Ok("1"),
+                    "SCALIO_REQUIRE_HUGEPAGES=1 but {e}"
+                );
+                assert!(e.to_string().contains("/proc/sys/vm/nr_hugepages"), "the error says what to do");
+                eprintln!("skipped the mapping: {e}");
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
     use proptest::prelude::*;
 
     proptest! {

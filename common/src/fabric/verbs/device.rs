@@ -5,9 +5,11 @@
 //! `unsafe` is confined to the calls that hand memory or raw handles to libibverbs; each block
 //! says why it holds.
 
+use super::cm::CmId;
 use super::wire::Endpoint;
 use super::VerbsConfig;
 use crate::fabric::{Access, DeviceError, FabricError, MemoryRegion};
+use crate::fabric::{CmError, VerbsConnect};
 use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
 use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, CompletionQueue};
 use sideway::ibverbs::device::{DeviceInfo, DeviceList};
@@ -24,6 +26,8 @@ use std::time::Duration;
 /// Bytes of a WRITE or SEND small enough to post inline (copied into the work request: no
 /// registered memory needed). 64 is within what every provider offers.
 pub const MAX_INLINE: usize = 64;
+/// READs (and atomics) one queue pair may have in flight to its peer, and accepts from it.
+pub const READ_DEPTH: u8 = 16;
 
 fn verbs(call: &'static str) -> impl Fn(io::Error) -> FabricError {
     move |e| FabricError::Device(DeviceError::Verbs { call, kind: e.kind() })
@@ -39,6 +43,7 @@ pub struct VerbsDevice {
     gid: Gid,
     lid: u16,
     mtu: Mtu,
+    connect: VerbsConnect,
 }
 
 impl std::fmt::Debug for VerbsDevice {
@@ -90,11 +95,62 @@ impl VerbsDevice {
             port: config.port,
             gid_index,
             gid,
+            connect: config.connect,
         }))
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How queue pairs on this device connect (the configuration's `connect`).
+    pub fn connect_method(&self) -> VerbsConnect {
+        self.connect
+    }
+
+    /// The IP address of this end's GID, port 0: IPv4 for an IPv4-mapped GID, else IPv6 (with
+    /// the scope of the GID's network interface when link-local). Where an rdma_cm listener on
+    /// this device binds, and the source a client resolves from. None for a GID with no
+    /// interface (InfiniBand without IPoIB).
+    pub fn ip_addr(&self) -> Option<std::net::SocketAddr> {
+        use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+        let ip = Ipv6Addr::from(self.gid.raw);
+        if let Some(v4) = ip.to_ipv4_mapped() {
+            return Some(SocketAddr::from((v4, 0)));
+        }
+        let scope = if ip.segments()[0] & 0xffc0 == 0xfe80 {
+            let path =
+                format!("/sys/class/infiniband/{}/ports/{}/gid_attrs/ndevs/{}", self.name, self.port, self.gid_index);
+            let ifname = std::ffi::CString::new(std::fs::read_to_string(path).ok()?.trim()).ok()?;
+            // SAFETY: a NUL-terminated name that lives across the call.
+            match unsafe { libc::if_nametoindex(ifname.as_ptr()) } {
+                0 => return None,
+                i => i,
+            }
+        } else {
+            0
+        };
+        Some(SocketAddr::V6(SocketAddrV6::new(ip, 0, 0, scope)))
+    }
+
+    /// Whether rdma_cm bound `id` to this device and port (it picks them from the address).
+    pub(super) fn check_cm_device(&self, id: &CmId) -> Result<(), FabricError> {
+        match id.device() {
+            Some((name, port)) if name == self.name && port == self.port => Ok(()),
+            _ => Err(FabricError::ConnectionManager(CmError::OtherDevice)),
+        }
+    }
+
+    /// Takes `qp` (in INIT, on this device's port) to RTR and RTS with what rdma_cm negotiated
+    /// for `id` (the peer's queue pair, PSNs, path and GIDs), and this backend's READ depth,
+    /// timeouts and retries (as [`connect`](Self::connect)).
+    pub(super) fn connect_cm(&self, qp: &mut BasicQueuePair, id: &CmId) -> Result<(), FabricError> {
+        let mut attr = id.qp_attr(QueuePairState::ReadyToReceive)?;
+        attr.setup_max_dest_read_atomic(READ_DEPTH).setup_min_rnr_timer(1);
+        qp.modify(&attr).map_err(|e| verbs("ibv_modify_qp(RTR)")(io::Error::other(e)))?;
+        let mut attr = id.qp_attr(QueuePairState::ReadyToSend)?;
+        attr.setup_timeout(14).setup_retry_cnt(7).setup_rnr_retry(7).setup_max_read_atomic(READ_DEPTH);
+        qp.modify(&attr).map_err(|e| verbs("ibv_modify_qp(RTS)")(io::Error::other(e)))
     }
 
     pub fn gid(&self) -> [u8; 16] {
@@ -198,7 +254,7 @@ impl VerbsDevice {
             .setup_path_mtu(self.mtu)
             .setup_dest_qp_num(peer.qpn)
             .setup_rq_psn(peer.psn)
-            .setup_max_dest_read_atomic(16)
+            .setup_max_dest_read_atomic(READ_DEPTH)
             .setup_min_rnr_timer(1);
         let mut ah = AddressHandleAttribute::new();
         ah.setup_dest_lid(peer.lid)
@@ -215,7 +271,7 @@ impl VerbsDevice {
             .setup_timeout(14)
             .setup_retry_cnt(7)
             .setup_rnr_retry(7)
-            .setup_max_read_atomic(16);
+            .setup_max_read_atomic(READ_DEPTH);
         qp.modify(&attr).map_err(|e| verbs("ibv_modify_qp(RTS)")(io::Error::other(e)))
     }
 }

@@ -7,9 +7,10 @@
 //!   RC queue pairs and registrations.
 //! * [`VerbsRegistrar`] and [`VerbsNic`] (`nic.rs`): the server. Regions are registered with the
 //!   rights asked for, so the NIC checks every one-sided access; the listener admits clients
-//!   (secret, connection limit) in a TCP handshake (`wire.rs`) that exchanges queue pair numbers,
-//!   PSNs and GIDs and grants credits, then serves each client's RPCs from a queue pair with that
-//!   many receive buffers pre-posted.
+//!   (secret, connection limit) in a handshake (`wire.rs`) through rdma_cm (`cm.rs`: private
+//!   data on connect, accept and reject; the CM exchanges queue pair numbers, PSNs and GIDs) or
+//!   over TCP, grants credits, then serves each client's RPCs from a queue pair with that many
+//!   receive buffers pre-posted.
 //! * [`VerbsQueuePair`] (`qp.rs`): the client. Chains are posted as one work-request list (one
 //!   doorbell), signaled only at the end, unsignaled chains signaled selectively; READs land in
 //!   the caller's registered memory (`ReadInto`) or a staging ring (`ring.rs`); the completion
@@ -21,6 +22,7 @@
 //! ([`Unsupported::StridedRegistration`](crate::fabric::Unsupported)): a server on verbs grants
 //! client fills a type-2 memory window per reservation instead (`window.rs`), or fills itself.
 
+mod cm;
 mod device;
 mod nic;
 mod qp;
@@ -50,8 +52,11 @@ pub fn unavailable(config: &VerbsConfig) -> Option<DeviceError> {
 mod tests {
     use super::*;
     use crate::fabric::conformance::TestServer;
-    use crate::fabric::{QueuePair, RpcService};
+    use crate::fabric::{
+        CloseReason, CmError, FabricError, IncomingRpc, PeerId, QueuePair, RpcService, Secret, VerbsConnect,
+    };
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     /// The device the tests use: `SCALIO_RDMA_DEVICE` (e.g. `rxe0`), else the first; GID index
     /// `SCALIO_RDMA_GID`, else the default choice.
@@ -66,7 +71,11 @@ mod tests {
     /// None (and a line saying why) when there is no device. With `SCALIO_REQUIRE_RDMA=1` a
     /// missing device fails the test instead, so that CI on a machine with one cannot skip.
     pub(super) fn device() -> Option<Arc<VerbsDevice>> {
-        match VerbsDevice::open(&config()) {
+        device_with(&config())
+    }
+
+    fn device_with(config: &VerbsConfig) -> Option<Arc<VerbsDevice>> {
+        match VerbsDevice::open(config) {
             Ok(d) => Some(d),
             Err(e) => {
                 assert!(std::env::var("SCALIO_REQUIRE_RDMA").as_deref() != Ok("1"), "SCALIO_REQUIRE_RDMA=1 but {e}");
@@ -76,13 +85,22 @@ mod tests {
         }
     }
 
+    /// Where a test server on `dev` listens: the device's own address for rdma_cm (which cannot
+    /// use loopback), loopback for the TCP handshake. Any free port.
+    fn listen_addr(dev: &VerbsDevice) -> std::net::SocketAddr {
+        match dev.connect_method() {
+            VerbsConnect::RdmaCm => dev.ip_addr().expect("the device's GID has an IP address"),
+            VerbsConnect::Tcp => "127.0.0.1:0".parse().unwrap(),
+        }
+    }
+
     fn make(service: Arc<dyn RpcService>) -> TestServer {
         let dev = device().expect("checked by the caller");
         let registrar = Arc::new(VerbsRegistrar::new(dev.clone()));
         // The listener lists its connections where the registrar binds windows.
         let config =
             NicConfig { credits: 64, buffer_len: 16 << 10, peers: Some(registrar.peers()), ..NicConfig::default() };
-        let nic = VerbsNic::start(dev.clone(), "127.0.0.1:0".parse().unwrap(), config, service).expect("listen");
+        let nic = VerbsNic::start(dev.clone(), listen_addr(&dev), config, service).expect("listen");
         let addr = nic.local_addr();
         let soft_roce = dev.name().starts_with("rxe");
         let s = TestServer::new(
@@ -204,6 +222,201 @@ mod tests {
         assert_eq!(mine.load_u64(24), u64::from_le_bytes([7; 8]));
         let back = qp.post(&[WorkRequest::Read { remote: read.at(896 * 5 + 40), len: 100 }]).wait().unwrap();
         assert_eq!(back, vec![9; 100]);
+    }
+
+    /// An echo service that records which peers the NIC reported closed, and counts calls.
+    #[derive(Default)]
+    struct Closes(parking_lot::Mutex<Vec<PeerId>>, std::sync::atomic::AtomicUsize);
+
+    impl RpcService for Closes {
+        fn handle(&self, rpc: IncomingRpc) {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut p = rpc.payload;
+            p.reverse();
+            rpc.responder.reply(&p);
+        }
+        fn peer_closed(&self, peer: PeerId) {
+            self.0.lock().push(peer);
+        }
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !done() {
+            assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client that leaves (its queue pair dropped: rdma_cm disconnects) is closed at the
+    /// server: `peer_closed` is called and the connection no longer counts; the same over the
+    /// TCP handshake (its TCP connection closing). A server that stops disconnects its clients,
+    /// which then fail as disconnected rather than hang.
+    #[test]
+    fn departed_clients_are_closed_at_the_server() {
+        for method in [VerbsConnect::RdmaCm, VerbsConnect::Tcp] {
+            let Some(dev) = device_with(&VerbsConfig { connect: method, ..config() }) else { return };
+            let closes = Arc::new(Closes::default());
+            let nic = VerbsNic::start(dev.clone(), listen_addr(&dev), NicConfig::default(), closes.clone()).unwrap();
+            let a = VerbsQueuePair::connect(&dev, nic.local_addr(), None).unwrap();
+            let b = VerbsQueuePair::connect(&dev, nic.local_addr(), None).unwrap();
+            assert_eq!(a.call(&[1, 2, 3]).wait(), Ok(vec![3, 2, 1]), "{method:?}");
+            assert_eq!(b.call(&[4, 5]).wait(), Ok(vec![5, 4]), "{method:?}");
+            assert_eq!(nic.connections(), 2);
+            drop(a);
+            wait_until("the server saw the client leave", || closes.0.lock().len() == 1);
+            wait_until("one connection is left", || nic.connections() == 1);
+            assert_eq!(b.call(&[6]).wait(), Ok(vec![6]), "the other client is served still ({method:?})");
+            if method == VerbsConnect::RdmaCm {
+                // The server going away is a disconnect for its clients.
+                drop(nic);
+                wait_until(
+                    "the client saw the server leave",
+                    || matches!(b.call(&[7]).wait(), Err(e) if e.ends_queue_pair()),
+                );
+            }
+        }
+    }
+
+    /// A client process killed with SIGKILL says nothing, but the kernel destroys its rdma_cm
+    /// identifiers, which disconnects them: the server calls `peer_closed` for it.
+    #[test]
+    fn a_killed_client_process_is_closed_at_the_server() {
+        let Some(dev) = device() else { return };
+        let closes = Arc::new(Closes::default());
+        let nic = VerbsNic::start(dev.clone(), listen_addr(&dev), NicConfig::default(), closes.clone()).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "fabric::verbs::tests::client_process_for_the_kill_test", "--ignored"])
+            .env("SCALIO_KILL_TEST_SERVER", nic.local_addr().to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the child process called", || closes.1.load(std::sync::atomic::Ordering::Relaxed) == 1);
+        assert_eq!(nic.connections(), 1);
+        assert!(closes.0.lock().is_empty());
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        wait_until("the server saw the killed client leave", || closes.0.lock().len() == 1);
+        wait_until("no connection is left", || nic.connections() == 0);
+    }
+
+    /// The killed process of [`a_killed_client_process_is_closed_at_the_server`].
+    #[test]
+    #[ignore = "the child process of a_killed_client_process_is_closed_at_the_server"]
+    fn client_process_for_the_kill_test() {
+        let Ok(addr) = std::env::var("SCALIO_KILL_TEST_SERVER") else { return };
+        let dev = device().expect("the parent found one");
+        let qp = VerbsQueuePair::connect(&dev, addr.parse().unwrap(), None).unwrap();
+        assert_eq!(qp.call(&[1, 2]).wait(), Ok(vec![2, 1]));
+        std::thread::sleep(Duration::from_secs(300)); // until killed
+    }
+
+    /// Refusals say why, as typed errors: a missing or wrong secret, the connection limit, a
+    /// port nobody listens on, an address rdma_cm cannot use.
+    #[test]
+    fn rdma_cm_refusals_are_typed() {
+        let Some(dev) = device() else { return };
+        // 64 bytes, the most a secret may have: more than a connect request's private data.
+        let secret = Secret::new([b'k'; crate::fabric::MAX_SECRET].to_vec()).unwrap();
+        let config = NicConfig { max_connections: 1, secret: Some(secret.clone()), ..NicConfig::default() };
+        let nic = VerbsNic::start(dev.clone(), listen_addr(&dev), config, Arc::new(Closes::default())).unwrap();
+        let addr = nic.local_addr();
+        let refused = |r: Result<VerbsQueuePair, FabricError>| r.err().expect("refused");
+        assert_eq!(
+            refused(VerbsQueuePair::connect(&dev, addr, None)),
+            FabricError::Refused(CloseReason::Unauthenticated)
+        );
+        let wrong = Secret::new(b"another secret".to_vec()).unwrap();
+        assert_eq!(
+            refused(VerbsQueuePair::connect(&dev, addr, Some(&wrong))),
+            FabricError::Refused(CloseReason::Unauthenticated)
+        );
+        let first = VerbsQueuePair::connect(&dev, addr, Some(&secret)).expect("the right secret is admitted");
+        assert_eq!(first.call(&[1, 2]).wait(), Ok(vec![2, 1]));
+        assert_eq!(
+            refused(VerbsQueuePair::connect(&dev, addr, Some(&secret))),
+            FabricError::Refused(CloseReason::TooManyConnections)
+        );
+        drop(first);
+        wait_until("the slot is free again", || nic.connections() == 0);
+        drop(VerbsQueuePair::connect(&dev, addr, Some(&secret)).expect("admitted once the first left"));
+        // Nobody listens there: the peer's CM rejects without a scalio reason.
+        let mut nobody = addr;
+        nobody.set_port(if addr.port() == 65535 { 1 } else { addr.port() + 1 });
+        match refused(VerbsQueuePair::connect(&dev, nobody, None)) {
+            FabricError::ConnectionManager(CmError::Rejected { .. } | CmError::Unreachable(_)) => {}
+            other => panic!("connect to a port nobody listens on: {other:?}"),
+        }
+        // rdma_cm cannot connect over loopback (the TCP handshake can).
+        match refused(VerbsQueuePair::connect(&dev, "127.0.0.1:7".parse().unwrap(), None)) {
+            FabricError::ConnectionManager(_) => {}
+            other => panic!("connect to loopback: {other:?}"),
+        }
+    }
+
+    /// RoCE over an IPv6 link-local address: the listener and the client use the scoped address
+    /// (`fe80::…%eth0`) of the device's link-local GID (`SCALIO_RDMA_LINK_LOCAL_GID`, default
+    /// index 0, which Soft-RoCE gives the interface's link-local address).
+    #[test]
+    fn rdma_cm_over_ipv6_link_local() {
+        let gid = std::env::var("SCALIO_RDMA_LINK_LOCAL_GID").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
+        let Some(dev) = device_with(&VerbsConfig { gid_index: Some(gid), ..config() }) else { return };
+        let Some(std::net::SocketAddr::V6(listen)) = dev.ip_addr().filter(|a| a.is_ipv6()) else {
+            eprintln!("skipped: GID {gid} of {} is not an IPv6 address", dev.name());
+            return;
+        };
+        assert_eq!(listen.ip().segments()[0] & 0xffc0, 0xfe80, "GID {gid} is link-local");
+        assert_ne!(listen.scope_id(), 0, "a link-local address needs its interface as scope");
+        let registrar = VerbsRegistrar::new(dev.clone());
+        let nic =
+            VerbsNic::start(dev.clone(), listen.into(), NicConfig::default(), Arc::new(Closes::default())).unwrap();
+        let addr = nic.local_addr();
+        assert!(matches!(addr, std::net::SocketAddr::V6(a) if a.scope_id() == listen.scope_id()), "{addr}");
+        let region = Arc::new(crate::fabric::MemoryRegion::new(4096));
+        region.write(100, b"link-local").unwrap();
+        let d = crate::fabric::Registrar::register(&registrar, region, crate::fabric::Access::READ).unwrap();
+        let qp = VerbsQueuePair::connect(&dev, addr, None).expect("connect over fe80::%scope");
+        assert_eq!(qp.call(&[1, 2, 3]).wait(), Ok(vec![3, 2, 1]));
+        let read = crate::fabric::WorkRequest::Read { remote: d.at(100), len: 10 };
+        assert_eq!(qp.post(&[read]).wait(), Ok(b"link-local".to_vec()));
+        // Without its scope, the address is ambiguous: resolution fails, typed.
+        let unscoped = std::net::SocketAddr::V6(std::net::SocketAddrV6::new(*listen.ip(), addr.port(), 0, 0));
+        match VerbsQueuePair::connect(&dev, unscoped, None) {
+            Err(FabricError::ConnectionManager(_)) => {}
+            Err(other) => panic!("unscoped link-local: {other:?}"),
+            Ok(_) => eprintln!("note: an unscoped link-local address resolved here (one interface only)"),
+        }
+    }
+
+    /// A region on 2 MiB hugepages registers on the device like any other and serves READs
+    /// and WRITEs (what `cache.hugepages` gives the cache table). Needs reserved hugepages: the
+    /// CI guest reserves them and sets `SCALIO_REQUIRE_HUGEPAGES=1`.
+    #[test]
+    fn hugepage_region_registers_and_serves() {
+        use crate::fabric::{Access, HugePageError, MemoryRegion, WorkRequest, HUGEPAGE};
+        let Some(_) = device() else { return };
+        let region = match MemoryRegion::on_hugepages(2 * HUGEPAGE) {
+            Ok(r) => Arc::new(r),
+            Err(e @ HugePageError::NotReserved { .. }) => {
+                assert!(std::env::var("SCALIO_REQUIRE_HUGEPAGES").as_deref() != Ok("1"), "required, but {e}");
+                eprintln!("skipped: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let s = make(crate::fabric::conformance::reversing_service());
+        let read = s.registrar.register(region.clone(), Access::READ).unwrap();
+        let write = s.registrar.register(region.clone(), Access::WRITE).unwrap();
+        region.write(HUGEPAGE - 3, b"straddles two hugepages").unwrap();
+        let qp = s.connect();
+        let got = qp.post(&[WorkRequest::Read { remote: read.at(HUGEPAGE as u64 - 3), len: 23 }]).wait();
+        assert_eq!(got, Ok(b"straddles two hugepages".to_vec()));
+        qp.post(&[WorkRequest::Write { remote: write.at(2 * HUGEPAGE as u64 - 100), data: &[0xAB; 100] }])
+            .wait()
+            .unwrap();
+        let mut back = [0u8; 100];
+        region.read(2 * HUGEPAGE - 100, &mut back).unwrap();
+        assert_eq!(back, [0xAB; 100]);
     }
 
     /// The cost of a window per miss, printed, not asserted (speed belongs in benchmarks; this

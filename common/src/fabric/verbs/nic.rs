@@ -1,22 +1,27 @@
 //! The server's side on verbs: registrations on the device's protection domain (the NIC itself
 //! then checks key, bounds and rights of every one-sided access; no server code runs for them),
-//! and a listener that accepts clients: a TCP handshake (admission: secret, connection limit; the
-//! queue pairs' numbers and GIDs; the grant), then one RC queue pair per client with
-//! `credits` receive buffers pre-posted, and a thread that polls its completion queue, hands
-//! complete requests to the [`RpcService`] and posts the responses.
+//! and a listener that accepts clients: a handshake (admission: secret, connection limit; the
+//! grant) through rdma_cm (a listening identifier; the CM exchanges the queue pairs' numbers
+//! and GIDs) or over TCP (exchanged by hand), then one RC queue pair per client with `credits`
+//! receive buffers pre-posted, and a thread that polls its completion queue, hands complete
+//! requests to the [`RpcService`] and posts the responses. A client has left when its CM
+//! identifier reports `DISCONNECTED` (or its TCP connection closes); the service's
+//! `peer_closed` then frees what it held.
 
-use super::device::{Cq, VerbsDevice};
+use super::cm::{self, Channel, CmId};
+use super::device::{Cq, VerbsDevice, READ_DEPTH};
 use super::queue::send_wr_id;
 use super::queue::{self, split_send_wr_id, PostedAt, RecvSide, SendSide, Wc, RECV_BIT};
 use super::ring::Ring;
 use super::window::Window;
-use super::wire::{self, ClientHello, Grant, MessageHeader, MessageKind, Reassembly, ServerHello};
+use super::wire::{self, ClientHello, CmRequest, Endpoint, Grant, MessageHeader, MessageKind, Reassembly, ServerHello};
 use crate::fabric::{
     Access, CloseReason, Disconnect, FabricError, IncomingRpc, MemoryRegion, PeerId, RegionDesc, Registrar, ReplySink,
-    Responder, RpcService, Secret, SendQueue, Strided, Unsupported, MAX_TRANSFER,
+    Responder, RpcService, Secret, SendQueue, Strided, Unsupported, VerbsConnect, MAX_TRANSFER,
 };
 use parking_lot::Mutex;
 use sideway::ibverbs::memory_region::MemoryRegion as Mr;
+use sideway::ibverbs::queue_pair::{BasicQueuePair, QueuePair as _};
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -167,13 +172,20 @@ struct Inner {
     dev: Arc<VerbsDevice>,
     service: Arc<dyn RpcService>,
     config: NicConfig,
+    /// The digest of the secret an rdma_cm request must present (as a secret, to compare in
+    /// constant time).
+    secret_digest: Option<Secret>,
     stop: AtomicBool,
     connections: AtomicUsize,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// rdma_cm connections by identifier: set when the client disconnects.
+    departures: Mutex<HashMap<usize, Arc<AtomicBool>>>,
 }
 
 impl VerbsNic {
-    /// Listens on `listen` (TCP, for the handshakes) and serves clients on `dev`.
+    /// Listens on `listen` and serves clients on `dev`: an rdma_cm identifier bound to that
+    /// address (an address of the device's network interface, or the wildcard), or with
+    /// `verbs.connect = "tcp"` a TCP listener for the handshakes.
     pub fn start(
         dev: Arc<VerbsDevice>,
         listen: SocketAddr,
@@ -183,22 +195,41 @@ impl VerbsNic {
         if config.credits == 0 || (config.buffer_len as usize) < wire::HEADER_LEN + 1 {
             return Err(FabricError::TooLarge(config.buffer_len as usize));
         }
-        let listener = TcpListener::bind(listen)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let secret_digest =
+            config.secret.as_ref().map(|s| Secret::new(wire::secret_digest(s.as_bytes()).to_vec()).expect("32 bytes"));
         let inner = Arc::new(Inner {
             dev,
             service,
             config,
+            secret_digest,
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
+            departures: Mutex::new(HashMap::new()),
         });
         let i = inner.clone();
-        let accept = std::thread::Builder::new()
-            .name("verbs-listen".into())
-            .spawn(move || i.accept_loop(listener))
-            .map_err(FabricError::from)?;
+        let spawn = |f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name("verbs-listen".into()).spawn(f).map_err(FabricError::from)
+        };
+        let (addr, accept) = match inner.dev.connect_method() {
+            VerbsConnect::RdmaCm => {
+                let channel = Channel::new()?;
+                let id = channel.create_id()?;
+                id.bind(listen)?;
+                // Bound to a specific address, the identifier has its device: it must be ours.
+                if id.device().is_some() {
+                    inner.dev.check_cm_device(&id)?;
+                }
+                id.listen(128)?;
+                let addr = id.local_addr().unwrap_or(listen);
+                (addr, spawn(Box::new(move || i.cm_loop(channel, id)))?)
+            }
+            VerbsConnect::Tcp => {
+                let listener = TcpListener::bind(listen)?;
+                listener.set_nonblocking(true)?;
+                (listener.local_addr()?, spawn(Box::new(move || i.accept_loop(listener)))?)
+            }
+        };
         Ok(VerbsNic { inner, addr, accept: Some(accept) })
     }
 
@@ -242,6 +273,85 @@ impl Inner {
         }
     }
 
+    /// Serves rdma_cm events: connect requests (admitted or rejected with a reason) and
+    /// disconnects (the client left), until the listener stops.
+    fn cm_loop(self: Arc<Self>, channel: Arc<Channel>, listener: CmId) {
+        while !self.stop.load(Ordering::Acquire) {
+            match channel.next(Duration::from_millis(50)) {
+                Ok(Some(e)) => match e.kind {
+                    cm::event::RDMA_CM_EVENT_CONNECT_REQUEST => {
+                        if let Some(id) = e.request {
+                            if let Err(err) = self.admit_cm(id, &e.private_data) {
+                                tracing::debug!("verbs: connection not admitted: {err}");
+                            }
+                        }
+                    }
+                    cm::event::RDMA_CM_EVENT_DISCONNECTED | cm::event::RDMA_CM_EVENT_DEVICE_REMOVAL => {
+                        if let Some(departed) = self.departures.lock().get(&e.id) {
+                            departed.store(true, Ordering::Release);
+                        }
+                    }
+                    // ESTABLISHED (the client's queue pair is ready: ours was before we
+                    // accepted), TIMEWAIT_EXIT, address changes: nothing to do.
+                    _ => {}
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("verbs: rdma_cm events: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        drop(listener);
+    }
+
+    /// Whether a client that presented `secret_ok` may connect now; why not otherwise.
+    fn admission(&self, secret_ok: bool) -> Result<(), CloseReason> {
+        if !secret_ok {
+            return Err(CloseReason::Unauthenticated);
+        }
+        if self.connections.load(Ordering::Acquire) >= self.config.max_connections {
+            return Err(CloseReason::TooManyConnections);
+        }
+        Ok(())
+    }
+
+    fn admit_cm(self: &Arc<Self>, id: CmId, private_data: &[u8]) -> Result<(), FabricError> {
+        let refuse = |id: CmId, reason: CloseReason| {
+            let _ = id.reject(&ServerHello::Refused(reason).encode());
+            Err(FabricError::Refused(reason))
+        };
+        let request = match CmRequest::decode(private_data) {
+            Ok(r) => r,
+            Err(wire::HandshakeError::Version(_)) => return refuse(id, CloseReason::UnsupportedVersion),
+            Err(_) => return refuse(id, CloseReason::BadHandshake),
+        };
+        let secret_ok = match &self.secret_digest {
+            Some(want) => request.secret_digest.is_some_and(|d| want.matches(&d)),
+            None => true,
+        };
+        if let Err(reason) = self.admission(secret_ok) {
+            return refuse(id, reason);
+        }
+        // A wildcard listener hears every device; registrations live on ours only.
+        if let Err(e) = self.dev.check_cm_device(&id) {
+            let _ = id.reject(&[]);
+            return Err(e);
+        }
+        let grant = self.config.grant();
+        let (cq, mut qp, recv) = self.queue_pair(grant)?;
+        self.dev.connect_cm(&mut qp, &id)?;
+        let departed = Arc::new(AtomicBool::new(false));
+        let id = Arc::new(id);
+        self.departures.lock().insert(id.key(), departed.clone());
+        let endpoint = Endpoint { qpn: 0, psn: 0, gid: [0; 16], lid: 0 };
+        if let Err(e) = id.accept(qp.qp_number(), &ServerHello::Accepted { endpoint, grant }.encode(), READ_DEPTH) {
+            self.departures.lock().remove(&id.key());
+            return Err(e);
+        }
+        self.serve(cq, qp, recv, grant, Liveness::Cm { id, departed })
+    }
+
     fn admit(self: &Arc<Self>, mut stream: TcpStream) -> Result<(), FabricError> {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
@@ -257,27 +367,43 @@ impl Inner {
             Err(wire::HandshakeError::Version(_)) => return refuse(stream, CloseReason::UnsupportedVersion),
             Err(_) => return refuse(stream, CloseReason::BadHandshake),
         };
-        if let Some(secret) = &self.config.secret {
-            if !secret.matches(&hello.secret) {
-                return refuse(stream, CloseReason::Unauthenticated);
-            }
-        }
-        if self.connections.load(Ordering::Acquire) >= self.config.max_connections {
-            return refuse(stream, CloseReason::TooManyConnections);
+        let secret_ok = self.config.secret.as_ref().is_none_or(|s| s.matches(&hello.secret));
+        if let Err(reason) = self.admission(secret_ok) {
+            return refuse(stream, reason);
         }
         let grant = self.config.grant();
-        let credits = grant.credits as usize;
+        let (cq, mut qp, recv) = self.queue_pair(grant)?;
+        let psn = hello.endpoint.psn.wrapping_add(0x5A5A) & 0xFF_FFFF;
+        self.dev.connect(&mut qp, psn, &hello.endpoint)?;
+        let endpoint = self.dev.endpoint(&qp, psn);
+        stream.write_all(&ServerHello::Accepted { endpoint, grant }.encode())?;
+        stream.set_nonblocking(true)?;
+        self.serve(cq, qp, recv, grant, Liveness::Tcp(stream))
+    }
+
+    /// A client's queue pair (in INIT) with `grant.credits` receive buffers posted.
+    fn queue_pair(&self, grant: Grant) -> Result<(Cq, BasicQueuePair, RecvSide), FabricError> {
         let depth = crate::fabric::DEFAULT_SEND_QUEUE_DEPTH;
         let cq = self.dev.completion_queue(depth + grant.credits + 64)?;
         let mut qp = self.dev.queue_pair(&cq, depth + 16, grant.credits + 4)?;
-        let recv = RecvSide::new(&self.dev, credits, grant.buffer_len as usize)?;
-        recv.post(&mut qp, 0..credits)?;
-        let psn = hello.endpoint.psn.wrapping_add(0x5A5A) & 0xFF_FFFF;
-        self.dev.connect(&mut qp, psn, &hello.endpoint)?;
+        let recv = RecvSide::new(&self.dev, grant.credits as usize, grant.buffer_len as usize)?;
+        recv.post(&mut qp, 0..grant.credits as usize)?;
+        Ok((cq, qp, recv))
+    }
+
+    /// Serves a connected client on its own thread.
+    fn serve(
+        self: &Arc<Self>,
+        cq: Cq,
+        qp: BasicQueuePair,
+        recv: RecvSide,
+        grant: Grant,
+        liveness: Liveness,
+    ) -> Result<(), FabricError> {
+        let depth = crate::fabric::DEFAULT_SEND_QUEUE_DEPTH;
         let staging_len = MAX_TRANSFER + (256 << 10);
         let staging = Arc::new(MemoryRegion::new(staging_len));
         let staging_mr = self.dev.register(&staging, Access::NONE, true)?;
-        let endpoint = self.dev.endpoint(&qp, psn);
         let conn = Arc::new(Conn {
             peer: PeerId::fresh(),
             service: self.service.clone(),
@@ -304,14 +430,17 @@ impl Inner {
         if let Some(peers) = &self.config.peers {
             peers.0.lock().insert(conn.peer, Arc::downgrade(&conn));
         }
-        stream.write_all(&ServerHello::Accepted { endpoint, grant }.encode())?;
-        stream.set_nonblocking(true)?;
         self.connections.fetch_add(1, Ordering::AcqRel);
         let inner = self.clone();
         let t = std::thread::Builder::new()
             .name("verbs-conn".into())
             .spawn(move || {
-                conn.run(&inner, stream);
+                conn.run(&inner, &liveness);
+                if let Liveness::Cm { id, .. } = &liveness {
+                    // Tell the client (if it is still there), and forget the identifier.
+                    let _ = id.disconnect();
+                    inner.departures.lock().remove(&id.key());
+                }
                 inner.connections.fetch_sub(1, Ordering::AcqRel);
             })
             .map_err(FabricError::from)?;
@@ -320,6 +449,14 @@ impl Inner {
         threads.push(t);
         Ok(())
     }
+}
+
+/// What says a client is still there.
+enum Liveness {
+    /// The TCP handshake's connection: the client keeps its end open while its queue pair lives.
+    Tcp(TcpStream),
+    /// The connection's rdma_cm identifier; the listener sets `departed` on its `DISCONNECTED`.
+    Cm { id: Arc<CmId>, departed: Arc<AtomicBool> },
 }
 
 /// One client's connection.
@@ -351,20 +488,23 @@ struct Windows {
 }
 
 impl Conn {
-    fn run(self: Arc<Self>, nic: &Inner, control: TcpStream) {
+    fn run(self: Arc<Self>, nic: &Inner, liveness: &Liveness) {
         let mut next_check = Instant::now();
         let stop = || {
             if nic.stop.load(Ordering::Acquire) || self.state.lock().dead {
                 return true;
             }
-            if Instant::now() >= next_check {
-                next_check = Instant::now() + Duration::from_millis(50);
-                // The client keeps its end open while its queue pair lives.
-                match control.peek(&mut [0u8; 1]) {
-                    Ok(0) => return true,
-                    Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return true,
-                    _ => {}
+            match liveness {
+                Liveness::Cm { departed, .. } => return departed.load(Ordering::Acquire),
+                Liveness::Tcp(control) if Instant::now() >= next_check => {
+                    next_check = Instant::now() + Duration::from_millis(50);
+                    match control.peek(&mut [0u8; 1]) {
+                        Ok(0) => return true,
+                        Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return true,
+                        _ => {}
+                    }
                 }
+                Liveness::Tcp(_) => {}
             }
             false
         };

@@ -9,18 +9,25 @@
 //! queue pair is then in the error state, and everything pending or posted later is flushed, as
 //! RC does. RPCs are SENDs into the server's pre-posted receive buffers, within the credits the
 //! server granted; responses come back into this queue pair's own receive buffers.
+//!
+//! Connection setup ([`VerbsQueuePair::connect`]) goes through rdma_cm by default: resolve the
+//! server's IP address and route, connect with the handshake as private data, take the queue
+//! pair to RTS with the negotiated attributes, establish. The TCP handshake is the other way
+//! (`verbs.connect = "tcp"`).
 
-use super::device::{Cq, VerbsDevice, MAX_INLINE};
+use super::cm::{self, Channel, CmId};
+use super::device::{Cq, VerbsDevice, MAX_INLINE, READ_DEPTH};
 use super::queue::{self, completion_error, send_wr_id, split_send_wr_id, PostedAt, RecvSide, SendSide, Wc, RECV_BIT};
 use super::ring::Ring;
-use super::wire::{self, ClientHello, Grant, MessageHeader, MessageKind, Reassembly, ServerHello};
+use super::wire::{self, ClientHello, CmRequest, Grant, MessageHeader, MessageKind, Reassembly, ServerHello};
 use crate::fabric::{
-    completion, validate_chain, Completer, Completion, Disconnect, FabricError, LocalKey, LocalRegions, MemoryRegion,
-    ProtocolError, QueuePair, Secret, SendQueue, WorkCompletion, WorkRequest, DEFAULT_SEND_QUEUE_DEPTH,
-    HELD_PER_CREDIT, MAX_TRANSFER,
+    completion, validate_chain, CmError, Completer, Completion, Disconnect, FabricError, LocalKey, LocalRegions,
+    MemoryRegion, ProtocolError, QueuePair, Secret, SendQueue, VerbsConnect, WorkCompletion, WorkRequest,
+    DEFAULT_SEND_QUEUE_DEPTH, HELD_PER_CREDIT, MAX_TRANSFER,
 };
 use parking_lot::Mutex;
 use sideway::ibverbs::memory_region::MemoryRegion as Mr;
+use sideway::ibverbs::queue_pair::BasicQueuePair;
 use sideway::ibverbs::queue_pair::{
     PostSendGuard as _, QueuePair as _, SetInlineData as _, SetScatterGatherEntry as _, WorkRequestFlags,
 };
@@ -53,9 +60,46 @@ struct Shared {
     recv: RecvSide,
     grant: Grant,
     dev: Arc<VerbsDevice>,
-    /// Kept open for the life of the queue pair: the server takes its end closing as the sign
-    /// that this client is gone.
-    _control: TcpStream,
+    control: Control,
+}
+
+/// What holds the connection open, and says when the server has left.
+enum Control {
+    /// The TCP handshake's connection, kept open for the life of the queue pair: the server
+    /// takes its end closing as the sign that this client is gone.
+    Tcp { _stream: TcpStream },
+    /// The rdma_cm identifier of the connection (disconnected and destroyed with the queue
+    /// pair: the server gets `DISCONNECTED`), and its channel, where the server's disconnect
+    /// arrives.
+    Cm { channel: Arc<Channel>, id: CmId },
+}
+
+impl Control {
+    /// Whether the server has disconnected (rdma_cm only: over TCP the queue pair's own errors
+    /// say it).
+    fn peer_left(&self) -> bool {
+        let Control::Cm { channel, id } = self else { return false };
+        let mut left = false;
+        while let Ok(Some(e)) = channel.next(Duration::ZERO) {
+            left |= e.id == id.key()
+                && matches!(e.kind, cm::event::RDMA_CM_EVENT_DISCONNECTED | cm::event::RDMA_CM_EVENT_DEVICE_REMOVAL);
+        }
+        left
+    }
+}
+
+/// How long address and route resolution may take, each.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the server may take to answer a connect request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The kind of error a resolution event's status (a negative errno) stands for.
+fn status_kind(status: i32) -> std::io::ErrorKind {
+    if status == 0 {
+        std::io::ErrorKind::Other
+    } else {
+        std::io::Error::from_raw_os_error(status.saturating_abs()).kind()
+    }
 }
 
 #[derive(Default)]
@@ -109,23 +153,95 @@ struct Deferred {
 }
 
 impl VerbsQueuePair {
-    /// Opens a queue pair to the server whose verbs listener is at `addr` (a TCP address: the
-    /// handshake exchanges the queue pairs' numbers, GIDs and the server's grant there).
+    /// Opens a queue pair to the server whose verbs listener is at `addr`: through rdma_cm (an
+    /// IP address on the RDMA network; IPv6 link-local with its scope) or, with
+    /// `verbs.connect = "tcp"`, the TCP handshake's address.
     pub fn connect(
         dev: &Arc<VerbsDevice>,
         addr: SocketAddr,
         secret: Option<&Secret>,
     ) -> Result<VerbsQueuePair, FabricError> {
-        let mut control = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-        control.set_nodelay(true)?;
-        control.set_read_timeout(Some(Duration::from_secs(20)))?;
         let depth = DEFAULT_SEND_QUEUE_DEPTH;
         let cq = dev.completion_queue(depth + RESPONSE_BUFFERS as u32 + 64)?;
         let mut qp = dev.queue_pair(&cq, depth + 16, RESPONSE_BUFFERS as u32 + 4)?;
+        let (grant, recv, control) = match dev.connect_method() {
+            VerbsConnect::RdmaCm => Self::handshake_cm(dev, &mut qp, addr, secret)?,
+            VerbsConnect::Tcp => Self::handshake_tcp(dev, &mut qp, addr, secret)?,
+        };
+        Self::start(dev, cq, qp, grant, recv, control)
+    }
+
+    /// rdma_cm: resolve, connect with a [`CmRequest`], take the grant from the accept's
+    /// private data (or the reason from the reject's), go to RTS, establish.
+    fn handshake_cm(
+        dev: &Arc<VerbsDevice>,
+        qp: &mut BasicQueuePair,
+        addr: SocketAddr,
+        secret: Option<&Secret>,
+    ) -> Result<(Grant, RecvSide, Control), FabricError> {
+        let fail = |e: CmError| Err(FabricError::ConnectionManager(e));
+        let channel = Channel::new()?;
+        let id = channel.create_id()?;
+        // From this device's own address when it is of the same family: rdma_cm then binds
+        // the configured device, port and GID rather than whatever the routing table picks.
+        let src = dev.ip_addr().filter(|s| s.is_ipv4() == addr.is_ipv4());
+        id.resolve_addr(src, addr, RESOLVE_TIMEOUT)?;
+        let e = channel.wait_for(&id, RESOLVE_TIMEOUT + Duration::from_secs(1))?;
+        match e.kind {
+            cm::event::RDMA_CM_EVENT_ADDR_RESOLVED => {}
+            cm::event::RDMA_CM_EVENT_ADDR_ERROR => return fail(CmError::AddressResolution(status_kind(e.status))),
+            other => return fail(CmError::UnexpectedEvent(other)),
+        }
+        dev.check_cm_device(&id)?;
+        id.resolve_route(RESOLVE_TIMEOUT)?;
+        let e = channel.wait_for(&id, RESOLVE_TIMEOUT + Duration::from_secs(1))?;
+        match e.kind {
+            cm::event::RDMA_CM_EVENT_ROUTE_RESOLVED => {}
+            cm::event::RDMA_CM_EVENT_ROUTE_ERROR => return fail(CmError::RouteResolution(status_kind(e.status))),
+            other => return fail(CmError::UnexpectedEvent(other)),
+        }
+        let request = CmRequest { secret_digest: secret.map(|s| wire::secret_digest(s.as_bytes())) };
+        id.connect(qp.qp_number(), &request.encode(), READ_DEPTH)?;
+        let e = channel.wait_for(&id, CONNECT_TIMEOUT)?;
+        let grant = match (e.kind, ServerHello::decode(&e.private_data)) {
+            (cm::event::RDMA_CM_EVENT_CONNECT_RESPONSE, Ok(ServerHello::Accepted { grant, .. })) => grant,
+            (
+                cm::event::RDMA_CM_EVENT_CONNECT_RESPONSE | cm::event::RDMA_CM_EVENT_REJECTED,
+                Ok(ServerHello::Refused(r)),
+            ) => return Err(FabricError::Refused(r)),
+            (_, Err(wire::HandshakeError::Version(server))) => {
+                return Err(FabricError::Protocol(ProtocolError::Version { server, client: wire::VERSION }))
+            }
+            (cm::event::RDMA_CM_EVENT_CONNECT_RESPONSE, Err(_)) => {
+                return Err(FabricError::Protocol(ProtocolError::BadHandshake))
+            }
+            (cm::event::RDMA_CM_EVENT_REJECTED, Err(_)) => return fail(CmError::Rejected { reason: e.status }),
+            (cm::event::RDMA_CM_EVENT_UNREACHABLE | cm::event::RDMA_CM_EVENT_CONNECT_ERROR, _) => {
+                return fail(CmError::Unreachable(status_kind(e.status)))
+            }
+            (other, _) => return fail(CmError::UnexpectedEvent(other)),
+        };
+        let recv = RecvSide::new(dev, RESPONSE_BUFFERS, grant.buffer_len as usize)?;
+        recv.post(qp, 0..RESPONSE_BUFFERS)?;
+        dev.connect_cm(qp, &id)?;
+        id.establish()?;
+        Ok((grant, recv, Control::Cm { channel, id }))
+    }
+
+    /// The TCP handshake: queue pair numbers, PSNs and GIDs exchanged by hand.
+    fn handshake_tcp(
+        dev: &Arc<VerbsDevice>,
+        qp: &mut BasicQueuePair,
+        addr: SocketAddr,
+        secret: Option<&Secret>,
+    ) -> Result<(Grant, RecvSide, Control), FabricError> {
+        let mut control = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        control.set_nodelay(true)?;
+        control.set_read_timeout(Some(Duration::from_secs(20)))?;
         let psn = initial_psn();
         let hello = ClientHello {
             secret: secret.map(|s| s.as_bytes().to_vec()).unwrap_or_default(),
-            endpoint: dev.endpoint(&qp, psn),
+            endpoint: dev.endpoint(qp, psn),
         };
         control.write_all(&hello.encode())?;
         let mut reply = [0u8; wire::SERVER_HELLO_LEN];
@@ -142,8 +258,21 @@ impl VerbsQueuePair {
             Err(_) => return Err(FabricError::Protocol(ProtocolError::BadHandshake)),
         };
         let recv = RecvSide::new(dev, RESPONSE_BUFFERS, grant.buffer_len as usize)?;
-        recv.post(&mut qp, 0..RESPONSE_BUFFERS)?;
-        dev.connect(&mut qp, psn, &peer)?;
+        recv.post(qp, 0..RESPONSE_BUFFERS)?;
+        dev.connect(qp, psn, &peer)?;
+        Ok((grant, recv, Control::Tcp { _stream: control }))
+    }
+
+    /// The connected queue pair's staging ring, state and poller thread.
+    fn start(
+        dev: &Arc<VerbsDevice>,
+        cq: Cq,
+        qp: BasicQueuePair,
+        grant: Grant,
+        recv: RecvSide,
+        control: Control,
+    ) -> Result<VerbsQueuePair, FabricError> {
+        let depth = DEFAULT_SEND_QUEUE_DEPTH;
         let staging = Arc::new(MemoryRegion::new(STAGING));
         let staging_mr = dev.register(&staging, crate::fabric::Access::NONE, true)?;
         let send = SendSide {
@@ -176,7 +305,7 @@ impl VerbsQueuePair {
             recv,
             grant,
             dev: dev.clone(),
-            _control: control,
+            control,
         });
         let poller_shared = shared.clone();
         let poller = std::thread::Builder::new()
@@ -185,7 +314,18 @@ impl VerbsQueuePair {
                 let s = &poller_shared;
                 queue::run_poller(
                     &s.cq,
-                    || s.stop.load(Ordering::Acquire),
+                    || {
+                        if s.control.peer_left() {
+                            let mut st = s.state.lock();
+                            let mut d = Deferred::default();
+                            s.enter_error(&mut st, FabricError::Disconnected(Disconnect::PeerClosed), &mut d);
+                            drop(st);
+                            if let Some(w) = d.wake {
+                                w.wake();
+                            }
+                        }
+                        s.stop.load(Ordering::Acquire)
+                    },
                     || {
                         let found = s.progress();
                         (found, s.outstanding())
@@ -217,6 +357,10 @@ impl Drop for VerbsQueuePair {
         let mut st = self.shared.state.lock();
         let mut d = Deferred::default();
         self.shared.enter_error(&mut st, FabricError::Disconnected(Disconnect::Closed), &mut d);
+        // Tell the server now (destroying the identifier would too, later).
+        if let Control::Cm { id, .. } = &self.shared.control {
+            let _ = id.disconnect();
+        }
     }
 }
 

@@ -1,7 +1,14 @@
 //! What the verbs backend puts on the wire besides the NIC's own packets: the connection
-//! handshake (exchanged over TCP before the queue pairs go to RTS) and the header of an RPC
-//! message (the first bytes of its first SEND). Sans-IO codecs, all integers little-endian.
+//! handshake and the header of an RPC message (the first bytes of its first SEND). Sans-IO
+//! codecs, all integers little-endian.
 //!
+//! Through rdma_cm (the default), the CM exchanges queue pair numbers, PSNs and GIDs itself; the
+//! client's connect request carries a [`CmRequest`] as private data (magic, version, SHA-256 of
+//! the shared secret: a request has room for 56 bytes, not for a 64-byte secret), and the server
+//! answers with a [`ServerHello`] as the private data of its accept (the grant; the endpoint is
+//! zero) or of its reject (the [`CloseReason`]).
+//!
+//! Over the TCP handshake (`verbs.connect = "tcp"`, before the queue pairs go to RTS):
 //! Handshake, client → server ([`ClientHello`], fixed size): magic, version, the shared secret
 //! (length and 64 bytes, zero-padded), and the client queue pair's number, first PSN, GID and LID.
 //! Server → client ([`ServerHello`]): magic, version, a status (0 = accepted, else a
@@ -19,6 +26,47 @@ pub const VERSION: u16 = 1;
 pub const CLIENT_HELLO_LEN: usize = 4 + 2 + 1 + MAX_SECRET + 4 + 4 + 16 + 2;
 pub const SERVER_HELLO_LEN: usize = 4 + 2 + 1 + 4 + 4 + 16 + 2 + 4 + 4 + 4;
 pub const HEADER_LEN: usize = 24;
+pub const CM_REQUEST_LEN: usize = 4 + 2 + SECRET_DIGEST_LEN;
+/// Bytes of the secret's digest in a [`CmRequest`] (SHA-256).
+pub const SECRET_DIGEST_LEN: usize = 32;
+// What the CM carries: the request in a connect, the hello in an accept and in a reject.
+const _: () = assert!(CM_REQUEST_LEN <= super::cm::MAX_CONNECT_DATA);
+const _: () = assert!(SERVER_HELLO_LEN <= super::cm::MAX_REJECT_DATA);
+
+/// SHA-256 of a shared secret: what an rdma_cm connect request presents instead of the secret.
+/// Anyone who can read the request can replay it, as anyone who can read the TCP handshake can
+/// replay the secret: both paths rely on the fabric being private (README, "Threat model").
+pub fn secret_digest(secret: &[u8]) -> [u8; SECRET_DIGEST_LEN] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret).into()
+}
+
+/// The private data of an rdma_cm connect request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CmRequest {
+    /// [`secret_digest`] of the client's secret; None when it has none (all zero on the wire).
+    pub secret_digest: Option<[u8; SECRET_DIGEST_LEN]>,
+}
+
+impl CmRequest {
+    pub fn encode(&self) -> [u8; CM_REQUEST_LEN] {
+        let mut b = [0u8; CM_REQUEST_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        if let Some(d) = &self.secret_digest {
+            b[6..].copy_from_slice(d);
+        }
+        b
+    }
+
+    /// Decodes the start of a request's private data (the CM pads it with zeros to its size).
+    pub fn decode(b: &[u8]) -> Result<CmRequest, HandshakeError> {
+        let b: &[u8; CM_REQUEST_LEN] = b.get(..CM_REQUEST_LEN).ok_or(HandshakeError::Malformed)?.try_into().unwrap();
+        check_preamble(b)?;
+        let d: [u8; SECRET_DIGEST_LEN] = b[6..].try_into().unwrap();
+        Ok(CmRequest { secret_digest: (d != [0; SECRET_DIGEST_LEN]).then_some(d) })
+    }
+}
 
 /// Where a queue pair is: enough for the peer to move its own to RTR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +183,10 @@ impl ServerHello {
         out.try_into().expect("fixed size")
     }
 
-    pub fn decode(b: &[u8; SERVER_HELLO_LEN]) -> Result<ServerHello, HandshakeError> {
+    /// Decodes the start of `b` (rdma_cm pads private data with zeros to its fixed size).
+    pub fn decode(b: &[u8]) -> Result<ServerHello, HandshakeError> {
+        let b: &[u8; SERVER_HELLO_LEN] =
+            b.get(..SERVER_HELLO_LEN).ok_or(HandshakeError::Malformed)?.try_into().unwrap();
         check_preamble(b)?;
         if b[6] != 0 {
             return CloseReason::from_u8(b[6]).map(ServerHello::Refused).ok_or(HandshakeError::Malformed);
@@ -273,6 +324,27 @@ mod tests {
         let mut long_secret = c.encode();
         long_secret[6] = 200;
         assert_eq!(ClientHello::decode(&long_secret), Err(HandshakeError::Malformed));
+        // rdma_cm private data comes zero-padded to the CM's size; shorter is malformed.
+        let mut padded = s.encode().to_vec();
+        padded.resize(196, 0);
+        assert_eq!(ServerHello::decode(&padded), Ok(s));
+        assert_eq!(ServerHello::decode(&padded[..SERVER_HELLO_LEN - 1]), Err(HandshakeError::Malformed));
+    }
+
+    #[test]
+    fn rdma_cm_requests_fit_and_round_trip() {
+        let with = CmRequest { secret_digest: Some(secret_digest(b"s3cret")) };
+        let mut padded = with.encode().to_vec();
+        padded.resize(56, 0);
+        assert_eq!(CmRequest::decode(&padded), Ok(with));
+        assert_ne!(secret_digest(b"s3cret"), secret_digest(b"s3creT"));
+        let without = CmRequest { secret_digest: None };
+        assert_eq!(CmRequest::decode(&without.encode()), Ok(without));
+        let mut bad = with.encode();
+        bad[4] = 9;
+        assert_eq!(CmRequest::decode(&bad), Err(HandshakeError::Version(9)));
+        assert_eq!(CmRequest::decode(&[0; 56]), Err(HandshakeError::BadMagic));
+        assert_eq!(CmRequest::decode(&with.encode()[..10]), Err(HandshakeError::Malformed));
     }
 
     #[test]
