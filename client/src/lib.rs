@@ -284,18 +284,30 @@ impl Client {
 
     /// Stores `value` under `key` (insert or replace). Returns once it is durable.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
-        self.inner.write(Op::Put, key, value).await.map(|_| ())
+        self.inner.write(Op::Put, key, value, None).await.map(|_| ())
     }
 
     /// Replaces the value of an existing key. Returns false (and changes nothing) if the key
     /// has no value.
     pub async fn update(&self, key: &[u8], value: &[u8]) -> Result<bool, ClientError> {
-        self.inner.write(Op::Update, key, value).await
+        self.inner.write(Op::Update, key, value, None).await
     }
 
     /// Removes `key`. Returns false if it had no value.
     pub async fn delete(&self, key: &[u8]) -> Result<bool, ClientError> {
-        self.inner.write(Op::Delete, key, b"").await
+        self.inner.write(Op::Delete, key, b"", None).await
+    }
+
+    /// A PUT, UPDATE or DELETE (`op`) carrying the request id `id`, which its sender keeps
+    /// the same on each retry of this one write (and unique among its writes to `key`): the
+    /// members of a cluster's chain that applied it already answer as they did then instead of
+    /// applying it again. Returns what [`put`](Self::put), [`update`](Self::update) or
+    /// [`delete`](Self::delete) return (true for a PUT).
+    pub async fn write_with_id(&self, op: Op, key: &[u8], value: &[u8], id: u64) -> Result<bool, ClientError> {
+        if !op.is_write() {
+            return Err(ClientError::Config(format!("{} is not a write", op.name())));
+        }
+        self.inner.write(op, key, if op == Op::Delete { b"" } else { value }, Some(id)).await
     }
 
     /// Makes every later request carry cluster-map epoch `epoch` (or a newer one already set):

@@ -473,6 +473,41 @@ async fn after_a_member_dies_its_chains_are_served_by_the_survivor() {
     assert_eq!(stat(&nodes[2], "rpc_meta_get") + stat(&nodes[2], "rpc_put"), s2_requests, "nothing reached s2");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_is_applied_once() {
+    let (peers, (nodes, _feed, _client)) = setup_with_peers();
+    let m1 = map_rf([0, 1, 2], None, 2);
+    install(&nodes, &m1);
+    let k = (0..400)
+        .map(key)
+        .find(|k| m1.serves(&member(0).id, k, Role::Head) && m1.serves(&member(2).id, k, Role::Tail))
+        .unwrap();
+    let s0 = nodes[0].server.mem_client(ClientConfig::default()).await;
+    s0.set_cluster_epoch(1);
+    s0.put(&k, b"v").await.unwrap();
+    // s2 dies: a DELETE (request id 7) is applied on s0, and refused (the chain is broken).
+    peers.kill(&member(2).id);
+    assert_eq!(s0.write_with_id(Op::Delete, &k, b"", 7).await, Err(ClientError::WrongOwner { epoch: 2 }));
+    // The next map: s1 enters at the head (with a move; no mover runs here), s0 is the tail.
+    let m2 = map_rf([0, 1], Some(&m1), 2);
+    assert!(m2.serves(&member(1).id, &k, Role::Head) && m2.serves(&member(0).id, &k, Role::Tail));
+    install(&nodes[..2], &m2);
+    // The client retries with the same id: s1 applies it and passes it on; s0, which applied it
+    // already, answers as it did then — the key existed — instead of "not found".
+    let s1 = nodes[1].server.mem_client(ClientConfig::default()).await;
+    s1.set_cluster_epoch(2);
+    assert_eq!(s1.write_with_id(Op::Delete, &k, b"", 7).await, Ok(true), "the retried delete deleted the key");
+    assert_eq!(stat(&nodes[0], "cluster_retried_writes"), 1);
+    assert_eq!(stat(&nodes[1], "cluster_retried_writes"), 0);
+    // A new write (another id) is applied: the key is gone.
+    assert_eq!(s1.write_with_id(Op::Delete, &k, b"", 8).await, Ok(false));
+    // Without an id, nothing is deduplicated.
+    s1.put(&k, b"w").await.unwrap();
+    assert!(s1.delete(&k).await.unwrap());
+    assert!(!s1.delete(&k).await.unwrap());
+    assert_eq!(stat(&nodes[0], "cluster_retried_writes"), 1);
+}
+
 /// The ready records and the reconciler of the etcd agents, held in memory.
 #[derive(Default)]
 struct MemSink(Mutex<HashMap<(u32, NodeId), u64>>);
@@ -742,23 +777,11 @@ async fn moves_under_load(rf: u8, steps: &[&str]) {
     }
 }
 
-// Known bug (2026-12-03): about one run in five finds a key whose history is not
-// linearizable after the moves (a stale value served, or an existing key answered "not
-// found"): some path still lets a member take a partition's tail without all of its data.
-// Ignored so that `cargo test` stays deterministic; run with `--ignored` (README, Cluster,
-// "Not done yet").
-#[ignore = "known intermittent linearizability violation after moves; see README, Cluster, Not done yet"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rf2_a_lost_replica_is_rebuilt_and_a_server_added_and_drained_under_load() {
     moves_under_load(2, &["kill 2", "add 3", "drain 0"]).await;
 }
 
-// Known bug (2026-12-03): about one run in five finds a key whose history is not
-// linearizable after the moves (a stale value served, or an existing key answered "not
-// found"): some path still lets a member take a partition's tail without all of its data.
-// Ignored so that `cargo test` stays deterministic; run with `--ignored` (README, Cluster,
-// "Not done yet").
-#[ignore = "known intermittent linearizability violation after moves; see README, Cluster, Not done yet"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rf1_added_and_drained_servers_take_their_data_with_them() {
     moves_under_load(1, &["add 2", "add 3", "drain 1"]).await;

@@ -1,25 +1,27 @@
 //! The KV messages carried by the fabric's two-sided RPC: a sans-IO codec.
 //!
 //! Request: `op u8, flags u8, key_len u8, 0u8, value_len u32 (LE)`, then the key and the value,
-//! then, if the [`flags::EPOCH`] bit is set, the cluster-map epoch the client routed with (u64 LE).
+//! then, if the [`flags::EPOCH`] bit is set, the cluster-map epoch the client routed with (u64 LE),
+//! then, if the [`flags::REQUEST_ID`] bit is set, the write's request id (u64 LE).
 //! Response: `status u8, op u8, 0u16, body_len u32 (LE)`, then a body whose form depends on the
 //! op (see [`MetaGetReply`], [`ServerInfo`], [`Stats`]) or the status ([`WrongOwner`]). Decoding
 //! checks every length and never panics: a malformed message is a [`CodecError`].
 //!
 //! Version 2 added the request epoch and [`Status::WrongOwner`] (for clusters). Version 4 added
-//! the fill window's key to [`MetaGetReply`] (24 bytes instead of 20).
+//! the fill window's key to [`MetaGetReply`] (24 bytes instead of 20); version 5 the request id
+//! (a cluster's members apply a retried write once).
 
 use crate::key::MAX_KEY_LEN;
 use crate::ssd::{Extent, SsdGeometry, MAX_VALUE_LEN};
 use crate::table::TableGeometry;
 
 /// Version of this message set; a client refuses a server that speaks another.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 const HEADER: usize = 8;
 /// The largest request the server accepts: a write of the longest key and the largest value,
-/// with an epoch. Requests over the channel's largest message move by rendezvous
+/// with an epoch and a request id. Requests over the channel's largest message move by rendezvous
 /// ([`crate::fabric::rendezvous`]), whose staging slots are this size.
-pub const MAX_REQUEST_LEN: usize = HEADER + MAX_KEY_LEN + crate::ssd::MAX_VALUE_LEN + 8;
+pub const MAX_REQUEST_LEN: usize = HEADER + MAX_KEY_LEN + crate::ssd::MAX_VALUE_LEN + 16;
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,6 +99,11 @@ pub mod flags {
     /// copy of a value that the receiver applies only if no write to the key reached it since
     /// it entered the chain; on a DELETE, the removal of a stale key under the same rule.
     pub const COPY: u8 = 16;
+    /// The request ends with a request id (after the epoch, if any; set by
+    /// [`super::Request::encode`] from [`super::Request::id`]; never in `Request::flags`): the
+    /// same id on a retried write lets the members of a chain that applied it already answer
+    /// what they answered then instead of applying it again.
+    pub const REQUEST_ID: u8 = 32;
 }
 
 /// Result of a request.
@@ -156,21 +163,28 @@ pub enum CodecError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request<'a> {
     pub op: Op,
-    /// [`flags`] bits other than [`flags::EPOCH`].
+    /// [`flags`] bits other than [`flags::EPOCH`] and [`flags::REQUEST_ID`].
     pub flags: u8,
     pub key: &'a [u8],
     pub value: &'a [u8],
     /// The cluster-map epoch the client routed with; `None` outside a cluster.
     pub epoch: Option<u64>,
+    /// A write's id, the same on each retry of it (unique per key among a client's writes).
+    pub id: Option<u64>,
 }
 
 impl<'a> Request<'a> {
     pub fn new(op: Op, key: &'a [u8], value: &'a [u8]) -> Request<'a> {
-        Request { op, flags: 0, key, value, epoch: None }
+        Request { op, flags: 0, key, value, epoch: None, id: None }
     }
 
     pub fn with_flags(mut self, flags: u8) -> Request<'a> {
-        self.flags = flags & !flags::EPOCH;
+        self.flags = flags & !(flags::EPOCH | flags::REQUEST_ID);
+        self
+    }
+
+    pub fn with_id(mut self, id: Option<u64>) -> Request<'a> {
+        self.id = id;
         self
     }
 
@@ -180,19 +194,27 @@ impl<'a> Request<'a> {
     }
 
     pub fn encoded_len(&self) -> usize {
-        HEADER + self.key.len() + self.value.len() + if self.epoch.is_some() { 8 } else { 0 }
+        HEADER
+            + self.key.len()
+            + self.value.len()
+            + 8 * (usize::from(self.epoch.is_some()) + usize::from(self.id.is_some()))
     }
 
     /// Appends the encoded request to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         debug_assert!(self.key.len() <= u8::MAX as usize);
-        let f = (self.flags & !flags::EPOCH) | if self.epoch.is_some() { flags::EPOCH } else { 0 };
+        let f = (self.flags & !(flags::EPOCH | flags::REQUEST_ID))
+            | if self.epoch.is_some() { flags::EPOCH } else { 0 }
+            | if self.id.is_some() { flags::REQUEST_ID } else { 0 };
         out.extend_from_slice(&[self.op as u8, f, self.key.len() as u8, 0]);
         out.extend_from_slice(&(self.value.len() as u32).to_le_bytes());
         out.extend_from_slice(self.key);
         out.extend_from_slice(self.value);
         if let Some(e) = self.epoch {
             out.extend_from_slice(&e.to_le_bytes());
+        }
+        if let Some(id) = self.id {
+            out.extend_from_slice(&id.to_le_bytes());
         }
     }
 
@@ -215,18 +237,22 @@ impl<'a> Request<'a> {
         }
         let body_end = HEADER + key_len + value_len;
         let has_epoch = b[1] & flags::EPOCH != 0;
-        let total = body_end + if has_epoch { 8 } else { 0 };
+        let has_id = b[1] & flags::REQUEST_ID != 0;
+        let epoch_end = body_end + if has_epoch { 8 } else { 0 };
+        let total = epoch_end + if has_id { 8 } else { 0 };
         need(b, total)?;
         if b.len() > total {
             return Err(CodecError::Trailing(b.len() - total));
         }
-        let epoch = has_epoch.then(|| u64::from_le_bytes(b[body_end..total].try_into().unwrap()));
+        let epoch = has_epoch.then(|| u64::from_le_bytes(b[body_end..epoch_end].try_into().unwrap()));
+        let id = has_id.then(|| u64::from_le_bytes(b[epoch_end..total].try_into().unwrap()));
         Ok(Request {
             op,
-            flags: b[1] & !flags::EPOCH,
+            flags: b[1] & !(flags::EPOCH | flags::REQUEST_ID),
             key: &b[HEADER..HEADER + key_len],
             value: &b[HEADER + key_len..body_end],
             epoch,
+            id,
         })
     }
 }
@@ -758,9 +784,10 @@ mod tests {
     proptest! {
         #[test]
         fn request_round_trip(op in arb_op(), f: u8, key in proptest::collection::vec(any::<u8>(), 0..=20),
-                              value in proptest::collection::vec(any::<u8>(), 0..300), epoch: Option<u64>) {
-            let r = Request::new(op, &key, &value).with_flags(f).with_epoch(epoch);
-            prop_assert_eq!(r.flags & flags::EPOCH, 0);
+                              value in proptest::collection::vec(any::<u8>(), 0..300), epoch: Option<u64>,
+                              id: Option<u64>) {
+            let r = Request::new(op, &key, &value).with_flags(f).with_epoch(epoch).with_id(id);
+            prop_assert_eq!(r.flags & (flags::EPOCH | flags::REQUEST_ID), 0);
             let bytes = r.to_vec();
             prop_assert_eq!(bytes.len(), r.encoded_len());
             prop_assert_eq!(Request::decode(&bytes).unwrap(), r);
@@ -878,6 +905,26 @@ mod tests {
         assert_eq!(Request::decode(&plain).unwrap().epoch, None);
         assert_eq!(WrongOwner::decode(&[0; 7]), Err(CodecError::Malformed("wrong-owner reply")));
         assert_eq!(Status::from_u8(9), Some(Status::WrongOwner));
+    }
+
+    #[test]
+    fn the_request_id_follows_the_epoch_and_is_flagged() {
+        let plain = Request::new(Op::Delete, b"k", b"").with_epoch(Some(7)).to_vec();
+        let with = Request::new(Op::Delete, b"k", b"").with_epoch(Some(7)).with_id(Some(42)).to_vec();
+        assert_eq!(with.len(), plain.len() + 8);
+        assert_eq!(with[1], flags::EPOCH | flags::REQUEST_ID);
+        assert_eq!(&with[plain.len() - 8..plain.len()], &7u64.to_le_bytes());
+        assert_eq!(&with[plain.len()..], &42u64.to_le_bytes());
+        let r = Request::decode(&with).unwrap();
+        assert_eq!((r.epoch, r.id, r.flags), (Some(7), Some(42), 0));
+        // Without an epoch the id follows the value.
+        let no_epoch = Request::new(Op::Put, b"k", b"v").with_id(Some(3)).to_vec();
+        assert_eq!(Request::decode(&no_epoch).unwrap().id, Some(3));
+        assert_eq!(Request::decode(&no_epoch).unwrap().epoch, None);
+        // The flag without the id's bytes is truncated.
+        let mut cut = with.clone();
+        cut.truncate(plain.len() + 4);
+        assert!(matches!(Request::decode(&cut), Err(CodecError::Truncated { .. })));
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! through the store, and submits the stores' I/O to the SSDs' I/O threads, whose completions
 //! come back through its inbox.
 
-use crate::cluster::received::CopyVerdict;
-use crate::cluster::{Forwarder, Ownership};
+use crate::cluster::received::{CopyVerdict, Noted, WriteKind};
+use crate::cluster::{trace, AnswerHook, Forwarder, Ownership};
 use crate::device::{Issuer, Ssd};
 use crate::fill_windows::FillWindows;
 use crate::stats::ServerShared;
@@ -72,7 +72,10 @@ pub enum CopyResult {
 pub(crate) enum Reply {
     /// Answer a client's RPC. `request`: in a cluster, a write's request as received (the chain
     /// may need it forwarded before the answer).
-    Rpc { responder: Responder, op: Op, request: Option<Vec<u8>>, update: Option<UpdateMark> },
+    /// `accepted`: the epoch of the map a write was accepted by (the chain must not have
+    /// changed since when it goes on).
+    /// `mark`: the record of a write to a partition moving here.
+    Rpc { responder: Responder, op: Op, request: Option<Vec<u8>>, mark: Option<MoveMark>, accepted: u64 },
     /// Answer a scan with the keys found (`ssds`: the server's SSD count).
     Scan { responder: Responder, ssds: u16, buckets: u32 },
     /// Tell the copier how its copy write ended.
@@ -81,12 +84,13 @@ pub(crate) enum Reply {
     Fill { key: TableKey, reservation: Reservation },
 }
 
-/// An UPDATE of a partition moving to this server: if it finds nothing here, its key is
-/// marked dirty (see [`crate::cluster::received`]).
-pub(crate) struct UpdateMark {
+/// A write to a partition moving to this server, as its record noted it (see
+/// [`crate::cluster::received`]).
+#[derive(Clone, Copy)]
+pub(crate) struct MoveMark {
     partition: u32,
     since: u64,
-    generation: u64,
+    noted: Noted,
 }
 
 /// Routes RPCs from the NIC threads to the workers.
@@ -131,6 +135,32 @@ impl InboxLoad {
         self.rpcs.fetch_sub(1, Ordering::AcqRel);
         self.bytes.fetch_sub(len, Ordering::AcqRel);
     }
+}
+
+/// A write (`request`) applied here with the local answer `local`: remembers its request id
+/// with the answer (unless the answer is a guess, see [`crate::cluster::received`]), and returns
+/// what to do with the chain's answer: settle a guessed answer, and tell the record of a move.
+fn remember(own: &Arc<Ownership>, request: &[u8], local: Status, mark: Option<MoveMark>) -> Option<AnswerHook> {
+    let req = Request::decode(request).ok()?;
+    let guessed = mark.is_some_and(|m| m.noted.pending);
+    if let Some(id) = req.id {
+        own.applied().lock().record(req.key, id, (!guessed).then_some(local));
+    }
+    if mark.is_none() && !(guessed && req.id.is_some()) {
+        return None;
+    }
+    let (own, key, id) = (own.clone(), req.key.to_vec(), req.id);
+    Some(Box::new(move |answer: Option<Status>| {
+        if let Some(m) = mark {
+            trace::event(own.me(), || {
+                format!("answered {} gen={} -> {answer:?}", trace::text(&key), m.noted.generation)
+            });
+            own.received().lock().on_answered(m.partition, m.since, &key, m.noted.generation, answer.is_some());
+        }
+        if let (Some(id), Some(answer), true) = (id, answer, guessed) {
+            own.applied().lock().resolve(&key, id, answer);
+        }
+    }))
 }
 
 fn respond(responder: Responder, status: Status, op: Op, body: &[u8]) {
@@ -338,7 +368,7 @@ impl Worker {
                     self.submit(self.stores[i].ssd(), req);
                 }
                 for c in self.stores[i].take_completed() {
-                    finish(c, self.table.as_deref(), self.chain.as_deref(), self.cluster.as_deref());
+                    finish(c, self.table.as_deref(), self.chain.as_deref(), self.cluster.as_ref());
                 }
             }
             if issued > 0 && !self.io_cost.is_zero() {
@@ -377,6 +407,11 @@ impl Worker {
         match op {
             Op::MetaGet => {
                 let loc = self.store_of(ssd).locate(req.key);
+                if let Some(own) = &self.cluster {
+                    trace::event(own.me(), || {
+                        format!("metaget {} loc={loc:?} map={}", trace::text(req.key), own.epoch())
+                    });
+                }
                 let key = TableKey::new(req.key);
                 let mut reservation = match (&self.table, loc) {
                     (Some(t), Some(_)) if req.flags & flags::NO_RESERVE == 0 => {
@@ -408,8 +443,12 @@ impl Worker {
                 respond(rpc.responder, Status::Ok, op, &reply.encode());
             }
             Op::Get => {
+                if let Some(own) = &self.cluster {
+                    let copy = req.flags & flags::COPY != 0;
+                    trace::event(own.me(), || format!("get {} copy={copy} map={}", trace::text(req.key), own.epoch()));
+                }
                 let key = req.key.to_vec();
-                let reply = Reply::Rpc { responder: rpc.responder, op, request: None, update: None };
+                let reply = Reply::Rpc { responder: rpc.responder, op, request: None, mark: None, accepted: 0 };
                 self.store_of(ssd).submit_get(key, reply);
             }
             Op::Put | Op::Update | Op::Delete => {
@@ -426,25 +465,59 @@ impl Worker {
                 // Checked again here, in the worker's order: the dispatcher's check may have been
                 // made under an older map, and a scan that a member receiving a copy asked for
                 // since (under the new map) must not miss a write taken after it.
+                let mut accepted = 0;
                 if let Some(own) = &self.cluster {
                     let verdict = if req.flags & flags::FORWARDED != 0 {
-                        own.check_forwarded(req.key, req.epoch, now)
+                        own.check_forwarded_at(req.key, req.epoch, now)
                     } else {
-                        own.check(req.key, op, req.epoch, now)
+                        own.check_at(req.key, op, req.epoch, now)
                     };
-                    if let Err(w) = verdict {
-                        return respond(rpc.responder, Status::WrongOwner, op, &w.encode());
+                    trace::event(own.me(), || {
+                        let fwd = req.flags & flags::FORWARDED != 0;
+                        format!(
+                            "accept {op:?} {} p={} {} fwd={fwd} stamp={:?} map={} -> {verdict:?}",
+                            trace::text(req.key),
+                            own.partition_of(req.key),
+                            trace::text(req.value),
+                            req.epoch,
+                            own.epoch()
+                        )
+                    });
+                    match verdict {
+                        Ok(epoch) => accepted = epoch,
+                        Err(w) => return respond(rpc.responder, Status::WrongOwner, op, &w.encode()),
+                    }
+                }
+                // A retry of a write applied here already: answered as then, not applied again
+                // (and passed on, so that the members after this one that missed it apply it).
+                // Not on a member receiving the key's partition, which is never the tail: it
+                // applies the retry again (the same value), so that its record of the move
+                // sees the write (a repair of the key from the source, asked for when the
+                // first attempt was refused, must not overwrite it).
+                let receiving =
+                    self.cluster.as_ref().is_some_and(|own| own.move_to_me(own.partition_of(req.key)).is_some());
+                if let (Some(own), Some(id), false) = (&self.cluster, req.id, receiving) {
+                    if let Some(Some(status)) = own.applied().lock().get(req.key, id) {
+                        trace::event(own.me(), || {
+                            format!("retry {op:?} {} id={id} -> {status:?}", trace::text(req.key))
+                        });
+                        own.count_retried_write();
+                        let local = Response::to_vec(status, op, &[]);
+                        return match &self.chain {
+                            Some(chain) => chain.after_durable(&rpc.payload, accepted, local, op, rpc.responder, None),
+                            None => rpc.responder.reply(&local),
+                        };
                     }
                 }
                 let unbatched = req.flags & flags::UNBATCHED != 0;
-                let update = self.note_write(&key, op);
+                let mark = self.note_write(&key, op);
                 let request = self.chain.is_some().then_some(rpc.payload);
                 let w = WriteRequest {
                     op: write_op,
                     key,
                     value,
                     unbatched,
-                    reply: Reply::Rpc { responder: rpc.responder, op, request, update },
+                    reply: Reply::Rpc { responder: rpc.responder, op, request, mark, accepted },
                 };
                 self.store_of(ssd).submit_write(w, now);
             }
@@ -453,13 +526,18 @@ impl Worker {
     }
 
     /// A write to `key` is about to enter the store: if its partition is moving here, record
-    /// it (a copy must not overwrite it). Returns the mark an UPDATE needs.
-    fn note_write(&self, key: &[u8], op: Op) -> Option<UpdateMark> {
+    /// it (a copy must not overwrite it, and its local answer may be a guess).
+    fn note_write(&self, key: &[u8], op: Op) -> Option<MoveMark> {
         let own = self.cluster.as_ref()?;
         let partition = own.partition_of(key);
         let since = own.move_to_me(partition)?;
-        let generation = own.received().lock().on_write(partition, since, key);
-        (op == Op::Update).then_some(UpdateMark { partition, since, generation })
+        let kind = match op {
+            Op::Put => WriteKind::Put,
+            Op::Update => WriteKind::Update,
+            _ => WriteKind::Delete,
+        };
+        let noted = own.received().lock().on_write(partition, since, key, kind);
+        Some(MoveMark { partition, since, noted })
     }
 
     /// Applies a copy write, unless the move ended or a newer write reached the key here.
@@ -469,10 +547,21 @@ impl Worker {
             return;
         };
         if own.move_to_me(c.partition) != Some(c.since) {
+            trace::event(own.me(), || format!("copy {} since={} -> cancelled", trace::text(&c.key), c.since));
             let _ = c.done.send(CopyResult::Cancelled);
             return;
         }
-        if own.received().lock().on_copy(c.partition, c.since, &c.key, c.repair) == CopyVerdict::Skip {
+        let verdict = match (&c.value, c.repair) {
+            // The purge: a stale key, unless written or copied here in this move.
+            (None, None) if own.received().lock().may_purge(c.partition, c.since, &c.key) => CopyVerdict::Apply,
+            (None, None) => CopyVerdict::Skip,
+            _ => own.received().lock().on_copy(c.partition, c.since, &c.key, c.repair),
+        };
+        trace::event(own.me(), || {
+            let v = c.value.as_deref().map(trace::text);
+            format!("copy {} {v:?} since={} repair={:?} -> {verdict:?}", trace::text(&c.key), c.since, c.repair)
+        });
+        if verdict == CopyVerdict::Skip {
             let _ = c.done.send(CopyResult::Skipped);
             return;
         }
@@ -512,16 +601,19 @@ impl Worker {
     }
 }
 
-fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwarder>, own: Option<&Ownership>) {
-    let (responder, op, request) = match c.reply {
-        Reply::Rpc { responder, op, request, update } => {
-            if let (Some(m), Some(own), Outcome::NotFound) = (update, own, &c.outcome) {
-                // (The key was validated on the way in; the request is still held.)
-                if let Some(req) = request.as_deref().and_then(|r| Request::decode(r).ok()) {
-                    own.received().lock().on_update_not_found(m.partition, m.since, req.key, m.generation);
-                }
+fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwarder>, own: Option<&Arc<Ownership>>) {
+    let (responder, op, request, mark, accepted) = match c.reply {
+        Reply::Rpc { responder, op, request, mark, accepted } => {
+            if let (Some(own), true) = (own, trace::on()) {
+                let key = request.as_deref().and_then(|r| Request::decode(r).ok()).map(|r| trace::text(r.key));
+                let out = match &c.outcome {
+                    Outcome::Value(v) => format!("Value({})", trace::text(v)),
+                    o => format!("{o:?}"),
+                };
+                let pending = mark.map(|m| m.noted.pending);
+                trace::event(own.me(), || format!("done {op:?} {key:?} -> {out} pending={pending:?}"));
             }
-            (responder, op, request)
+            (responder, op, request, mark, accepted)
         }
         Reply::Scan { responder, ssds, buckets } => {
             return match c.outcome {
@@ -558,7 +650,8 @@ fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwar
             _ => None,
         };
         if let Some(status) = local {
-            return chain.after_durable(&request, Response::to_vec(status, op, &[]), op, responder);
+            let hook = own.and_then(|own| remember(own, &request, status, mark));
+            return chain.after_durable(&request, accepted, Response::to_vec(status, op, &[]), op, responder, hook);
         }
     }
     match c.outcome {

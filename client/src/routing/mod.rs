@@ -26,7 +26,7 @@ use crate::{Client, ClientConfig, ClientError, ClientStats};
 use parking_lot::Mutex;
 use scalio_common::block::BlockError;
 use scalio_common::cluster::{ClusterMap, ClusterUrl, Member, NodeId, Role};
-use scalio_common::rpc::Stats;
+use scalio_common::rpc::{Op, Stats};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -101,6 +101,8 @@ struct Inner {
     /// One client per member, with the fabric address it was opened to.
     conns: Mutex<HashMap<NodeId, (String, Client)>>,
     counters: Counters,
+    /// The next write's request id.
+    next_id: AtomicU64,
     _watcher: Option<EtcdMapWatcher>,
 }
 
@@ -150,6 +152,9 @@ impl ClusterClient {
                 routing,
                 conns: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
+                // Ids are unique per key among this client's writes; a random start keeps two
+                // clients' ids apart (a collision needs the same key and a 64-bit coincidence).
+                next_id: AtomicU64::new(rand::random()),
                 _watcher: watcher,
             }),
         }
@@ -165,15 +170,23 @@ impl ClusterClient {
     }
 
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
-        self.route(key, Role::Head, |c| async move { c.put(key, value).await }).await
+        self.write(Op::Put, key, value).await.map(|_| ())
     }
 
     pub async fn update(&self, key: &[u8], value: &[u8]) -> Result<bool, ClientError> {
-        self.route(key, Role::Head, |c| async move { c.update(key, value).await }).await
+        self.write(Op::Update, key, value).await
     }
 
     pub async fn delete(&self, key: &[u8]) -> Result<bool, ClientError> {
-        self.route(key, Role::Head, |c| async move { c.delete(key).await }).await
+        self.write(Op::Delete, key, b"").await
+    }
+
+    /// A write with one request id over all its attempts, so that members that applied an
+    /// attempt the chain then refused answer the retry as they did then (see
+    /// [`Client::write_with_id`]).
+    async fn write(&self, op: Op, key: &[u8], value: &[u8]) -> Result<bool, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.route(key, Role::Head, |c| async move { c.write_with_id(op, key, value, id).await }).await
     }
 
     pub fn routing_stats(&self) -> RoutingStats {

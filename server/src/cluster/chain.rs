@@ -51,6 +51,11 @@ impl PeerConnector for TcpPeers {
     }
 }
 
+/// Told the rest of the chain's answer to a write: `Some(status)` if the tail applied it
+/// (`Ok` or `NotFound`), `None` if it was refused or the chain broke (the members after this one
+/// may not have it).
+pub type AnswerHook = Box<dyn FnOnce(Option<Status>) + Send>;
+
 /// A write waiting for the rest of its chain.
 struct Job {
     /// The request as forwarded (FORWARDED flag, successor's epoch).
@@ -58,6 +63,18 @@ struct Job {
     epoch: u64,
     op: Op,
     responder: Responder,
+    on_answer: Option<AnswerHook>,
+}
+
+impl Job {
+    /// Relays `bytes` (the successor's answer) to the sender, telling the hook.
+    fn answer(mut self, bytes: &[u8]) {
+        let status = Response::decode(bytes).ok().map(|r| r.status);
+        if let Some(hook) = self.on_answer.take() {
+            hook(status.filter(|s| matches!(s, Status::Ok | Status::NotFound)));
+        }
+        self.responder.reply(bytes);
+    }
 }
 
 /// The connection to one successor: a thread sends jobs in order, another waits for their
@@ -91,20 +108,47 @@ impl Forwarder {
         Arc::new(Forwarder { own, peers, links: Mutex::new(HashMap::new()), counters: Arc::default() })
     }
 
-    /// A write (`request`, as received) is durable here with the local answer `local`: answer
-    /// it now if this server is the key's tail, or pass it on and answer with the successor's
-    /// answer.
-    pub fn after_durable(&self, request: &[u8], local: Vec<u8>, op: Op, responder: Responder) {
+    /// A write (`request`, as received, accepted by the map of epoch `accepted`) is durable here
+    /// with the local answer `local`: answer it now if this server is the key's tail, or pass
+    /// it on and answer with the successor's answer (or refuse it if the key's chain changed
+    /// since it was accepted, see [`Ownership::next_in_chain`]).
+    ///
+    /// `on_answer` is told the answer that goes back (this server's own if it is the tail).
+    pub fn after_durable(
+        &self,
+        request: &[u8],
+        accepted: u64,
+        local: Vec<u8>,
+        op: Op,
+        responder: Responder,
+        on_answer: Option<AnswerHook>,
+    ) {
         let Ok(req) = Request::decode(request) else {
+            if let Some(hook) = on_answer {
+                hook(None);
+            }
             return respond(responder, Status::BadRequest, op, b"malformed request");
         };
-        match self.own.next_in_chain(req.key, Instant::now()) {
-            Next::Done => responder.reply(&local),
-            Next::Refuse(w) => respond(responder, Status::WrongOwner, op, &w.encode()),
+        let next = self.own.next_in_chain(req.key, accepted, Instant::now());
+        super::trace::event(self.own.me(), || {
+            let to = match &next {
+                Next::Forward { to, epoch } => format!("forward to {} at {epoch}", to.id),
+                other => format!("{other:?}"),
+            };
+            format!("durable {op:?} {} -> {to}", super::trace::text(req.key))
+        });
+        match next {
+            Next::Done => Job { request: Vec::new(), epoch: 0, op, responder, on_answer }.answer(&local),
+            Next::Refuse(w) => {
+                if let Some(hook) = on_answer {
+                    hook(None);
+                }
+                respond(responder, Status::WrongOwner, op, &w.encode())
+            }
             Next::Forward { to, epoch } => {
                 let forwarded = Request { flags: req.flags | flags::FORWARDED, epoch: Some(epoch), ..req }.to_vec();
                 self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                let job = Job { request: forwarded, epoch, op, responder };
+                let job = Job { request: forwarded, epoch, op, responder, on_answer };
                 if let Err(crossbeam_channel::SendError(job)) = self.link(&to).send(job) {
                     self.broken(job);
                 }
@@ -143,8 +187,11 @@ impl Forwarder {
 
 /// The chain is broken after this member (or its successor is behind): the write is not
 /// acknowledged, and the sender is sent to the next map.
-fn answer_broken(counters: &Counters, job: Job, error: Option<&FabricError>) {
+fn answer_broken(counters: &Counters, mut job: Job, error: Option<&FabricError>) {
     counters.broken.fetch_add(1, Ordering::Relaxed);
+    if let Some(hook) = job.on_answer.take() {
+        hook(None);
+    }
     match error {
         Some(FabricError::QueueFull) => {
             respond(job.responder, Status::Unavailable, job.op, b"the replica chain's successor is saturated")
@@ -158,10 +205,10 @@ fn send_loop(to: &Member, peers: &dyn PeerConnector, jobs: Receiver<Job>, counte
     // Set by the waiter when a call failed: the connection is replaced before the next job.
     let failed = Arc::new(AtomicBool::new(false));
     let waiter = {
-        let (counters, failed) = (counters.clone(), failed.clone());
+        let (counters, failed, to) = (counters.clone(), failed.clone(), to.id.clone());
         std::thread::Builder::new()
-            .name(format!("chain-ack-{}", to.id))
-            .spawn(move || wait_loop(waiting, &counters, &failed))
+            .name(format!("chain-ack-{to}"))
+            .spawn(move || wait_loop(waiting, &counters, &failed, &to))
     };
     let mut qp: Option<Arc<dyn QueuePair>> = None;
     for job in jobs {
@@ -196,12 +243,18 @@ fn send_loop(to: &Member, peers: &dyn PeerConnector, jobs: Receiver<Job>, counte
     }
 }
 
-fn wait_loop(waiting: Receiver<(Job, Completion<Vec<u8>>)>, counters: &Counters, failed: &AtomicBool) {
+fn wait_loop(waiting: Receiver<(Job, Completion<Vec<u8>>)>, counters: &Counters, failed: &AtomicBool, to: &NodeId) {
     for (job, done) in waiting {
-        match done.wait_timeout(FORWARD_TIMEOUT) {
+        let answer = done.wait_timeout(FORWARD_TIMEOUT);
+        super::trace::event(&format!("(from {to})"), || {
+            let key = Request::decode(&job.request).map(|r| super::trace::text(r.key)).unwrap_or_default();
+            let status = answer.as_ref().map(|b| Response::decode(b).map(|r| r.status));
+            format!("answer {:?} {key} at {} -> {status:?}", job.op, job.epoch)
+        });
+        match answer {
             Ok(bytes) if Response::decode(&bytes).is_ok() => {
                 counters.acknowledged.fetch_add(1, Ordering::Relaxed);
-                job.responder.reply(&bytes);
+                job.answer(&bytes);
             }
             Ok(_) => answer_broken(counters, job, None),
             Err(e) => {

@@ -5,17 +5,20 @@
 //! * [`chain`]: chain replication, forwarding durable writes to the next member of the chain;
 //! * [`mover`]: copying the partitions a map moves to this server, and reporting them ready;
 //! * [`received`]: the keys written here during a move, so that a copy never overwrites them;
+//! * [`applied`]: recent writes by request id, so that a retried write is applied once;
 //! * [`agent`]: registration under a kept-alive etcd lease, and keeping the map up to date:
 //!   every member reconciles it with compare-and-swap, so no election is needed.
 
 pub mod agent;
+pub mod applied;
 pub mod chain;
 pub mod mover;
 pub mod ownership;
 pub mod received;
+pub mod trace;
 
 pub use agent::{Agent, AgentConfig, AgentError, EtcdReady};
-pub use chain::{Forwarder, PeerConnector, TcpPeers};
+pub use chain::{AnswerHook, Forwarder, PeerConnector, TcpPeers};
 pub use mover::{MoveCounters, Mover, ReadySink};
 pub use ownership::{Next, Ownership};
 
@@ -35,5 +38,6 @@ impl StatsSource for ClusterStats {
         out.push(("cluster_partitions_tail".into(), tail as u64));
         out.push(("cluster_wrong_owner".into(), own.wrong_owner_replies()));
         out.push(("cluster_cache_slots_dropped".into(), own.cache_slots_dropped()));
+        out.push(("cluster_retried_writes".into(), own.retried_writes()));
     }
 }

@@ -10,7 +10,8 @@
 //!    of the move, and only after every write it took before) and reads each key of those
 //!    partitions from S with a copy read ([`flags::COPY`]); each value is applied here unless
 //!    a newer write reached the key first ([`super::received`]);
-//! 3. **repair**: reads again from S the keys an UPDATE found missing here, until none is left;
+//! 3. **repair**: once the chain has answered the writes whose answer here was a guess, reads
+//!    again from S the keys whose value here is unknown, until none is left;
 //! 4. reports the partitions whose moves are unchanged ready (`ReadySink`: one record in etcd
 //!    per receiver), and the reconciler's next map lets this server take any place in the chain.
 //!
@@ -69,6 +70,8 @@ pub enum MoveError {
     Report(String),
     #[error("keys stayed dirty after {0} repair rounds")]
     Dirty(usize),
+    #[error("{0} writes still wait for the chain's answer")]
+    Pending(usize),
 }
 
 /// Counters of the moves into this server.
@@ -209,7 +212,15 @@ fn run(ctx: &Ctx, stop: &AtomicBool) {
             let source = map.nodes[usize::from(from)].clone();
             let started = Instant::now();
             ctx.counters.passes.fetch_add(1, Ordering::Relaxed);
-            match pass(ctx, &map, &source, &moves, &mut reported, stop) {
+            super::trace::event(&me, || {
+                let ps: Vec<String> = moves.iter().map(|m| format!("{}@{}", m.partition, m.since)).collect();
+                format!("pass from {} at {}: {}", source.id, map.epoch, ps.join(","))
+            });
+            let result = pass(ctx, &map, &source, &moves, &mut reported, stop);
+            super::trace::event(&me, || {
+                format!("pass from {} at {} -> {:?}", source.id, map.epoch, result.as_ref().map(|d| d.len()))
+            });
+            match result {
                 Ok(done) => {
                     ctx.counters.copy_ms.fetch_add(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                     tracing::info!(from = %source.id, partitions = done.len(), ms = started.elapsed().as_millis() as u64, "partition copies ready");
@@ -267,13 +278,26 @@ fn pass(
             .collect();
         copy_keys(ctx, &*remote, epoch, mine)
     })?;
-    // 3. Repair the keys an UPDATE found missing here.
+    // 3. Repair the keys whose value here is unknown (an UPDATE of a key not copied yet, a
+    //    write refused further down the chain), once the chain has answered the writes whose
+    //    answer here was a guess: the source has applied them by then.
+    let answers_by = Instant::now() + 2 * super::chain::FORWARD_TIMEOUT;
     for mv in moves {
         let mut rounds = 0;
         loop {
-            let dirty = ctx.own.received().lock().dirty(mv.partition, mv.since);
+            let (dirty, pending) = {
+                let r = ctx.own.received().lock();
+                (r.dirty(mv.partition, mv.since), r.pending(mv.partition, mv.since))
+            };
             if dirty.is_empty() {
-                break;
+                if pending == 0 {
+                    break;
+                }
+                if Instant::now() > answers_by || stop.load(Ordering::Relaxed) {
+                    return Err(MoveError::Pending(pending));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
             }
             rounds += 1;
             if rounds > MAX_REPAIR_ROUNDS {

@@ -15,6 +15,7 @@
 //! client still routing by the old map could otherwise READ a value the new owner has since
 //! overwritten. Partitions are computed from table keys, so every slot's partition is known.
 
+use super::applied::Applied;
 use super::received::Received;
 use crate::table::CacheTable;
 use parking_lot::RwLock;
@@ -48,6 +49,10 @@ pub enum Next {
 #[derive(Default)]
 struct View {
     map: Option<Arc<ClusterMap>>,
+    /// Per partition of `map`: the epoch since which its chain (members and order) has been
+    /// what `map` says, as far as this server knows (a map that skips epochs, or a first map,
+    /// counts as a change of every chain).
+    chain_since: Vec<u64>,
     /// The lease is alive until then (at least); `None`: never granted, or lost.
     lease_until: Option<Instant>,
 }
@@ -62,6 +67,9 @@ pub struct Ownership {
     cache_dropped: AtomicU64,
     /// Keys written during moves to this server (see [`Received`]).
     received: parking_lot::Mutex<Received>,
+    /// Recent writes by request id (see [`Applied`]).
+    applied: parking_lot::Mutex<Applied>,
+    retried_writes: AtomicU64,
 }
 
 impl Ownership {
@@ -73,6 +81,8 @@ impl Ownership {
             cache: std::sync::OnceLock::new(),
             cache_dropped: AtomicU64::new(0),
             received: parking_lot::Mutex::new(Received::default()),
+            applied: parking_lot::Mutex::new(Applied::default()),
+            retried_writes: AtomicU64::new(0),
         }
     }
 
@@ -97,8 +107,42 @@ impl Ownership {
             if v.map.as_ref().is_some_and(|m| m.epoch >= map.epoch) {
                 return false;
             }
+            v.chain_since = chain_since(v.map.as_deref().map(|m| (m, v.chain_since.as_slice())), &map);
             v.map.replace(map.clone())
         };
+        super::trace::event(&self.me, || {
+            let old = old.as_deref();
+            let changed: Vec<String> = (0..map.chains.len())
+                .filter(|p| {
+                    old.is_none_or(|o| {
+                        o.chains.get(*p).map(|c| c.iter().map(|i| &o.nodes[usize::from(*i)].id).collect::<Vec<_>>())
+                            != Some(map.chains[*p].iter().map(|i| &map.nodes[usize::from(*i)].id).collect())
+                    })
+                })
+                .map(|p| {
+                    let ids: Vec<String> =
+                        map.chains[p].iter().map(|i| map.nodes[usize::from(*i)].id.0.clone()).collect();
+                    let mv: Vec<String> = map
+                        .moves_of(p as u32)
+                        .iter()
+                        .map(|m| {
+                            format!(
+                                "{}<-{}@{}",
+                                map.nodes[usize::from(m.to)].id,
+                                map.nodes[usize::from(m.from)].id,
+                                m.since
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "{p}:{}{}",
+                        ids.join(","),
+                        if mv.is_empty() { String::new() } else { format!("[{}]", mv.join(",")) }
+                    )
+                })
+                .collect();
+            format!("install epoch {} changed {}", map.epoch, changed.join(" "))
+        });
         if let (Some(old), Some(table)) = (old, self.cache.get()) {
             let lost = self.lost_tail_partitions(&old, &map);
             if lost.iter().any(|l| *l) {
@@ -134,6 +178,21 @@ impl Ownership {
     /// The record of keys written during moves to this server.
     pub fn received(&self) -> &parking_lot::Mutex<Received> {
         &self.received
+    }
+
+    /// A retried write was found applied here already and answered as then.
+    pub fn count_retried_write(&self) {
+        self.retried_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Retried writes answered without being applied again.
+    pub fn retried_writes(&self) -> u64 {
+        self.retried_writes.load(Ordering::Relaxed)
+    }
+
+    /// The record of recent writes by request id.
+    pub fn applied(&self) -> &parking_lot::Mutex<Applied> {
+        &self.applied
     }
 
     /// The epoch since which `partition` has been moving to this server, if it is.
@@ -210,13 +269,18 @@ impl Ownership {
     /// Whether this server may serve `key` for `op`, asked by a client that routed with
     /// `client_epoch` (`None`: a client outside the cluster protocol, judged by ownership alone).
     pub fn check(&self, key: &[u8], op: Op, client_epoch: Option<u64>, now: Instant) -> Result<(), WrongOwner> {
+        self.check_at(key, op, client_epoch, now).map(|_| ())
+    }
+
+    /// [`check`](Self::check), returning the epoch of the map the request was accepted by.
+    pub fn check_at(&self, key: &[u8], op: Op, client_epoch: Option<u64>, now: Instant) -> Result<u64, WrongOwner> {
         let v = self.view.read();
         let verdict = match (&v.map, v.lease_until) {
             (Some(map), Some(until)) if now < until => {
                 if client_epoch.is_some_and(|e| e > map.epoch) || !map.serves(&self.me, key, role_of(op)) {
                     Err(WrongOwner { epoch: map.epoch })
                 } else {
-                    Ok(())
+                    Ok(map.epoch)
                 }
             }
             _ => Err(WrongOwner { epoch: 0 }),
@@ -231,13 +295,18 @@ impl Ownership {
     /// only at exactly its own epoch (the sender chose this server by the same map) and only
     /// as a member after the head. A stale or newer stamp, or a missing one, is refused.
     pub fn check_forwarded(&self, key: &[u8], epoch: Option<u64>, now: Instant) -> Result<(), WrongOwner> {
+        self.check_forwarded_at(key, epoch, now).map(|_| ())
+    }
+
+    /// [`check_forwarded`](Self::check_forwarded), returning the epoch the write was accepted by.
+    pub fn check_forwarded_at(&self, key: &[u8], epoch: Option<u64>, now: Instant) -> Result<u64, WrongOwner> {
         let v = self.view.read();
         let verdict = match (&v.map, v.lease_until) {
             (Some(map), Some(until)) if now < until => {
                 let chain = map.chain(map.partition_of(key));
                 let at = map.node_index(&self.me).and_then(|i| chain.iter().position(|c| *c == i));
                 if epoch == Some(map.epoch) && at.is_some_and(|a| a > 0) {
-                    Ok(())
+                    Ok(map.epoch)
                 } else {
                     Err(WrongOwner { epoch: map.epoch })
                 }
@@ -250,15 +319,25 @@ impl Ownership {
         verdict
     }
 
-    /// Where a write to `key` that this server has made durable goes next, by the map it holds
-    /// now (which may be newer than the one the write was accepted by).
-    pub fn next_in_chain(&self, key: &[u8], now: Instant) -> Next {
+    /// Where a write to `key` that this server accepted by the map of epoch `accepted` and has
+    /// made durable goes next, by the map it holds now (which may be newer).
+    ///
+    /// If the key's chain changed since `accepted`, the write is refused: the members now
+    /// before this one may not have it (a member that entered at the head after it passed, so
+    /// that a copy it made of the partition misses it), and a chain whose order reversed would
+    /// send it back to a member waiting for its answer (a cycle that only a timeout breaks).
+    /// The client retries it through the chain as it is now.
+    pub fn next_in_chain(&self, key: &[u8], accepted: u64, now: Instant) -> Next {
         let v = self.view.read();
         let map = match (&v.map, v.lease_until) {
             (Some(map), Some(until)) if now < until => map,
             _ => return Next::Refuse(WrongOwner { epoch: 0 }),
         };
-        let chain = map.chain(map.partition_of(key));
+        let partition = map.partition_of(key);
+        if v.chain_since.get(partition as usize).is_none_or(|since| *since > accepted) {
+            return Next::Refuse(WrongOwner { epoch: map.epoch });
+        }
+        let chain = map.chain(partition);
         let at = map.node_index(&self.me).and_then(|i| chain.iter().position(|c| *c == i));
         match at {
             None => Next::Refuse(WrongOwner { epoch: map.epoch }),
@@ -268,6 +347,28 @@ impl Ownership {
             },
         }
     }
+}
+
+/// The epoch since which each of `new`'s chains has been as it is, given the map held before
+/// (with its own epochs): a chain unchanged from the map just before keeps its epoch; any other
+/// chain (changed, or after a gap in the epochs or a change of partitioning) starts at `new`'s.
+fn chain_since(old: Option<(&ClusterMap, &[u64])>, new: &ClusterMap) -> Vec<u64> {
+    let ids = |m: &ClusterMap, p: usize| -> Vec<NodeId> {
+        m.chains.get(p).map_or_else(Vec::new, |c| c.iter().map(|i| m.nodes[usize::from(*i)].id.clone()).collect())
+    };
+    (0..new.chains.len())
+        .map(|p| match old {
+            Some((o, since))
+                if o.epoch + 1 == new.epoch
+                    && o.params.partition_bits == new.params.partition_bits
+                    && since.len() == new.chains.len()
+                    && ids(o, p) == ids(new, p) =>
+            {
+                since[p]
+            }
+            _ => new.epoch,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -381,7 +482,7 @@ mod tests {
                 Some(next) => Next::Forward { to: m.member(&NodeId(next.clone())).unwrap().clone(), epoch: 1 },
                 None => Next::Done,
             };
-            assert_eq!(o.next_in_chain(&k, now), want);
+            assert_eq!(o.next_in_chain(&k, 1, now), want);
             // Only the members after the head take a forwarded write, and only at epoch 1.
             assert_eq!(o.check_forwarded(&k, Some(1), now).is_ok(), at > 0);
             for wrong in [None, Some(0), Some(2)] {
@@ -389,7 +490,7 @@ mod tests {
             }
         }
         // Without a live lease nothing is forwarded or taken.
-        assert_eq!(own[0].next_in_chain(&k, now + Duration::from_secs(6)), Next::Refuse(WrongOwner { epoch: 0 }));
+        assert_eq!(own[0].next_in_chain(&k, 1, now + Duration::from_secs(6)), Next::Refuse(WrongOwner { epoch: 0 }));
         assert_eq!(own[1].check_forwarded(&k, Some(1), now + Duration::from_secs(6)), Err(WrongOwner { epoch: 0 }));
         // A server that is not in the chain refuses to pass a write on (RF 2 of 3 servers).
         let m2 = map(3, 2, None);
@@ -400,7 +501,57 @@ mod tests {
         let o = Ownership::new(NodeId(outsider));
         o.install(m2);
         o.lease_renewed(now + Duration::from_secs(5));
-        assert_eq!(o.next_in_chain(&k, now), Next::Refuse(WrongOwner { epoch: 1 }));
+        assert_eq!(o.next_in_chain(&k, 1, now), Next::Refuse(WrongOwner { epoch: 1 }));
+    }
+
+    /// The first key (of a few thousand) for which `f` holds.
+    fn find_key(f: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        (0..10_000u32).map(|i| format!("key{i}").into_bytes()).find(|k| f(k)).expect("some key qualifies")
+    }
+
+    #[test]
+    fn a_write_is_refused_if_its_chain_changed_since_it_was_accepted() {
+        let now = Instant::now();
+        let m1 = map(3, 2, None);
+        let m2 = map(4, 2, Some(&m1)); // s3 joins: the chains it enters change
+        let ids = |m: &ClusterMap, k: &[u8]| -> Vec<NodeId> {
+            m.chain(m.partition_of(k)).iter().map(|i| m.nodes[usize::from(*i)].id.clone()).collect()
+        };
+        let head1 = |k: &[u8]| ids(&m1, k)[0].clone();
+        // A key whose chain s3 entered, and one whose chain stayed, with the same head at epoch 1.
+        let changed = find_key(|k| head1(k).0 == "s0" && ids(&m1, k) != ids(&m2, k) && ids(&m2, k).len() > 1);
+        let same = find_key(|k| head1(k).0 == "s0" && ids(&m1, k) == ids(&m2, k));
+        let o = Ownership::new(NodeId("s0".into()));
+        o.lease_renewed(now + Duration::from_secs(5));
+        o.install(m1.clone());
+        let next_of = |m: &ClusterMap, k: &[u8]| {
+            let chain = ids(m, k);
+            let at = chain.iter().position(|id| id.0 == "s0").unwrap();
+            Next::Forward { to: m.member(&chain[at + 1]).unwrap().clone(), epoch: m.epoch }
+        };
+        assert_eq!(o.check_at(&changed, Op::Put, Some(1), now), Ok(1));
+        assert_eq!(o.next_in_chain(&changed, 1, now), next_of(&m1, &changed));
+        // Epoch 2 arrives while both writes (accepted at epoch 1) are being made durable: the
+        // one whose chain changed is refused (s3, now before s0 or after it, may not have it),
+        // the other goes on, stamped with epoch 2.
+        o.install(m2.clone());
+        assert_eq!(o.next_in_chain(&changed, 1, now), Next::Refuse(WrongOwner { epoch: 2 }));
+        assert_eq!(o.next_in_chain(&same, 1, now), next_of(&m2, &same));
+        assert_eq!(o.next_in_chain(&changed, 2, now), next_of(&m2, &changed), "accepted at epoch 2: fine");
+        // A chain whose order reverses (the tail moved to the head) refuses what it accepted
+        // before: forwarding it would send it back to the member waiting for its answer.
+        let reversed = ClusterMap {
+            epoch: 3,
+            chains: m2.chains.iter().map(|c| c.iter().rev().copied().collect()).collect(),
+            ..(*m2).clone()
+        };
+        o.install(Arc::new(reversed));
+        assert_eq!(o.next_in_chain(&same, 2, now), Next::Refuse(WrongOwner { epoch: 3 }));
+        // A map that skips an epoch counts as a change of every chain.
+        let skipped = ClusterMap { epoch: 5, ..(*m2).clone() };
+        o.install(Arc::new(skipped.clone()));
+        assert_eq!(o.next_in_chain(&same, 3, now), Next::Refuse(WrongOwner { epoch: 5 }));
+        assert_eq!(o.next_in_chain(&same, 5, now), next_of(&skipped, &same));
     }
 
     #[test]
