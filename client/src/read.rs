@@ -203,7 +203,7 @@ impl Inner {
                         // fill through one only within the first half of the lease, counted
                         // from before the reservation was made.
                         let lease = std::time::Duration::from_millis(u64::from(self.info.lease_ms));
-                        if meta.window.is_some() && asked.elapsed() >= lease / 2 {
+                        if meta.window.is_some() && !lease.is_zero() && asked.elapsed() >= lease / 2 {
                             Counters::add(&self.counters.fills_late, 1);
                         } else {
                             self.fill(&qp, t, tk, r, meta.window, value.as_deref());

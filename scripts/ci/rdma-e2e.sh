@@ -7,9 +7,11 @@
 # 1. scalio-server with fabric = "verbs" on $SCALIO_RDMA_DEVICE, two file-backed SSDs on tmpfs, client
 #    fills through a type-2 memory window per reservation (cache.fill_windows, the verbs default; with
 #    RDMA_E2E_FILLS=trusted, verbs.trusted_fills instead: the whole table writable), no NVMe/TCP
-#    target. Connection setup through rdma_cm: the server listens on the rxe netdev's IPv4 address
-#    (rdma_cm cannot use loopback), where the clients connect. The cache table on 2 MiB hugepages
-#    (cache.hugepages: the caller reserves them, as scripts/ci/rdma.sh does).
+#    target. Connection setup through rdma_cm: the server listens on the wildcard [::]:7400 (rdma_cm
+#    cannot use loopback); the mixed run's clients connect to the rxe netdev's IPv4 address, the
+#    read-only run's to its IPv6 link-local address with the interface as scope
+#    ([fe80::…%eth0]:7400). The cache table on 2 MiB hugepages (cache.hugepages: the caller
+#    reserves them, as scripts/ci/rdma.sh does).
 # 2. The same SSD files exported through the kernel target over RDMA (scripts/nvmet-rdma-target.sh, one
 #    subsystem each, on the rxe netdev's IPv4 address) and attached with `nvme connect -t rdma`. Each file
 #    goes through a loop device with 512-byte sectors first: nvmet gives a file namespace the file
@@ -37,6 +39,8 @@ DEV=${SCALIO_RDMA_DEVICE:?run under scripts/vm/rxe-up.sh}
 NETDEV=$(cat "/sys/class/infiniband/$DEV/ports/1/gid_attrs/ndevs/1" 2>/dev/null || echo eth0)
 IP=$(ip -4 -o addr show dev "$NETDEV" | awk '{print $4}' | cut -d/ -f1 | head -1)
 [ -n "$IP" ] || { echo "rdma-e2e: no IPv4 address on $NETDEV" >&2; exit 1; }
+LL=$(ip -6 -o addr show dev "$NETDEV" scope link | awk '{print $4}' | cut -d/ -f1 | head -1)
+[ -n "$LL" ] || { echo "rdma-e2e: no IPv6 link-local address on $NETDEV" >&2; exit 1; }
 W=$(mktemp -d /tmp/rdma-e2e.XXXXXX)
 NQN=nqn.2024-01.io.scalio:e2e-ssd
 SPID=
@@ -51,7 +55,7 @@ cleanup() {
 trap cleanup EXIT
 
 cat >"$W/server.toml" <<TOML
-listen = "$IP:7400"
+listen = "[::]:7400"
 fabric = "verbs"
 workers = 2
 [[ssd]]
@@ -98,11 +102,12 @@ done
 [ -b "${DEVS[0]:-/nonexistent}" ] && [ -b "${DEVS[1]:-/nonexistent}" ] || { echo "rdma-e2e: namespaces did not appear" >&2; exit 1; }
 echo "rdma-e2e: SSD 0 -> ${DEVS[0]}, SSD 1 -> ${DEVS[1]} (nvme-rdma to $IP:4421)"
 
-# run NAME WORKLOAD EXTRA...: one scalio-ycsb run on verbs, misses over the attached namespaces.
+# run NAME ADDRESS WORKLOAD EXTRA...: one scalio-ycsb run on verbs, misses over the attached namespaces.
 run() {
-  local name=$1 workload=$2
-  shift 2
-  if ! "$YCSB" --system scalio --server "$IP:7400" --fabric verbs --rdma-device "$DEV" \
+  local name=$1 server=$2 workload=$3
+  shift 3
+  echo "rdma-e2e: $name run against $server"
+  if ! "$YCSB" --system scalio --server "$server" --fabric verbs --rdma-device "$DEV" \
     --block-devices "${DEVS[0]},${DEVS[1]}" --block direct --threads 2 --outstanding 4 \
     --workload "$workload" -p recordcount="$RECORDS" -p operationcount="$OPS" --json "$W/$name.json" "$@" 2>"$W/$name.err"; then
     tr '\r' '\n' <"$W/$name.err" | grep -v '^\[' | tail -20; tail -20 "$W/server.log"
@@ -112,8 +117,8 @@ run() {
 }
 # A mixed workload (YCSB-A: 50% reads, 50% updates), then a read-only one (YCSB-C) on the same data:
 # with no writes, the server's workers must read nothing from the SSDs at all.
-run mixed a
-run readonly c --no-load
+run mixed "$IP:7400" a
+run readonly "[$LL%$NETDEV]:7400" c --no-load
 
 python3 - "$W/mixed.json" "$W/readonly.json" "$FILLS" <<'PY'
 import json, sys

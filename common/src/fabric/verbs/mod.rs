@@ -59,11 +59,13 @@ mod tests {
     use std::time::{Duration, Instant};
 
     /// The device the tests use: `SCALIO_RDMA_DEVICE` (e.g. `rxe0`), else the first; GID index
-    /// `SCALIO_RDMA_GID`, else the default choice.
+    /// `SCALIO_RDMA_GID`, else the default choice; connection setup `SCALIO_RDMA_CONNECT`
+    /// (`rdma_cm`, the default, or `tcp`: the whole suite runs on either).
     fn config() -> VerbsConfig {
         VerbsConfig {
             device: std::env::var("SCALIO_RDMA_DEVICE").ok(),
             gid_index: std::env::var("SCALIO_RDMA_GID").ok().and_then(|g| g.parse().ok()),
+            connect: std::env::var("SCALIO_RDMA_CONNECT").ok().and_then(|c| c.parse().ok()).unwrap_or_default(),
             ..VerbsConfig::default()
         }
     }
@@ -315,7 +317,7 @@ mod tests {
     /// port nobody listens on, an address rdma_cm cannot use.
     #[test]
     fn rdma_cm_refusals_are_typed() {
-        let Some(dev) = device() else { return };
+        let Some(dev) = device_with(&VerbsConfig { connect: VerbsConnect::RdmaCm, ..config() }) else { return };
         // 64 bytes, the most a secret may have: more than a connect request's private data.
         let secret = Secret::new([b'k'; crate::fabric::MAX_SECRET].to_vec()).unwrap();
         let config = NicConfig { max_connections: 1, secret: Some(secret.clone()), ..NicConfig::default() };
@@ -360,7 +362,8 @@ mod tests {
     #[test]
     fn rdma_cm_over_ipv6_link_local() {
         let gid = std::env::var("SCALIO_RDMA_LINK_LOCAL_GID").ok().and_then(|g| g.parse().ok()).unwrap_or(0);
-        let Some(dev) = device_with(&VerbsConfig { gid_index: Some(gid), ..config() }) else { return };
+        let link_local = VerbsConfig { gid_index: Some(gid), connect: VerbsConnect::RdmaCm, ..config() };
+        let Some(dev) = device_with(&link_local) else { return };
         let Some(std::net::SocketAddr::V6(listen)) = dev.ip_addr().filter(|a| a.is_ipv6()) else {
             eprintln!("skipped: GID {gid} of {} is not an IPv6 address", dev.name());
             return;
@@ -417,6 +420,21 @@ mod tests {
         let mut back = [0u8; 100];
         region.read(2 * HUGEPAGE - 100, &mut back).unwrap();
         assert_eq!(back, [0xAB; 100]);
+    }
+
+    /// Without RDMA (librdmacm missing, or no rdma_ucm in the kernel) rdma_cm refuses typed, as
+    /// device opening does; with it, a channel opens.
+    #[test]
+    fn rdma_cm_without_a_device_says_why() {
+        match (VerbsDevice::open(&config()), cm::Channel::new()) {
+            (Ok(_), channel) => assert!(channel.is_ok(), "a device but no rdma_cm: {:?}", channel.err()),
+            (Err(_), Err(FabricError::ConnectionManager(CmError::Call { call, .. }))) => {
+                assert_eq!(call, "rdma_create_event_channel")
+            }
+            (Err(_), Err(other)) => panic!("{other:?}"),
+            // librdmacm may open its channel before it looks for devices.
+            (Err(_), Ok(_)) => {}
+        }
     }
 
     /// The cost of a window per miss, printed, not asserted (speed belongs in benchmarks; this

@@ -286,7 +286,13 @@ impl Inner {
                             }
                         }
                     }
-                    cm::event::RDMA_CM_EVENT_DISCONNECTED | cm::event::RDMA_CM_EVENT_DEVICE_REMOVAL => {
+                    // Gone: disconnected, or (a client that vanished between our accept and
+                    // its confirmation) the CM gave up on the connection or the client refused it.
+                    cm::event::RDMA_CM_EVENT_DISCONNECTED
+                    | cm::event::RDMA_CM_EVENT_DEVICE_REMOVAL
+                    | cm::event::RDMA_CM_EVENT_CONNECT_ERROR
+                    | cm::event::RDMA_CM_EVENT_UNREACHABLE
+                    | cm::event::RDMA_CM_EVENT_REJECTED => {
                         if let Some(departed) = self.departures.lock().get(&e.id) {
                             departed.store(true, Ordering::Release);
                         }
@@ -349,7 +355,12 @@ impl Inner {
             self.departures.lock().remove(&id.key());
             return Err(e);
         }
-        self.serve(cq, qp, recv, grant, Liveness::Cm { id, departed })
+        let key = id.key();
+        let served = self.serve(cq, qp, recv, grant, Liveness::Cm { id, departed });
+        if served.is_err() {
+            self.departures.lock().remove(&key);
+        }
+        served
     }
 
     fn admit(self: &Arc<Self>, mut stream: TcpStream) -> Result<(), FabricError> {

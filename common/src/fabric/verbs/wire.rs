@@ -347,6 +347,15 @@ mod tests {
         assert_eq!(CmRequest::decode(&with.encode()[..10]), Err(HandshakeError::Malformed));
     }
 
+    proptest::proptest! {
+        /// Whatever a peer's private data holds, decoding it is a value or a typed error.
+        #[test]
+        fn private_data_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = CmRequest::decode(&bytes);
+            let _ = ServerHello::decode(&bytes);
+        }
+    }
+
     #[test]
     fn messages_reassemble_from_fragments() {
         let payload: Vec<u8> = (0..100u32).map(|i| i as u8).collect();
