@@ -150,36 +150,31 @@ impl FillWindows {
     /// Revokes the windows whose reservation is over for its filler: filled, or its lease ran
     /// out (an invalidated slot is held until then: see [`CacheTable::on_rebind`]).
     pub fn sweep(&self, table: &CacheTable) {
-        for stripe in self.slots.iter() {
-            let mut done = Vec::new();
-            stripe.lock().retain(|&(bucket, slot), g| {
-                let open = !table.reservation_ended(bucket, slot, g.generation);
-                if !open {
-                    done.push(*g);
-                }
-                open
-            });
-            for g in done {
-                self.registrar.revoke_window(g.peer, g.rkey);
-                self.counters.revoked_done.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.revoke_where(&self.counters.revoked_done, |bucket, slot, g| {
+            table.reservation_ended(bucket, slot, g.generation)
+        });
     }
 
     /// `peer`'s connection closed: its windows are revoked.
     pub fn release(&self, peer: PeerId) {
+        self.revoke_where(&self.counters.revoked_closed, |_, _, g| g.peer == peer);
+    }
+
+    /// Forgets the windows `ended` picks (by bucket, slot and grant), then revokes each outside
+    /// the stripe's lock and counts it in `counter`.
+    fn revoke_where(&self, counter: &AtomicU64, mut ended: impl FnMut(u32, u8, &Granted) -> bool) {
         for stripe in self.slots.iter() {
             let mut gone = Vec::new();
-            stripe.lock().retain(|_, g| {
-                let mine = g.peer == peer;
-                if mine {
-                    gone.push(g.rkey);
+            stripe.lock().retain(|&(bucket, slot), g| {
+                let end = ended(bucket, slot, g);
+                if end {
+                    gone.push(*g);
                 }
-                !mine
+                !end
             });
-            for rkey in gone {
-                self.registrar.revoke_window(peer, rkey);
-                self.counters.revoked_closed.fetch_add(1, Ordering::Relaxed);
+            for g in gone {
+                self.registrar.revoke_window(g.peer, g.rkey);
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
