@@ -508,6 +508,78 @@ async fn a_retried_write_is_applied_once() {
     assert_eq!(stat(&nodes[0], "cluster_retried_writes"), 1);
 }
 
+/// The epoch that ends a move makes the newcomer the tail. The old tail, whose cache clients
+/// routing by an older map may still READ without it seeing, stays in the chain (at its head,
+/// so every write passes through it and invalidates its slot) until it reports having
+/// installed that map, which hides its slots; only then may it leave. So while it lags, no
+/// write can be acknowledged anywhere, and once it has installed the map, a stale client gets
+/// no hit there. (Without that rule the newcomer alone would be the chain: the first write
+/// below would be acknowledged while the old tail still served the old value from its cache.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_tail_stays_in_the_chain_until_it_has_hidden_its_cache() {
+    let (nodes, feed, client) = setup();
+    let m1 = map([0, 1], None);
+    install(&nodes, &m1);
+    feed.publish(m1.clone());
+    // s2 joins and takes a key from s0: chain [s2, s0] while it copies.
+    let m2 = map([0, 1, 2], Some(&m1));
+    let k = (0..2000)
+        .map(key)
+        .find(|k| {
+            let c = m2.chain(m2.partition_of(k));
+            c.len() == 2 && m2.nodes[usize::from(c[0])].id.0 == "s2" && m2.nodes[usize::from(c[1])].id.0 == "s0"
+        })
+        .expect("some key moves from s0 to s2");
+    let p = m2.partition_of(&k);
+    client.put(&k, b"old").await.unwrap();
+    install(&nodes, &m2);
+    feed.publish(m2.clone());
+    // A client routing by epoch 2 reads the key from s0's cache: a miss fills the slot, then hits.
+    let stale = nodes[0].server.mem_client(ClientConfig::default()).await;
+    stale.set_cluster_epoch(2);
+    assert_eq!(stale.get(&k).await.unwrap(), Some(b"old".to_vec()));
+    let meta_gets = stat(&nodes[0], "rpc_meta_get");
+    assert_eq!(stale.get(&k).await.unwrap(), Some(b"old".to_vec()));
+    assert_eq!(stat(&nodes[0], "rpc_meta_get"), meta_gets, "the second read was a cache hit");
+    // s2's copy is done (by hand: no mover here). Every server reports epoch 2.
+    let members: Vec<Member> = (0..3).map(member).collect();
+    let mut progress = Progress {
+        ready: m2.moves.iter().map(|mv| ((mv.partition, m2.nodes[usize::from(mv.to)].id.clone()), mv.since)).collect(),
+        installed: (0..3).map(|i| (member(i).id, 2)).collect(),
+        ..Progress::default()
+    };
+    let m3 = Arc::new(compute_with(Some(&m2), &members, m2.params, &progress).unwrap().unwrap());
+    let ids = |c: &[u16]| -> Vec<String> { c.iter().map(|i| m3.nodes[usize::from(*i)].id.0.clone()).collect() };
+    assert_eq!(ids(m3.chain(p)), ["s0", "s2"], "s0, the tail at epoch 2, stays at the head");
+    // s1 and s2 install epoch 3; s0 lags. No write to the key can be acknowledged: s2 is not
+    // the head, and s0 is behind a client routing by epoch 3.
+    install(&nodes[1..], &m3);
+    let fresh = |i: usize| {
+        let n = nodes[i].clone();
+        async move {
+            let c = n.server.mem_client(ClientConfig::default()).await;
+            c.set_cluster_epoch(3);
+            c
+        }
+    };
+    assert_eq!(fresh(2).await.put(&k, b"new").await, Err(ClientError::WrongOwner { epoch: 3 }));
+    assert_eq!(fresh(0).await.put(&k, b"new").await, Err(ClientError::WrongOwner { epoch: 2 }));
+    assert_eq!(stale.get(&k).await.unwrap(), Some(b"old".to_vec()), "nothing newer was acknowledged");
+    // s0 installs epoch 3: it hides its slots, and the write goes through it to s2.
+    install(&nodes[..1], &m3);
+    fresh(0).await.put(&k, b"new").await.unwrap();
+    assert_eq!(stale.get(&k).await, Err(ClientError::WrongOwner { epoch: 3 }), "no stale hit at the former tail");
+    assert!(stat(&nodes[0], "cluster_cache_slots_dropped") >= 1);
+    // s0 leaves the chain once it reports epoch 3, not before.
+    assert_eq!(compute_with(Some(&m3), &members, m3.params, &progress).unwrap(), None);
+    progress.installed.insert(member(0).id, 3);
+    let m4 = compute_with(Some(&m3), &members, m3.params, &progress).unwrap().unwrap();
+    assert_eq!(m4.chain(p).iter().map(|i| m4.nodes[usize::from(*i)].id.0.clone()).collect::<Vec<_>>(), ["s2"]);
+    install(&nodes, &Arc::new(m4.clone()));
+    feed.publish(Arc::new(m4));
+    assert_eq!(client.get(&k).await.unwrap(), Some(b"new".to_vec()));
+}
+
 /// The ready records and the reconciler of the etcd agents, held in memory.
 #[derive(Default)]
 struct MemSink(Mutex<HashMap<(u32, NodeId), u64>>);
@@ -540,7 +612,9 @@ fn reconcile_once(
     feed: &MapFeed,
 ) -> Option<Arc<ClusterMap>> {
     let members: Vec<Member> = who.live.iter().map(|i| member(*i)).collect();
-    let progress = Progress { leaving: who.leaving.clone(), ready: sink.0.lock().unwrap().clone() };
+    // Each live server has installed the map it holds (installing is synchronous here).
+    let installed = who.live.iter().map(|i| (member(*i).id, nodes[*i].own.epoch())).collect();
+    let progress = Progress { leaving: who.leaving.clone(), ready: sink.0.lock().unwrap().clone(), installed };
     let next = Arc::new(compute_with(Some(cur), &members, cur.params, &progress).unwrap()?);
     let loses_tail = |i: usize| {
         let id = member(i).id;
@@ -696,12 +770,15 @@ async fn moves_under_load(rf: u8, steps: &[&str]) {
         // Reconcile until the change has gone through its copies.
         let end = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(next) = reconcile_once(&nodes, &cur, &who, &sink, &feed) {
-                cur = next;
+            let changed = reconcile_once(&nodes, &cur, &who, &sink, &feed);
+            if let Some(next) = &changed {
+                cur = next.clone();
                 epochs.push(cur.epoch);
             }
             let member_ids: Vec<NodeId> = who.live.iter().map(|i| member(*i).id).collect();
-            let settled = cur.moves.is_empty()
+            // (A map after the copies may still follow: former tails leave once installed.)
+            let settled = changed.is_none()
+                && cur.moves.is_empty()
                 && cur.nodes.iter().map(|m| &m.id).eq(member_ids.iter().collect::<std::collections::BTreeSet<_>>());
             if settled {
                 break;

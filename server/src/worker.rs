@@ -389,7 +389,16 @@ impl Worker {
                 let key = TableKey::new(req.key);
                 let mut reservation = match (&self.table, loc) {
                     (Some(t), Some(_)) if req.flags & flags::NO_RESERVE == 0 => {
-                        t.reserve_for_connected(rpc.peer, &key, || rpc.responder.peer_gone())
+                        let reserve = || t.reserve_for_connected(rpc.peer, &key, || rpc.responder.peer_gone());
+                        match &self.cluster {
+                            // Checked again with the reservation, under the map: see
+                            // `Ownership::while_serving`.
+                            Some(own) => match own.while_serving(req.key, op, req.epoch, now, reserve) {
+                                Ok(r) => r,
+                                Err(w) => return respond(rpc.responder, Status::WrongOwner, op, &w.encode()),
+                            },
+                            None => reserve(),
+                        }
                     }
                     _ => None,
                 };

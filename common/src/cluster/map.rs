@@ -159,6 +159,11 @@ pub struct Progress {
     pub leaving: BTreeSet<NodeId>,
     /// Copies reported complete: (partition, receiver) → the `since` of the move it completed.
     pub ready: HashMap<(u32, NodeId), u64>,
+    /// The newest map epoch each member reports having installed (and acted on: a member that
+    /// installs a map in which it is no longer a partition's tail hides that partition's cache
+    /// slots and refuses its reads first). A member leaves a chain only once it has installed a
+    /// map of that chain in which it is not the tail: see [`compute_with`].
+    pub installed: HashMap<NodeId, u64>,
 }
 
 /// The cluster map at one epoch.
@@ -310,16 +315,16 @@ impl ClusterMap {
         if self.chains.len() != self.params.partitions() {
             return Err(MapError::Invalid("chain count differs from the partition count"));
         }
-        let rf = usize::from(self.params.replication);
         if self.moves.windows(2).any(|w| (w[0].partition, w[0].to) >= (w[1].partition, w[1].to)) {
             return Err(MapError::Invalid("moves not sorted by unique (partition, to)"));
         }
         for (p, c) in self.chains.iter().enumerate() {
             let moves = self.moves_of(p as u32);
-            // A chain is the ring's (up to `replication` servers) plus, while copies run, the
-            // receivers ahead of up to `replication` members that have the data.
-            let longest = if moves.is_empty() { rf } else { 2 * rf };
-            if c.is_empty() != self.nodes.is_empty() || c.len() > longest.min(self.nodes.len()) {
+            // A chain is the ring's (`replication` servers, fewer if there are not so many)
+            // plus, while copies run, the receivers ahead of members that have the data, and
+            // former members waiting to report that they stopped serving its reads (see
+            // `compute_with`): not empty, and (checked below) no member twice.
+            if c.is_empty() != self.nodes.is_empty() {
                 return Err(MapError::Invalid("chain of the wrong length"));
             }
             if c.iter().any(|i| usize::from(*i) >= self.nodes.len()) {
@@ -365,6 +370,17 @@ pub fn compute(
 ///   keeps, the tail, and enough others to keep `replication` copies): a move `tail → each
 ///   needed`. Such a chain has at most twice `replication` members.
 /// * no holder left (every replica lost): the ideal chain, nothing to copy from.
+///
+/// Then **no live member leaves a chain while it may still serve the chain's reads**: a live
+/// holder of `prev`'s chain that the rules above drop stays in the chain, at its head, if it
+/// is `prev`'s tail or has not reported installing `prev` ([`Progress::installed`]); it leaves
+/// in a later map. A tail's reads include one-sided cache READs that it never sees, so only the
+/// member itself can stop them (by hiding the partition's slots when it installs a map in
+/// which it is not the tail); until it has, a write acknowledged by a new tail that it never
+/// saw would leave a stale value readable there by clients still routing by an older map.
+/// While it stays in the chain every write passes through it (and invalidates the key's slot
+/// there), and once it has installed a map in which it is not the tail it refuses the
+/// partition's reads. Dead members leave at once: they serve nothing.
 pub fn compute_with(
     prev: Option<&ClusterMap>,
     members: &[Member],
@@ -450,31 +466,44 @@ fn next_chain(
         return (ideal, Vec::new());
     };
     let needed: Vec<u16> = ideal.iter().copied().filter(|i| !holders.contains(i)).collect();
-    if needed.is_empty() {
+    let (mut chain, moves) = if needed.is_empty() {
         // Every member the ring names has the data: the ring's chain, in the ring's order (so
         // that tails, which serve reads, spread over the servers as the ring spreads them).
-        return (ideal, Vec::new());
-    }
-    // Newcomers first, then receivers that continue copying (in the old order), then the
-    // holders: those the ring keeps, the tail, and as many of the others (nearest the tail
-    // first) as keep `replication` copies of the data in the chain until the copies are done.
-    let continuing: Vec<u16> = live.iter().map(|(n, _)| *n).filter(|n| needed.contains(n)).collect();
-    let mut chain: Vec<u16> = needed.iter().copied().filter(|n| !continuing.contains(n)).collect();
-    chain.extend(&continuing);
-    let mut kept = Vec::new();
-    for &h in holders.iter().rev() {
-        if ideal.contains(&h) || kept.len() < replication {
-            kept.push(h);
+        (ideal, Vec::new())
+    } else {
+        // Newcomers first, then receivers that continue copying (in the old order), then the
+        // holders: those the ring keeps, the tail, and as many of the others (nearest the tail
+        // first) as keep `replication` copies of the data in the chain until the copies are
+        // done.
+        let continuing: Vec<u16> = live.iter().map(|(n, _)| *n).filter(|n| needed.contains(n)).collect();
+        let mut chain: Vec<u16> = needed.iter().copied().filter(|n| !continuing.contains(n)).collect();
+        chain.extend(&continuing);
+        let mut kept = Vec::new();
+        for &h in holders.iter().rev() {
+            if ideal.contains(&h) || kept.len() < replication {
+                kept.push(h);
+            }
         }
-    }
-    chain.extend(kept.into_iter().rev());
-    let moves = needed
+        chain.extend(kept.into_iter().rev());
+        let moves = needed
+            .iter()
+            .map(|&to| {
+                let since = receiving.get(&ids[usize::from(to)]).copied().filter(|_| continuing.contains(&to));
+                Move { partition, to, from: tail, since: since.unwrap_or(epoch) }
+            })
+            .collect();
+        (chain, moves)
+    };
+    // Holders dropped before they are known to have stopped serving reads stay, at the head
+    // (see [`compute_with`]). Receivers never served the partition's reads since they entered.
+    let prev_tail = prev.chain(partition).last().map(|i| prev_id(*i));
+    let released = |id: &NodeId| Some(id) != prev_tail && progress.installed.get(id).is_some_and(|e| *e >= prev.epoch);
+    let staying: Vec<u16> = live
         .iter()
-        .map(|&to| {
-            let since = receiving.get(&ids[usize::from(to)]).copied().filter(|_| continuing.contains(&to));
-            Move { partition, to, from: tail, since: since.unwrap_or(epoch) }
-        })
+        .filter(|(n, id)| holders.contains(n) && !chain.contains(n) && !released(id))
+        .map(|(n, _)| *n)
         .collect();
+    chain.splice(0..0, staying);
     (chain, moves)
 }
 
@@ -537,6 +566,9 @@ mod tests {
         let mut bad = m.clone();
         bad.chains[5] = vec![0, 0];
         assert_eq!(ClusterMap::decode(&bad.encode()), Err(MapError::Invalid("chain names a member twice")));
+        let mut bad = m.clone();
+        bad.chains[5] = vec![];
+        assert_eq!(ClusterMap::decode(&bad.encode()), Err(MapError::Invalid("chain of the wrong length")));
         let mut bad = m.clone();
         bad.chains[5] = vec![0, 7];
         assert_eq!(ClusterMap::decode(&bad.encode()), Err(MapError::Invalid("chain names a missing member")));
@@ -667,9 +699,24 @@ mod tests {
         }
         let m3 = compute_with(Some(&m2), &members(0..3), params(1), &all_ready(&m2)).unwrap().unwrap();
         for &p in &taken {
-            assert_eq!(m3.chains[p], vec![new]);
+            // The newcomer is the tail; the old owner stays at the head (every write passes
+            // it) until it reports having installed this map, in which it is not the tail.
+            assert_eq!(m3.chains[p].len(), 2);
+            assert_eq!(chains_by_id(&m3)[p][0], chains_by_id(&m1)[p][0]);
+            assert_eq!(m3.chains[p][1], new);
         }
-        assert_eq!(m3.chains, compute(None, &members(0..3), params(1)).unwrap().unwrap().chains);
+        assert_eq!(compute_with(Some(&m3), &members(0..3), params(1), &all_ready(&m2)).unwrap(), None);
+        // A report of an older map does not release it.
+        let mut installed = installed_by_all(&m3, &members(0..3));
+        installed.installed.values_mut().for_each(|e| *e -= 1);
+        assert_eq!(compute_with(Some(&m3), &members(0..3), params(1), &installed).unwrap(), None);
+        let m4 = compute_with(Some(&m3), &members(0..3), params(1), &installed_by_all(&m3, &members(0..3)))
+            .unwrap()
+            .unwrap();
+        for &p in &taken {
+            assert_eq!(m4.chains[p], vec![new]);
+        }
+        assert_eq!(m4.chains, compute(None, &members(0..3), params(1)).unwrap().unwrap().chains);
     }
 
     #[test]
@@ -684,8 +731,26 @@ mod tests {
         let mut done = all_ready(&m2);
         done.leaving = leaving.leaving.clone();
         let m3 = compute_with(Some(&m2), &members(0..3), params(2), &done).unwrap().unwrap();
-        assert!(m3.chains.iter().all(|c| !c.contains(&s1) && c.len() == 2));
-        assert_eq!(m3.partitions_of(&NodeId("s01".into())), (0, 0));
+        // Copied: it is no chain's tail, and stays at the head of the chains it was in until it
+        // reports having installed that map.
+        for (c2, c3) in m2.chains.iter().zip(&m3.chains) {
+            if c2.contains(&s1) {
+                assert_eq!(c3[0], s1);
+                assert_eq!(c3.len(), 3);
+            } else {
+                assert_eq!(c2, c3);
+            }
+        }
+        assert_eq!(m3.partitions_of(&NodeId("s01".into())).1, 0);
+        done.installed = installed_by_all(&m3, &members(0..3)).installed;
+        let m4 = compute_with(Some(&m3), &members(0..3), params(2), &done).unwrap().unwrap();
+        assert!(m4.chains.iter().all(|c| !c.contains(&s1) && c.len() == 2));
+        assert_eq!(m4.partitions_of(&NodeId("s01".into())), (0, 0));
+    }
+
+    /// Every one of `live` reports having installed `m`.
+    fn installed_by_all(m: &ClusterMap, live: &[Member]) -> Progress {
+        Progress { installed: live.iter().map(|l| (l.id.clone(), m.epoch)).collect(), ..Progress::default() }
     }
 
     #[test]
@@ -763,16 +828,25 @@ mod tests {
 
         /// Through any sequence of joins, deaths, drains and finished copies, every chain's tail
         /// (which serves reads) and every move's source has all of the partition's data, as
-        /// long as some member that has it is alive.
+        /// long as some member that has it is alive; and a live member that has the data
+        /// leaves a chain only when it was not its tail and has reported installing the map
+        /// that said so (members report installs promptly in some steps, late in others).
         #[test]
-        fn the_tail_always_has_the_data(steps in proptest::collection::vec((0u8..4, 0usize..8), 1..24), rf in 1u8..=3) {
+        fn the_tail_always_has_the_data(
+            steps in proptest::collection::vec((0u8..4, 0usize..8, any::<bool>()), 1..24),
+            rf in 1u8..=3,
+        ) {
             let mut live: BTreeSet<usize> = (0..3).collect();
             let mut leaving: BTreeSet<NodeId> = BTreeSet::new();
             let mut m = compute(None, &members(live.clone()), params(rf)).unwrap().unwrap();
+            let mut installed: HashMap<NodeId, u64> = HashMap::new();
             // Per partition: the members that have its data.
             let mut has: Vec<BTreeSet<NodeId>> = chains_by_id(&m).into_iter().map(|c| c.into_iter().collect()).collect();
-            for (what, who) in steps {
-                let mut progress = Progress { leaving: leaving.clone(), ..Progress::default() };
+            for (what, who, prompt) in steps {
+                if prompt {
+                    installed.extend(live.iter().map(|i| (member(*i).id, m.epoch)));
+                }
+                let mut progress = Progress { leaving: leaving.clone(), installed: installed.clone(), ..Progress::default() };
                 match what {
                     0 => { live.insert(who); }
                     1 if live.len() > 1 => { live.remove(&who); }
@@ -788,6 +862,17 @@ mod tests {
                 has.iter_mut().for_each(|h| h.retain(|id| alive.contains(id)));
                 if let Some(next) = compute_with(Some(&m), &members(live.clone()), params(rf), &progress).unwrap() {
                     prop_assert_eq!(next.epoch, m.epoch + 1);
+                    for (p, (before, after)) in chains_by_id(&m).iter().zip(chains_by_id(&next)).enumerate() {
+                        // (Receivers of a move never served the partition's reads since they entered.)
+                        let receiver = |id: &NodeId| m.move_to(p as u32, id).is_some();
+                        for gone in before.iter().filter(|id| alive.contains(*id) && !after.contains(*id) && !receiver(id)) {
+                            prop_assert!(before.last() != Some(gone), "partition {} lost its live tail {}", p, gone);
+                            prop_assert!(
+                                installed.get(gone).is_some_and(|e| *e >= m.epoch),
+                                "{} left partition {} before installing epoch {}", gone, p, m.epoch
+                            );
+                        }
+                    }
                     m = next;
                 }
                 for (p, c) in chains_by_id(&m).iter().enumerate() {
@@ -803,7 +888,13 @@ mod tests {
                         prop_assert!(has[p].contains(&m.nodes[usize::from(mv.from)].id));
                         prop_assert!(!has[p].contains(&m.nodes[usize::from(mv.to)].id));
                     }
-                    prop_assert!(c.len() <= 2 * usize::from(rf));
+                    let distinct: BTreeSet<&NodeId> = c.iter().collect();
+                    prop_assert_eq!(distinct.len(), c.len());
+                    // Up to `replication` receivers and as many holders, and (with prompt
+                    // reports) at most one former tail waiting to report.
+                    if prompt {
+                        prop_assert!(c.len() <= 2 * usize::from(rf) + 1, "partition {} chain {:?}", p, c);
+                    }
                 }
                 prop_assert_eq!(ClusterMap::decode(&m.encode()), Ok(m.clone()));
             }

@@ -71,7 +71,7 @@ impl ClusterUrl {
         format!("{}/map", self.prefix).into_bytes()
     }
 
-    /// Everything the cluster keeps in etcd (members, map, ready and leaving records).
+    /// Everything the cluster keeps in etcd (members, map, ready, installed and leaving records).
     pub fn all_prefix(&self) -> Vec<u8> {
         format!("{}/", self.prefix).into_bytes()
     }
@@ -84,6 +84,16 @@ impl ClusterUrl {
     /// to the `since` of the move completed).
     pub fn ready_key(&self, id: &super::NodeId) -> Vec<u8> {
         format!("{}/ready/{id}", self.prefix).into_bytes()
+    }
+
+    pub fn installed_prefix(&self) -> Vec<u8> {
+        format!("{}/installed/", self.prefix).into_bytes()
+    }
+
+    /// Where `id` reports the newest map epoch it installed (the value: the epoch in decimal),
+    /// so that the map lets it leave a chain only once it stopped serving the chain's reads.
+    pub fn installed_key(&self, id: &super::NodeId) -> Vec<u8> {
+        format!("{}/installed/{id}", self.prefix).into_bytes()
     }
 
     pub fn leaving_prefix(&self) -> Vec<u8> {

@@ -13,7 +13,13 @@
 //! (`PREFIX/ready/ID` = `{partition: the move's since, ...}`, written by [`EtcdReady`], one
 //! record per receiver rewritten after each pass, so that a pass ends in one new map) and the
 //! servers being drained (`PREFIX/leaving/ID`, written by `scalio-admin drain`) are inputs of
-//! [`compute_with`] like the members, read in the same range (one revision).
+//! [`compute_with`] like the members, read in the same range (one revision). So is the newest
+//! map epoch each server has installed (`PREFIX/installed/ID`, written by this agent after
+//! [`Ownership::install`] returned): a member leaves a chain only once it has installed a map
+//! in which it no longer serves the chain's reads.
+//!
+//! The fence: a thread hides the whole cache table shortly before the lease may lapse
+//! ([`Ownership::fence_if_lapsed`]), since one-sided cache hits do not pass the lease check.
 //!
 //! The lease: granted with `lease_ttl`, renewed every third of it. [`Ownership`] is told how long
 //! the lease is surely alive (from the time a renewal was *sent*); if renewals fail for that long
@@ -122,6 +128,15 @@ impl Agent {
                     .map_err(|e| AgentError::Thread(e.to_string()))?,
             );
         }
+        {
+            let (own, stop) = (ownership.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("cluster-fence".into())
+                    .spawn(move || keep_fence(&own, &stop))
+                    .map_err(|e| AgentError::Thread(e.to_string()))?,
+            );
+        }
         tracing::info!(id = %cfg.me.id, cluster = %cfg.url, lease = id, "joined the cluster");
         Ok(Agent { etcd, lease, stop, threads })
     }
@@ -188,16 +203,29 @@ fn keep_lease(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership, lease: &parking_l
     }
 }
 
-fn keep_map(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership, stop: &AtomicBool) {
+/// How often the fence looks at the lease (well within [`super::ownership::FENCE_MARGIN`]).
+const FENCE_POLL: Duration = Duration::from_millis(50);
+
+/// Hides the cache when the lease is about to lapse (see [`Ownership::fence_if_lapsed`]).
+fn keep_fence(own: &Ownership, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        let revision = match reconcile(etcd, cfg, own) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "cluster map reconciliation failed; retrying");
-                std::thread::sleep(RETRY_PAUSE);
-                continue;
-            }
-        };
+        own.fence_if_lapsed(Instant::now());
+        std::thread::sleep(FENCE_POLL);
+    }
+}
+
+fn keep_map(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership, stop: &AtomicBool) {
+    let mut reported = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let revision =
+            match reconcile(etcd, cfg, own).and_then(|r| report_installed(etcd, cfg, own, &mut reported).map(|()| r)) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster map reconciliation failed; retrying");
+                    std::thread::sleep(RETRY_PAUSE);
+                    continue;
+                }
+            };
         // Wait for the next change to the members or the map, then reconcile again.
         let prefix = format!("{}/", cfg.url.prefix).into_bytes();
         let watched = etcd.watch(&prefix, true, revision + 1, WATCH_DEADLINE, |m| {
@@ -208,6 +236,19 @@ fn keep_map(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership, stop: &AtomicBool) 
             std::thread::sleep(RETRY_PAUSE);
         }
     }
+}
+
+/// Reports the epoch of the map this server holds, if newer than the one last reported.
+/// [`Ownership::install`] has acted on it by then (in particular, hidden the cache slots of the
+/// partitions it is no longer the tail of, and stopped serving their reads), which is what the
+/// reconcilers wait for before they take this server out of a chain (see `compute_with`).
+fn report_installed(etcd: &Etcd, cfg: &AgentConfig, own: &Ownership, reported: &mut u64) -> Result<(), EtcdError> {
+    let epoch = own.epoch();
+    if epoch > *reported {
+        etcd.put(&cfg.url.installed_key(&cfg.me.id), epoch.to_string().as_bytes(), None)?;
+        *reported = epoch;
+    }
+    Ok(())
 }
 
 /// What the cluster holds in etcd at one revision.
@@ -225,8 +266,8 @@ pub struct ClusterState {
 /// Classifies the records under the cluster prefix (one range read, so one revision). Malformed
 /// records are skipped with a warning.
 pub fn parse_state(url: &ClusterUrl, range: Range) -> ClusterState {
-    let (members_p, ready_p, leaving_p, map_k) =
-        (url.members_prefix(), url.ready_prefix(), url.leaving_prefix(), url.map_key());
+    let (members_p, ready_p, leaving_p, installed_p, map_k) =
+        (url.members_prefix(), url.ready_prefix(), url.leaving_prefix(), url.installed_prefix(), url.map_key());
     let mut st = ClusterState { revision: range.revision, ..ClusterState::default() };
     for kv in range.kvs {
         if kv.key == map_k {
@@ -257,6 +298,17 @@ pub fn parse_state(url: &ClusterUrl, range: Range) -> ClusterState {
                     }
                 }
                 None => tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "ignoring a malformed ready record"),
+            }
+        } else if let Some(rest) = kv.key.strip_prefix(installed_p.as_slice()) {
+            // installed/ID = the epoch, in decimal
+            let parsed = std::str::from_utf8(rest).ok().zip(std::str::from_utf8(&kv.value).ok());
+            match parsed.and_then(|(id, e)| Some((NodeId(id.to_string()), e.trim().parse::<u64>().ok()?))) {
+                Some((id, epoch)) => {
+                    st.progress.installed.insert(id, epoch);
+                }
+                None => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "ignoring a malformed installed record")
+                }
             }
         } else if let Some(rest) = kv.key.strip_prefix(leaving_p.as_slice()) {
             if let Ok(id) = std::str::from_utf8(rest) {
@@ -358,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn the_prefix_is_read_as_members_map_ready_records_and_drains() {
+    fn the_prefix_is_read_as_members_map_ready_installed_records_and_drains() {
         let url: ClusterUrl = "etcd://127.0.0.1:2379/c".parse().unwrap();
         let me = Member {
             id: NodeId("s1".into()),
@@ -378,6 +430,8 @@ mod tests {
                 kv(b"/c/ready/s2", br#"{"4":2,"9":5}"#, 8),
                 kv(b"/c/ready/s3", b"not json", 8),
                 kv(b"/c/leaving/s1", b"", 8),
+                kv(b"/c/installed/s1", b"7", 8),
+                kv(b"/c/installed/s2", b"seven", 8),
             ],
         };
         let st = parse_state(&url, range);
@@ -388,6 +442,7 @@ mod tests {
         let s2 = NodeId("s2".into());
         assert_eq!(st.progress.ready, [((4, s2.clone()), 2), ((9, s2), 5)].into_iter().collect());
         assert_eq!(st.progress.leaving, [NodeId("s1".into())].into_iter().collect());
+        assert_eq!(st.progress.installed, [(NodeId("s1".into()), 7)].into_iter().collect());
         // A map that cannot be read is flagged, never replaced.
         let st = parse_state(&url, Range { revision: 1, kvs: vec![kv(b"/c/map", br#"{"format":99}"#, 1)] });
         assert!(st.unreadable_map && st.map.is_none());

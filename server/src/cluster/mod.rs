@@ -38,6 +38,7 @@ impl StatsSource for ClusterStats {
         out.push(("cluster_partitions_tail".into(), tail as u64));
         out.push(("cluster_wrong_owner".into(), own.wrong_owner_replies()));
         out.push(("cluster_cache_slots_dropped".into(), own.cache_slots_dropped()));
+        out.push(("cluster_cache_slots_fenced".into(), own.cache_slots_fenced()));
         out.push(("cluster_retried_writes".into(), own.retried_writes()));
     }
 }

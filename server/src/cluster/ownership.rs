@@ -55,7 +55,14 @@ struct View {
     chain_since: Vec<u64>,
     /// The lease is alive until then (at least); `None`: never granted, or lost.
     lease_until: Option<Instant>,
+    /// The cache was hidden because the lease lapsed (see [`Ownership::fence_if_lapsed`]);
+    /// cleared by a renewal.
+    fenced: bool,
 }
+
+/// How long before its lease may expire a server stops taking cache reservations and hides its
+/// cache (see [`Ownership::fence_if_lapsed`]): room for the fence's polling and scheduling.
+pub const FENCE_MARGIN: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// This server's standing in the cluster, shared by the RPC dispatch and the etcd agent.
 pub struct Ownership {
@@ -65,6 +72,7 @@ pub struct Ownership {
     /// The cache table whose slots follow the partitions this server is the tail of.
     cache: std::sync::OnceLock<Arc<CacheTable>>,
     cache_dropped: AtomicU64,
+    cache_fenced: AtomicU64,
     /// Keys written during moves to this server (see [`Received`]).
     received: parking_lot::Mutex<Received>,
     /// Recent writes by request id (see [`Applied`]).
@@ -80,6 +88,7 @@ impl Ownership {
             wrong_owner: AtomicU64::new(0),
             cache: std::sync::OnceLock::new(),
             cache_dropped: AtomicU64::new(0),
+            cache_fenced: AtomicU64::new(0),
             received: parking_lot::Mutex::new(Received::default()),
             applied: parking_lot::Mutex::new(Applied::default()),
             retried_writes: AtomicU64::new(0),
@@ -94,6 +103,34 @@ impl Ownership {
     /// Cache slots hidden because their partition moved to another server.
     pub fn cache_slots_dropped(&self) -> u64 {
         self.cache_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Cache slots hidden because the lease lapsed.
+    pub fn cache_slots_fenced(&self) -> u64 {
+        self.cache_fenced.load(Ordering::Relaxed)
+    }
+
+    /// Hides the whole cache if the lease may expire within [`FENCE_MARGIN`] of `now` (or was
+    /// lost), once per lapse; returns the slots hidden. Called often (the agent polls it).
+    ///
+    /// A server cut off from etcd stops answering requests when its lease may have expired,
+    /// since the others may then have replaced it; but cache hits are one-sided READs it never
+    /// sees, so it must also hide the slots, before the others can give its partitions to a
+    /// new tail whose writes would not invalidate them. While fenced, no reservation is made
+    /// ([`while_serving`](Self::while_serving)).
+    pub fn fence_if_lapsed(&self, now: Instant) -> u64 {
+        {
+            let mut v = self.view.write();
+            if v.fenced || v.map.is_none() || !lapsing(&v, now) {
+                return 0;
+            }
+            v.fenced = true;
+        }
+        let Some(table) = self.cache.get() else { return 0 };
+        let n = table.invalidate_where(|_| true);
+        self.cache_fenced.fetch_add(n, Ordering::Relaxed);
+        tracing::warn!(slots = n, "cluster lease lapsing: cache hidden until it is renewed");
+        n
     }
 
     pub fn me(&self) -> &NodeId {
@@ -245,6 +282,7 @@ impl Ownership {
     pub fn lease_renewed(&self, until: Instant) {
         let mut v = self.view.write();
         v.lease_until = Some(v.lease_until.map_or(until, |u| u.max(until)));
+        v.fenced = false;
     }
 
     /// The lease expired or could not be renewed: serve nothing until a new one is granted.
@@ -274,7 +312,41 @@ impl Ownership {
 
     /// [`check`](Self::check), returning the epoch of the map the request was accepted by.
     pub fn check_at(&self, key: &[u8], op: Op, client_epoch: Option<u64>, now: Instant) -> Result<u64, WrongOwner> {
+        self.verdict(&self.view.read(), key, op, client_epoch, now)
+    }
+
+    /// Runs `f` (e.g. reserving a cache slot for `key`) if this server serves `key` in `op`'s
+    /// role, as [`check`](Self::check) decides, holding the view while `f` runs: a map
+    /// installed meanwhile waits for `f`, so what `f` reserved is there when that map's
+    /// [`install`](Self::install) hides the slots of partitions this server no longer reads for.
+    /// (Checked and then reserved separately, a reservation made just after the hiding, under
+    /// the old map's verdict, would let a client fill a slot that the new tail's writes never
+    /// invalidate.) `f` must not call back into this `Ownership`.
+    pub fn while_serving<R>(
+        &self,
+        key: &[u8],
+        op: Op,
+        client_epoch: Option<u64>,
+        now: Instant,
+        f: impl FnOnce() -> R,
+    ) -> Result<R, WrongOwner> {
         let v = self.view.read();
+        let epoch = self.verdict(&v, key, op, client_epoch, now)?;
+        if v.fenced || lapsing(&v, now) {
+            self.wrong_owner.fetch_add(1, Ordering::Relaxed);
+            return Err(WrongOwner { epoch });
+        }
+        Ok(f())
+    }
+
+    fn verdict(
+        &self,
+        v: &View,
+        key: &[u8],
+        op: Op,
+        client_epoch: Option<u64>,
+        now: Instant,
+    ) -> Result<u64, WrongOwner> {
         let verdict = match (&v.map, v.lease_until) {
             (Some(map), Some(until)) if now < until => {
                 if client_epoch.is_some_and(|e| e > map.epoch) || !map.serves(&self.me, key, role_of(op)) {
@@ -352,6 +424,11 @@ impl Ownership {
 /// The epoch since which each of `new`'s chains has been as it is, given the map held before
 /// (with its own epochs): a chain unchanged from the map just before keeps its epoch; any other
 /// chain (changed, or after a gap in the epochs or a change of partitioning) starts at `new`'s.
+/// Whether the lease may expire within [`FENCE_MARGIN`] of `now` (or is not held).
+fn lapsing(v: &View, now: Instant) -> bool {
+    v.lease_until.is_none_or(|until| now + FENCE_MARGIN >= until)
+}
+
 fn chain_since(old: Option<(&ClusterMap, &[u64])>, new: &ClusterMap) -> Vec<u64> {
     let ids = |m: &ClusterMap, p: usize| -> Vec<NodeId> {
         m.chains.get(p).map_or_else(Vec::new, |c| c.iter().map(|i| m.nodes[usize::from(*i)].id.clone()).collect())
@@ -460,6 +537,52 @@ mod tests {
         for k in &kept {
             assert!(table.reserve(&TableKey::new(k)).is_none());
         }
+    }
+
+    #[test]
+    fn reservations_are_made_only_while_serving_and_a_lapsing_lease_hides_the_cache() {
+        use scalio_common::key::TableKey;
+        use scalio_common::table::TableGeometry;
+        let now = Instant::now();
+        let own = Ownership::new(NodeId("s0".into()));
+        let table = Arc::new(CacheTable::new(TableGeometry { buckets: 64, assoc: 8 }, Duration::from_secs(60)));
+        own.attach_cache(table.clone());
+        let m = map(1, 1, None);
+        own.install(m.clone());
+        let until = now + Duration::from_secs(5);
+        own.lease_renewed(until);
+        let keys: Vec<Vec<u8>> = (0..20u32).map(|i| format!("key{i}").into_bytes()).collect();
+        for k in &keys {
+            let r = own.while_serving(k, Op::MetaGet, Some(1), now, || table.reserve(&TableKey::new(k)));
+            assert!(matches!(r, Ok(Some(_))));
+        }
+        // Not this server's role, or a client ahead of its map: nothing is reserved.
+        let ran = std::cell::Cell::new(false);
+        assert_eq!(
+            own.while_serving(&keys[0], Op::MetaGet, Some(2), now, || ran.set(true)),
+            Err(WrongOwner { epoch: 1 })
+        );
+        assert!(!ran.get());
+        // Well before the lease may lapse: nothing happens.
+        assert_eq!(own.fence_if_lapsed(until - FENCE_MARGIN - Duration::from_millis(1)), 0);
+        assert_eq!(own.cache_slots_fenced(), 0);
+        // Within the margin: every slot is hidden, once, and no reservation is made.
+        let lapsing = until - FENCE_MARGIN;
+        assert_eq!(own.fence_if_lapsed(lapsing), keys.len() as u64);
+        assert_eq!(own.fence_if_lapsed(lapsing), 0, "hidden once per lapse");
+        assert_eq!(own.cache_slots_fenced(), keys.len() as u64);
+        for k in &keys {
+            // Hidden: the slot can be reserved again, but not through this server.
+            assert!(own.while_serving(k, Op::MetaGet, Some(1), lapsing, || ()).is_err());
+        }
+        assert!(own.while_serving(&keys[0], Op::MetaGet, Some(1), now, || ()).is_err(), "fenced until renewed");
+        // Renewed: reservations again, and a later lapse hides again.
+        own.lease_renewed(until + Duration::from_secs(5));
+        let r = own.while_serving(&keys[0], Op::MetaGet, Some(1), lapsing, || table.reserve(&TableKey::new(&keys[0])));
+        assert!(matches!(r, Ok(Some(_))));
+        own.lease_lost();
+        assert_eq!(own.fence_if_lapsed(lapsing), 1);
+        assert_eq!(own.cache_slots_fenced(), keys.len() as u64 + 1);
     }
 
     #[test]
