@@ -71,6 +71,24 @@ class DrawEveryFigure(unittest.TestCase):
         check_png(self, captioned)
         self.assertNotEqual(plain, captioned.read_bytes())
 
+    def test_the_warmup_note_says_how_long_each_run_warmed_and_whether_it_settled(self):
+        from figures.draw import _warmup_note
+
+        runs = [r for r in FIGURES["fig18"].plan(Settings(scale=QUICK)) if r.workload == "c"]
+        self.assertEqual([r.assoc for r in runs], [4, 8, 16])
+        warmups = [
+            {"operations": 5_600_000, "settled": True, "emulated": False},
+            {"operations": 12_000_000, "settled": False, "emulated": False},
+            {"operations": 0, "settled": None, "emulated": False},
+        ]
+        points = [R.Point(r, {"warmup": w}) for r, w in zip(runs, warmups)]
+        note = _warmup_note(points, lambda r: r.assoc, str)
+        self.assertIn("C 4 Scalio: 5.6M settled", note)
+        self.assertIn("C 8 Scalio: 12.0M NOT settled", note)
+        self.assertNotIn("C 16", note)
+        self.assertIn("emulation suspended", note)
+        self.assertIsNone(_warmup_note([R.Point(r, {"warmup": None}) for r in runs], lambda r: r.assoc, str))
+
     def test_the_evictions_note_tells_a_cache_that_had_not_filled(self):
         from figures.draw import _evictions_note
 

@@ -244,7 +244,7 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
             // The warm-up's speed is not measured: the embedded server runs it with its emulated
             // testbed suspended (the same operations, hence the same key sequence for the cache's
             // policy), and restores it for the measured run, whatever happens.
-            let suspended = server.as_ref().filter(|_| !opts.warmup_emulated).map(|s| SuspendedEmulation::new(s));
+            let suspended = server.as_ref().filter(|_| !opts.warmup_emulated).map(SuspendedEmulation::new);
             let mut windows = Vec::new();
             let mut hit_ratios = Vec::new();
             let mut done = 0;
