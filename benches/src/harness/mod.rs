@@ -263,7 +263,7 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
                 let evictions = warmup::evictions(kind, delta.as_ref(), &result);
                 done += result.operations.max(1);
                 if let Some(h) = report::phase_hit_ratio(kind, &result.counters) {
-                    hit_ratios.push(h);
+                    hit_ratios.push((result.operations, h));
                     settled = rule.settled(&hit_ratios);
                 }
                 windows.push(warmup::Window { result, evictions });

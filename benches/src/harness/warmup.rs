@@ -42,11 +42,15 @@ impl SettleRule {
         SettleRule { window, epsilon: SETTLE_EPSILON }
     }
 
-    /// Whether the windows' hit ratios so far (in order) show a settled cache: the last two
-    /// differ by less than epsilon. One window alone has nothing to compare with.
-    pub fn settled(&self, hit_ratios: &[f64]) -> bool {
-        match hit_ratios {
-            [.., before, last] => (last - before).abs() < self.epsilon,
+    /// Whether the windows so far, `(operations, hit ratio)` in order, show a settled cache: the
+    /// last two are whole windows and their hit ratios differ by less than epsilon. One window
+    /// alone has nothing to compare with; a shorter window (the rest of the cap) never settles
+    /// it: a still-rising hit ratio rises less over fewer operations.
+    pub fn settled(&self, windows: &[(u64, f64)]) -> bool {
+        match windows {
+            [.., (n0, before), (n1, last)] => {
+                *n0 == self.window && *n1 == self.window && (last - before).abs() < self.epsilon
+            }
             _ => false,
         }
     }
@@ -95,26 +99,39 @@ mod tests {
         SettleRule { window: 1000, epsilon: 0.005 }
     }
 
+    /// Whole windows with these hit ratios.
+    fn whole(hit_ratios: &[f64]) -> Vec<(u64, f64)> {
+        hit_ratios.iter().map(|h| (1000, *h)).collect()
+    }
+
     #[test]
     fn a_still_rising_hit_ratio_has_not_settled() {
         // The 20M-record, θ 0.99 warm-up by million operations (README, "Paper scale").
-        assert!(!rule().settled(&[0.44, 0.51, 0.54, 0.56]));
-        assert!(!rule().settled(&[0.56, 0.5651]));
-        assert!(!rule().settled(&[0.56, 0.5549]), "a fall by ε is not settled either");
+        assert!(!rule().settled(&whole(&[0.44, 0.51, 0.54, 0.56])));
+        assert!(!rule().settled(&whole(&[0.56, 0.5651])));
+        assert!(!rule().settled(&whole(&[0.56, 0.5549])), "a fall by ε is not settled either");
     }
 
     #[test]
     fn two_windows_within_epsilon_have_settled() {
-        assert!(rule().settled(&[0.44, 0.51, 0.60, 0.6049]));
-        assert!(rule().settled(&[0.61, 0.6051]));
+        assert!(rule().settled(&whole(&[0.44, 0.51, 0.60, 0.6049])));
+        assert!(rule().settled(&whole(&[0.61, 0.6051])));
         // Only the last two count: an earlier flat pair does not settle a later rise.
-        assert!(!rule().settled(&[0.30, 0.30, 0.40]));
+        assert!(!rule().settled(&whole(&[0.30, 0.30, 0.40])));
+    }
+
+    #[test]
+    fn a_shorter_last_window_does_not_settle() {
+        // The rest of the cap: a rise of 0.006 per window is 0.003 over half a window.
+        assert!(!rule().settled(&[(1000, 0.568), (1000, 0.574), (500, 0.577)]));
+        assert!(!rule().settled(&[(500, 0.5), (1000, 0.5)]));
+        assert!(rule().settled(&[(1000, 0.574), (1000, 0.577)]));
     }
 
     #[test]
     fn one_window_or_none_cannot_settle() {
         assert!(!rule().settled(&[]));
-        assert!(!rule().settled(&[0.5]));
+        assert!(!rule().settled(&whole(&[0.5])));
     }
 
     #[test]
