@@ -118,7 +118,7 @@ FULL = Scale(
 # slots), each store loaded once (scalio-ycsb --store-dir) and warmed before every measured run that
 # has a cache. The paper runs 8M operations per client process (up to 32M per run) over every
 # point; at the emulated SSDs' 4,000 IOPS (and 20M-record loads of 5-7 minutes) that is a day
-# here, so `all` is cut to fit under 100 minutes on this 2-core machine (README, "Paper scale"):
+# here, so `all` is cut to fit under 3 hours on this 2-core machine (README, "Paper scale"):
 #
 # * 200,000 measured operations after a warm-up that runs until the cache's hit ratio has settled
 #   (scalio-ycsb: two consecutive windows of 1,122,304 operations, half the slots, within 0.005),
@@ -128,8 +128,10 @@ FULL = Scale(
 #   rate. The warm-up is what the cache needs: after 1M operations (the warm-up before) its hit
 #   ratio was still rising (0.44/0.51/0.54/0.56 per further million at C, theta 0.99) and the
 #   2,244,608 slots had evicted almost nothing; the expected distinct keys of YCSB's scrambled
-#   zipfian are 1.96M after 4M draws and 4.27M after 10M, so the cache fills and turns over
-#   within the cap. Each JSON has every window's hit ratio and evictions, and whether it settled.
+#   zipfian are 1.96M after 4M draws and 4.27M after 10M, so the 8-slot cache fills and turns
+#   over within the cap; the 16-slot one (4,489,216 slots) does not, and at 12M Scalio's hit
+#   ratio still rose 0.004-0.006 per window at theta 0.9 and 0.99 (measured 2026-12-03: README).
+#   Each JSON has every window's hit ratio and evictions, and whether it settled.
 # * Three stores only (each load is minutes): 20M records on 3 and on 7 SSDs, and 40M on 7 SSDs
 #   for fig. 16's x2. Every figure but 11/12/5 runs at 7 SSDs, the paper's default.
 # * Workload C alone (the paper's read-only headline workload; the quick scale runs them all).
@@ -138,11 +140,13 @@ FULL = Scale(
 #   change the geometry).
 # * Fewer sweep points: #SSD 3 and 7 (the 1-SSD points take 20-40 minutes each), io 32 and 512,
 #   theta 0.5/0.9/0.99, dataset x1/x2, DPU cores 4/8, slots 4/8/16. (At 16 DPU cores, io 1024 is
-#   512 per driver thread, and 14% of the operations failed with the fabric's "send queue is
-#   full": the client's 1024-entry send queue.)
+#   512 per driver thread, and on 2026-12-02 14% of the operations failed with the fabric's "send
+#   queue is full": the client's 1024-entry send queue. Operations now wait for room instead;
+#   the point has not been rerun.)
 _PAPER_WHY = "cut to fit under 3 hours on 2 cores; see the README"
-# At most this many warm-up operations: 12M draws reach ~4.9M distinct keys, twice the slots, and
-# unemulated they take 3-5 minutes here (about 43k ops/s measured at 1M records on the shared host).
+# At most this many warm-up operations: more draws than it takes to fill the 8-slot cache twice
+# over (4.27M distinct keys after 10M), and with the emulation suspended 3-7 minutes here
+# (27-47k ops/s measured at 20M records on the shared host, 2026-12-03).
 PAPER_WARMUP_CAP = 12_000_000
 _WARMUP = "a warm-up until the hit ratio settles (at most 12M operations, emulation suspended)"
 PAPER = Scale(
@@ -157,7 +161,8 @@ PAPER = Scale(
     slots=(4, 8, 16),
     sensitivity_workloads=("c",),
     timeout_s=3600,
-    estimate="about 75 minutes on 2 cores (measured 2026-12-02 on a shared machine: README, \"Paper scale\")",
+    estimate="about 2 3/4 hours on 2 cores (an estimate from the runs of 2026-12-02 and -03 on a shared machine: "
+    "README, \"Paper scale\")",
     cache_buckets=280_576,
     warmup_ops=PAPER_WARMUP_CAP,
     reuse_stores=True,
