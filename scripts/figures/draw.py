@@ -424,13 +424,14 @@ def _warmup_note(points: Sequence[Point], group_of: Callable[[Run], object], gro
         last_two = (w.get("windows") or [])[-2:]
         whole = len(last_two) == 2 and all(x.get("operations") == w.get("window") for x in last_two)
         state = "settled" if w["settled"] and whole else "NOT settled"
-        found.append((p.run.workload, where, name, f"{w['operations'] / 1e6:.1f}M {state}"))
+        found.append((p.run.workload, group_of(p.run), where, name, f"{w['operations'] / 1e6:.1f}M {state}"))
     if not found:
         return None
-    parts = [f"{w.upper()} {g} {n}: {t}" for w, g, n, t in sorted(found)]
+    parts = [f"{w.upper()} {g} {n}: {t}" for w, _, g, n, t in sorted(found, key=lambda t: (t[0], t[1], t[3]))]
     suspended = any(R.dig(p.result, "warmup", "emulated") is False for p in points if p.result)
     how = ", emulation suspended" if suspended else ""
-    return f"Warm-up operations until the hit ratio settled (two windows within ε{how}): " + "; ".join(parts) + "."
+    return (f"Warm-up, until two whole windows' hit ratios are within ε or at the cap{how}: "
+            + "; ".join(parts) + ".")  # fmt: skip
 
 
 def _slots(points: Sequence[Point]) -> str:
