@@ -129,8 +129,9 @@ FULL = Scale(
 #   ratio was still rising (0.44/0.51/0.54/0.56 per further million at C, theta 0.99) and the
 #   2,244,608 slots had evicted almost nothing; the expected distinct keys of YCSB's scrambled
 #   zipfian are 1.96M after 4M draws and 4.27M after 10M, so the 8-slot cache fills and turns
-#   over within the cap; the 16-slot one (4,489,216 slots) does not, and at 12M Scalio's hit
-#   ratio still rose 0.004-0.006 per window at theta 0.9 and 0.99 (measured 2026-12-03: README).
+#   over within the cap; the 16-slot one (4,489,216 slots) does not, and at the end of 12M
+#   Scalio's hit ratio still rose 0.006-0.007 per window at theta 0.9 and 0.99 (measured
+#   2026-12-03: README).
 #   Each JSON has every window's hit ratio and evictions, and whether it settled.
 # * Three stores only (each load is minutes): 20M records on 3 and on 7 SSDs, and 40M on 7 SSDs
 #   for fig. 16's x2. Every figure but 11/12/5 runs at 7 SSDs, the paper's default.
