@@ -146,8 +146,8 @@ FULL = Scale(
 #   the point has not been rerun.)
 _PAPER_WHY = "cut to fit under 3 hours on 2 cores; see the README"
 # At most this many warm-up operations: more draws than it takes to fill the 8-slot cache twice
-# over (4.27M distinct keys after 10M), and with the emulation suspended 3-7 minutes here
-# (27-47k ops/s measured at 20M records on the shared host, 2026-12-03).
+# over (4.27M distinct keys after 10M), and with the emulation suspended 3-11 minutes here
+# (16-47k ops/s measured at 20M records on the shared host, 2026-12-03).
 PAPER_WARMUP_CAP = 12_000_000
 _WARMUP = "a warm-up until the hit ratio settles (at most 12M operations, emulation suspended)"
 PAPER = Scale(
