@@ -375,3 +375,54 @@ async fn over_the_software_nic_a_hit_is_two_nic_reads() {
     assert_eq!(c.read(&key(2)).await.unwrap(), None);
     assert_eq!(t.stats().value("rpc_get"), 1);
 }
+
+/// More operations in flight on one queue pair than its send queue has slots, and than the
+/// server grants RPCs (1 credit, 4 held behind it): hits (two READs each), misses (RPCs) and
+/// write-throughs wait for room (backpressure) instead of failing with `QueueFull`, as the paper
+/// scale's 16-DPU-core point (512 operations per queue pair) needs.
+#[tokio::test]
+async fn operations_beyond_the_send_queue_depth_wait_for_room() {
+    use scalio_common::fabric::tcp::{AsyncTcpQueuePair, ConnectOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServerConfig::default().with_ssd_files(dir.path(), 1, 16 << 20);
+    cfg.ssd_buckets = Some(1024);
+    cfg.cache.enabled = false;
+    cfg.ditto.enabled = true;
+    cfg.ditto.buckets = 64;
+    cfg.ditto.assoc = 8;
+    cfg.listen = Some("127.0.0.1:0".into());
+    cfg.target.enabled = false;
+    cfg.rpc_credits = 1;
+    let t = TestServer { server: Server::start(&cfg).unwrap(), _dir: dir };
+    let addr = t.server.local_addr().expect("listening");
+    let opts = ConnectOptions { send_queue_depth: 2, ..ConnectOptions::default() };
+    let qp: Arc<dyn QueuePair> = Arc::new(AsyncTcpQueuePair::connect_with(addr, &opts).unwrap());
+    let c = DittoClient::with_queue_pairs(vec![qp]).await.unwrap();
+    for i in 0..8 {
+        c.insert(&key(i), &value(i, 0, 64)).await.unwrap();
+    }
+    // Spawned, so that all 64 are in flight at once on the one queue pair: the first reads of
+    // each key miss (RPC, then a fill), later ones hit; every 8th is an update.
+    let ops: Vec<_> = (0..64u64)
+        .map(|n| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let i = n % 8;
+                if n % 8 == 7 {
+                    c.update(&key(i), &value(i, 1, 64)).await.map(|()| None)
+                } else {
+                    c.read(&key(i)).await
+                }
+            })
+        })
+        .collect();
+    for (n, op) in ops.into_iter().enumerate() {
+        let got = op.await.unwrap().unwrap_or_else(|e| panic!("operation {n}: {e}"));
+        if let Some(v) = got {
+            let i = n as u64 % 8;
+            assert!(v == value(i, 0, 64) || v == value(i, 1, 64), "operation {n} read a value never written");
+        }
+    }
+    let s = c.stats();
+    assert!(s.hits > 0, "some reads hit the cache: {s:?}");
+}

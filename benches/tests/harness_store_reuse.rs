@@ -22,6 +22,8 @@ fn run(store_dir: &std::path::Path, records: u64, workload: &str) -> serde_json:
         "32",
         "--warmup-ops",
         "2000",
+        "--warmup-window",
+        "500",
         "--store-dir",
         store_dir.to_str().unwrap(),
     ])
@@ -46,9 +48,19 @@ fn a_loaded_store_is_kept_and_reused_through_recovery() {
     assert!(reused.starts_with(dir.path().to_str().unwrap()));
     assert_eq!(second["run"]["not_found"], 0);
     assert_eq!(second["run"]["errors"], 0);
-    let parts = second["warmup"]["parts"].as_array().unwrap();
-    assert_eq!(parts.len(), 4);
-    assert!(parts.iter().all(|p| p["cache_hit_ratio"].as_f64().is_some()));
+    // The warm-up in windows of 500, until two agree within ε or the 2,000 operations are run.
+    let warmup = &second["warmup"];
+    let windows = warmup["windows"].as_array().unwrap();
+    assert!((2..=4).contains(&windows.len()), "{warmup}");
+    assert!(windows.iter().all(|w| w["cache_hit_ratio"].as_f64().is_some() && w["evictions"].as_u64().is_some()));
+    let hits: Vec<f64> = windows.iter().map(|w| w["cache_hit_ratio"].as_f64().unwrap()).collect();
+    let settled = warmup["settled"].as_bool().expect("a cached system settles or not");
+    let eps = warmup["epsilon"].as_f64().unwrap();
+    assert_eq!(settled, (hits[hits.len() - 1] - hits[hits.len() - 2]).abs() < eps, "{warmup}");
+    assert!(settled || windows.len() == 4, "only a settled warm-up stops before the cap: {warmup}");
+    // And it stops at the first settled pair.
+    assert!(hits[..hits.len() - 1].windows(2).all(|p| (p[1] - p[0]).abs() >= eps), "{warmup}");
+    assert_eq!(warmup["emulated"], false, "the embedded server suspends the emulation for the warm-up");
 
     // Another record count is another store.
     let third = run(dir.path(), 2000, "c");

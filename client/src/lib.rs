@@ -33,6 +33,7 @@ mod write;
 
 pub use block::BlockPath;
 pub use error::ClientError;
+pub use read::post_when_room;
 pub use stats::ClientStats;
 
 use parking_lot::RwLock;
@@ -346,12 +347,29 @@ async fn call_status(
     limit: Option<std::time::Duration>,
 ) -> Result<(Status, Vec<u8>), ClientError> {
     // Requests over the connection's largest message (large values) go by rendezvous.
-    let bytes = within(limit, rendezvous::call(qp, &req.to_vec())).await?;
+    let bytes = within(limit, call_when_room(qp, &req.to_vec())).await?;
     let resp = Response::decode(&bytes)?;
     if resp.op != req.op {
         return Err(ClientError::WrongReply { asked: req.op.name(), got: resp.op.name() });
     }
     Ok((resp.status, resp.body.to_vec()))
+}
+
+/// [`rendezvous::call`], waiting while the queue pair refuses a request that fits one message
+/// with [`FabricError::QueueFull`] (every RPC credit in use and its queue of held requests full:
+/// nothing was sent) instead of failing the operation. A staged (rendezvous) request is not
+/// retried: a refusal between its steps would leave its first step done.
+async fn call_when_room(qp: &dyn QueuePair, request: &[u8]) -> Result<Vec<u8>, FabricError> {
+    if request.len() > qp.max_message() {
+        return rendezvous::call(qp, request).await;
+    }
+    let mut attempt = 0u32;
+    loop {
+        match qp.call(request).await {
+            Err(FabricError::QueueFull) => read::wait_for_room(&mut attempt).await,
+            done => return done,
+        }
+    }
 }
 
 async fn call(

@@ -301,8 +301,9 @@ impl Inner {
 
 /// Posts `chain`, waiting while the queue pair's send queue is full (backpressure from many
 /// operations in flight on one queue pair: they complete and give their slots back) instead of
-/// failing the operation; the caller's operation timeout bounds the wait.
-async fn post_when_room(
+/// failing the operation; the caller's operation timeout bounds the wait. Other clients of a
+/// queue pair (the benchmark's LEED+Ditto) use it too.
+pub async fn post_when_room(
     qp: &dyn scalio_common::fabric::QueuePair,
     chain: &[WorkRequest<'_>],
 ) -> Result<Vec<u8>, FabricError> {

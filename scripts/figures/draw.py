@@ -383,6 +383,8 @@ def _pair_with_hits(key, points, out_dir, group_of: Callable[[Run], object], gro
     axes[0].set_ylabel("throughput (Kops/s, bars)" if hits else "throughput (Kops/s)")
     if hits and (filled := _evictions_note(points, group_of, group_label)):
         notes = [*notes, filled]
+    if hits and (warmed := _warmup_note(points, group_of, group_label)):
+        notes = [*notes, warmed]
     if hits:
         worst = f" (error bound ≤ {max(bounds):.3f}, the star's bar)" if bounds else ""
         notes = [*notes, "Ideal: the hit ratio of a perfect cache of the same slots holding the most likely keys of "
@@ -405,6 +407,31 @@ def _evictions_note(points: Sequence[Point], group_of: Callable[[Run], object], 
     if any(n < 1000 for _, _, n in found):
         text += " Few or none: that cache had not filled, so its hit ratio is bound by the warm-up, not by its size."
     return text
+
+
+def _warmup_note(points: Sequence[Point], group_of: Callable[[Run], object], group_label) -> str | None:
+    """How long each run with a cache warmed up and whether its hit ratio settled (scalio-ycsb
+    stops a warm-up when two consecutive windows' hit ratios differ by less than its epsilon)."""
+    found = []
+    for p in points:
+        w = R.dig(p.result, "warmup") if p.result else None
+        if not isinstance(w, dict) or w.get("settled") is None or not w.get("operations"):
+            continue
+        name = SYSTEM_STYLE[p.run.label][0] if p.run.label in SYSTEM_STYLE else p.run.label
+        where = " ".join(str(group_label(group_of(p.run))).split())
+        # Settled on two whole windows: scalio-ycsb before that rule (2026-12-03) also counted
+        # a shorter last window, the rest of the cap, whose smaller rise is no sign of settling.
+        last_two = (w.get("windows") or [])[-2:]
+        whole = len(last_two) == 2 and all(x.get("operations") == w.get("window") for x in last_two)
+        state = "settled" if w["settled"] and whole else "NOT settled"
+        found.append((p.run.workload, group_of(p.run), where, name, f"{w['operations'] / 1e6:.1f}M {state}"))
+    if not found:
+        return None
+    parts = [f"{w.upper()} {g} {n}: {t}" for w, _, g, n, t in sorted(found, key=lambda t: (t[0], t[1], t[3]))]
+    suspended = any(R.dig(p.result, "warmup", "emulated") is False for p in points if p.result)
+    how = ", emulation suspended" if suspended else ""
+    return (f"Warm-up, until two whole windows' hit ratios are within ε or at the cap{how}: "
+            + "; ".join(parts) + ".")  # fmt: skip
 
 
 def _slots(points: Sequence[Point]) -> str:

@@ -67,7 +67,9 @@ class Scale:
     estimate: str  # expected time of `all`, for --help and the log
     # The cache's buckets at the x1 dataset (None: records x cache_ratio / 8 slots per bucket).
     cache_buckets: int | None = None
-    warmup_ops: int = 0  # operations before each measured run with a cache (their hit ratio is reported)
+    # At most this many operations before each measured run with a cache, until its hit ratio settles
+    # (every window's hit ratio is reported); 0: none.
+    warmup_ops: int = 0
     reuse_stores: bool = False  # load each store once and start later runs on it (--store-dir)
     main_workloads: tuple[str, ...] = WORKLOADS  # figs 11-13
     # Figs 14 and 17 (throughput and latency, no hit ratio); None: sensitivity_workloads.
@@ -116,14 +118,21 @@ FULL = Scale(
 # slots), each store loaded once (scalio-ycsb --store-dir) and warmed before every measured run that
 # has a cache. The paper runs 8M operations per client process (up to 32M per run) over every
 # point; at the emulated SSDs' 4,000 IOPS (and 20M-record loads of 5-7 minutes) that is a day
-# here, so `all` is cut to fit under 100 minutes on this 2-core machine (README, "Paper scale"):
+# here, so `all` is cut to fit under 3 hours on this 2-core machine (README, "Paper scale"):
 #
-# * 200,000 measured operations after a 1M-operation warm-up. 200k operations at 5-25k ops/s are
-#   8-40 s, hundreds of times the latency of an operation, enough for a stable rate; the warm-up
-#   is what the cache needs to fill (its hit ratio, in quarters, is in each JSON; it still creeps
-#   up after 1M: measured 0.44/0.51/0.54/0.56 per further million at C, theta 0.99). After 1.2M
-#   operations the 2,244,608 slots have evicted almost nothing, so figs 16 and 18 show a hit ratio
-#   bound by the warm-up, not by the cache's size; their captions count the evictions.
+# * 200,000 measured operations after a warm-up that runs until the cache's hit ratio has settled
+#   (scalio-ycsb: two consecutive windows of 1,122,304 operations, half the slots, within 0.005),
+#   at most PAPER_WARMUP_CAP operations, with the emulated testbed suspended (its speed is not
+#   measured; the cache sees the same operations: README, "Paper scale"). 200k operations at
+#   5-25k ops/s are 8-40 s, hundreds of times the latency of an operation, enough for a stable
+#   rate. The warm-up is what the cache needs: after 1M operations (the warm-up before) its hit
+#   ratio was still rising (0.44/0.51/0.54/0.56 per further million at C, theta 0.99) and the
+#   2,244,608 slots had evicted almost nothing; the expected distinct keys of YCSB's scrambled
+#   zipfian are 1.96M after 4M draws and 4.27M after 10M, so the 8-slot cache fills and turns
+#   over within the cap; the 16-slot one (4,489,216 slots) does not, and at the end of 12M
+#   Scalio's hit ratio still rose 0.006-0.007 per window at theta 0.9 and 0.99 (measured
+#   2026-12-03: README).
+#   Each JSON has every window's hit ratio and evictions, and whether it settled.
 # * Three stores only (each load is minutes): 20M records on 3 and on 7 SSDs, and 40M on 7 SSDs
 #   for fig. 16's x2. Every figure but 11/12/5 runs at 7 SSDs, the paper's default.
 # * Workload C alone (the paper's read-only headline workload; the quick scale runs them all).
@@ -132,9 +141,15 @@ FULL = Scale(
 #   change the geometry).
 # * Fewer sweep points: #SSD 3 and 7 (the 1-SSD points take 20-40 minutes each), io 32 and 512,
 #   theta 0.5/0.9/0.99, dataset x1/x2, DPU cores 4/8, slots 4/8/16. (At 16 DPU cores, io 1024 is
-#   512 per driver thread, and 14% of the operations failed with the fabric's "send queue is
-#   full": the client's 1024-entry send queue.)
-_PAPER_WHY = "cut to fit under 100 minutes on 2 cores; see the README"
+#   512 per driver thread, and on 2026-12-02 14% of the operations failed with the fabric's "send
+#   queue is full": the client's 1024-entry send queue. Operations now wait for room instead;
+#   the point has not been rerun.)
+_PAPER_WHY = "cut to fit under 3 hours on 2 cores; see the README"
+# At most this many warm-up operations: more draws than it takes to fill the 8-slot cache twice
+# over (4.27M distinct keys after 10M), and with the emulation suspended 3-11 minutes here
+# (16-47k ops/s measured at 20M records on the shared host, 2026-12-03).
+PAPER_WARMUP_CAP = 12_000_000
+_WARMUP = "a warm-up until the hit ratio settles (at most 12M operations, emulation suspended)"
 PAPER = Scale(
     name="paper",
     records=20_000_000,
@@ -147,28 +162,28 @@ PAPER = Scale(
     slots=(4, 8, 16),
     sensitivity_workloads=("c",),
     timeout_s=3600,
-    estimate="about 75 minutes on 2 cores (measured 2026-12-02 on a shared machine: README, \"Paper scale\")",
+    estimate="about 2 3/4 hours on 2 cores (an estimate from the runs of 2026-12-02 and -03 on a shared machine: "
+    "README, \"Paper scale\")",
     cache_buckets=280_576,
-    warmup_ops=1_000_000,
+    warmup_ops=PAPER_WARMUP_CAP,
     reuse_stores=True,
     main_workloads=("c",),
     reductions={
         "fig5": f"Reduced against the paper: #SSD 3 and 7 (paper 1-7), 200k operations per run ({_PAPER_WHY}).",
         "fig11": f"Reduced against the paper: YCSB C only (paper A, B, C, D, F), #SSD 3 and 7 (paper 1-7), "
-        f"200k operations after a 1M warm-up (paper 8M per client) ({_PAPER_WHY}).",
+        f"200k operations after {_WARMUP} (paper 8M per client) ({_PAPER_WHY}).",
         "fig12": f"Reduced against the paper: YCSB C only, #SSD 3 and 7, 200k operations per run ({_PAPER_WHY}).",
-        "fig13": f"Reduced against the paper: YCSB C only (paper A, B, C, D, F), 200k operations after a 1M "
-        f"warm-up ({_PAPER_WHY}).",
+        "fig13": f"Reduced against the paper: YCSB C only (paper A, B, C, D, F), 200k operations after "
+        f"{_WARMUP} ({_PAPER_WHY}).",
         "fig14": f"Reduced against the paper: YCSB C only (paper A and C), io 32 and 512 (paper 32-512), 200k "
-        f"operations after a 1M warm-up ({_PAPER_WHY}).",
+        f"operations after {_WARMUP} ({_PAPER_WHY}).",
         "fig15": f"Reduced against the paper: YCSB C only (paper A, B, C, F), θ 0.5/0.9/0.99 (paper also 1.01), "
-        f"200k operations after a 1M warm-up "
-        f"(paper 8M per client; the hit ratio is still rising after it) ({_PAPER_WHY}).",
+        f"200k operations after {_WARMUP} (paper 8M per client) ({_PAPER_WHY}).",
         "fig16": f"Reduced against the paper: x1 and x2 (paper x1-x4: an 80M-record store takes ~20 minutes to "
-        f"load here), YCSB C only (paper A and C), 200k operations after a 1M warm-up ({_PAPER_WHY}).",
+        f"load here), YCSB C only (paper A and C), 200k operations after {_WARMUP} ({_PAPER_WHY}).",
         "fig17": f"Reduced against the paper: YCSB C only (paper A and C), DPU cores 4 and 8 (paper 4/8/16: at 16, "
-        f"io 1024 overflows the client's send queue here), 200k operations after a 1M warm-up ({_PAPER_WHY}).",
-        "fig18": f"Reduced against the paper: YCSB C only (paper A and C), 200k operations after a 1M warm-up ({_PAPER_WHY}).",
+        f"io 1024 overflows the client's send queue here), 200k operations after {_WARMUP} ({_PAPER_WHY}).",
+        "fig18": f"Reduced against the paper: YCSB C only (paper A and C), 200k operations after {_WARMUP} ({_PAPER_WHY}).",
     },
 )
 

@@ -71,6 +71,28 @@ class DrawEveryFigure(unittest.TestCase):
         check_png(self, captioned)
         self.assertNotEqual(plain, captioned.read_bytes())
 
+    def test_the_warmup_note_says_how_long_each_run_warmed_and_whether_it_settled(self):
+        from figures.draw import _warmup_note
+
+        runs = [r for r in FIGURES["fig18"].plan(Settings(scale=QUICK)) if r.workload == "c"]
+        self.assertEqual([r.assoc for r in runs], [4, 8, 16])
+        whole, rest = {"operations": 1_000_000}, {"operations": 400_000}
+        warmups = [
+            {"operations": 5_600_000, "settled": True, "emulated": False, "window": 1_000_000, "windows": [whole] * 2},
+            {"operations": 12_000_000, "settled": False, "emulated": False, "window": 1_000_000, "windows": [whole] * 2},
+            {"operations": 0, "settled": None, "emulated": False},
+        ]
+        points = [R.Point(r, {"warmup": w}) for r, w in zip(runs, warmups)]
+        note = _warmup_note(points, lambda r: r.assoc, str)
+        self.assertIn("C 4 Scalio: 5.6M settled", note)
+        self.assertIn("C 8 Scalio: 12.0M NOT settled", note)
+        self.assertNotIn("C 16", note)
+        self.assertIn("emulation suspended", note)
+        self.assertIsNone(_warmup_note([R.Point(r, {"warmup": None}) for r in runs], lambda r: r.assoc, str))
+        # A shorter last window (the rest of the cap) is not settled, whatever an older harness said.
+        at_cap = {**warmups[0], "operations": 12_000_000, "windows": [whole, rest]}
+        self.assertIn("C 4 Scalio: 12.0M NOT settled", _warmup_note([R.Point(runs[0], {"warmup": at_cap})], lambda r: r.assoc, str))
+
     def test_the_evictions_note_tells_a_cache_that_had_not_filled(self):
         from figures.draw import _evictions_note
 

@@ -205,7 +205,7 @@ class PaperScale(unittest.TestCase):
                 self.assertEqual(flag(c, "--cache-buckets"), "280576")  # x 8 slots = 2,244,608
                 self.assertEqual(flag(c, "--store-dir"), "/r/stores")
                 # Only a run with a cache is warmed: LEED has none.
-                self.assertEqual(flag(c, "--warmup-ops"), None if flag(c, "--system") == "leed" else "1000000")
+                self.assertEqual(flag(c, "--warmup-ops"), None if flag(c, "--system") == "leed" else "12000000")
         # The cache stays the paper's as the dataset grows (fig16), and per bucket in fig18.
         self.assertEqual({flag(c, "--cache-buckets") for c in commands("fig16", s)}, {"280576"})
         self.assertEqual({flag(c, "--cache-buckets") for c in commands("fig18", s)}, {"280576"})
@@ -214,7 +214,7 @@ class PaperScale(unittest.TestCase):
     def test_stages_without_a_cache_are_not_warmed(self):
         s = reproduce.settings_of(reproduce.parse_args(["--paper", "all"]))
         warm = {flag(c, "--stage"): flag(c, "--warmup-ops") for c in commands("fig13", s)}
-        self.assertEqual(warm, {"0": None, "1": None, "2": "1000000", "3": "1000000"})
+        self.assertEqual(warm, {"0": None, "1": None, "2": "12000000", "3": "12000000"})
 
     def test_paper_all_needs_three_stores(self):
         """Every paper run opens one of three stores (20M on 3 and 7 SSDs, 40M on 7): each is a

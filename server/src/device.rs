@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -76,19 +76,46 @@ impl DeviceModel {
     }
 }
 
+/// Whether a server's emulated-testbed model (the SSDs' IOPS limit and latency, the workers'
+/// time per I/O) is in force, switchable while the server runs: one switch shared by all of a
+/// server's SSDs and workers. A benchmark suspends it for phases whose speed it does not measure
+/// (a warm-up that only brings the cache to its steady state); the same I/Os still happen, at
+/// the host's speed. A clone is the same switch.
+#[derive(Debug, Clone, Default)]
+pub struct EmulationSwitch(Arc<AtomicBool>);
+
+impl EmulationSwitch {
+    /// Suspends (`true`) or restores (`false`) the emulation. I/Os already admitted keep the
+    /// completion time they were given.
+    pub fn set_suspended(&self, suspended: bool) {
+        self.0.store(suspended, Ordering::Relaxed);
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// How to open an SSD.
 #[derive(Debug, Clone)]
 pub struct DeviceOptions {
     /// I/O threads of this SSD: how many I/Os it executes at once.
     pub io_threads: usize,
     pub model: DeviceModel,
+    /// Suspends `model` while set (shared with the server's workers).
+    pub emulation: EmulationSwitch,
     /// Try O_DIRECT (falls back to buffered I/O where the filesystem refuses it).
     pub direct: bool,
 }
 
 impl Default for DeviceOptions {
     fn default() -> Self {
-        DeviceOptions { io_threads: 4, model: DeviceModel::default(), direct: true }
+        DeviceOptions {
+            io_threads: 4,
+            model: DeviceModel::default(),
+            emulation: EmulationSwitch::default(),
+            direct: true,
+        }
     }
 }
 
@@ -134,6 +161,7 @@ pub struct Ssd {
     blocks: u64,
     direct: bool,
     model: DeviceModel,
+    emulation: EmulationSwitch,
     next_free: Mutex<Instant>,
     counters: DeviceCounters,
     jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
@@ -186,6 +214,7 @@ impl Ssd {
             blocks: bytes / BLOCK_SIZE as u64,
             direct,
             model: opts.model,
+            emulation: opts.emulation.clone(),
             next_free: Mutex::new(Instant::now()),
             counters: DeviceCounters::default(),
             jobs: Mutex::new(Some(tx)),
@@ -237,9 +266,9 @@ impl Ssd {
         }
     }
 
-    /// The emulated completion time of an I/O admitted now.
+    /// The emulated completion time of an I/O admitted now (None: no model, or suspended).
     fn admit(&self) -> Option<Instant> {
-        if !self.model.is_active() {
+        if !self.model.is_active() || self.emulation.is_suspended() {
             return None;
         }
         let now = Instant::now();
@@ -528,6 +557,28 @@ mod tests {
         let ssd = Ssd::open(0, &path, None, &DeviceOptions::default(), &cpu).unwrap();
         assert_eq!(ssd.blocks(), 2048);
         assert_eq!(&ssd.read(3, 1, Issuer::Worker).unwrap()[..7], b"persist");
+    }
+
+    #[test]
+    fn a_suspended_emulation_lets_ios_through_at_host_speed() {
+        let dir = tempfile::tempdir().unwrap();
+        // 20 IOPS: 10 reads take at least 450 ms under the model.
+        let model = DeviceModel { iops: 20, latency: Duration::from_millis(5) };
+        let switch = EmulationSwitch::default();
+        let opts = DeviceOptions { model, emulation: switch.clone(), ..Default::default() };
+        let ssd = Ssd::open(0, &dir.path().join("ssd0.img"), Some(1 << 20), &opts, &CpuGroup::new()).unwrap();
+        let reads = |n| {
+            let start = Instant::now();
+            (0..n).for_each(|i| drop(ssd.read(i, 1, Issuer::Worker).unwrap()));
+            start.elapsed()
+        };
+        switch.set_suspended(true);
+        let suspended = reads(10);
+        switch.set_suspended(false);
+        let emulated = reads(10);
+        assert!(emulated >= Duration::from_millis(450), "emulated 10 reads in {emulated:?}");
+        assert!(suspended < Duration::from_millis(200), "suspended 10 reads took {suspended:?}");
+        assert_eq!(ssd.counters().reads(Issuer::Worker), 20, "suspended I/Os still happen and count");
     }
 
     #[test]

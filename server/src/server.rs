@@ -4,7 +4,7 @@
 use crate::cluster::mover::LocalWrites;
 use crate::cluster::{Forwarder, Mover, Ownership, PeerConnector, ReadySink, TcpPeers};
 use crate::config::{ConfigError, ServerConfig};
-use crate::device::{DeviceError, DeviceModel, DeviceOptions, Ssd};
+use crate::device::{DeviceError, DeviceModel, DeviceOptions, EmulationSwitch, Ssd};
 use crate::fill_windows::FillWindows;
 use crate::stats::{ServerShared, StatsSource};
 use crate::store::recovery::{self, StoreError};
@@ -127,6 +127,8 @@ pub struct Server {
     _verbs_nic: parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>,
     /// In a cluster: its standing, and how it reaches the other members.
     cluster: Option<(Arc<Ownership>, Arc<dyn PeerConnector>)>,
+    /// Suspends the emulated-testbed model of the SSDs and workers while set.
+    emulation: EmulationSwitch,
 }
 
 /// The verbs device and its protection domain's registrar, when the fabric is verbs.
@@ -201,9 +203,11 @@ impl Server {
         config.validate()?;
         let io_cpu = CpuGroup::new();
         let e = &config.emulation;
+        let emulation = EmulationSwitch::default();
         let opts = DeviceOptions {
             io_threads: config.io_threads,
             model: DeviceModel { iops: e.ssd_iops, latency: Duration::from_micros(e.ssd_latency_us) },
+            emulation: emulation.clone(),
             direct: config.direct_io,
         };
         let ssds = config
@@ -385,6 +389,7 @@ impl Server {
                 fill_windows: windows.clone(),
                 shared: shared.clone(),
                 io_cost: Duration::from_micros(config.emulation.worker_io_cost_us),
+                emulation: emulation.clone(),
                 chain: cluster.as_ref().map(|(_, chain)| chain.clone()),
                 cluster: cluster.as_ref().map(|(own, _)| own.clone()),
             };
@@ -439,6 +444,7 @@ impl Server {
             config: config.clone(),
             _verbs_nic: parking_lot::Mutex::new(None),
             cluster: None,
+            emulation,
         };
         #[cfg(feature = "rdma")]
         if let (Some(v), Some(addr)) = (verbs, &config.listen) {
@@ -516,6 +522,12 @@ impl Server {
 
     pub fn config(&self) -> &ServerConfig {
         &self.config
+    }
+
+    /// The switch of this server's emulated-testbed model (`[emulation]`): suspending it lets a
+    /// phase that is not measured run at the host's speed with the same I/Os.
+    pub fn emulation(&self) -> &EmulationSwitch {
+        &self.emulation
     }
 
     pub fn stats(&self) -> Stats {

@@ -270,6 +270,8 @@ pub(crate) struct Worker {
     pub(crate) shared: Arc<ServerShared>,
     /// Emulated worker time per SSD I/O it issues.
     pub(crate) io_cost: Duration,
+    /// While suspended, `io_cost` is not charged (the server's emulation switch).
+    pub(crate) emulation: crate::device::EmulationSwitch,
     /// In a cluster: passes durable writes down their replica chains.
     pub(crate) chain: Option<Arc<Forwarder>>,
     /// In a cluster: which partitions are moving here (and the keys written during moves).
@@ -345,7 +347,7 @@ impl Worker {
                     finish(c, self.table.as_deref(), self.chain.as_deref(), self.cluster.as_ref());
                 }
             }
-            if issued > 0 && !self.io_cost.is_zero() {
+            if issued > 0 && !self.io_cost.is_zero() && !self.emulation.is_suspended() {
                 let charge = self.io_cost * issued;
                 busy_until = busy_until.max(now) + charge;
                 self.shared.add_worker_virtual_ns(charge.as_nanos() as u64);

@@ -6,6 +6,7 @@ pub mod load_order;
 pub mod options;
 pub mod report;
 pub mod system;
+pub mod warmup;
 
 use crate::ycsb::{builtin_workload, Properties, Workload};
 use driver::{run_phase, Connector, Phase, Progress};
@@ -235,14 +236,48 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
         }
         LoadOutcome::NotRun => None,
     };
-    // The warm-up in quarters: the hit ratio of each shows whether the cache has settled.
-    let mut warmup = Vec::new();
-    for quarter in 0..WARMUP_PARTS {
-        let operations = opts.warmup_ops / WARMUP_PARTS + u64::from(quarter < opts.warmup_ops % WARMUP_PARTS);
-        if operations > 0 {
-            warmup.push(measure("warmup", Phase::Run { operations }, &connector, 1 + 10 * quarter)?);
+    let warmup = match opts.warmup_ops {
+        0 => None,
+        cap => {
+            let slots = server_config.as_ref().and_then(cache_slots);
+            let rule = warmup::SettleRule::for_cache(slots, opts.warmup_window);
+            // The warm-up's speed is not measured: the embedded server runs it with its emulated
+            // testbed suspended (the same operations, hence the same key sequence for the cache's
+            // policy), and restores it for the measured run, whatever happens.
+            let suspended = server.as_ref().filter(|_| !opts.warmup_emulated).map(SuspendedEmulation::new);
+            let mut windows = Vec::new();
+            let mut hit_ratios = Vec::new();
+            let mut done = 0;
+            let mut settled = false;
+            while !settled {
+                let operations = rule.next_window(done, cap);
+                if operations == 0 {
+                    break;
+                }
+                let before = ServerSnapshot::take(server.as_ref(), &addr, kind, &snapshot_config);
+                // Each window its own operation stream (seed offsets 1, 11, 21, ...; the run is 2).
+                let seed_offset = 1 + 10 * windows.len() as u64;
+                let result = measure("warmup", Phase::Run { operations }, &connector, seed_offset)?;
+                let after = ServerSnapshot::take(server.as_ref(), &addr, kind, &snapshot_config);
+                let delta = after.delta(&before);
+                let evictions = warmup::evictions(kind, delta.as_ref(), &result);
+                done += result.operations.max(1);
+                if let Some(h) = report::phase_hit_ratio(kind, &result.counters) {
+                    hit_ratios.push((result.operations, h));
+                    settled = rule.settled(&hit_ratios);
+                }
+                windows.push(warmup::Window { result, evictions });
+            }
+            drop(suspended);
+            let has_hit_ratio = !hit_ratios.is_empty();
+            Some(warmup::Warmup {
+                rule,
+                windows,
+                settled: has_hit_ratio.then_some(settled),
+                emulated: server.is_none() || opts.warmup_emulated,
+            })
         }
-    }
+    };
     let before = ServerSnapshot::take(server.as_ref(), &addr, kind, &snapshot_config);
     let result = measure("run", Phase::Run { operations: spec.operation_count }, &connector, 2)?;
     let after = ServerSnapshot::take(server.as_ref(), &addr, kind, &snapshot_config);
@@ -253,8 +288,33 @@ pub fn run(opts: &Options) -> Result<Report, HarnessError> {
     Ok(report)
 }
 
-/// The warm-up runs in this many parts, each reported.
-pub const WARMUP_PARTS: u64 = 4;
+/// The cache slots of an embedded server's configuration (None without a cache).
+fn cache_slots(c: &ServerConfig) -> Option<u64> {
+    let slots = |buckets: u32, assoc: u8| u64::from(buckets) * u64::from(assoc);
+    if c.cache.enabled {
+        Some(slots(c.cache.buckets, c.cache.assoc))
+    } else if c.ditto.enabled {
+        Some(slots(c.ditto.buckets, c.ditto.assoc))
+    } else {
+        None
+    }
+}
+
+/// The embedded server's emulated testbed, suspended until this is dropped.
+struct SuspendedEmulation<'a>(&'a Server);
+
+impl<'a> SuspendedEmulation<'a> {
+    fn new(server: &'a Server) -> Self {
+        server.emulation().set_suspended(true);
+        SuspendedEmulation(server)
+    }
+}
+
+impl Drop for SuspendedEmulation<'_> {
+    fn drop(&mut self) {
+        self.0.emulation().set_suspended(false);
+    }
+}
 
 /// The file that marks a store as fully loaded (written after the load server shut down cleanly).
 const LOADED_MARK: &str = "loaded";

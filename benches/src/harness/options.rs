@@ -104,10 +104,19 @@ pub struct Options {
     /// Skip the load phase (e.g. against an already loaded server).
     #[arg(long)]
     pub no_load: bool,
-    /// Operations run (and not measured) before the measured run; their hit ratio is reported in
-    /// quarters, so that one can see it settle.
+    /// At most this many operations run (and not measured) before the measured run, in windows;
+    /// the warm-up stops early once two consecutive windows' cache hit ratios differ by less than
+    /// 0.005 (settled). Every window's hit ratio and evictions are reported.
     #[arg(long, default_value_t = 0)]
     pub warmup_ops: u64,
+    /// Operations per warm-up window (default: half the cache's slots, at least 200,000).
+    #[arg(long)]
+    pub warmup_window: Option<u64>,
+    /// Embedded server: keep the emulated testbed during the warm-up. By default the warm-up runs
+    /// with it suspended (its speed is not measured; the cache sees the same operations); the
+    /// measured run is always emulated.
+    #[arg(long)]
+    pub warmup_emulated: bool,
     /// Embedded server: writes per batch while loading. The load runs on a server of its own
     /// (this batch, no emulation, no cache), shut down before the measured server recovers the
     /// SSDs; larger batches put more records in each durable device write. The records are

@@ -4,6 +4,7 @@
 use super::driver::PhaseResult;
 use super::options::Options;
 use super::system::{ClientCounters, SystemKind};
+use super::warmup::Warmup;
 use crate::ycsb::{RequestDistribution, WorkloadSpec};
 use hdrhistogram::Histogram;
 use scalio_client::ClientConfig;
@@ -39,6 +40,14 @@ impl ServerSnapshot {
             .map_err(|e| eprintln!("warning: cannot read the server's counters: {e}"))
             .ok();
         ServerSnapshot(stats)
+    }
+
+    /// The counters' change since `earlier` (None if either has none).
+    pub fn delta(&self, earlier: &ServerSnapshot) -> Option<Stats> {
+        match (&earlier.0, &self.0) {
+            (Some(b), Some(a)) => Some(a.delta(b)),
+            _ => None,
+        }
     }
 }
 
@@ -108,7 +117,7 @@ pub enum LoadReport {
 }
 
 /// GETs served by the cache / GETs, for systems with a cache (LEED and stages 0-1: None).
-fn phase_hit_ratio(kind: SystemKind, c: &ClientCounters) -> Option<f64> {
+pub(crate) fn phase_hit_ratio(kind: SystemKind, c: &ClientCounters) -> Option<f64> {
     let has_cache = kind.uses_scalio_cache() || kind.uses_ditto_cache();
     c.hits.filter(|_| has_cache).map(|h| if c.gets == 0 { 0.0 } else { h as f64 / c.gets as f64 })
 }
@@ -121,17 +130,14 @@ impl Report {
         spec: &WorkloadSpec,
         server_config: Option<&ServerConfig>,
         load: Option<LoadReport>,
-        warmup: Vec<PhaseResult>,
+        warmup: Option<Warmup>,
         run: PhaseResult,
         before: ServerSnapshot,
         after: ServerSnapshot,
     ) -> Report {
         let ops = run.operations.max(1) as f64;
         let secs = run.seconds.max(1e-9);
-        let delta = match (&before.0, &after.0) {
-            (Some(b), Some(a)) => Some(a.delta(b)),
-            _ => None,
-        };
+        let delta = after.delta(&before);
         let emulated = opts.ssd_iops > 0 || opts.ssd_latency_us > 0 || opts.worker_io_cost_us > 0;
         let mut latencies = Map::new();
         for (k, h) in &run.histograms.by_kind {
@@ -231,13 +237,21 @@ impl Report {
                     "reused": dir.display().to_string(),
                 }),
             }),
-            "warmup": (!warmup.is_empty()).then(|| json!({
-                "operations": warmup.iter().map(|w| w.operations).sum::<u64>(),
-                "seconds": warmup.iter().map(|w| w.seconds).sum::<f64>(),
-                "parts": warmup.iter().map(|w| json!({
-                    "operations": w.operations,
-                    "throughput": w.operations as f64 / w.seconds.max(1e-9),
-                    "cache_hit_ratio": phase_hit_ratio(kind, &w.counters),
+            "warmup": warmup.as_ref().map(|w| json!({
+                "operations": w.windows.iter().map(|x| x.result.operations).sum::<u64>(),
+                "seconds": w.windows.iter().map(|x| x.result.seconds).sum::<f64>(),
+                "emulated": w.emulated,
+                "window": w.rule.window,
+                "epsilon": w.rule.epsilon,
+                "settled": w.settled,
+                "evictions": w.windows.iter().map(|x| x.evictions).sum::<Option<u64>>(),
+                "windows": w.windows.iter().map(|x| json!({
+                    "operations": x.result.operations,
+                    "seconds": x.result.seconds,
+                    "throughput": x.result.operations as f64 / x.result.seconds.max(1e-9),
+                    "cache_hit_ratio": phase_hit_ratio(kind, &x.result.counters),
+                    "evictions": x.evictions,
+                    "errors": x.result.errors,
                 })).collect::<Vec<_>>(),
             })),
             "run": {
@@ -300,10 +314,27 @@ impl Report {
                 }
             }
         }
-        if let Some(parts) = j["warmup"]["parts"].as_array() {
-            let hits: Vec<String> =
-                parts.iter().map(|p| p["cache_hit_ratio"].as_f64().map_or("-".into(), |h| format!("{h:.3}"))).collect();
-            let _ = writeln!(t, "warm-up: {} ops, hit ratio by quarter {}", j["warmup"]["operations"], hits.join(" "));
+        if let Some(windows) = j["warmup"]["windows"].as_array() {
+            let w = &j["warmup"];
+            let hits: Vec<String> = windows
+                .iter()
+                .map(|p| p["cache_hit_ratio"].as_f64().map_or("-".into(), |h| format!("{h:.3}")))
+                .collect();
+            let settled = match w["settled"].as_bool() {
+                Some(true) => format!("settled (two windows within {})", w["epsilon"]),
+                Some(false) => "NOT settled at --warmup-ops".to_string(),
+                None => "no cache".to_string(),
+            };
+            let _ = writeln!(
+                t,
+                "warm-up: {} ops in {:.1} s{}, hit ratio by window of {}: {}; {settled}; {} evictions",
+                w["operations"],
+                w["seconds"].as_f64().unwrap_or(0.0),
+                if w["emulated"] == json!(true) { "" } else { " (emulation suspended)" },
+                w["window"],
+                hits.join(" "),
+                w["evictions"].as_u64().map_or("-".into(), |e| e.to_string()),
+            );
         }
         let _ = writeln!(
             t,

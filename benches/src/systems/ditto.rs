@@ -30,7 +30,7 @@
 pub mod layout;
 
 use layout::{DittoLayout, Entry, IndexSlot, Placement, SlotChoice, INLINE_VALUE_MAX, OBJECT_SIZE};
-use scalio_client::{BlockPath, Client, ClientConfig, ClientError, ClientStats, ReadPath};
+use scalio_client::{post_when_room, BlockPath, Client, ClientConfig, ClientError, ClientStats, ReadPath};
 use scalio_common::block::{BlockError, BlockFuture, BlockReader};
 use scalio_common::fabric::tcp::AsyncTcpQueuePair;
 use scalio_common::fabric::{FabricError, QueuePair, RemoteAddr, WorkRequest};
@@ -325,7 +325,8 @@ impl Inner {
     }
 
     async fn read_exact(&self, qp: &dyn QueuePair, offset: usize, len: usize) -> Result<Vec<u8>, DittoError> {
-        let bytes = qp.post(&[WorkRequest::Read { remote: self.at(offset), len: len as u32 }]).await?;
+        // Waits for room in a full send queue (many operations in flight) rather than failing.
+        let bytes = post_when_room(qp, &[WorkRequest::Read { remote: self.at(offset), len: len as u32 }]).await?;
         if bytes.len() != len {
             return Err(DittoError::ShortRead { expected: len, got: bytes.len() });
         }
@@ -403,7 +404,7 @@ impl Inner {
             return Ok(());
         }
         // Waited for, so that a later GET through any queue pair sees the new value.
-        qp.post(&writes.requests(self)).await?;
+        post_when_room(qp, &writes.requests(self)).await?;
         if let Some(o) = &writes.object {
             bump(&self.counters.write_throughs);
             self.count_eviction(o.choice);
