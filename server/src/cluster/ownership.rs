@@ -119,9 +119,14 @@ impl Ownership {
     /// new tail whose writes would not invalidate them. While fenced, no reservation is made
     /// ([`while_serving`](Self::while_serving)).
     pub fn fence_if_lapsed(&self, now: Instant) -> u64 {
+        let due = |v: &View| !v.fenced && v.map.is_some() && lapsing(v, now);
+        // Polled often: look under the read lock, which the request path shares.
+        if !due(&self.view.read()) {
+            return 0;
+        }
         {
             let mut v = self.view.write();
-            if v.fenced || v.map.is_none() || !lapsing(&v, now) {
+            if !due(&v) {
                 return 0;
             }
             v.fenced = true;
