@@ -426,14 +426,14 @@ impl Ownership {
     }
 }
 
-/// The epoch since which each of `new`'s chains has been as it is, given the map held before
-/// (with its own epochs): a chain unchanged from the map just before keeps its epoch; any other
-/// chain (changed, or after a gap in the epochs or a change of partitioning) starts at `new`'s.
 /// Whether the lease may expire within [`FENCE_MARGIN`] of `now` (or is not held).
 fn lapsing(v: &View, now: Instant) -> bool {
     v.lease_until.is_none_or(|until| now + FENCE_MARGIN >= until)
 }
 
+/// The epoch since which each of `new`'s chains has been as it is, given the map held before
+/// (with its own epochs): a chain unchanged from the map just before keeps its epoch; any other
+/// chain (changed, or after a gap in the epochs or a change of partitioning) starts at `new`'s.
 fn chain_since(old: Option<(&ClusterMap, &[u64])>, new: &ClusterMap) -> Vec<u64> {
     let ids = |m: &ClusterMap, p: usize| -> Vec<NodeId> {
         m.chains.get(p).map_or_else(Vec::new, |c| c.iter().map(|i| m.nodes[usize::from(*i)].id.clone()).collect())
