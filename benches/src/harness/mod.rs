@@ -106,6 +106,13 @@ pub fn embedded_config(
     c.limits.inbox_rpcs = c.limits.inbox_rpcs.max(driver_in_flight);
     c.limits.pending_writes = c.limits.pending_writes.max(driver_in_flight);
     c.limits.server_gets = c.limits.server_gets.max(driver_in_flight);
+    // Each driver thread is one connection with up to `outstanding` misses between META_GET and
+    // fill. A reservation quota below that refuses the excess reservations, which would make the
+    // measured cache admit keys at a fraction of its miss rate: a shape of the quota (a guard
+    // against clients that reserve and never fill), not of the cache's policy. LEED+Ditto has no
+    // such quota.
+    let per_connection = u32::try_from(opts.outstanding).unwrap_or(u32::MAX);
+    c.cache.reservations_per_client = c.cache.reservations_per_client.max(per_connection);
     c.target.enabled = opts.block == "nvme-tcp";
     c.emulation.ssd_iops = opts.ssd_iops;
     c.emulation.ssd_latency_us = opts.ssd_latency_us;
@@ -415,4 +422,26 @@ fn load_embedded(
     std::fs::write(dir.join(LOADED_MARK), format!("{} records\n", r.operations))
         .map_err(|e| HarnessError::Usage(format!("marking {} loaded: {e}", dir.display())))?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn embedded(args: &[&str]) -> ServerConfig {
+        let opts = Options::parse_from(std::iter::once("scalio-ycsb").chain(args.iter().copied()));
+        let workload = Workload::from_properties(&properties(&opts).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        embedded_config(&opts, &workload, system_kind(&opts).unwrap(), dir.path()).unwrap()
+    }
+
+    #[test]
+    fn the_reservation_quota_admits_every_miss_a_driver_connection_can_have_in_flight() {
+        let deep = embedded(&["--workload", "c", "-p", "recordcount=1000", "--outstanding", "256"]);
+        assert_eq!(deep.cache.reservations_per_client, 256);
+        // A shallow driver keeps the server's default (which is larger).
+        let shallow = embedded(&["--workload", "c", "-p", "recordcount=1000", "--outstanding", "4"]);
+        assert_eq!(shallow.cache.reservations_per_client, ServerConfig::default().cache.reservations_per_client);
+    }
 }
