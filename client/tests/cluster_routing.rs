@@ -14,7 +14,7 @@ use scalio_common::fabric::{
     Completion, Disconnect, FabricError, LocalKey, MemoryRegion, QueuePair, WorkCompletion, WorkRequest,
 };
 use scalio_common::rpc::{flags, Op, Request, Response, Status, WrongOwner};
-use scalio_server::cluster::{Mover, Ownership, PeerConnector, ReadySink};
+use scalio_server::cluster::{Mover, Ownership, PeerConnector, ReadySink, ReportError};
 use scalio_server::Server;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -585,7 +585,7 @@ async fn a_former_tail_stays_in_the_chain_until_it_has_hidden_its_cache() {
 struct MemSink(Mutex<HashMap<(u32, NodeId), u64>>);
 
 impl ReadySink for MemSink {
-    fn ready(&self, to: &NodeId, done: &std::collections::BTreeMap<u32, u64>) -> Result<(), String> {
+    fn ready(&self, to: &NodeId, done: &std::collections::BTreeMap<u32, u64>) -> Result<(), ReportError> {
         let mut ready = self.0.lock().unwrap();
         ready.retain(|(_, id), _| id != to);
         ready.extend(done.iter().map(|(p, since)| ((*p, to.clone()), *since)));

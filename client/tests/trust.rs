@@ -252,7 +252,14 @@ fn meta_get(qp: &dyn QueuePair, key: &[u8]) -> MetaGetReply {
 /// another connection, into the slot's server header, into another slot, or after the fill was
 /// seen by the server's sweep, is refused.
 async fn fill_windows(tcp: bool) {
-    let s = start(1, tcp, |c| c.cache.fill_windows = Some(true));
+    // A lease of a second: under a loaded host (load average 60 seen) the default 100 ms can run
+    // out between a miss's META_GET and its fill, and the sweep then revokes the window before
+    // the fill, which would make the hits below a matter of timing (9 of 10 seen). No step below
+    // waits for a lease to run out.
+    let s = start(1, tcp, |c| {
+        c.cache.fill_windows = Some(true);
+        c.cache.lease_ms = 1000;
+    });
     let c = if tcp { s.tcp_client(ClientConfig::default()).await } else { s.mem_client(ClientConfig::default()).await };
     let t = s.server.info().table.expect("cache on");
     assert_eq!(t.fill_rkey, None, "no key for every slot");

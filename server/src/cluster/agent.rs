@@ -27,7 +27,7 @@
 //! others. An expired lease is replaced by a new one and the member record written again.
 
 use super::Ownership;
-use super::ReadySink;
+use super::{ReadySink, ReportError};
 use scalio_common::cluster::etcd::Range;
 use scalio_common::cluster::etcd::{Etcd, EtcdError};
 use scalio_common::cluster::{compute_with, ClusterMap, ClusterUrl, MapError, MapParams, Member, NodeId, Progress};
@@ -380,9 +380,9 @@ impl EtcdReady {
 }
 
 impl ReadySink for EtcdReady {
-    fn ready(&self, to: &NodeId, done: &std::collections::BTreeMap<u32, u64>) -> Result<(), String> {
-        let value = serde_json::to_vec(done).map_err(|e| e.to_string())?;
-        self.etcd.put(&self.url.ready_key(to), &value, None).map_err(|e| e.to_string())
+    fn ready(&self, to: &NodeId, done: &std::collections::BTreeMap<u32, u64>) -> Result<(), ReportError> {
+        let value = serde_json::to_vec(done)?;
+        Ok(self.etcd.put(&self.url.ready_key(to), &value, None)?)
     }
 }
 

@@ -19,7 +19,7 @@ pub mod trace;
 
 pub use agent::{Agent, AgentConfig, AgentError, EtcdReady};
 pub use chain::{AnswerHook, Forwarder, PeerConnector, TcpPeers};
-pub use mover::{MoveCounters, Mover, ReadySink};
+pub use mover::{MoveCounters, MoveError, Mover, ReadySink, ReportError};
 pub use ownership::{Next, Ownership};
 
 use crate::stats::StatsSource;

@@ -25,9 +25,9 @@ use crate::worker::{CopyResult, CopyWrite, WorkerEvent};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use scalio_common::cluster::{partition_of, ClusterMap, Member, Move, NodeId};
-use scalio_common::fabric::{rendezvous, QueuePair};
+use scalio_common::fabric::{rendezvous, FabricError, QueuePair};
 use scalio_common::key::route;
-use scalio_common::rpc::{flags, Op, Request, Response, ScanReply, ScanRequest, Status};
+use scalio_common::rpc::{flags, CodecError, Op, Request, Response, ScanReply, ScanRequest, Status};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,24 +50,40 @@ pub trait ReadySink: Send + Sync {
     /// The moves to `to` of the partitions in `done` (partition → the move's `since`) have
     /// their copies complete. `done` holds every such move of the current map (it replaces
     /// what was reported before), so that one report ends one pass.
-    fn ready(&self, to: &NodeId, done: &BTreeMap<u32, u64>) -> Result<(), String>;
+    fn ready(&self, to: &NodeId, done: &BTreeMap<u32, u64>) -> Result<(), ReportError>;
 }
+
+/// Why a [`ReadySink`] could not record a report (for etcd, an [`EtcdError`](scalio_common::cluster::etcd::EtcdError)).
+pub type ReportError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a pass stopped before the end.
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {
-    #[error("cannot reach the source {0}: {1}")]
-    Unreachable(NodeId, String),
+    /// Connecting to `peer`, or a call to it, failed (`peer` is this server itself for the scan
+    /// of its own keys).
+    #[error("cannot reach {peer}: {error}")]
+    Unreachable {
+        peer: NodeId,
+        #[source]
+        error: FabricError,
+    },
     #[error("the source answered {0:?}")]
     Source(Status),
-    #[error("malformed answer from the source: {0}")]
-    Malformed(String),
+    #[error("malformed answer from {peer}: {error}")]
+    Malformed {
+        peer: NodeId,
+        #[source]
+        error: CodecError,
+    },
+    /// A scan reply whose next bucket is not past the one asked for (it would never end).
+    #[error("{peer}'s scan of SSD {ssd} did not advance past bucket {bucket}")]
+    ScanStalled { peer: NodeId, ssd: u16, bucket: u32 },
     #[error("the map changed under the copy")]
     MapChanged,
     #[error("a local copy write failed: {0:?}")]
     Local(Status),
     #[error("reporting ready failed: {0}")]
-    Report(String),
+    Report(#[source] ReportError),
     #[error("keys stayed dirty after {0} repair rounds")]
     Dirty(usize),
     #[error("{0} writes still wait for the chain's answer")]
@@ -250,7 +266,7 @@ fn pass(
     let by_partition: HashMap<u32, Move> = moves.iter().map(|m| (m.partition, *m)).collect();
     let epoch = Some(map.epoch);
     // 1. Purge what this server holds of those partitions and no write reached.
-    scan_keys(&*ctx.local, epoch, stop, |keys| {
+    scan_keys(&*ctx.local, ctx.own.me(), epoch, stop, |keys| {
         let mut waiting = Vec::new();
         for key in keys {
             if let Some(mv) = by_partition.get(&partition_of(&key, bits)) {
@@ -270,13 +286,14 @@ fn pass(
         Ok(())
     })?;
     // 2. Copy from the source.
-    let remote = ctx.peers.connect(source).map_err(|e| MoveError::Unreachable(source.id.clone(), e.to_string()))?;
-    scan_keys(&*remote, epoch, stop, |keys| {
+    let remote =
+        ctx.peers.connect(source).map_err(|error| MoveError::Unreachable { peer: source.id.clone(), error })?;
+    scan_keys(&*remote, &source.id, epoch, stop, |keys| {
         let mine: Vec<(Vec<u8>, &Move, Option<u64>)> = keys
             .into_iter()
             .filter_map(|k| by_partition.get(&partition_of(&k, bits)).map(|mv| (k, mv, None)))
             .collect();
-        copy_keys(ctx, &*remote, epoch, mine)
+        copy_keys(ctx, &*remote, &source.id, epoch, mine)
     })?;
     // 3. Repair the keys whose value here is unknown (an UPDATE of a key not copied yet, a
     //    write refused further down the chain), once the chain has answered the writes whose
@@ -304,7 +321,7 @@ fn pass(
                 return Err(MoveError::Dirty(rounds));
             }
             let n = dirty.len() as u64;
-            copy_keys(ctx, &*remote, epoch, dirty.into_iter().map(|(k, g)| (k, mv, Some(g))).collect())?;
+            copy_keys(ctx, &*remote, &source.id, epoch, dirty.into_iter().map(|(k, g)| (k, mv, Some(g))).collect())?;
             ctx.counters.keys_repaired.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -330,6 +347,7 @@ fn pass(
 fn copy_keys(
     ctx: &Ctx,
     remote: &dyn QueuePair,
+    source: &NodeId,
     epoch: Option<u64>,
     keys: Vec<(Vec<u8>, &Move, Option<u64>)>,
 ) -> Result<(), MoveError> {
@@ -348,8 +366,9 @@ fn copy_keys(
         for ((key, mv, repair), read) in window.into_iter().zip(reads) {
             let bytes = read
                 .wait_timeout(CALL_TIMEOUT)
-                .map_err(|e| MoveError::Unreachable(NodeId("source".into()), e.to_string()))?;
-            let resp = Response::decode(&bytes).map_err(|e| MoveError::Malformed(e.to_string()))?;
+                .map_err(|error| MoveError::Unreachable { peer: source.clone(), error })?;
+            let resp =
+                Response::decode(&bytes).map_err(|error| MoveError::Malformed { peer: source.clone(), error })?;
             let value = match resp.status {
                 Status::Ok => Some(resp.body.to_vec()),
                 // Deleted at the source since the scan: the delete reached this server first.
@@ -381,14 +400,15 @@ fn copy_keys(
     Ok(())
 }
 
-fn call(qp: &dyn QueuePair, req: &[u8]) -> Result<Vec<u8>, MoveError> {
+fn call(qp: &dyn QueuePair, peer: &NodeId, req: &[u8]) -> Result<Vec<u8>, MoveError> {
     rendezvous::call_blocking(qp, req, CALL_TIMEOUT)
-        .map_err(|e| MoveError::Unreachable(NodeId("peer".into()), e.to_string()))
+        .map_err(|error| MoveError::Unreachable { peer: peer.clone(), error })
 }
 
 /// Lists every key of the server behind `qp`, SSD by SSD, in chunks of buckets.
 fn scan_keys(
     qp: &dyn QueuePair,
+    peer: &NodeId,
     epoch: Option<u64>,
     stop: &AtomicBool,
     mut each: impl FnMut(Vec<Vec<u8>>) -> Result<(), MoveError>,
@@ -401,19 +421,20 @@ fn scan_keys(
         let scan = ScanRequest { ssd, bucket, max_buckets: SCAN_CHUNK };
         // A scan names no key: its key is empty.
         let req = Request::new(Op::Scan, b"", &scan.encode()).with_epoch(epoch).to_vec();
-        let bytes = call(qp, &req)?;
-        let resp = Response::decode(&bytes).map_err(|e| MoveError::Malformed(e.to_string()))?;
+        let bytes = call(qp, peer, &req)?;
+        let malformed = |error| MoveError::Malformed { peer: peer.clone(), error };
+        let resp = Response::decode(&bytes).map_err(malformed)?;
         if resp.status != Status::Ok {
             return Err(MoveError::Source(resp.status));
         }
-        let reply = ScanReply::decode(resp.body).map_err(|e| MoveError::Malformed(e.to_string()))?;
+        let reply = ScanReply::decode(resp.body).map_err(malformed)?;
         ssds = reply.ssds;
         each(reply.keys)?;
         if reply.done {
             ssd += 1;
             bucket = 0;
         } else if reply.next <= bucket {
-            return Err(MoveError::Malformed("a scan that does not advance".into()));
+            return Err(MoveError::ScanStalled { peer: peer.clone(), ssd, bucket });
         } else {
             bucket = reply.next;
         }
