@@ -29,6 +29,10 @@
 #   --bin DIR          where scalio-server is (default target/release; built if missing)
 #   --server-arg ARG   one more scalio-server argument, for every server (repeatable)
 #
+# The servers prove to each other that a connection is a member's with a peer secret,
+# D/peer-secret (made on first start, 32 random hex characters, readable by its owner only): only
+# such connections may send forwarded writes, copies and scans (README, "Server-to-server trust").
+#
 # Servers log to D/sI.log; `kill -9 $(cat D/sI.pid)` kills one (its lease then expires and the
 # others recompute the map without it).
 set -euo pipefail
@@ -65,10 +69,19 @@ except Exception:
 PY
 }
 
+# The cluster's peer secret, made once per state directory.
+peer_secret() {
+  if [ ! -s "$DIR/peer-secret" ]; then
+    (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$DIR/peer-secret")
+  fi
+  echo "$DIR/peer-secret"
+}
+
 # Starts server I (1-based) in the background.
 start_server() {
-  local i=$1 url="etcd://127.0.0.1:$ETCD_PORT$PREFIX"
-  "$BIN/scalio-server" --listen "127.0.0.1:$((PORT + i))" --target "127.0.0.1:$((PORT + 100 + i))" \
+  local i=$1 url="etcd://127.0.0.1:$ETCD_PORT$PREFIX" secret
+  secret=$(peer_secret)
+  "$BIN/scalio-server" --peer-secret-file "$secret" --listen "127.0.0.1:$((PORT + i))" --target "127.0.0.1:$((PORT + 100 + i))" \
     --ssd-dir "$DIR/s$i" --ssd-size "$SSD_SIZE" --cluster "$url" --node-id "s$i" --initial-members "$SERVERS" \
     --metrics "127.0.0.1:$((PORT + 200 + i))" "${SERVER_ARGS[@]}" \
     >"$DIR/s$i.out" 2>"$DIR/s$i.log" </dev/null &

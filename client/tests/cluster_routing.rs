@@ -11,11 +11,11 @@ use scalio_client::{Client, ClientConfig, ClientError};
 use scalio_common::cluster::{compute, compute_with, ClusterMap, MapParams, Member, NodeId, Progress, Role};
 use scalio_common::fabric::mem::{MemFabric, MemQueuePair};
 use scalio_common::fabric::{
-    Completion, Disconnect, FabricError, LocalKey, MemoryRegion, QueuePair, WorkCompletion, WorkRequest,
+    Completion, Disconnect, FabricError, LocalKey, MemoryRegion, QueuePair, Secret, WorkCompletion, WorkRequest,
 };
-use scalio_common::rpc::{flags, Op, Request, Response, Status, WrongOwner};
-use scalio_server::cluster::{Mover, Ownership, PeerConnector, ReadySink, ReportError};
-use scalio_server::Server;
+use scalio_common::rpc::{flags, Op, Request, Response, ScanRequest, Status, WrongOwner};
+use scalio_server::cluster::{peer_auth, Mover, Ownership, PeerConnector, ReadySink, ReportError};
+use scalio_server::{Server, ServerConfig};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -46,6 +46,8 @@ fn member(i: usize) -> Member {
 struct MemPeers {
     fabrics: Mutex<HashMap<NodeId, Arc<MemFabric>>>,
     dead: Arc<Mutex<HashSet<NodeId>>>,
+    /// The cluster's peer secret, presented on every connection to a member if set.
+    secret: Option<Secret>,
 }
 
 impl MemPeers {
@@ -60,7 +62,11 @@ impl PeerConnector for MemPeers {
             return Err(FabricError::Disconnected(Disconnect::PeerClosed));
         }
         let fabric = self.fabrics.lock().unwrap().get(&m.id).cloned().ok_or(FabricError::NoAddress)?;
-        Ok(Arc::new(Severable { qp: fabric.connect(), to: m.id.clone(), dead: self.dead.clone() }))
+        let qp = Severable { qp: fabric.connect(), to: m.id.clone(), dead: self.dead.clone() };
+        if let Some(secret) = &self.secret {
+            peer_auth::introduce(&qp, secret)?;
+        }
+        Ok(Arc::new(qp))
     }
 }
 
@@ -133,12 +139,17 @@ fn cluster(peers: &Arc<MemPeers>) -> Vec<Node> {
 }
 
 fn cluster_of(peers: &Arc<MemPeers>, n: usize) -> Vec<Node> {
+    cluster_configured(peers, n, |_| {})
+}
+
+fn cluster_configured(peers: &Arc<MemPeers>, n: usize, tweak: impl Fn(&mut ServerConfig)) -> Vec<Node> {
     (0..n)
         .map(|i| {
             let own = Arc::new(Ownership::new(member(i).id));
             own.lease_renewed(Instant::now() + Duration::from_secs(3600));
             let dir = tempfile::tempdir().unwrap();
-            let c = common::config(dir.path(), 2, false);
+            let mut c = common::config(dir.path(), 2, false);
+            tweak(&mut c);
             let server = Server::start_in_cluster_with(&c, own.clone(), peers.clone()).unwrap();
             peers.fabrics.lock().unwrap().insert(member(i).id, server.mem_fabric().clone());
             Node { server: TestServer { server, dir }, own, mover: Mutex::new(None) }
@@ -385,6 +396,64 @@ async fn rf3_writes_reach_every_member_and_reads_come_from_the_tail() {
         // (The client's own cache slots at the old tails were hidden by the new map.)
         assert!(stat(&nodes[tail], "rpc_meta_get") + stat(&nodes[tail], "rpc_get") > before);
     }
+}
+
+/// A client holding the NIC's secret (every client here) must not be able to pose as a member:
+/// write to a tail as if forwarded (bypassing the head), apply a copy, or list the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_peer_secret_only_members_may_forward_copy_or_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("peer-secret");
+    std::fs::write(&path, "members only\n").unwrap();
+    let secret = Secret::new(b"members only".to_vec()).unwrap();
+    let peers = Arc::new(MemPeers { secret: Some(secret.clone()), ..MemPeers::default() });
+    let nodes: Vec<Arc<Node>> =
+        cluster_configured(&peers, 3, |c| c.peer_secret_file = Some(path.clone())).into_iter().map(Arc::new).collect();
+    let connector = MemConnector(nodes.iter().map(|n| (n.own.me().clone(), n.clone())).collect(), None);
+    let (feed, rx) = MapFeed::new();
+    let client = ClusterClient::with_maps(rx, Arc::new(connector), ClientConfig::default(), RoutingConfig::default());
+    let m = map_rf([0, 1, 2], None, 2);
+    install(&nodes, &m);
+    feed.publish(m.clone());
+    // The members introduce their connections to each other: writes go down the chains.
+    for i in 0..40 {
+        client.put(&key(i), b"through the head").await.unwrap();
+    }
+    let k = key(7);
+    let tail = nodes.iter().position(|n| m.owner(&k, Role::Tail).unwrap().id == *n.own.me()).unwrap();
+    assert!(stat(&nodes[m.chain(m.partition_of(&k))[0] as usize], "chain_forwarded") > 0);
+    let accepted: u64 = nodes.iter().map(|n| stat(n, "peer_hellos_accepted")).sum();
+    assert!(accepted >= 2, "each head introduced its link to its successor ({accepted})");
+    // A client's connection to the tail.
+    let qp = nodes[tail].server.server.connect_mem();
+    let send = |req: Request<'_>| {
+        let bytes = qp.call(&req.to_vec()).wait().unwrap();
+        let r = Response::decode(&bytes).unwrap();
+        (r.status, r.body.to_vec())
+    };
+    let forged = Request::new(Op::Put, &k, b"forged").with_flags(flags::FORWARDED).with_epoch(Some(m.epoch));
+    let copy = Request::new(Op::Put, &k, b"copied").with_flags(flags::COPY).with_epoch(Some(m.epoch));
+    let copy_read = Request::new(Op::Get, &k, b"").with_flags(flags::COPY).with_epoch(Some(m.epoch));
+    let scan_body = ScanRequest { ssd: 0, bucket: 0, max_buckets: 1024 }.encode();
+    let scan = Request::new(Op::Scan, b"", &scan_body).with_epoch(Some(m.epoch));
+    for req in [forged, copy, copy_read, scan] {
+        assert_eq!(send(req).0, Status::BadRequest, "{req:?} on a client's connection");
+    }
+    // A wrong secret does not make it a member's.
+    let hello = |secret: &[u8]| Request::new(Op::Hello, b"", secret).with_flags(flags::PEER).to_vec();
+    let answer = Response::decode(&qp.call(&hello(b"members only!")).wait().unwrap()).unwrap().status;
+    assert_eq!(answer, Status::BadRequest);
+    assert_eq!(send(forged).0, Status::BadRequest);
+    assert_eq!(stat(&nodes[tail], "peer_requests_refused"), 5);
+    assert_eq!(stat(&nodes[tail], "peer_hellos_rejected"), 1);
+    // Nothing was applied: the tail still has the value written through the head.
+    assert_eq!(client.get(&k).await.unwrap(), Some(b"through the head".to_vec()));
+    // The same connection with the secret: a member's (the scan is answered, the forwarded
+    // write checked against the chain as any member's would be).
+    assert_eq!(Response::decode(&qp.call(&hello(b"members only")).wait().unwrap()).unwrap().status, Status::Ok);
+    assert_eq!(send(scan).0, Status::Ok);
+    assert_eq!(send(forged).0, Status::Ok);
+    assert_eq!(stat(&nodes[tail], "peer_requests_refused"), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,9 @@ pub mod flags {
     /// same id on a retried write lets the members of a chain that applied it already answer
     /// what they answered then instead of applying it again.
     pub const REQUEST_ID: u8 = 32;
+    /// On a HELLO: the value is the cluster's peer secret, and the connection is a member's
+    /// (server-to-server) if it matches (see the server's `cluster::peer_auth`).
+    pub const PEER: u8 = 64;
 }
 
 /// Result of a request.

@@ -9,6 +9,7 @@
 //! max_message = "64KiB"          # largest request sent as one message; larger ones go by rendezvous
 //! staging_slots = 16             # rendezvous transfers in progress at once (each slot ~1 MiB)
 //! # secret_file = "/etc/scalio/secret"  # clients must present this shared secret (1-64 bytes)
+//! # peer_secret_file = "/etc/scalio/peer-secret"  # cluster members prove themselves with it
 //! io_threads = 4                 # per SSD
 //! direct_io = true               # O_DIRECT where the filesystem allows it
 //! # ssd_buckets = 65536          # buckets per SSD for a new store (default: one per 16 blocks)
@@ -112,6 +113,11 @@ pub struct ServerConfig {
     /// A file holding the shared secret clients must present (1 to 64 bytes, a trailing newline
     /// ignored). `None`: no secret is asked for.
     pub secret_file: Option<PathBuf>,
+    /// In a cluster: a file holding the secret (1 to 64 bytes, a trailing newline ignored) with
+    /// which members prove to each other that a connection is a member's; only such connections
+    /// may send forwarded writes, copies and scans (`cluster::peer_auth`). It must differ from
+    /// `secret_file`'s, which clients hold. `None`: any connection may send them.
+    pub peer_secret_file: Option<PathBuf>,
     /// I/O threads per SSD (how many I/Os one SSD executes at once).
     pub io_threads: usize,
     pub direct_io: bool,
@@ -411,6 +417,7 @@ impl Default for ServerConfig {
             max_message: scalio_common::fabric::DEFAULT_MAX_MESSAGE as u64,
             staging_slots: 16,
             secret_file: None,
+            peer_secret_file: None,
             io_threads: 4,
             direct_io: true,
             ssd_buckets: None,
@@ -453,10 +460,12 @@ impl ServerConfig {
     /// Checks everything that can be checked before opening anything.
     /// The shared secret from `secret_file`, if one is configured.
     pub fn secret(&self) -> Result<Option<scalio_common::fabric::Secret>, ConfigError> {
-        let Some(path) = &self.secret_file else { return Ok(None) };
-        scalio_common::fabric::Secret::from_file(path)
-            .map(Some)
-            .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })
+        read_secret(self.secret_file.as_deref())
+    }
+
+    /// The cluster's peer secret from `peer_secret_file`, if one is configured.
+    pub fn peer_secret(&self) -> Result<Option<scalio_common::fabric::Secret>, ConfigError> {
+        read_secret(self.peer_secret_file.as_deref())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -501,7 +510,12 @@ impl ServerConfig {
         if self.staging_slots == 0 || self.staging_slots > 1024 {
             return bad(format!("staging_slots must be between 1 and 1024, not {}", self.staging_slots));
         }
-        self.secret()?;
+        let secret = self.secret()?;
+        if let Some(peer) = self.peer_secret()? {
+            if secret.as_ref() == Some(&peer) {
+                return bad("peer_secret_file holds the clients' secret (secret_file): members would not be told apart from clients".into());
+            }
+        }
         if self.fabric == scalio_common::fabric::FabricKind::Verbs {
             if !self.fabric.available() {
                 return bad("fabric = \"verbs\" needs a build with RDMA support (cargo feature rdma)".into());
@@ -651,6 +665,14 @@ fn size_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
     }
 }
 
+/// The secret in the file at `path`, if there is a path.
+fn read_secret(path: Option<&std::path::Path>) -> Result<Option<scalio_common::fabric::Secret>, ConfigError> {
+    let Some(path) = path else { return Ok(None) };
+    scalio_common::fabric::Secret::from_file(path)
+        .map(Some)
+        .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -706,6 +728,25 @@ mod tests {
         assert_eq!((c.limits.inbox_bytes, c.limits.server_gets), (8 << 20, 16));
         assert_eq!(c.limits.pending_writes, LimitsConfig::default().pending_writes);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_peer_secret_must_not_be_the_clients_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let mut c = ServerConfig::default().with_ssd_files(dir.path(), 1, 16 << 20);
+        c.secret_file = Some(write("clients", "open sesame\n"));
+        c.peer_secret_file = Some(write("same", "open sesame"));
+        assert!(c.validate().unwrap_err().to_string().contains("peer_secret_file"));
+        c.peer_secret_file = Some(write("members", "members only\n"));
+        c.validate().unwrap();
+        assert_eq!(c.peer_secret().unwrap().unwrap().as_bytes(), b"members only");
+        c.peer_secret_file = Some(write("empty", "\n"));
+        assert!(matches!(c.validate(), Err(ConfigError::Read { .. })));
     }
 
     #[test]

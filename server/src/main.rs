@@ -48,6 +48,11 @@ struct Args {
     /// A file holding the shared secret clients must present (1-64 bytes).
     #[arg(long)]
     secret_file: Option<std::path::PathBuf>,
+    /// In a cluster: a file holding the secret members prove themselves to each other with
+    /// (1-64 bytes, not the clients' secret); only connections that presented it may send
+    /// forwarded writes, copies and scans.
+    #[arg(long, requires = "cluster")]
+    peer_secret_file: Option<std::path::PathBuf>,
     /// Cache-table buckets.
     #[arg(long)]
     cache_buckets: Option<u32>,
@@ -137,6 +142,9 @@ fn build_config(args: &Args) -> anyhow::Result<ServerConfig> {
     }
     if let Some(p) = &args.secret_file {
         c.secret_file = Some(p.clone());
+    }
+    if let Some(p) = &args.peer_secret_file {
+        c.peer_secret_file = Some(p.clone());
     }
     if let Some(b) = args.cache_buckets {
         c.cache.buckets = b;

@@ -2,7 +2,7 @@
 //! worker threads, and the fabric endpoints.
 
 use crate::cluster::mover::LocalWrites;
-use crate::cluster::{Forwarder, Mover, Ownership, PeerConnector, ReadySink, TcpPeers};
+use crate::cluster::{Forwarder, Mover, Ownership, PeerAuth, PeerConnector, ReadySink, TcpPeers};
 use crate::config::{ConfigError, ServerConfig};
 use crate::device::{DeviceError, DeviceModel, DeviceOptions, EmulationSwitch, Ssd};
 use crate::fill_windows::FillWindows;
@@ -51,6 +51,8 @@ pub enum ServerError {
     /// `cache.hugepages` and the pool has too few (or the kernel none).
     #[error("cache.hugepages: {0}")]
     HugePages(scalio_common::fabric::HugePageError),
+    #[error("introducing the mover's own connection as a member's: {0}")]
+    PeerIntroduction(#[source] scalio_common::fabric::FabricError),
     #[error("this server is not a cluster member")]
     NotInCluster,
 }
@@ -166,7 +168,8 @@ impl Server {
     /// writes are forwarded down their replica chains over the software NIC.
     pub fn start_in_cluster(config: &ServerConfig, ownership: Arc<Ownership>) -> Result<Server, ServerError> {
         let opts = ConnectOptions { secret: config.secret()?, ..ConnectOptions::default() };
-        Server::start_in_cluster_with(config, ownership, Arc::new(TcpPeers(opts)))
+        let peers = TcpPeers { connect: opts, peer_secret: config.peer_secret()? };
+        Server::start_in_cluster_with(config, ownership, Arc::new(peers))
     }
 
     /// [`Server::start_in_cluster`], reaching the other members through `peers`.
@@ -190,7 +193,12 @@ impl Server {
             workers: self.workers.iter().map(|(tx, _)| tx.clone()).collect(),
             ssds: self.shared.ssds().len() as u16,
         };
-        let local: Arc<dyn QueuePair> = Arc::new(self.mem.connect());
+        let local = self.mem.connect();
+        // The mover scans this server's own keys through it: a member's connection.
+        if let Some(secret) = self.config.peer_secret()? {
+            crate::cluster::peer_auth::introduce(&local, &secret).map_err(ServerError::PeerIntroduction)?;
+        }
+        let local: Arc<dyn QueuePair> = Arc::new(local);
         let mover = Mover::start(own, peers, local, writes, sink).map_err(|e| ServerError::Thread(e.to_string()))?;
         self.shared.extra.lock().push(mover.stats_source());
         Ok(mover)
@@ -410,11 +418,14 @@ impl Server {
         if let Some(w) = &windows {
             shared.extra.lock().push(Arc::new(FillWindowStats(w.clone())));
         }
+        let peer_auth = Arc::new(PeerAuth::new(config.peer_secret()?));
+        shared.extra.lock().push(peer_auth.stats_source());
         let dispatch = Arc::new(Dispatch {
             workers: senders,
             shared: shared.clone(),
             cluster: cluster.map(|(o, _)| o),
             fill_windows: windows,
+            peer_auth,
         });
         // Requests over the largest message arrive by rendezvous: this layer stages them and
         // hands the dispatcher whole requests, on every backend.

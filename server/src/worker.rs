@@ -8,8 +8,9 @@
 //! through the store, and submits the stores' I/O to the SSDs' I/O threads, whose completions
 //! come back through its inbox.
 
+use crate::cluster::peer_auth::is_member_request;
 use crate::cluster::received::{CopyVerdict, Noted, WriteKind};
-use crate::cluster::{trace, AnswerHook, Forwarder, Ownership};
+use crate::cluster::{trace, AnswerHook, Forwarder, Ownership, PeerAuth};
 use crate::device::{Issuer, Ssd};
 use crate::fill_windows::FillWindows;
 use crate::stats::ServerShared;
@@ -101,6 +102,8 @@ pub(crate) struct Dispatch {
     pub(crate) cluster: Option<Arc<Ownership>>,
     /// The windows granted per reservation (`cache.fill_windows`).
     pub(crate) fill_windows: Option<Arc<FillWindows>>,
+    /// Which connections may send member requests (`peer_secret_file`).
+    pub(crate) peer_auth: Arc<PeerAuth>,
 }
 
 /// The RPCs waiting in one worker's inbox, admitted against limits on their count and bytes.
@@ -152,6 +155,7 @@ impl RpcService for Dispatch {
         if let Some(w) = &self.fill_windows {
             w.release(peer);
         }
+        self.peer_auth.closed(peer);
     }
 
     fn handle(&self, rpc: IncomingRpc) {
@@ -170,7 +174,18 @@ impl RpcService for Dispatch {
             }
         };
         self.shared.count_rpc(req.op);
+        if is_member_request(&req) && !self.peer_auth.allows(rpc.peer) {
+            return respond(
+                rpc.responder,
+                Status::BadRequest,
+                req.op,
+                b"a member request on a connection that has not presented the cluster's peer secret",
+            );
+        }
         match req.op {
+            Op::Hello if req.flags & flags::PEER != 0 && !self.peer_auth.hello(rpc.peer, req.value) => {
+                respond(rpc.responder, Status::BadRequest, Op::Hello, b"not the cluster's peer secret")
+            }
             Op::Hello => {
                 let info = self.shared.info().encode();
                 respond(rpc.responder, Status::Ok, Op::Hello, &info);

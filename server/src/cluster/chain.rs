@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use scalio_common::cluster::{Member, NodeId};
 use scalio_common::fabric::tcp::{ConnectOptions, TcpQueuePair};
-use scalio_common::fabric::{rendezvous, Completion, FabricError, QueuePair, Responder};
+use scalio_common::fabric::{rendezvous, Completion, FabricError, QueuePair, Responder, Secret};
 use scalio_common::rpc::{flags, Op, Request, Response, Status, WrongOwner};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,12 +42,20 @@ pub trait PeerConnector: Send + Sync {
 }
 
 /// Connects over the software NIC to the member's fabric address (with this server's NIC
-/// secret: the members of a cluster share one).
-pub struct TcpPeers(pub ConnectOptions);
+/// secret: the members of a cluster share one), and introduces the connection as a member's
+/// with the cluster's peer secret if there is one ([`super::peer_auth`]).
+pub struct TcpPeers {
+    pub connect: ConnectOptions,
+    pub peer_secret: Option<Secret>,
+}
 
 impl PeerConnector for TcpPeers {
     fn connect(&self, member: &Member) -> Result<Arc<dyn QueuePair>, FabricError> {
-        Ok(Arc::new(TcpQueuePair::connect_with(member.fabric.as_str(), &self.0)?))
+        let qp = TcpQueuePair::connect_with(member.fabric.as_str(), &self.connect)?;
+        if let Some(secret) = &self.peer_secret {
+            super::peer_auth::introduce(&qp, secret)?;
+        }
+        Ok(Arc::new(qp))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod applied;
 pub mod chain;
 pub mod mover;
 pub mod ownership;
+pub mod peer_auth;
 pub mod received;
 pub mod trace;
 
@@ -21,6 +22,7 @@ pub use agent::{Agent, AgentConfig, AgentError, EtcdReady};
 pub use chain::{AnswerHook, Forwarder, PeerConnector, TcpPeers};
 pub use mover::{MoveCounters, MoveError, Mover, ReadySink, ReportError};
 pub use ownership::{Next, Ownership};
+pub use peer_auth::PeerAuth;
 
 use crate::stats::StatsSource;
 use std::sync::Arc;
