@@ -42,6 +42,11 @@ scrape() { timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1 && printf 'GET /metr
 metrics=$(scrape 7701)
 grep -E '^scalio_(cluster_(epoch|partitions)|chain_forwarded) ' <<<"$metrics"
 grep -q '^scalio_cluster_owned_range{role="tail"' <<<"$metrics" || { echo "cluster-check.sh: no owned ranges in s1's metrics" >&2; exit 1; }
+# The members reach each other with the peer secret (scripts/cluster.sh): s1's successors'
+# connections to it were accepted as members', and none of its member requests was refused.
+grep -E '^scalio_peer_(hellos_accepted|requests_refused) ' <<<"$metrics"
+grep -qE '^scalio_peer_hellos_accepted [1-9]' <<<"$metrics" || { echo "cluster-check.sh: no member connection was introduced to s1" >&2; exit 1; }
+grep -qE '^scalio_peer_requests_refused 0$' <<<"$metrics" || { echo "cluster-check.sh: s1 refused member requests" >&2; exit 1; }
 
 echo "cluster-check.sh: the failure test: kill -9 of server s3 under a checked mixed write load"
 "$BIN/scalio-cluster-check" --cluster "$URL" --prefix kill --keys 2000 --load --ops 4000 --seconds 12 \
