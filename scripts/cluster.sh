@@ -31,7 +31,7 @@
 #
 # The servers prove to each other that a connection is a member's with a peer secret,
 # D/peer-secret (made on first start, 32 random hex characters, readable by its owner only): only
-# such connections may send forwarded writes, copies and scans (README, "Server-to-server trust").
+# such connections may send forwarded writes, copy reads and scans (README, "Threat model").
 #
 # Servers log to D/sI.log; `kill -9 $(cat D/sI.pid)` kills one (its lease then expires and the
 # others recompute the map without it).

@@ -115,7 +115,7 @@ pub struct ServerConfig {
     pub secret_file: Option<PathBuf>,
     /// In a cluster: a file holding the secret (1 to 64 bytes, a trailing newline ignored) with
     /// which members prove to each other that a connection is a member's; only such connections
-    /// may send forwarded writes, copies and scans (`cluster::peer_auth`). It must differ from
+    /// may send forwarded writes, copy reads and scans (`cluster::peer_auth`). It must differ from
     /// `secret_file`'s, which clients hold. `None`: any connection may send them.
     pub peer_secret_file: Option<PathBuf>,
     /// I/O threads per SSD (how many I/Os one SSD executes at once).

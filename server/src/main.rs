@@ -50,7 +50,7 @@ struct Args {
     secret_file: Option<std::path::PathBuf>,
     /// In a cluster: a file holding the secret members prove themselves to each other with
     /// (1-64 bytes, not the clients' secret); only connections that presented it may send
-    /// forwarded writes, copies and scans.
+    /// forwarded writes, copy reads and scans.
     #[arg(long, requires = "cluster")]
     peer_secret_file: Option<std::path::PathBuf>,
     /// Cache-table buckets.

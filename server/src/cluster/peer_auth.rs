@@ -1,11 +1,11 @@
 //! Which connections may send the requests that only cluster members send: forwarded writes
-//! ([`flags::FORWARDED`]), copy reads and writes ([`flags::COPY`]) and key scans ([`Op::Scan`]).
+//! ([`flags::FORWARDED`]), copy reads ([`flags::COPY`]) and key scans ([`Op::Scan`]).
 //!
 //! The NIC's shared secret admits clients and members alike, so it cannot tell them apart. A
 //! client holding it could otherwise send a write straight to a tail as if forwarded, bypassing
 //! the head (the chain's members would then hold different values for the key, and the
-//! acknowledgement rule would not hold), apply a "copy" that overwrites a newer value, or list
-//! every key of a server. With a peer secret (`peer_secret_file`), a member opens each
+//! acknowledgement rule would not hold), read a key at a member that is not its tail (a copy
+//! read, which may be behind the tail), or list every key of a server. With a peer secret (`peer_secret_file`), a member opens each
 //! connection to another member with a HELLO that carries [`flags::PEER`] and the secret
 //! ([`introduce`]); the receiver marks that connection as a member's, and refuses member
 //! requests on every other one with `BadRequest` (counted in `peer_requests_refused`). The
@@ -140,7 +140,7 @@ mod tests {
     }
 
     #[test]
-    fn member_requests_are_scans_forwarded_writes_and_copies() {
+    fn member_requests_are_scans_forwarded_writes_and_copy_reads() {
         let put = Request::new(Op::Put, b"k", b"v");
         assert!(!is_member_request(&put));
         assert!(!is_member_request(&Request::new(Op::Get, b"k", b"")));
