@@ -146,8 +146,8 @@ FULL = Scale(
 #   the point has not been rerun.)
 _PAPER_WHY = "cut to fit under 3 hours on 2 cores; see the README"
 # At most this many warm-up operations: more draws than it takes to fill the 8-slot cache twice
-# over (4.27M distinct keys after 10M), and with the emulation suspended 3-11 minutes here
-# (16-47k ops/s measured at 20M records on the shared host, 2026-12-03).
+# over (4.27M distinct keys after 10M), and with the emulation suspended 1½-8 minutes here
+# (25-130k ops/s measured at 20M records, 2026-12-03).
 PAPER_WARMUP_CAP = 12_000_000
 _WARMUP = "a warm-up until the hit ratio settles (at most 12M operations, emulation suspended)"
 PAPER = Scale(
@@ -162,8 +162,7 @@ PAPER = Scale(
     slots=(4, 8, 16),
     sensitivity_workloads=("c",),
     timeout_s=3600,
-    estimate="about 2 3/4 hours on 2 cores (an estimate from the runs of 2026-12-02 and -03 on a shared machine: "
-    "README, \"Paper scale\")",
+    estimate="74 minutes from nothing on 2 cores (measured 2026-12-03: README, \"Paper scale\")",
     cache_buckets=280_576,
     warmup_ops=PAPER_WARMUP_CAP,
     reuse_stores=True,
