@@ -577,6 +577,94 @@ async fn a_retried_write_is_applied_once() {
     assert_eq!(stat(&nodes[0], "cluster_retried_writes"), 1);
 }
 
+/// A write refused partway down its chain stays applied on the members before the refusal.
+/// Here the tail of [h, m, t] has moved on to the next map, which makes m the tail ([h, t, m]),
+/// when a write passes h and m: t refuses it. Without more, m would then serve the write, and a
+/// later map giving the tail back to t would lose it again: read, then not. Instead h and m
+/// hold the key in doubt (they got no answer from the chain), serve no read of it, and settle
+/// it with the value that stands: m, the new tail, reads t's (t was after it), and h reads m's.
+/// So the key reads as before the refused write, on every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_partway_down_its_chain_is_settled_not_read_then_lost() {
+    let (nodes, feed, client) = setup();
+    let m1 = map_rf([0, 1, 2], None, 3);
+    install(&nodes, &m1);
+    feed.publish(m1.clone());
+    let k = key(11);
+    client.put(&k, b"old").await.unwrap();
+    let c1: Vec<usize> = m1.chain(m1.partition_of(&k)).iter().map(|i| usize::from(*i)).collect();
+    let (h, m, t) = (c1[0], c1[1], c1[2]);
+    let m2 = with_tail(&m1, m, 2);
+    assert_eq!(m2.chain(m2.partition_of(&k)), [h as u16, t as u16, m as u16]);
+    // t installs epoch 2 first; h takes a write at epoch 1 and m passes it on: t refuses it.
+    install(&nodes[t..=t], &m2);
+    let at_h = nodes[h].server.mem_client(ClientConfig::default()).await;
+    at_h.set_cluster_epoch(1);
+    assert_eq!(at_h.put(&k, b"refused").await, Err(ClientError::WrongOwner { epoch: 2 }));
+    assert_eq!(stat(&nodes[h], "cluster_doubts_raised"), 1);
+    assert_eq!(stat(&nodes[m], "cluster_doubts_raised"), 1);
+    assert_eq!(stat(&nodes[t], "cluster_doubts_raised"), 0);
+    // Epoch 2 everywhere: m is the tail. The refused write is never read there.
+    install(&nodes, &m2);
+    feed.publish(m2.clone());
+    assert_eq!(client.get(&k).await.unwrap(), Some(b"old".to_vec()));
+    let settled = |i: usize| stat(&nodes[i], "cluster_doubts_settled_from_peer");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (settled(h) < 1 || settled(m) < 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!((settled(h), settled(m)), (1, 1), "both settled from a peer");
+    assert_eq!(stat(&nodes[h], "cluster_doubts") + stat(&nodes[m], "cluster_doubts"), 0);
+    // Every member holds the value that stands: make each the tail in turn and read.
+    for (turn, tail) in [t, h, m].into_iter().enumerate() {
+        let mt = with_tail(&m2, tail, 3 + turn as u64);
+        install(&nodes, &mt);
+        feed.publish(mt.clone());
+        assert_eq!(client.get(&k).await.unwrap(), Some(b"old".to_vec()), "s{tail} as the tail");
+    }
+    // The key takes new writes through the chain as usual.
+    client.put(&k, b"new").await.unwrap();
+    assert_eq!(client.get(&k).await.unwrap(), Some(b"new".to_vec()));
+}
+
+/// A tail in doubt with no member after it left keeps its own value, and the members before it
+/// take it: the write refused because its successor died is then read everywhere, as an
+/// unacknowledged write may be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_in_doubt_with_nobody_after_it_keeps_its_value() {
+    let (peers, (nodes, feed, client)) = setup_with_peers();
+    let m1 = map_rf([0, 1, 2], None, 3);
+    install(&nodes, &m1);
+    feed.publish(m1.clone());
+    let k = (0..400).map(key).find(|k| m1.serves(&member(2).id, k, Role::Tail)).unwrap();
+    client.put(&k, b"old").await.unwrap();
+    let c1: Vec<usize> = m1.chain(m1.partition_of(&k)).iter().map(|i| usize::from(*i)).collect();
+    let (h, m) = (c1[0], c1[1]);
+    peers.kill(&member(2).id);
+    let at_h = nodes[h].server.mem_client(ClientConfig::default()).await;
+    at_h.set_cluster_epoch(1);
+    assert_eq!(at_h.put(&k, b"unacknowledged").await, Err(ClientError::WrongOwner { epoch: 2 }));
+    // s2's lease expires: the chain is h and m, in the ring's order. Whichever is the tail,
+    // nobody that was after it is left: it keeps its value, and the other takes it.
+    let m2 = map_rf([0, 1], Some(&m1), 3);
+    let c2: Vec<usize> = m2.chain(m2.partition_of(&k)).iter().map(|i| usize::from(*i)).collect();
+    assert!(c2 == [h, m] || c2 == [m, h], "{c2:?}");
+    let (other, tail) = (c2[0], c2[1]);
+    install(&nodes[..2], &m2);
+    feed.publish(m2.clone());
+    assert_eq!(client.get(&k).await.unwrap(), Some(b"unacknowledged".to_vec()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(&nodes[h], "cluster_doubts") + stat(&nodes[m], "cluster_doubts") > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(stat(&nodes[tail], "cluster_doubts_kept"), 1);
+    assert_eq!(stat(&nodes[other], "cluster_doubts_settled_from_peer"), 1);
+    let swapped = with_tail(&m2, other, 3);
+    install(&nodes[..2], &swapped);
+    feed.publish(swapped);
+    assert_eq!(client.get(&k).await.unwrap(), Some(b"unacknowledged".to_vec()), "the other took the tail's value");
+}
+
 /// The epoch that ends a move makes the newcomer the tail. The old tail, whose cache clients
 /// routing by an older map may still READ without it seeing, stays in the chain (at its head,
 /// so every write passes through it and invalidates its slot) until it reports having

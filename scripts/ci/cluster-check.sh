@@ -110,6 +110,25 @@ moved() {
 }
 echo "cluster-check.sh: s2 received: $(moved 7702)"
 echo "cluster-check.sh: s4 received: $(moved 7704)"
+# Writes refused partway down their chains left keys in doubt on the members that applied them
+# (README, "Writes the chain did not complete"); once the load is over every doubt is settled.
+doubts() {
+  local m
+  m=$(scrape "$1")
+  for c in cluster_doubts cluster_doubts_raised cluster_doubts_settled_from_peer cluster_doubts_kept \
+    cluster_doubts_forgotten cluster_doubt_reads_refused; do
+    printf '%s=%s ' "$c" "$(grep -E "^scalio_$c " <<<"$m" | cut -d' ' -f2)"
+  done
+}
+# (The scrape is kept before grep -q reads it: grep -q exits at its match, and under pipefail
+# the scrape's broken pipe would fail the pipeline.)
+settled() { local m; m=$(scrape "$1") && grep -qE '^scalio_cluster_doubts 0$' <<<"$m"; }
+for port in 7702 7704; do
+  end=$((SECONDS + 10))
+  while [ $SECONDS -lt $end ] && ! settled "$port"; do sleep 0.2; done
+  echo "cluster-check.sh: doubts on :$port: $(doubts "$port")"
+  settled "$port" || { echo "cluster-check.sh: keys still in doubt on :$port" >&2; exit 1; }
+done
 python3 - "$DIR/check-grow.json" "$(scrape 7704 | grep -E '^scalio_move_keys_copied ' | cut -d' ' -f2)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -2,7 +2,7 @@
 //! worker threads, and the fabric endpoints.
 
 use crate::cluster::mover::LocalWrites;
-use crate::cluster::{Forwarder, Mover, Ownership, PeerAuth, PeerConnector, ReadySink, TcpPeers};
+use crate::cluster::{Forwarder, Mover, Ownership, PeerAuth, PeerConnector, ReadySink, Resolver, TcpPeers};
 use crate::config::{ConfigError, ServerConfig};
 use crate::device::{DeviceError, DeviceModel, DeviceOptions, EmulationSwitch, Ssd};
 use crate::fill_windows::FillWindows;
@@ -129,6 +129,8 @@ pub struct Server {
     _verbs_nic: parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>,
     /// In a cluster: its standing, and how it reaches the other members.
     cluster: Option<(Arc<Ownership>, Arc<dyn PeerConnector>)>,
+    /// In a cluster: settles the keys in doubt here (see [`crate::cluster::doubts`]).
+    resolver: Option<Resolver>,
     /// Suspends the emulated-testbed model of the SSDs and workers while set.
     emulation: EmulationSwitch,
 }
@@ -180,6 +182,9 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let chain = Forwarder::new(ownership.clone(), peers.clone());
         let mut server = Server::start_with(config, Some((ownership.clone(), chain)))?;
+        let resolver = Resolver::start(ownership.clone(), peers.clone(), server.local_writes())
+            .map_err(|e| ServerError::Thread(e.to_string()))?;
+        server.resolver = Some(resolver);
         server.cluster = Some((ownership, peers));
         Ok(server)
     }
@@ -189,10 +194,7 @@ impl Server {
     /// counters join STATS.
     pub fn start_mover(&self, sink: Arc<dyn ReadySink>) -> Result<Mover, ServerError> {
         let (own, peers) = self.cluster.clone().ok_or(ServerError::NotInCluster)?;
-        let writes = LocalWrites {
-            workers: self.workers.iter().map(|(tx, _)| tx.clone()).collect(),
-            ssds: self.shared.ssds().len() as u16,
-        };
+        let writes = self.local_writes();
         let local = self.mem.connect();
         // The mover scans this server's own keys through it: a member's connection.
         if let Some(secret) = self.config.peer_secret()? {
@@ -202,6 +204,14 @@ impl Server {
         let mover = Mover::start(own, peers, local, writes, sink).map_err(|e| ServerError::Thread(e.to_string()))?;
         self.shared.extra.lock().push(mover.stats_source());
         Ok(mover)
+    }
+
+    /// Hands writes to the workers that own their keys' SSDs.
+    fn local_writes(&self) -> LocalWrites {
+        LocalWrites {
+            workers: self.workers.iter().map(|(tx, _)| tx.clone()).collect(),
+            ssds: self.shared.ssds().len() as u16,
+        }
     }
 
     fn start_with(
@@ -455,6 +465,7 @@ impl Server {
             config: config.clone(),
             _verbs_nic: parking_lot::Mutex::new(None),
             cluster: None,
+            resolver: None,
             emulation,
         };
         #[cfg(feature = "rdma")]
@@ -568,6 +579,8 @@ impl Server {
     }
 
     fn stop(&mut self) {
+        // (Before the workers stop: it hands them writes.)
+        self.resolver = None;
         let nic = self.shared.nic.lock().take();
         if let Some(mut nic) = nic {
             nic.shutdown();

@@ -8,6 +8,7 @@
 //! through the store, and submits the stores' I/O to the SSDs' I/O threads, whose completions
 //! come back through its inbox.
 
+use crate::cluster::doubts::{ReadState, Verdict, IN_DOUBT};
 use crate::cluster::peer_auth::is_member_request;
 use crate::cluster::received::{CopyVerdict, Noted, WriteKind};
 use crate::cluster::{trace, AnswerHook, Forwarder, Ownership, PeerAuth};
@@ -17,10 +18,11 @@ use crate::stats::ServerShared;
 use crate::store::{Completed, DataStore, IoRequest, IoResult, Outcome, Refusal, WriteOp, WriteRequest};
 use crate::table::CacheTable;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use scalio_common::cluster::{ClusterMap, NodeId};
 use scalio_common::fabric::{IncomingRpc, PeerId, Responder, RpcService};
 use scalio_common::key::{self, TableKey};
 use scalio_common::rpc::{
-    flags, CodecError, MetaGetReply, Op, Request, Reservation, Response, ScanReply, ScanRequest, Status,
+    flags, CodecError, MetaGetReply, Op, Request, Reservation, Response, ScanReply, ScanRequest, Status, WrongOwner,
 };
 use scalio_common::ssd::MAX_VALUE_LEN;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +40,9 @@ pub(crate) enum WorkerEvent {
     /// Store a copied value (or remove a stale key) of a partition moving to this server,
     /// unless a newer write reached the key here (see [`crate::cluster::received`]).
     Copy(CopyWrite),
+    /// Store the value that stands for a key in doubt here, unless a newer write reached it
+    /// (see [`crate::cluster::doubts`]).
+    Settle(SettleWrite),
     /// Finish what is in flight, then exit.
     Stop,
 }
@@ -56,7 +61,17 @@ pub struct CopyWrite {
     pub done: crossbeam_channel::Sender<CopyResult>,
 }
 
-/// How a [`CopyWrite`] ended.
+/// The value that stands for a key in doubt here (`None`: it has none), read by the resolver
+/// from the member whose value stands.
+pub struct SettleWrite {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    /// The doubt it settles (see [`crate::cluster::doubts::Doubt::seq`]).
+    pub seq: u64,
+    pub done: crossbeam_channel::Sender<CopyResult>,
+}
+
+/// How a [`CopyWrite`] or a [`SettleWrite`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyResult {
     /// Stored (or removed) durably.
@@ -76,11 +91,22 @@ pub(crate) enum Reply {
     /// `accepted`: the epoch of the map a write was accepted by (the chain must not have
     /// changed since when it goes on).
     /// `mark`: the record of a write to a partition moving here.
-    Rpc { responder: Responder, op: Op, request: Option<Vec<u8>>, mark: Option<MoveMark>, accepted: u64 },
+    /// `entered`: the write's place among the key's writes in flight here (see
+    /// [`crate::cluster::doubts`]).
+    Rpc {
+        responder: Responder,
+        op: Op,
+        request: Option<Vec<u8>>,
+        mark: Option<MoveMark>,
+        accepted: u64,
+        entered: Option<Entered>,
+    },
     /// Answer a scan with the keys found (`ssds`: the server's SSD count).
     Scan { responder: Responder, ssds: u16, buckets: u32 },
     /// Tell the copier how its copy write ended.
     Copy(crossbeam_channel::Sender<CopyResult>),
+    /// Tell the resolver how a settling value's write ended.
+    Settle { key: Vec<u8>, seq: u64, done: crossbeam_channel::Sender<CopyResult> },
     /// Fill the slot reserved for the key with the value read (`cache.client_fills = false`).
     Fill { key: TableKey, reservation: Reservation },
 }
@@ -92,6 +118,17 @@ pub(crate) struct MoveMark {
     partition: u32,
     since: u64,
     noted: Noted,
+}
+
+/// A write to a key of a partition not moving here, as the record of doubts took it in.
+#[derive(Clone, Copy)]
+pub(crate) struct Entered {
+    seq: u64,
+    /// Taken while this server was not the key's tail.
+    unsettled: bool,
+    /// A retry of a write applied here before, applied again while its key was in doubt: its
+    /// answer here is the first attempt's.
+    answer_as: Option<Status>,
 }
 
 /// Routes RPCs from the NIC threads to the workers.
@@ -341,6 +378,10 @@ impl Worker {
                     let _ = c.done.send(CopyResult::Failed(Status::Unavailable));
                 }
                 Some(WorkerEvent::Copy(c)) => self.copy(c, now),
+                Some(WorkerEvent::Settle(c)) if stopping => {
+                    let _ = c.done.send(CopyResult::Failed(Status::Unavailable));
+                }
+                Some(WorkerEvent::Settle(c)) => self.settle(c, now),
                 Some(WorkerEvent::Io { ssd, token, result }) => self.store_of(ssd).on_io(token, result, now),
                 Some(WorkerEvent::Stop) => stopping = true,
                 None => {}
@@ -395,6 +436,20 @@ impl Worker {
             return respond(rpc.responder, Status::BadRequest, req.op, b"misrouted request");
         }
         let op = req.op;
+        if let (Some(own), Op::MetaGet | Op::Get) = (&self.cluster, op) {
+            // Checked here, in the worker's order with the key's writes entering the store.
+            let state = own.doubts().lock().read_state(req.key);
+            if state != ReadState::Readable {
+                own.doubt_counters().reads_refused.fetch_add(1, Ordering::Relaxed);
+                trace::event(own.me(), || format!("{op:?} {} refused: {state:?}", trace::text(req.key)));
+                // A client retries "wrong owner" at the epoch it has (after a pause). A member
+                // settling its own doubt from this one is told that this one is in doubt too.
+                if state == ReadState::InDoubt && req.flags & flags::COPY != 0 {
+                    return respond(rpc.responder, Status::Unavailable, op, IN_DOUBT);
+                }
+                return respond(rpc.responder, Status::WrongOwner, op, &WrongOwner { epoch: own.epoch() }.encode());
+            }
+        }
         match op {
             Op::MetaGet => {
                 let loc = self.store_of(ssd).locate(req.key);
@@ -448,7 +503,8 @@ impl Worker {
                     trace::event(own.me(), || format!("get {} copy={copy} map={}", trace::text(req.key), own.epoch()));
                 }
                 let key = req.key.to_vec();
-                let reply = Reply::Rpc { responder: rpc.responder, op, request: None, mark: None, accepted: 0 };
+                let reply =
+                    Reply::Rpc { responder: rpc.responder, op, request: None, mark: None, accepted: 0, entered: None };
                 self.store_of(ssd).submit_get(key, reply);
             }
             Op::Put | Op::Update | Op::Delete => {
@@ -493,11 +549,27 @@ impl Worker {
                 // Not on a member receiving the key's partition, which is never the tail: it
                 // applies the retry again (the same value), so that its record of the move
                 // sees the write (a repair of the key from the source, asked for when the
-                // first attempt was refused, must not overwrite it).
+                // first attempt was refused, must not overwrite it). Nor when the key is in
+                // doubt here (its last write here, perhaps that first attempt, was not completed
+                // by the chain, and the value that settles the doubt may not have it): the retry
+                // is applied again and answered as then (its chain's answer settles the doubt).
                 let receiving =
                     self.cluster.as_ref().is_some_and(|own| own.move_to_me(own.partition_of(req.key)).is_some());
+                if let (Some(own), true) = (&self.cluster, receiving) {
+                    // The move's record decides this key's value here from now on.
+                    own.doubts().lock().forget(req.key);
+                }
+                let in_doubt = self.cluster.as_ref().is_some_and(|own| own.doubts().lock().is_doubtful(req.key));
+                let mut answer_as = None;
                 if let (Some(own), Some(id), false) = (&self.cluster, req.id, receiving) {
-                    if let Some(Some(status)) = own.applied().lock().get(req.key, id) {
+                    let recorded = own.applied().lock().get(req.key, id);
+                    if let (Some(Some(status)), true) = (recorded, in_doubt) {
+                        trace::event(own.me(), || {
+                            format!("retry {op:?} {} id={id} in doubt: again, as {status:?}", trace::text(req.key))
+                        });
+                        own.count_retried_write();
+                        answer_as = Some(status);
+                    } else if let Some(Some(status)) = recorded {
                         trace::event(own.me(), || {
                             format!("retry {op:?} {} id={id} -> {status:?}", trace::text(req.key))
                         });
@@ -511,13 +583,26 @@ impl Worker {
                 }
                 let unbatched = req.flags & flags::UNBATCHED != 0;
                 let mark = self.note_write(&key, op);
+                let mut entered = None;
+                if let (Some(own), Some(_), false) = (&self.cluster, &self.chain, receiving) {
+                    // (A partition moving here keeps its own record, `mark`.)
+                    let unsettled = !own.is_tail(&key);
+                    match own.doubts().lock().enter(&key, unsettled) {
+                        Some(seq) => entered = Some(Entered { seq, unsettled, answer_as }),
+                        None => {
+                            own.doubt_counters().writes_refused.fetch_add(1, Ordering::Relaxed);
+                            let msg = "too many keys in doubt here: writes wait until some are settled";
+                            return respond(rpc.responder, Status::Unavailable, op, msg.as_bytes());
+                        }
+                    }
+                }
                 let request = self.chain.is_some().then_some(rpc.payload);
                 let w = WriteRequest {
                     op: write_op,
                     key,
                     value,
                     unbatched,
-                    reply: Reply::Rpc { responder: rpc.responder, op, request, mark, accepted },
+                    reply: Reply::Rpc { responder: rpc.responder, op, request, mark, accepted, entered },
                 };
                 self.store_of(ssd).submit_write(w, now);
             }
@@ -578,6 +663,46 @@ impl Worker {
         self.store_of(ssd).submit_write(w, now);
     }
 
+    /// Stores the value that stands for a key in doubt, unless a newer write reached the key
+    /// here (or is in flight) since the doubt was raised.
+    fn settle(&mut self, c: SettleWrite, now: Instant) {
+        let Some(own) = self.cluster.as_ref() else {
+            let _ = c.done.send(CopyResult::Cancelled);
+            return;
+        };
+        let ssd = key::route(&c.key, self.ssds.len() as u16, 1).ssd;
+        if usize::from(ssd) % self.workers != self.id {
+            let _ = c.done.send(CopyResult::Failed(Status::BadRequest));
+            return;
+        }
+        // Only for a partition whose chain this server is in and which is not moving here (a
+        // move's record decides its keys' values then); checked in the worker's order with
+        // the key's writes.
+        let map = own.map();
+        let partition = own.partition_of(&c.key);
+        let member =
+            map.as_ref().is_some_and(|m| m.in_chain(partition, own.me()) && m.move_to(partition, own.me()).is_none());
+        if !member || !own.doubts().lock().begin_settling(&c.key, c.seq) {
+            trace::event(own.me(), || format!("settle {} seq={} -> skipped", trace::text(&c.key), c.seq));
+            let _ = c.done.send(CopyResult::Skipped);
+            return;
+        }
+        trace::event(own.me(), || {
+            let v = c.value.as_deref().map(trace::text);
+            format!("settle {} {v:?} seq={}", trace::text(&c.key), c.seq)
+        });
+        // The write that raised the doubt may be undone here: a retry of it that comes after
+        // this must be applied again, not answered from the record of request ids.
+        own.applied().lock().forget_key(&c.key);
+        let (op, value) = match c.value {
+            Some(v) => (WriteOp::Put, v),
+            None => (WriteOp::Delete, Vec::new()),
+        };
+        let reply = Reply::Settle { key: c.key.clone(), seq: c.seq, done: c.done };
+        let w = WriteRequest { op, key: c.key, value, unbatched: false, reply };
+        self.store_of(ssd).submit_write(w, now);
+    }
+
     fn submit(&self, ssd: u16, req: IoRequest) {
         let dev = &self.ssds[usize::from(ssd)];
         let me = self.me.clone();
@@ -604,17 +729,44 @@ impl Worker {
 /// A write (`request`) applied here with the local answer `local`: remembers its request id
 /// with the answer (unless the answer is a guess, see [`crate::cluster::received`]), and returns
 /// what to do with the chain's answer: settle a guessed answer, and tell the record of a move.
-fn remember(own: &Arc<Ownership>, request: &[u8], local: Status, mark: Option<MoveMark>) -> Option<AnswerHook> {
+///
+/// `entered`: the write's place in the record of doubts, told the chain's answer (a write
+/// refused or lost further down, or answered otherwise than here, puts its key in doubt).
+fn remember(
+    own: &Arc<Ownership>,
+    request: &[u8],
+    local: Status,
+    mark: Option<MoveMark>,
+    entered: Option<Entered>,
+) -> Option<AnswerHook> {
+    // (Decoded when it was taken: it cannot fail here.)
     let req = Request::decode(request).ok()?;
     let guessed = mark.is_some_and(|m| m.noted.pending);
     if let Some(id) = req.id {
         own.applied().lock().record(req.key, id, (!guessed).then_some(local));
     }
-    if mark.is_none() && !(guessed && req.id.is_some()) {
+    if mark.is_none() && !(guessed && req.id.is_some()) && entered.is_none() {
         return None;
     }
+    // The map the write goes on by: where it went after this member, should it raise a doubt.
+    let map = entered.and_then(|_| own.map());
     let (own, key, id) = (own.clone(), req.key.to_vec(), req.id);
     Some(Box::new(move |answer: Option<Status>| {
+        if let Some(e) = entered {
+            let verdict = match answer {
+                Some(a) if a == local => Verdict::Agreed,
+                _ => {
+                    let (partition, downstream) = map.map_or((0, Vec::new()), |m| downstream_of(&m, own.me(), &key));
+                    Verdict::Doubtful { partition, downstream }
+                }
+            };
+            trace::event(own.me(), || {
+                format!("answered {} seq={} -> {answer:?} {verdict:?}", trace::text(&key), e.seq)
+            });
+            if own.doubts().lock().answered(&key, e.seq, e.unsettled, verdict) {
+                own.doubt_counters().raised.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if let Some(m) = mark {
             trace::event(own.me(), || {
                 format!("answered {} gen={} -> {answer:?}", trace::text(&key), m.noted.generation)
@@ -627,9 +779,17 @@ fn remember(own: &Arc<Ownership>, request: &[u8], local: Status, mark: Option<Mo
     }))
 }
 
+/// `key`'s partition in `map`, and the members after `me` in its chain, in order.
+fn downstream_of(map: &ClusterMap, me: &NodeId, key: &[u8]) -> (u32, Vec<NodeId>) {
+    let partition = map.partition_of(key);
+    let chain = map.chain(partition);
+    let after = map.node_index(me).and_then(|i| chain.iter().position(|c| *c == i)).map_or(chain.len(), |a| a + 1);
+    (partition, chain[after..].iter().map(|i| map.nodes[usize::from(*i)].id.clone()).collect())
+}
+
 fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwarder>, own: Option<&Arc<Ownership>>) {
-    let (responder, op, request, mark, accepted) = match c.reply {
-        Reply::Rpc { responder, op, request, mark, accepted } => {
+    let (responder, op, request, mark, accepted, entered) = match c.reply {
+        Reply::Rpc { responder, op, request, mark, accepted, entered } => {
             if let (Some(own), true) = (own, trace::on()) {
                 let key = request.as_deref().and_then(|r| Request::decode(r).ok()).map(|r| trace::text(r.key));
                 let out = match &c.outcome {
@@ -639,7 +799,7 @@ fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwar
                 let pending = mark.map(|m| m.noted.pending);
                 trace::event(own.me(), || format!("done {op:?} {key:?} -> {out} pending={pending:?}"));
             }
-            (responder, op, request, mark, accepted)
+            (responder, op, request, mark, accepted, entered)
         }
         Reply::Scan { responder, ssds, buckets } => {
             return match c.outcome {
@@ -649,6 +809,17 @@ fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwar
                 }
                 other => respond(responder, status_of(&other), Op::Scan, b"scan failed"),
             };
+        }
+        Reply::Settle { key, seq, done } => {
+            let stored = matches!(c.outcome, Outcome::Ok | Outcome::NotFound);
+            if let Some(own) = own {
+                if own.doubts().lock().settled(&key, seq, stored) {
+                    own.doubt_counters().settled_from_peer.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let r = if stored { CopyResult::Applied } else { CopyResult::Failed(status_of(&c.outcome)) };
+            let _ = done.send(r);
+            return;
         }
         Reply::Copy(done) => {
             let r = match c.outcome {
@@ -669,16 +840,25 @@ fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwar
     };
     // A write done here (or an update or delete that found nothing here) goes on down its
     // chain, whose answer is the client's; a local failure is answered at once.
-    if let (Some(chain), Some(request)) = (chain, request) {
+    if let (Some(chain), Some(request)) = (chain, request.as_deref()) {
         let local = match c.outcome {
+            Outcome::Ok | Outcome::NotFound => entered.and_then(|e| e.answer_as),
+            _ => None,
+        }
+        .or(match c.outcome {
             Outcome::Ok => Some(Status::Ok),
             Outcome::NotFound => Some(Status::NotFound),
             _ => None,
-        };
+        });
         if let Some(status) = local {
-            let hook = own.and_then(|own| remember(own, &request, status, mark));
-            return chain.after_durable(&request, accepted, Response::to_vec(status, op, &[]), op, responder, hook);
+            let hook = own.and_then(|own| remember(own, request, status, mark, entered));
+            return chain.after_durable(request, accepted, Response::to_vec(status, op, &[]), op, responder, hook);
         }
+    }
+    // Not applied here (the store failed or refused it): nothing to be in doubt about.
+    if let (Some(own), Some(e), Some(request)) = (own, entered, request.as_deref()) {
+        let key = Request::decode(request).map(|r| r.key.to_vec()).unwrap_or_default();
+        own.doubts().lock().abandoned(&key, e.seq, e.unsettled);
     }
     match c.outcome {
         Outcome::Ok => respond(responder, Status::Ok, op, &[]),

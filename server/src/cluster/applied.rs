@@ -78,6 +78,14 @@ impl Applied {
         }
     }
 
+    /// Forgets the writes to `key` (its value here was replaced by another member's: the writes
+    /// recorded may no longer be in it).
+    pub fn forget_key(&mut self, key: &[u8]) {
+        if self.by_key.remove(key).is_some() {
+            self.order.retain(|(k, _)| k != key);
+        }
+    }
+
     /// Writes remembered.
     pub fn len(&self) -> usize {
         self.order.len()

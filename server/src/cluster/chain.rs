@@ -16,8 +16,9 @@
 //! **Failures.** A successor that cannot be reached (or does not answer within
 //! [`FORWARD_TIMEOUT`]) may be dead: the write is refused with "wrong owner, epoch E+1" (E the
 //! stamp), which sends the client to wait for the map that drops the dead member, and retry.
-//! The write stays durable on the members before the break; it was not acknowledged, and a
-//! later write to the key overwrites it on every member.
+//! The write stays durable on the members before the break, unacknowledged: each of them is
+//! told (through its [`AnswerHook`]) and holds the key in doubt until it holds the value that
+//! stands ([`super::doubts`]).
 
 use super::ownership::Next;
 use super::Ownership;

@@ -130,6 +130,12 @@ impl Submitted {
 }
 
 impl LocalWrites {
+    /// Hands `event` (about `key`) to the worker of the key's SSD.
+    pub(crate) fn send(&self, key: &[u8], event: WorkerEvent) -> Result<(), crossbeam_channel::SendError<WorkerEvent>> {
+        let ssd = route(key, self.ssds, 1).ssd;
+        self.workers[usize::from(ssd) % self.workers.len()].send(event)
+    }
+
     /// Hands a copy write to the worker of the key's SSD (several may be in flight, so that
     /// the store batches them).
     fn submit(&self, key: Vec<u8>, value: Option<Vec<u8>>, mv: &Move, repair: Option<u64>) -> Submitted {

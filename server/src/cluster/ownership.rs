@@ -16,6 +16,7 @@
 //! overwritten. Partitions are computed from table keys, so every slot's partition is known.
 
 use super::applied::Applied;
+use super::doubts::Doubts;
 use super::received::Received;
 use crate::table::CacheTable;
 use parking_lot::RwLock;
@@ -78,6 +79,26 @@ pub struct Ownership {
     /// Recent writes by request id (see [`Applied`]).
     applied: parking_lot::Mutex<Applied>,
     retried_writes: AtomicU64,
+    /// Keys whose last write here its chain did not complete (see [`Doubts`]).
+    doubts: parking_lot::Mutex<Doubts>,
+    doubt_counters: DoubtCounters,
+}
+
+/// What became of the keys in doubt (see [`super::doubts`]).
+#[derive(Default)]
+pub struct DoubtCounters {
+    /// Doubts raised: writes applied here that their chain refused, lost or answered otherwise.
+    pub raised: AtomicU64,
+    /// Settled with the value read from the member whose value stands.
+    pub settled_from_peer: AtomicU64,
+    /// Settled with this member's own value (no member after it is left).
+    pub kept: AtomicU64,
+    /// Forgotten because this member left the partition's chain (or receives it again).
+    pub forgotten: AtomicU64,
+    /// Reads refused because their key was in doubt or unsettled here.
+    pub reads_refused: AtomicU64,
+    /// Writes refused because [`super::doubts::CAPACITY`] keys were in doubt here.
+    pub writes_refused: AtomicU64,
 }
 
 impl Ownership {
@@ -92,6 +113,8 @@ impl Ownership {
             received: parking_lot::Mutex::new(Received::default()),
             applied: parking_lot::Mutex::new(Applied::default()),
             retried_writes: AtomicU64::new(0),
+            doubts: parking_lot::Mutex::new(Doubts::default()),
+            doubt_counters: DoubtCounters::default(),
         }
     }
 
@@ -235,6 +258,21 @@ impl Ownership {
     /// The record of recent writes by request id.
     pub fn applied(&self) -> &parking_lot::Mutex<Applied> {
         &self.applied
+    }
+
+    /// The keys in doubt here.
+    pub fn doubts(&self) -> &parking_lot::Mutex<Doubts> {
+        &self.doubts
+    }
+
+    /// What became of the keys in doubt.
+    pub fn doubt_counters(&self) -> &DoubtCounters {
+        &self.doubt_counters
+    }
+
+    /// Whether this server is `key`'s tail in the map it holds.
+    pub fn is_tail(&self, key: &[u8]) -> bool {
+        self.view.read().map.as_ref().is_some_and(|m| m.serves(&self.me, key, Role::Tail))
     }
 
     /// The epoch since which `partition` has been moving to this server, if it is.
