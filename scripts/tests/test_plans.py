@@ -211,6 +211,11 @@ class PaperScale(unittest.TestCase):
         self.assertEqual({flag(c, "--cache-buckets") for c in commands("fig18", s)}, {"280576"})
         self.assertEqual({props(c)["recordcount"] for c in commands("fig16", s)}, {"20000000", "40000000"})
 
+    def test_a_cache_with_more_slots_per_bucket_may_warm_longer(self):
+        s = reproduce.settings_of(reproduce.parse_args(["--paper", "fig18"]))
+        caps = {flag(c, "--assoc"): flag(c, "--warmup-ops") for c in commands("fig18", s)}
+        self.assertEqual(caps, {"4": "12000000", "8": "12000000", "16": "24000000"})
+
     def test_stages_without_a_cache_are_not_warmed(self):
         s = reproduce.settings_of(reproduce.parse_args(["--paper", "all"]))
         warm = {flag(c, "--stage"): flag(c, "--warmup-ops") for c in commands("fig13", s)}
