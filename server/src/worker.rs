@@ -559,26 +559,27 @@ impl Worker {
                     // The move's record decides this key's value here from now on.
                     own.doubts().lock().forget(req.key);
                 }
-                let in_doubt = self.cluster.as_ref().is_some_and(|own| own.doubts().lock().is_doubtful(req.key));
                 let mut answer_as = None;
                 if let (Some(own), Some(id), false) = (&self.cluster, req.id, receiving) {
-                    let recorded = own.applied().lock().get(req.key, id);
-                    if let (Some(Some(status)), true) = (recorded, in_doubt) {
-                        trace::event(own.me(), || {
-                            format!("retry {op:?} {} id={id} in doubt: again, as {status:?}", trace::text(req.key))
-                        });
+                    if let Some(Some(status)) = own.applied().lock().get(req.key, id) {
                         own.count_retried_write();
-                        answer_as = Some(status);
-                    } else if let Some(Some(status)) = recorded {
-                        trace::event(own.me(), || {
-                            format!("retry {op:?} {} id={id} -> {status:?}", trace::text(req.key))
-                        });
-                        own.count_retried_write();
-                        let local = Response::to_vec(status, op, &[]);
-                        return match &self.chain {
-                            Some(chain) => chain.after_durable(&rpc.payload, accepted, local, op, rpc.responder, None),
-                            None => rpc.responder.reply(&local),
-                        };
+                        if own.doubts().lock().is_doubtful(req.key) {
+                            trace::event(own.me(), || {
+                                format!("retry {op:?} {} id={id} in doubt: again, as {status:?}", trace::text(req.key))
+                            });
+                            answer_as = Some(status);
+                        } else {
+                            trace::event(own.me(), || {
+                                format!("retry {op:?} {} id={id} -> {status:?}", trace::text(req.key))
+                            });
+                            let local = Response::to_vec(status, op, &[]);
+                            return match &self.chain {
+                                Some(chain) => {
+                                    chain.after_durable(&rpc.payload, accepted, local, op, rpc.responder, None)
+                                }
+                                None => rpc.responder.reply(&local),
+                            };
+                        }
                     }
                 }
                 let unbatched = req.flags & flags::UNBATCHED != 0;
@@ -650,17 +651,18 @@ impl Worker {
             let _ = c.done.send(CopyResult::Skipped);
             return;
         }
-        let ssd = key::route(&c.key, self.ssds.len() as u16, 1).ssd;
-        if usize::from(ssd) % self.workers != self.id {
+        let Some(ssd) = self.ssd_of(&c.key) else {
             let _ = c.done.send(CopyResult::Failed(Status::BadRequest));
             return;
-        }
-        let (op, value) = match c.value {
-            Some(v) => (WriteOp::Put, v),
-            None => (WriteOp::Delete, Vec::new()),
         };
-        let w = WriteRequest { op, key: c.key, value, unbatched: false, reply: Reply::Copy(c.done) };
+        let w = whole_write(c.key, c.value, Reply::Copy(c.done));
         self.store_of(ssd).submit_write(w, now);
+    }
+
+    /// The SSD of `key`, if this worker owns it.
+    fn ssd_of(&self, key: &[u8]) -> Option<u16> {
+        let ssd = key::route(key, self.ssds.len() as u16, 1).ssd;
+        (usize::from(ssd) % self.workers == self.id).then_some(ssd)
     }
 
     /// Stores the value that stands for a key in doubt, unless a newer write reached the key
@@ -670,18 +672,17 @@ impl Worker {
             let _ = c.done.send(CopyResult::Cancelled);
             return;
         };
-        let ssd = key::route(&c.key, self.ssds.len() as u16, 1).ssd;
-        if usize::from(ssd) % self.workers != self.id {
+        let Some(ssd) = self.ssd_of(&c.key) else {
             let _ = c.done.send(CopyResult::Failed(Status::BadRequest));
             return;
-        }
+        };
         // Only for a partition whose chain this server is in and which is not moving here (a
         // move's record decides its keys' values then); checked in the worker's order with
         // the key's writes.
-        let map = own.map();
-        let partition = own.partition_of(&c.key);
-        let member =
-            map.as_ref().is_some_and(|m| m.in_chain(partition, own.me()) && m.move_to(partition, own.me()).is_none());
+        let member = own.map().is_some_and(|m| {
+            let partition = m.partition_of(&c.key);
+            m.in_chain(partition, own.me()) && m.move_to(partition, own.me()).is_none()
+        });
         if !member || !own.doubts().lock().begin_settling(&c.key, c.seq) {
             trace::event(own.me(), || format!("settle {} seq={} -> skipped", trace::text(&c.key), c.seq));
             let _ = c.done.send(CopyResult::Skipped);
@@ -694,12 +695,8 @@ impl Worker {
         // The write that raised the doubt may be undone here: a retry of it that comes after
         // this must be applied again, not answered from the record of request ids.
         own.applied().lock().forget_key(&c.key);
-        let (op, value) = match c.value {
-            Some(v) => (WriteOp::Put, v),
-            None => (WriteOp::Delete, Vec::new()),
-        };
         let reply = Reply::Settle { key: c.key.clone(), seq: c.seq, done: c.done };
-        let w = WriteRequest { op, key: c.key, value, unbatched: false, reply };
+        let w = whole_write(c.key, c.value, reply);
         self.store_of(ssd).submit_write(w, now);
     }
 
@@ -779,6 +776,15 @@ fn remember(
     }))
 }
 
+/// A write that sets `key` whole to `value` (`None`: removes it), as a copy or a settle does.
+fn whole_write(key: Vec<u8>, value: Option<Vec<u8>>, reply: Reply) -> WriteRequest<Reply> {
+    let (op, value) = match value {
+        Some(v) => (WriteOp::Put, v),
+        None => (WriteOp::Delete, Vec::new()),
+    };
+    WriteRequest { op, key, value, unbatched: false, reply }
+}
+
 /// `key`'s partition in `map`, and the members after `me` in its chain, in order.
 fn downstream_of(map: &ClusterMap, me: &NodeId, key: &[u8]) -> (u32, Vec<NodeId>) {
     let partition = map.partition_of(key);
@@ -841,15 +847,13 @@ fn finish(c: Completed<Reply>, table: Option<&CacheTable>, chain: Option<&Forwar
     // A write done here (or an update or delete that found nothing here) goes on down its
     // chain, whose answer is the client's; a local failure is answered at once.
     if let (Some(chain), Some(request)) = (chain, request.as_deref()) {
+        // (A retry applied again while its key was in doubt is answered as its first attempt.)
         let local = match c.outcome {
-            Outcome::Ok | Outcome::NotFound => entered.and_then(|e| e.answer_as),
-            _ => None,
-        }
-        .or(match c.outcome {
             Outcome::Ok => Some(Status::Ok),
             Outcome::NotFound => Some(Status::NotFound),
             _ => None,
-        });
+        }
+        .map(|s| entered.and_then(|e| e.answer_as).unwrap_or(s));
         if let Some(status) = local {
             let hook = own.and_then(|own| remember(own, request, status, mark, entered));
             return chain.after_durable(request, accepted, Response::to_vec(status, op, &[]), op, responder, hook);
